@@ -1,0 +1,134 @@
+// The typed configuration (SPEC §3). Loaded and validated by src/config/; everything else
+// only reads it. A Config is immutable once loaded; a reload builds a new one.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "mailcar/result.hpp"
+
+namespace mailcar {
+
+// "N/second|minute|hour|day" (also s|m|h|d).
+struct Rate {
+  uint64_t count = 0;
+  uint64_t period_ms = 0;
+  std::string text;  // as written, for messages and headers
+  bool operator==(const Rate&) const = default;
+};
+
+enum class Encryption { None, StartTls, Tls };  // none | tls (STARTTLS) | ssl (implicit TLS)
+enum class ServiceDriver { Smtp, File };
+
+struct ServiceConfig {
+  std::string name;
+  ServiceDriver driver = ServiceDriver::Smtp;
+  // driver: smtp
+  std::string host;
+  uint16_t port = 587;  // default by encryption: none 25, tls 587, ssl 465
+  Encryption encryption = Encryption::StartTls;
+  std::string username;
+  std::string password;
+  bool tls_verify = true;
+  std::string ca_file;  // empty: the system bundle /etc/ssl/certs/ca-certificates.crt
+  unsigned connections = 2;
+  uint64_t connect_timeout_ms = 30'000;
+  uint64_t command_timeout_ms = 60'000;
+  // driver: file
+  std::string path;  // absolute after loading
+  // both
+  std::string from_name;
+  std::string from_email;
+  std::string reply_to_name;
+  std::string reply_to_email;
+  std::optional<Rate> rate_limit;
+};
+
+struct RoleConfig {
+  std::string name;
+  std::optional<std::vector<std::string>> services;  // nullopt: all services
+  std::optional<std::vector<std::string>> senders;   // nullopt: only the services' from_email
+  std::vector<Rate> rate_limits;
+  std::optional<unsigned> max_recipients;
+};
+
+struct CredentialConfig {
+  std::string api_key;        // HTTP; empty when this is an SMTP credential
+  std::string smtp_username;  // SMTP AUTH; empty when this is an API key
+  std::string smtp_password;
+  std::string role;
+};
+
+struct SmtpIngressConfig {
+  std::string service;                       // required when listen.smtp is set
+  std::optional<std::string> anonymous_role;  // nullopt: AUTH required
+  std::string hostname;                      // default: the machine's host name
+  std::string tls_cert;                      // STARTTLS offered when both are set
+  std::string tls_key;
+};
+
+struct SpoolConfig {
+  std::string path;
+  std::vector<uint64_t> retry_ms = {60'000, 300'000, 1'800'000, 7'200'000};
+  uint64_t max_age_ms = 3ull * 24 * 3600 * 1000;
+};
+
+struct LimitsConfig {
+  uint64_t max_message_bytes = 26'214'400;
+  unsigned max_connections = 1000;
+  uint64_t idle_timeout_ms = 60'000;
+  uint64_t shutdown_grace_ms = 30'000;
+};
+
+enum class LogFormat { Json, Text };
+enum class LogLevel { Error = 0, Warn = 1, Info = 2, Debug = 3 };
+
+struct LogConfig {
+  LogFormat format = LogFormat::Json;
+  LogLevel level = LogLevel::Info;
+};
+
+struct ListenAddress {
+  std::string host;  // literal IP address ("127.0.0.1", "::1", "0.0.0.0")
+  uint16_t port = 0;
+  std::string text;  // as written
+};
+
+struct Config {
+  std::string file;  // where it came from ("<environment>" for the zero-file setup)
+  std::optional<ListenAddress> listen_http;
+  std::optional<ListenAddress> listen_smtp;
+  std::vector<ServiceConfig> services;  // in file order
+  std::vector<RoleConfig> roles;        // in file order
+  std::vector<CredentialConfig> credentials;
+  SmtpIngressConfig smtp;
+  std::optional<SpoolConfig> spool;
+  LimitsConfig limits;
+  LogConfig log;
+
+  const ServiceConfig* find_service(std::string_view name) const;
+  const RoleConfig* find_role(std::string_view name) const;
+};
+
+// Environment lookup, injectable for tests. Returns nullopt when NAME is unset.
+using EnvLookup = std::optional<std::string> (*)(const std::string& name);
+std::optional<std::string> process_env(const std::string& name);
+
+// Load and validate a YAML file. Errors read "FILE:LINE:COL: KEY: what is wrong", one per line.
+Result<Config> load_config_file(const std::string& path, EnvLookup env = process_env);
+// Same, from text already in memory; `file` names it in errors and anchors relative paths.
+Result<Config> load_config_text(const std::string& text, const std::string& file,
+                                EnvLookup env = process_env);
+// The zero-file setup from MAIL_* / MAILCAR_* variables (SPEC §2).
+Result<Config> config_from_environment(EnvLookup env = process_env);
+
+// Parsers for the value syntaxes, shared by the loader and its tests.
+std::optional<Rate> parse_rate(std::string_view text);
+std::optional<uint64_t> parse_duration_ms(std::string_view text);  // 250ms, 30s, 5m, 2h, 3d
+std::optional<uint64_t> parse_size_bytes(std::string_view text);    // 1024, 10KB, 10MB, 1GB
+std::optional<ListenAddress> parse_listen_address(std::string_view text);
+
+}  // namespace mailcar

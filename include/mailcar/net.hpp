@@ -1,0 +1,127 @@
+// I/O glue at the edge: libuv TCP streams with optional mbedTLS (memory BIO, non-blocking),
+// listeners, outbound connects with async DNS, and timers. Protocol code never sees a socket;
+// it is fed bytes by whoever owns a Stream.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include <uv.h>
+
+#include "mailcar/config.hpp"
+#include "mailcar/result.hpp"
+
+namespace mailcar::net {
+
+enum class NetErrorKind {
+  None,
+  Resolve,      // name did not resolve
+  Refused,      // ECONNREFUSED, unreachable, reset during connect
+  TimedOut,     // connect or handshake timer ran out
+  Certificate,  // peer certificate chain or host name did not verify
+  Tls,          // other TLS failure (handshake alert, protocol)
+  Closed,       // peer closed the connection
+  Io,           // other socket error
+};
+
+struct NetError {
+  NetErrorKind kind = NetErrorKind::None;
+  std::string detail;  // human text, e.g. "certificate not trusted; host name mismatch"
+};
+
+struct TlsClientOptions {
+  bool verify = true;
+  std::string ca_file;      // empty: /etc/ssl/certs/ca-certificates.crt
+  std::string server_name;  // SNI and the name checked against the certificate
+};
+
+// Certificate + key for server-side TLS (SMTP STARTTLS). Shared by all sessions of a listener.
+class TlsServerContext {
+ public:
+  static Result<std::shared_ptr<TlsServerContext>> load(const std::string& cert_file,
+                                                        const std::string& key_file);
+  virtual ~TlsServerContext() = default;
+
+ protected:
+  TlsServerContext() = default;
+};
+
+// A connected byte stream, plain or TLS. Owned by shared_ptr; stays alive until its libuv
+// handle is closed even if the owner drops it, but after close() no callback fires.
+class Stream {
+ public:
+  using DataFn = std::function<void(std::string_view bytes)>;  // plaintext
+  using CloseFn = std::function<void(const NetError& why)>;    // once; then nothing more
+  using DoneFn = std::function<void(const NetError& error)>;   // kind None on success
+
+  virtual ~Stream() = default;
+
+  // Start delivering data. Reading starts on the first call.
+  virtual void on_data(DataFn fn) = 0;
+  virtual void on_close(CloseFn fn) = 0;
+
+  // Queue bytes for sending (encrypted when TLS is active). Never blocks.
+  virtual void write(std::string bytes) = 0;
+  // Bytes queued but not yet handed to the kernel.
+  virtual size_t write_backlog() const = 0;
+
+  virtual void pause_reading() = 0;
+  virtual void resume_reading() = 0;
+
+  // Upgrade to TLS. Bytes that arrive before the handshake completes are handshake data;
+  // plaintext the peer sent before the upgrade and not yet delivered is discarded (never
+  // interpreted after the upgrade: STARTTLS command injection). `done` fires once.
+  virtual void start_tls_client(const TlsClientOptions& options, DoneFn done) = 0;
+  virtual void start_tls_server(std::shared_ptr<TlsServerContext> context, DoneFn done) = 0;
+  virtual bool tls_active() const = 0;
+
+  // Flush queued writes, then close. Idempotent. on_close fires (kind Closed) unless the
+  // owner cleared it.
+  virtual void close() = 0;
+  // Close now, dropping queued writes (RST where possible).
+  virtual void abort() = 0;
+  virtual bool closed() const = 0;
+
+  virtual std::string peer_address() const = 0;  // "ip:port"
+  virtual bool peer_is_loopback() const = 0;
+};
+
+using StreamPtr = std::shared_ptr<Stream>;
+
+// Resolve `host` (async, uv_getaddrinfo), connect to the first address that answers, within
+// `timeout_ms` in total. `done` fires once on the loop thread.
+void connect_tcp(uv_loop_t* loop, const std::string& host, uint16_t port, uint64_t timeout_ms,
+                 std::function<void(StreamPtr stream, const NetError& error)> done);
+
+class Listener {
+ public:
+  using AcceptFn = std::function<void(StreamPtr stream)>;
+  // Bind and listen on a literal IP address and port.
+  static Result<std::unique_ptr<Listener>> open(uv_loop_t* loop, const ListenAddress& address,
+                                                AcceptFn on_accept);
+  virtual ~Listener() = default;
+  virtual void close() = 0;  // stop accepting; existing streams are unaffected
+  virtual bool is_loopback() const = 0;
+  virtual uint16_t port() const = 0;  // the bound port (useful with port 0 in tests)
+};
+
+// A one-shot or repeating timer whose handle closes safely when the Timer is destroyed.
+class Timer {
+ public:
+  explicit Timer(uv_loop_t* loop);
+  ~Timer();
+  Timer(const Timer&) = delete;
+  Timer& operator=(const Timer&) = delete;
+  void start(uint64_t timeout_ms, std::function<void()> fn, uint64_t repeat_ms = 0);
+  void stop();
+  bool active() const;
+
+ private:
+  struct Handle;
+  Handle* handle_;
+};
+
+}  // namespace mailcar::net

@@ -1,0 +1,58 @@
+// One policy for both doors: may this submitter send this message through this service now?
+// Pure logic; time is passed in, so tests drive it with a fake clock.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mailcar/config.hpp"
+
+namespace mailcar {
+
+struct PolicyRequest {
+  std::string role;
+  std::string service;
+  std::string envelope_from;             // MAIL FROM / the From address on HTTP
+  std::vector<std::string> header_from;  // addresses in the From header (HTTP: the From address)
+  uint64_t recipients = 0;               // to + cc + bcc (SMTP: RCPT count)
+};
+
+enum class Verdict {
+  Allow,
+  UnknownRole,         // credentials name a role that does not exist: 403
+  ServiceNotAllowed,   // 403 / SMTP 550 5.7.1
+  SenderNotAllowed,    // 403 / SMTP 550 5.7.1
+  TooManyRecipients,   // 403 / SMTP 452 4.5.3 (also: more than a rate window's N)
+  RateLimited,         // 429 / SMTP 450 4.7.1
+};
+
+struct PolicyDecision {
+  Verdict verdict = Verdict::Allow;
+  std::string reason;  // says which rule refused, e.g. "sender x@y.com not allowed for role webapp"
+  // For RateLimited: the window that refused ("50/second" or "service email: 500/day").
+  std::string limit_text;
+  uint64_t limit = 0;           // X-RateLimit-Limit
+  uint64_t remaining = 0;       // X-RateLimit-Remaining
+  uint64_t retry_after_ms = 0;  // wait until the message would pass
+  uint64_t reset_ms = 0;        // until the window is fully replenished
+  bool allowed() const { return verdict == Verdict::Allow; }
+};
+
+class Policy {
+ public:
+  virtual ~Policy() = default;
+  // Judge a request and, when allowed, consume its recipients from every rate window and
+  // service quota at once. A refused request consumes nothing. now_ms: wall clock in ms.
+  virtual PolicyDecision admit(const PolicyRequest& request, uint64_t now_ms) = 0;
+  // Judge without consuming (SMTP RCPT-time checks).
+  virtual PolicyDecision check(const PolicyRequest& request, uint64_t now_ms) const = 0;
+};
+
+// Build the policy for a configuration. `previous` (may be null) hands over the rate-limit
+// state of limits that did not change across a reload.
+std::unique_ptr<Policy> make_policy(const Config& config, const Policy* previous = nullptr);
+
+}  // namespace mailcar

@@ -1,0 +1,30 @@
+// Small byte-level helpers shared by every layer: base64, ASCII case, constant-time compare,
+// random tokens.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace mailcar::text {
+
+std::string base64_encode(std::string_view bytes);
+// Strict RFC 4648 decoding; whitespace (SP, TAB, CR, LF) is skipped. nullopt on any other
+// non-alphabet byte, bad padding or a truncated quantum.
+std::optional<std::string> base64_decode(std::string_view text);
+
+// Compares in time that depends only on the lengths, not on where the bytes differ.
+bool constant_time_equal(std::string_view a, std::string_view b);
+
+char to_lower_ascii(char c);
+std::string lower_ascii(std::string_view s);
+bool iequals_ascii(std::string_view a, std::string_view b);
+bool istarts_with_ascii(std::string_view s, std::string_view prefix);
+std::string_view trim(std::string_view s);  // SP and TAB
+bool is_ascii(std::string_view s);
+
+// `n` random characters from [A-Za-z0-9], from the kernel's CSPRNG.
+std::string random_token(size_t n);
+
+}  // namespace mailcar::text
