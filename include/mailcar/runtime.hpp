@@ -1,0 +1,35 @@
+// What an ingress needs to handle one submission: the configuration, the policy and the
+// transports, as one snapshot. A reload builds a new Runtime; a submission keeps the snapshot
+// it started with (shared_ptr) until it is answered.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include <uv.h>
+
+#include "mailcar/config.hpp"
+#include "mailcar/delivery.hpp"
+#include "mailcar/policy.hpp"
+
+namespace mailcar {
+
+struct Runtime {
+  uv_loop_t* loop = nullptr;
+  std::shared_ptr<const Config> config;
+  std::shared_ptr<Policy> policy;
+  std::map<std::string, std::shared_ptr<Transport>, std::less<>> transports;  // by service
+  std::string hostname;  // for Message-ID, Received and the SMTP greeting
+
+  Transport* transport(std::string_view service) const {
+    auto it = transports.find(service);
+    return it == transports.end() ? nullptr : it->second.get();
+  }
+};
+
+using RuntimeSource = std::function<std::shared_ptr<Runtime>()>;
+
+}  // namespace mailcar
