@@ -1,0 +1,295 @@
+#!/usr/bin/python3
+"""mailcar benchmark: every figure is printed next to a baseline measured in the same run.
+
+Baseline: Postfix's smtp-source straight into smtp-sink (no mailcar in between).
+Measured:  HTTP JSON → mailcar → smtp-sink   (wrk, keep-alive, 1 KB and 100 KB messages)
+           SMTP      → mailcar → smtp-sink   (smtp-source, 1/10/50 sessions)
+           policy cost: 1,000 roles / 10,000 sender patterns / 3 windows vs one role, `*`, no limits
+           memory: idle RSS, peak RSS under load, RSS per idle SMTP connection (1,000 open)
+Nothing here asserts: it reports. Usage: bench/run.sh  (or bench/bench.py --mailcar build/mailcar)
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+SINK = "/usr/sbin/smtp-sink"
+SOURCE = "/usr/sbin/smtp-source"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_kb(pid, field="VmRSS"):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+class Sink:
+    def __init__(self):
+        self.port = free_port()
+        args = [SINK, f"127.0.0.1:{self.port}", "1024"]
+        if os.geteuid() == 0:
+            args[1:1] = ["-u", "nobody"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def wait_port(port, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"port {port} never opened")
+
+
+def smtp_source_rate(port, sessions, messages, size, reuse=True):
+    args = [SOURCE, "-s", str(sessions), "-m", str(messages), "-l", str(size),
+            "-f", "bench@example.com", "-t", "sink@example.com"]
+    if reuse:
+        args.append("-d")
+    args.append(f"127.0.0.1:{port}")
+    start = time.perf_counter()
+    subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   timeout=600)
+    return messages / (time.perf_counter() - start)
+
+
+class Mailcar:
+    def __init__(self, binary, config_text, folder):
+        self.http_port = free_port()
+        self.smtp_port = free_port()
+        self.cfg = folder / "bench.yaml"
+        self.cfg.write_text(config_text.replace("{HTTP}", str(self.http_port))
+                            .replace("{SMTP}", str(self.smtp_port)))
+        self.log = open(folder / "mailcar.log", "wb")
+        self.proc = subprocess.Popen([binary, "-c", str(self.cfg)], stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.time() + 15
+        while True:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/ready",
+                                          timeout=1).status == 200:
+                    break
+            except OSError:
+                pass
+            if time.time() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("mailcar did not start: " +
+                                   (folder / "mailcar.log").read_text()[-2000:])
+            time.sleep(0.05)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(30)
+        self.log.close()
+
+
+def config(sink_port, connections, roles_yaml=None, key_role="bench"):
+    roles = roles_yaml or '  bench:\n    senders: ["*"]\n'
+    return f"""listen:
+  http: 127.0.0.1:{{HTTP}}
+  smtp: 127.0.0.1:{{SMTP}}
+services:
+  sink:
+    host: 127.0.0.1
+    port: {sink_port}
+    encryption: none
+    from_email: bench@example.com
+    connections: {connections}
+roles:
+{roles}credentials:
+  - api_key: bench-key
+    role: {key_role}
+smtp:
+  service: sink
+  anonymous_role: {key_role}
+limits:
+  max_connections: 5000
+  idle_timeout: 120s
+log:
+  format: json
+  level: warn
+"""
+
+
+def policy_roles():
+    """1,000 roles × 10 sender patterns × 3 rate windows; the bench key uses role r999."""
+    lines = []
+    for r in range(1000):
+        pats = [f"user{r}_{i}@d{r}.example.com" for i in range(7)]
+        pats += [f"*@r{r}.example.org", f"*@*.r{r}.example.net", f"*@bench{r}.example.com"]
+        lines.append(f"  r{r}:\n    senders: {json.dumps(pats)}\n"
+                     f"    rate_limits: [100000000/second, 1000000000/hour, 10000000000/day]\n")
+    return "".join(lines)
+
+
+def wrk(port, body, seconds, connections, delay_ms=0, from_email="bench@example.com"):
+    payload = json.dumps({"to": [{"email": "sink@example.com"}], "subject": "bench",
+                          "from_email": from_email, "body_text": body})
+    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    script.write('wrk.method = "POST"\n'
+                 f"wrk.body = {json.dumps(payload)}\n"
+                 'wrk.headers["Content-Type"] = "application/json"\n'
+                 'wrk.headers["X-DreamFactory-API-Key"] = "bench-key"\n')
+    if delay_ms:
+        script.write(f"function delay() return {delay_ms} end\n")
+    script.write('function response(status, headers, body)\n'
+                 '  if status ~= 200 then io.stderr:write("status " .. status .. "\\n") end\n'
+                 'end\n')
+    script.close()
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+                          "-s", script.name, f"http://127.0.0.1:{port}/api/v2/sink"],
+                         capture_output=True, text=True, timeout=seconds + 60)
+    os.unlink(script.name)
+    text = out.stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    lat = {}
+    for pct in ("50", "90", "99"):
+        m = re.search(rf"\s{pct}(?:\.000)?%\s+([\d.]+)(us|ms|s)", text)
+        if m:
+            v, unit = float(m.group(1)), m.group(2)
+            lat[pct] = v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+    errors = len([l for l in out.stderr.splitlines() if l.startswith("status")])
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    return {"rps": rps, "lat_ms": lat, "errors": errors + (int(non2xx.group(1)) if non2xx else 0)}
+
+
+def idle_connections(port, count):
+    socks = []
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", port))
+        socks.append(s)
+    # Read every greeting so each session is fully set up.
+    for s in socks:
+        s.settimeout(10)
+        s.recv(512)
+    return socks
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mailcar", default="build-bench/mailcar")
+    ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--messages", type=int, default=4000)
+    ap.add_argument("--out", default="bench/results/latest.md")
+    args = ap.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="mailcar-bench-"))
+    rows = []
+
+    def row(name, value, baseline=None, unit=""):
+        ratio = f"{value / baseline:.2f}" if baseline else ""
+        rows.append((name, f"{value:,.1f} {unit}".strip(),
+                     f"{baseline:,.1f} {unit}".strip() if baseline else "", ratio))
+        print(f"{name:58} {value:12,.1f} {unit:8} {('base ' + format(baseline, ',.1f')) if baseline else '':>18} {ratio}",
+              flush=True)
+
+    sink = Sink()
+    try:
+        base = {}
+        for size in (1024, 102400):
+            n = args.messages if size == 1024 else args.messages // 4
+            for sessions in (1, 10, 50):
+                base[(size, sessions, True)] = smtp_source_rate(sink.port, sessions, n, size)
+            base[(size, 10, False)] = smtp_source_rate(sink.port, 10, n // 2, size, reuse=False)
+        for (size, sessions, reuse), rate in sorted(base.items()):
+            row(f"baseline smtp-source→smtp-sink {size // 1024}KB s={sessions}{' -d' if reuse else ''}",
+                rate, unit="msg/s")
+
+        mc = Mailcar(args.mailcar, config(sink.port, 10), folder)
+        try:
+            time.sleep(0.5)
+            row("mailcar idle RSS", rss_kb(mc.proc.pid) / 1024, unit="MB")
+            for size, label in ((1024, "1KB"), (102400, "100KB")):
+                r = wrk(mc.http_port, "x" * size, args.seconds, 10)
+                row(f"HTTP→mailcar→sink {label} msg/s (wrk -c10)", r["rps"],
+                    base[(size, 10, True)], "msg/s")
+                row(f"HTTP {label} latency p50 at full load", r["lat_ms"].get("50", 0), unit="ms")
+                row(f"HTTP {label} latency p99 at full load", r["lat_ms"].get("99", 0), unit="ms")
+                if r["errors"]:
+                    row(f"HTTP {label} non-200 responses", r["errors"])
+                if size == 1024:
+                    full = r["rps"]
+            # Half of the baseline's 1 KB rate, paced with wrk's delay(): latency under load.
+            target = base[(1024, 10, True)] / 2
+            conns = 10
+            delay = max(1, int(conns * 1000 / target))
+            r = wrk(mc.http_port, "x" * 1024, args.seconds, conns, delay_ms=delay)
+            row(f"HTTP 1KB at ~{r['rps']:.0f} msg/s (half baseline): p50", r["lat_ms"].get("50", 0),
+                unit="ms")
+            row(f"HTTP 1KB at ~{r['rps']:.0f} msg/s (half baseline): p99", r["lat_ms"].get("99", 0),
+                unit="ms")
+            for size in (1024, 102400):
+                n = args.messages if size == 1024 else args.messages // 4
+                for sessions in (1, 10, 50):
+                    rate = smtp_source_rate(mc.smtp_port, sessions, n, size)
+                    row(f"SMTP→mailcar→sink {size // 1024}KB s={sessions} -d", rate,
+                        base[(size, sessions, True)], "msg/s")
+                rate = smtp_source_rate(mc.smtp_port, 10, n // 2, size, reuse=False)
+                row(f"SMTP→mailcar→sink {size // 1024}KB s=10 (new connection per msg)", rate,
+                    base[(size, 10, False)], "msg/s")
+            row("mailcar peak RSS after load", rss_kb(mc.proc.pid, "VmHWM") / 1024, unit="MB")
+            before = rss_kb(mc.proc.pid)
+            socks = idle_connections(mc.smtp_port, 1000)
+            time.sleep(0.5)
+            after = rss_kb(mc.proc.pid)
+            row("RSS per idle SMTP connection (1,000 open)", (after - before) * 1024 / 1000,
+                unit="bytes")
+            for s in socks:
+                s.close()
+        finally:
+            mc.stop()
+
+        # Policy cost: the same HTTP 1 KB load with a large policy vs the trivial one.
+        simple_rates, big_rates = [], []
+        mc = Mailcar(args.mailcar, config(sink.port, 10), folder)
+        try:
+            for _ in range(2):
+                simple_rates.append(wrk(mc.http_port, "x" * 1024, args.seconds, 10)["rps"])
+        finally:
+            mc.stop()
+        mc = Mailcar(args.mailcar, config(sink.port, 10, policy_roles(), "r999"), folder)
+        try:
+            for _ in range(2):
+                big_rates.append(wrk(mc.http_port, "x" * 1024, args.seconds, 10,
+                                     from_email="someone@bench999.example.com")["rps"])
+        finally:
+            mc.stop()
+        row("policy: 1000 roles/10k patterns/3 windows vs trivial", statistics.median(big_rates),
+            statistics.median(simple_rates), "msg/s")
+    finally:
+        sink.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w") as f:
+        f.write(f"# mailcar benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores\n\n")
+        f.write("| measure | mailcar | baseline | ratio |\n| --- | ---: | ---: | ---: |\n")
+        for r in rows:
+            f.write("| " + " | ".join(r) + " |\n")
+    print(f"\nwritten to {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

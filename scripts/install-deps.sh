@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what mailcar needs to build and test on Debian 12 (as root, or via sudo).
+set -euo pipefail
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+packages=(
+  build-essential cmake pkg-config
+  libuv1-dev libmbedtls-dev libyaml-cpp-dev node-llhttp libsimdjson-dev
+  libgtest-dev libgmock-dev
+  # integration tests: real upstream servers and real clients
+  python3 python3-aiosmtpd python3-pytest python3-prometheus-client openssl curl swaks
+)
+if [ "${1:-}" = "--with-fuzz" ]; then
+  packages+=(clang libclang-rt-14-dev)
+fi
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update
+  $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
+fi
