@@ -1,0 +1,55 @@
+// The MIME builder: MessageContent (HTTP JSON path) -> RFC 5322 / MIME wire form, plus the
+// helpers the SMTP client and ingress share (dot-stuffing, dates, message ids).
+//
+// Choices: text bodies are sent 7bit when they are pure ASCII with lines <= 998, otherwise
+// quoted-printable (base64 when more than a quarter of the bytes are non-ASCII); attachments
+// are always base64. So the body never holds raw 8-bit bytes; OutboundMessage::eight_bit is
+// set only when a header holds a raw UTF-8 address (RFC 6532), which also sets smtputf8.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "mailcar/message.hpp"
+#include "mailcar/result.hpp"
+
+namespace mailcar {
+
+struct BuildOptions {
+  std::string message_id;  // without brackets; empty -> make_message_id(hostname)
+  int64_t date_unix = 0;   // Date header; <= 0 -> the current time
+  std::string hostname;    // for the generated Message-ID
+};
+
+// Builds the wire form. Errors (CR/LF/NUL in a header field, invalid address, bad content
+// type, invalid UTF-8, no recipient) name the field, e.g. "subject: contains CR or LF".
+// envelope_rcpts = to + cc + bcc in order, duplicates dropped (local part exact, domain
+// case-insensitive); no Bcc header is written. smtputf8 is set when any address in the
+// envelope or headers is non-ASCII.
+Result<OutboundMessage> build_message(const MessageContent& content, const BuildOptions& options);
+
+// "<random>.<unixtime>@<host>" without brackets; only [A-Za-z0-9.@_-] (the host name is
+// sanitized; "localhost" when nothing is left).
+std::string make_message_id(std::string_view hostname);
+std::string make_message_id(std::string_view hostname, int64_t now_unix);
+
+// RFC 5322 date in UTC: "Thu, 01 Jan 1970 00:00:00 +0000".
+std::string format_rfc5322_date(int64_t unix_seconds);
+
+// SMTP DATA payload: every line starting with '.' gets another '.', bare CR and bare LF become
+// CRLF (so no <LF>.<LF> can reach the server), a final CRLF is added when missing, and the
+// terminator ".\r\n" is appended. Empty data gives ".\r\n".
+std::string dot_stuff(std::string_view data);
+
+// Header-encoding helpers (exposed for tests and for other header writers).
+// A display name as it goes into an address header: atoms as they are, a quoted-string when
+// ASCII specials need it, RFC 2047 B encoded words (each <= 75 chars, UTF-8 sequences never
+// split) when non-ASCII. Precondition: no CR/LF/NUL.
+std::string encode_display_name(std::string_view name);
+// "name <addr>" or "addr" when the name is empty.
+std::string format_mailbox(const Mailbox& mailbox);
+// Folds "Name: value" at spaces so lines stay <= 78 where possible; CRLF-terminated.
+std::string fold_header(std::string_view name, std::string_view value);
+
+}  // namespace mailcar

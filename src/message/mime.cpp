@@ -1,0 +1,650 @@
+#include "mailcar/mime.hpp"
+
+#include <chrono>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "mailcar/address.hpp"
+#include "mailcar/text.hpp"
+#include "message/line_ends.hpp"
+
+namespace mailcar {
+namespace {
+
+constexpr size_t kFoldAt = 78;
+constexpr size_t kMaxLine = 998;
+// Bytes per RFC 2047 B word: 42 bytes -> 56 base64 chars -> 68-char word, so even
+// "Reply-To: " + word stays within 78 (and always within RFC 2047's 75 per word).
+constexpr size_t kEncodedWordBytes = 42;
+constexpr size_t kBase64LineChars = 76;
+constexpr size_t kQpLineChars = 76;
+
+bool is_continuation_byte(char c) {
+  return (static_cast<unsigned char>(c) & 0xC0) == 0x80;
+}
+
+bool is_atext_ascii(unsigned char c) {
+  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
+  switch (c) {
+    case '!':
+    case '#':
+    case '$':
+    case '%':
+    case '&':
+    case '\'':
+    case '*':
+    case '+':
+    case '-':
+    case '/':
+    case '=':
+    case '?':
+    case '^':
+    case '_':
+    case '`':
+    case '{':
+    case '|':
+    case '}':
+    case '~':
+      return true;
+    default:
+      return false;
+  }
+}
+
+// RFC 2045 token character (type, subtype).
+bool is_token_char(unsigned char c) {
+  if (c <= 32 || c >= 127) return false;
+  switch (c) {
+    case '(':
+    case ')':
+    case '<':
+    case '>':
+    case '@':
+    case ',':
+    case ';':
+    case ':':
+    case '\\':
+    case '"':
+    case '/':
+    case '[':
+    case ']':
+    case '?':
+    case '=':
+      return false;
+    default:
+      return true;
+  }
+}
+
+// RFC 2231 attribute-char: sent unencoded in an extended parameter value.
+bool is_attribute_char(unsigned char c) {
+  return is_token_char(c) && c != '*' && c != '\'' && c != '%';
+}
+
+bool is_printable_ascii(std::string_view s) {
+  for (unsigned char c : s) {
+    if (c < 32 || c > 126) return false;
+  }
+  return true;
+}
+
+// A header field's input: no line breaks or NUL (header injection), and valid UTF-8.
+Result<void> check_header_text(std::string_view field, std::string_view value) {
+  for (char c : value) {
+    if (c == '\r' || c == '\n') return make_error(std::string(field) + ": contains CR or LF");
+    if (c == '\0') return make_error(std::string(field) + ": contains NUL");
+  }
+  if (!is_valid_utf8(value)) return make_error(std::string(field) + ": invalid UTF-8");
+  return {};
+}
+
+std::string hex_escape(char prefix, unsigned char c) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out(1, prefix);
+  out.push_back(kHex[c >> 4]);
+  out.push_back(kHex[c & 15]);
+  return out;
+}
+
+// RFC 2047 B encoded words, space separated, each chunk ending on a UTF-8 boundary.
+std::string encoded_words(std::string_view s) {
+  std::string out;
+  if (s.empty())
+    return "=?UTF-8?B?"
+           "?=";  // split: "??=" is a trigraph
+  while (!s.empty()) {
+    size_t n = s.size() <= kEncodedWordBytes ? s.size() : kEncodedWordBytes;
+    while (n < s.size() && n > 0 && is_continuation_byte(s[n])) --n;
+    if (n == 0) n = s.size() < kEncodedWordBytes ? s.size() : kEncodedWordBytes;  // invalid input
+    if (n < s.size()) {
+      // Prefer to break before a space: some readers (Python's email) wrongly put a space
+      // between adjacent encoded words in a phrase, which then lands between words.
+      size_t space = s.substr(0, n).rfind(' ');
+      if (space != std::string_view::npos && space >= n / 2) n = space;
+    }
+    if (!out.empty()) out.push_back(' ');
+    out += "=?UTF-8?B?" + text::base64_encode(s.substr(0, n)) + "?=";
+    s.remove_prefix(n);
+  }
+  return out;
+}
+
+std::string quote_string(std::string_view s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') out.push_back('\\');
+    out.push_back(c);
+  }
+  out.push_back('"');
+  return out;
+}
+
+bool is_atom_phrase(std::string_view s) {
+  if (s.empty() || s.front() == ' ' || s.back() == ' ') return false;
+  char prev = 0;
+  for (char c : s) {
+    if (c == ' ') {
+      if (prev == ' ') return false;
+    } else if (!is_atext_ascii(static_cast<unsigned char>(c))) {
+      return false;
+    }
+    prev = c;
+  }
+  return true;
+}
+
+size_t longest_word(std::string_view s) {
+  size_t best = 0, run = 0;
+  for (char c : s) {
+    run = (c == ' ' || c == '\t') ? 0 : run + 1;
+    if (run > best) best = run;
+  }
+  return best;
+}
+
+// Unstructured text (Subject): raw when it is plain printable ASCII that a reader gets back
+// unchanged; otherwise encoded words.
+std::string encode_unstructured(std::string_view s) {
+  bool raw = is_printable_ascii(s) && s.find("=?") == std::string_view::npos &&
+             (s.empty() || (s.front() != ' ' && s.back() != ' ')) && longest_word(s) < 900;
+  return raw ? std::string(s) : encoded_words(s);
+}
+
+}  // namespace
+
+std::string normalize_line_ends(std::string_view s) {
+  std::string out;
+  out.reserve(s.size() + s.size() / 32);
+  for (size_t i = 0; i < s.size(); ++i) {
+    char c = s[i];
+    if (c == '\r') {
+      out += "\r\n";
+      if (i + 1 < s.size() && s[i + 1] == '\n') ++i;
+    } else if (c == '\n') {
+      out += "\r\n";
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
+namespace {
+
+// Text with CRLF line ends only: may it go as 7bit?
+bool is_7bit_clean(std::string_view s) {
+  size_t line = 0;
+  for (char ch : s) {
+    auto c = static_cast<unsigned char>(ch);
+    if (c == 0 || c >= 0x80) return false;
+    if (c == '\n') {
+      line = 0;
+    } else if (c != '\r' && ++line > kMaxLine) {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::string base64_lines(std::string_view data) {
+  std::string b64 = text::base64_encode(data);
+  std::string out;
+  out.reserve(b64.size() + b64.size() / kBase64LineChars * 2 + 2);
+  for (size_t i = 0; i < b64.size(); i += kBase64LineChars) {
+    out.append(b64, i, kBase64LineChars);
+    out += "\r\n";
+  }
+  return out;
+}
+
+// Quoted-printable of CRLF text: hard line breaks stay CRLF, soft breaks keep lines <= 76.
+std::string quoted_printable(std::string_view s) {
+  std::string out;
+  out.reserve(s.size() * 3 / 2);
+  size_t col = 0;
+  for (size_t i = 0; i < s.size(); ++i) {
+    auto c = static_cast<unsigned char>(s[i]);
+    if (c == '\r' && i + 1 < s.size() && s[i + 1] == '\n') {
+      out += "\r\n";
+      col = 0;
+      ++i;
+      continue;
+    }
+    bool line_end = i + 1 == s.size() || (s[i + 1] == '\r' && i + 2 < s.size() && s[i + 2] == '\n');
+    std::string piece;
+    if ((c == ' ' || c == '\t') && !line_end) {
+      piece.assign(1, static_cast<char>(c));
+    } else if (c >= 33 && c <= 126 && c != '=') {
+      piece.assign(1, static_cast<char>(c));
+    } else {
+      piece = hex_escape('=', c);
+    }
+    // Leave room for the soft break's '=' unless this piece ends the line.
+    size_t limit = line_end ? kQpLineChars : kQpLineChars - 1;
+    if (col + piece.size() > limit) {
+      out += "=\r\n";
+      col = 0;
+    }
+    out += piece;
+    col += piece.size();
+  }
+  return out;
+}
+
+struct Entity {
+  std::string headers;  // CRLF-terminated header lines
+  std::string body;     // CRLF-terminated (or empty)
+};
+
+std::string render(const Entity& e) {
+  return e.headers + "\r\n" + e.body;
+}
+
+Entity text_entity(std::string_view subtype, std::string_view content) {
+  std::string text = normalize_line_ends(content);
+  if (!text.empty() && !text.ends_with("\r\n")) text += "\r\n";
+  Entity e;
+  e.headers = "Content-Type: text/" + std::string(subtype) + "; charset=utf-8\r\n";
+  if (is_7bit_clean(text)) {
+    e.headers += "Content-Transfer-Encoding: 7bit\r\n";
+    e.body = std::move(text);
+    return e;
+  }
+  size_t high = 0;
+  for (unsigned char c : text) high += c >= 0x80 ? 1 : 0;
+  if (high * 4 > text.size()) {
+    e.headers += "Content-Transfer-Encoding: base64\r\n";
+    e.body = base64_lines(text);
+  } else {
+    e.headers += "Content-Transfer-Encoding: quoted-printable\r\n";
+    e.body = quoted_printable(text);
+  }
+  return e;
+}
+
+// RFC 2231 filename*0*=utf-8''...; filename*1*=... in chunks that never split a %XX.
+std::string rfc2231_parameter(std::string_view attribute, std::string_view value) {
+  std::vector<std::string> chunks(1);
+  for (unsigned char c : value) {
+    std::string piece =
+        is_attribute_char(c) ? std::string(1, static_cast<char>(c)) : hex_escape('%', c);
+    if (chunks.back().size() + piece.size() > 40) chunks.emplace_back();  // lines stay < 78
+    chunks.back() += piece;
+  }
+  std::string out;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    if (i) out += "; ";
+    out += std::string(attribute) + "*";
+    if (chunks.size() > 1) out += std::to_string(i) + "*";
+    out += "=";
+    if (i == 0) out += "utf-8''";
+    out += chunks[i];
+  }
+  return out;
+}
+
+Result<std::string> check_content_type(std::string_view field, std::string_view ct) {
+  for (char c : ct) {
+    if (c == '\r' || c == '\n' || c == '\0')
+      return make_error(std::string(field) + ": contains CR, LF or NUL");
+  }
+  ct = text::trim(ct);
+  if (ct.empty()) return std::string("application/octet-stream");
+  size_t slash = ct.find('/');
+  std::string_view type = ct.substr(0, slash);
+  std::string_view subtype =
+      slash == std::string_view::npos ? std::string_view{} : ct.substr(slash + 1);
+  auto all_token = [](std::string_view s) {
+    if (s.empty()) return false;
+    for (unsigned char c : s) {
+      if (!is_token_char(c)) return false;
+    }
+    return true;
+  };
+  if (!all_token(type) || !all_token(subtype)) {
+    return make_error(std::string(field) + ": not a type/subtype content type");
+  }
+  std::string lower = text::lower_ascii(ct);
+  if (lower.starts_with("multipart/") || lower.starts_with("message/")) {
+    return make_error(std::string(field) +
+                      ": multipart/* and message/* are not allowed for attachments");
+  }
+  return lower;
+}
+
+Result<Entity> attachment_entity(const Attachment& a, size_t index) {
+  std::string field = "attachments[" + std::to_string(index) + "]";
+  if (auto r = check_header_text(field + ".filename", a.filename); !r) return r.error();
+  auto ct = check_content_type(field + ".content_type", a.content_type);
+  if (!ct) return ct.error();
+  std::string type_value = *ct;
+  std::string disposition = "attachment";
+  if (!a.filename.empty()) {
+    bool simple = is_printable_ascii(a.filename) && a.filename.size() <= 60 &&
+                  a.filename.find("=?") == std::string::npos;
+    if (simple) {
+      type_value += "; name=" + quote_string(a.filename);
+      disposition += "; filename=" + quote_string(a.filename);
+    } else {
+      // RFC 2231 for readers that follow it; an RFC 2047 name= for those that do not.
+      type_value += "; name=\"" + encoded_words(a.filename) + "\"";
+      disposition += "; " + rfc2231_parameter("filename", a.filename);
+    }
+  }
+  Entity e;
+  e.headers = fold_header("Content-Type", type_value) +
+              fold_header("Content-Disposition", disposition) +
+              "Content-Transfer-Encoding: base64\r\n";
+  e.body = base64_lines(a.data);
+  return e;
+}
+
+// Random boundary that none of the parts contains (content is checked, not assumed).
+std::string make_boundary(const std::vector<std::string>& parts) {
+  while (true) {
+    std::string b = "=_mc_" + text::random_token(30);
+    bool clash = false;
+    for (const auto& p : parts) {
+      if (p.find(b) != std::string::npos) clash = true;
+    }
+    if (!clash) return b;
+  }
+}
+
+Entity multipart_entity(std::string_view subtype, const std::vector<Entity>& children) {
+  std::vector<std::string> rendered;
+  rendered.reserve(children.size());
+  for (const auto& c : children) rendered.push_back(render(c));
+  std::string boundary = make_boundary(rendered);
+  Entity e;
+  e.headers = fold_header("Content-Type",
+                          "multipart/" + std::string(subtype) + "; boundary=\"" + boundary + "\"");
+  for (const auto& r : rendered) {
+    e.body += "--" + boundary + "\r\n";
+    e.body += r;
+    e.body += "\r\n";
+  }
+  e.body += "--" + boundary + "--\r\n";
+  return e;
+}
+
+struct CheckedMailbox {
+  std::string address;
+  std::string name;
+};
+
+Result<CheckedMailbox> check_mailbox(const std::string& field, const Mailbox& m) {
+  if (auto r = check_header_text(field + ".name", m.name); !r) return r.error();
+  auto addr = validate_address(m.address);
+  if (!addr) return make_error(field + ": invalid address: " + addr.error().message);
+  return CheckedMailbox{std::move(*addr), m.name};
+}
+
+Result<std::vector<CheckedMailbox>> check_list(const char* field,
+                                               const std::vector<Mailbox>& list) {
+  std::vector<CheckedMailbox> out;
+  for (size_t i = 0; i < list.size(); ++i) {
+    auto m = check_mailbox(std::string(field) + "[" + std::to_string(i) + "]", list[i]);
+    if (!m) return m.error();
+    out.push_back(std::move(*m));
+  }
+  return out;
+}
+
+std::string mailbox_list(const std::vector<CheckedMailbox>& list) {
+  std::string out;
+  for (const auto& m : list) {
+    if (!out.empty()) out += ", ";
+    out += format_mailbox(Mailbox{m.address, m.name});
+  }
+  return out;
+}
+
+bool valid_message_id(std::string_view id) {
+  if (id.empty() || id.find('@') == std::string_view::npos) return false;
+  for (unsigned char c : id) {
+    if (c <= 32 || c >= 127) return false;
+    switch (c) {
+      case '<':
+      case '>':
+      case '(':
+      case ')':
+      case '[':
+      case ']':
+      case '\\':
+      case '"':
+      case ',':
+      case ';':
+      case ':':
+        return false;
+      default:
+        break;
+    }
+  }
+  return true;
+}
+
+int64_t now_unix() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+std::string encode_display_name(std::string_view name) {
+  // "=?" would be taken for an encoded word by readers, so such names are encoded themselves.
+  bool looks_encoded = name.find("=?") != std::string_view::npos;
+  if (!looks_encoded && is_atom_phrase(name)) return std::string(name);
+  if (!looks_encoded && is_printable_ascii(name) && name.size() <= 70 && !name.empty() &&
+      name.front() != ' ' && name.back() != ' ') {
+    return quote_string(name);
+  }
+  return encoded_words(name);
+}
+
+std::string format_mailbox(const Mailbox& mailbox) {
+  if (mailbox.name.empty()) return mailbox.address;
+  return encode_display_name(mailbox.name) + " <" + mailbox.address + ">";
+}
+
+std::string fold_header(std::string_view name, std::string_view value) {
+  std::string line = std::string(name) + ": " + std::string(value);
+  std::string out;
+  out.reserve(line.size() + 16);
+  size_t line_len = 0;
+  size_t seg_start = 0;
+  auto emit = [&](size_t end) {
+    size_t seg_len = end - seg_start;
+    if (line_len > 0 && line_len + seg_len > kFoldAt) {
+      out += "\r\n";
+      line_len = 0;
+    }
+    out.append(line, seg_start, seg_len);
+    line_len += seg_len;
+    seg_start = end;
+  };
+  // Fold before the last WSP of a run, never right after the colon, so no line is all WSP.
+  for (size_t i = name.size() + 2; i + 1 < line.size(); ++i) {
+    bool wsp = line[i] == ' ' || line[i] == '\t';
+    bool next_wsp = line[i + 1] == ' ' || line[i + 1] == '\t';
+    if (wsp && !next_wsp) emit(i);
+  }
+  emit(line.size());
+  out += "\r\n";
+  return out;
+}
+
+std::string format_rfc5322_date(int64_t t) {
+  static constexpr const char* kDays[] = {"Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"};
+  static constexpr const char* kMonths[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                            "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+  int64_t days = t / 86400;
+  int64_t secs = t % 86400;
+  if (secs < 0) {
+    secs += 86400;
+    --days;
+  }
+  int64_t weekday = days % 7;
+  if (weekday < 0) weekday += 7;
+  // Howard Hinnant's civil_from_days.
+  int64_t z = days + 719468;
+  int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+  int64_t doe = z - era * 146097;
+  int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+  int64_t y = yoe + era * 400;
+  int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+  int64_t mp = (5 * doy + 2) / 153;
+  int64_t d = doy - (153 * mp + 2) / 5 + 1;
+  int64_t m = mp < 10 ? mp + 3 : mp - 9;
+  if (m <= 2) ++y;
+  auto two = [](int64_t v) { return (v < 10 ? "0" : "") + std::to_string(v); };
+  return std::string(kDays[weekday]) + ", " + two(d) + " " + kMonths[m - 1] + " " +
+         std::to_string(y) + " " + two(secs / 3600) + ":" + two(secs / 60 % 60) + ":" +
+         two(secs % 60) + " +0000";
+}
+
+std::string make_message_id(std::string_view hostname, int64_t unix_seconds) {
+  std::string host;
+  for (char c : hostname) {
+    auto u = static_cast<unsigned char>(c);
+    if ((u >= 'a' && u <= 'z') || (u >= 'A' && u <= 'Z') || (u >= '0' && u <= '9') || c == '.' ||
+        c == '-' || c == '_') {
+      host.push_back(c);
+    }
+  }
+  while (!host.empty() && host.front() == '.') host.erase(0, 1);
+  while (!host.empty() && host.back() == '.') host.pop_back();
+  if (host.empty()) host = "localhost";
+  return text::random_token(20) + "." + std::to_string(unix_seconds) + "@" + host;
+}
+
+std::string make_message_id(std::string_view hostname) {
+  return make_message_id(hostname, now_unix());
+}
+
+std::string dot_stuff(std::string_view data) {
+  std::string out;
+  out.reserve(data.size() + data.size() / 64 + 8);
+  bool line_start = true;
+  for (size_t i = 0; i < data.size(); ++i) {
+    char c = data[i];
+    if (c == '\r' || c == '\n') {
+      out += "\r\n";
+      if (c == '\r' && i + 1 < data.size() && data[i + 1] == '\n') ++i;
+      line_start = true;
+      continue;
+    }
+    if (line_start && c == '.') out.push_back('.');
+    out.push_back(c);
+    line_start = false;
+  }
+  if (!line_start) out += "\r\n";
+  out += ".\r\n";
+  return out;
+}
+
+Result<OutboundMessage> build_message(const MessageContent& content, const BuildOptions& options) {
+  auto from = check_mailbox("from", content.from);
+  if (!from) return from.error();
+  std::optional<CheckedMailbox> reply_to;
+  if (content.reply_to) {
+    auto r = check_mailbox("reply_to", *content.reply_to);
+    if (!r) return r.error();
+    reply_to = std::move(*r);
+  }
+  auto to = check_list("to", content.to);
+  if (!to) return to.error();
+  auto cc = check_list("cc", content.cc);
+  if (!cc) return cc.error();
+  auto bcc = check_list("bcc", content.bcc);
+  if (!bcc) return bcc.error();
+  if (auto r = check_header_text("subject", content.subject); !r) return r.error();
+  if (to->empty() && cc->empty() && bcc->empty()) return make_error("no recipient");
+
+  OutboundMessage msg;
+  if (options.message_id.empty()) {
+    msg.id = make_message_id(options.hostname);
+  } else if (valid_message_id(options.message_id)) {
+    msg.id = options.message_id;
+  } else {
+    return make_error("message_id: invalid");
+  }
+  msg.envelope_from = from->address;
+  std::unordered_set<std::string> seen;
+  for (const auto* list : {&*to, &*cc, &*bcc}) {
+    for (const auto& m : *list) {
+      std::string key = std::string(address_local(m.address)) + "@" +
+                        text::lower_ascii(address_domain(m.address));
+      if (seen.insert(key).second) msg.envelope_rcpts.push_back(m.address);
+    }
+  }
+  msg.smtputf8 =
+      !address_is_ascii(msg.envelope_from) || (reply_to && !address_is_ascii(reply_to->address));
+  for (const auto& r : msg.envelope_rcpts) msg.smtputf8 = msg.smtputf8 || !address_is_ascii(r);
+
+  std::string& d = msg.data;
+  d += fold_header("From", format_mailbox(Mailbox{from->address, from->name}));
+  if (!to->empty()) {
+    d += fold_header("To", mailbox_list(*to));
+  } else if (cc->empty()) {
+    d += "To: undisclosed-recipients:;\r\n";
+  }
+  if (!cc->empty()) d += fold_header("Cc", mailbox_list(*cc));
+  if (reply_to)
+    d += fold_header("Reply-To", format_mailbox(Mailbox{reply_to->address, reply_to->name}));
+  d += content.subject.empty() ? std::string("Subject:\r\n")
+                               : fold_header("Subject", encode_unstructured(content.subject));
+  d += "Date: " + format_rfc5322_date(options.date_unix > 0 ? options.date_unix : now_unix()) +
+       "\r\n";
+  d += "Message-ID: <" + msg.id + ">\r\n";
+  d += "MIME-Version: 1.0\r\n";
+
+  std::vector<Entity> body_parts;
+  if (content.body_text) body_parts.push_back(text_entity("plain", *content.body_text));
+  if (content.body_html) body_parts.push_back(text_entity("html", *content.body_html));
+  if (body_parts.empty()) body_parts.push_back(text_entity("plain", ""));
+  Entity body = body_parts.size() == 1 ? std::move(body_parts[0])
+                                       : multipart_entity("alternative", body_parts);
+  if (!content.attachments.empty()) {
+    std::vector<Entity> parts;
+    parts.push_back(std::move(body));
+    for (size_t i = 0; i < content.attachments.size(); ++i) {
+      auto a = attachment_entity(content.attachments[i], i);
+      if (!a) return a.error();
+      parts.push_back(std::move(*a));
+    }
+    body = multipart_entity("mixed", parts);
+  }
+  d += render(body);
+  for (unsigned char c : d) {
+    if (c >= 0x80) {
+      msg.eight_bit = true;
+      break;
+    }
+  }
+  return msg;
+}
+
+}  // namespace mailcar

@@ -1,0 +1,166 @@
+#include "mailcar/normalize.hpp"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "mailcar/mime.hpp"
+#include "message/mime_reader.hpp"
+
+namespace mailcar {
+namespace {
+
+using testing::parse_entity;
+using testing::Part;
+
+constexpr int64_t kNow = 1700000000;
+const std::string kReceived =
+    "Received: from client ([127.0.0.1])\r\n\tby mc (mailcar) with ESMTP id X1;\r\n\t" +
+    format_rfc5322_date(kNow) + "\r\n";
+
+NormalizeInput input(std::string_view raw) {
+  return NormalizeInput{raw, Mailbox{"default@example.com", "Default"}, kReceived, "mc.example",
+                        kNow};
+}
+
+NormalizedMessage normalize_ok(const NormalizeInput& in) {
+  auto r = normalize_message(in);
+  EXPECT_TRUE(r.ok()) << (r.ok() ? "" : r.error().message);
+  return r.ok() ? *r : NormalizedMessage{};
+}
+
+void expect_crlf_only(const std::string& d) {
+  for (size_t i = 0; i < d.size(); ++i) {
+    if (d[i] == '\r') {
+      ASSERT_EQ(d.substr(i, 2), "\r\n") << "bare CR at " << i;
+    } else if (d[i] == '\n') {
+      ASSERT_TRUE(i > 0 && d[i - 1] == '\r') << "bare LF at " << i;
+    }
+  }
+  EXPECT_TRUE(d.ends_with("\r\n"));
+}
+
+TEST(Normalize, LfOnlyInputGetsCrlfAndMissingDateAndMessageId) {
+  auto n = normalize_ok(input("From: A <a@example.com>\nSubject: hi\n\nline 1\nline 2\n"));
+  expect_crlf_only(n.data);
+  EXPECT_TRUE(n.data.starts_with(kReceived));
+  EXPECT_EQ(n.from, (std::vector<Mailbox>{{"a@example.com", "A"}}));
+  EXPECT_TRUE(n.message_id.ends_with(".1700000000@mc.example")) << n.message_id;
+  Part p = parse_entity(n.data);
+  EXPECT_EQ(p.count("Received"), 1);
+  EXPECT_EQ(p.header("Date"), format_rfc5322_date(kNow));
+  EXPECT_EQ(p.header("Message-ID"), "<" + n.message_id + ">");
+  EXPECT_EQ(p.count("From"), 1);
+  EXPECT_EQ(p.body, "line 1\r\nline 2\r\n");
+  EXPECT_FALSE(n.eight_bit);
+}
+
+TEST(Normalize, ExistingDateAndMessageIdAreKept) {
+  auto n =
+      normalize_ok(input("From: a@example.com\r\nDate: Mon, 1 Jan 2024 00:00:00 +0100\r\n"
+                         "Message-ID:\r\n <abc.123@client.example>\r\n\r\nbody\r\n"));
+  EXPECT_EQ(n.message_id, "abc.123@client.example");
+  Part p = parse_entity(n.data);
+  EXPECT_EQ(p.count("Date"), 1);
+  EXPECT_EQ(p.header("Date"), "Mon, 1 Jan 2024 00:00:00 +0100");
+  EXPECT_EQ(p.count("Message-ID"), 1);
+  // Headers other than the ones added are byte-for-byte what the client sent.
+  EXPECT_NE(n.data.find("Message-ID:\r\n <abc.123@client.example>\r\n"), std::string::npos);
+}
+
+TEST(Normalize, MissingFromTakesTheDefault) {
+  auto n = normalize_ok(input("Subject: x\r\n\r\nbody\r\n"));
+  EXPECT_EQ(n.from, (std::vector<Mailbox>{{"default@example.com", "Default"}}));
+  Part p = parse_entity(n.data);
+  EXPECT_EQ(p.header("From"), "Default <default@example.com>");
+
+  NormalizeInput no_default = input("Subject: x\r\n\r\nbody\r\n");
+  no_default.default_from.reset();
+  auto r = normalize_message(no_default);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find("no From"), std::string::npos);
+}
+
+TEST(Normalize, BccRemovedIncludingFoldedAndResentBcc) {
+  auto n = normalize_ok(
+      input("From: a@example.com\r\nbcc: one@example.com,\r\n two@example.com\r\n"
+            "To: t@example.com\r\nResent-Bcc: three@example.com\r\nBCC:\r\n\tfour@example.com\r\n"
+            "Subject: s\r\n\r\nBcc: in body stays\r\n"));
+  Part p = parse_entity(n.data);
+  EXPECT_EQ(p.count("Bcc"), 0);
+  EXPECT_EQ(p.count("Resent-Bcc"), 0);
+  EXPECT_EQ(p.header("To"), "t@example.com");
+  EXPECT_EQ(p.header("Subject"), "s");
+  for (const char* hidden : {"one@", "two@", "three@", "four@"}) {
+    EXPECT_EQ(n.data.find(hidden), std::string::npos) << hidden;
+  }
+  EXPECT_EQ(p.body, "Bcc: in body stays\r\n");
+}
+
+TEST(Normalize, HeaderOnlyMessageWithoutFinalNewline) {
+  auto n = normalize_ok(input("From: a@example.com\nSubject: only headers"));
+  expect_crlf_only(n.data);
+  Part p = parse_entity(n.data);
+  EXPECT_EQ(p.header("Subject"), "only headers");
+  EXPECT_EQ(p.body, "");
+  EXPECT_EQ(n.data.find("\r\n\r\n"), std::string::npos);  // no body, so no separator needed
+}
+
+TEST(Normalize, MessageWithoutHeadersBecomesBody) {
+  auto n = normalize_ok(input("Hello there\nsecond line\n"));
+  Part p = parse_entity(n.data);
+  EXPECT_EQ(p.body, "Hello there\r\nsecond line\r\n");
+  EXPECT_EQ(p.count("From"), 1);
+  EXPECT_EQ(p.count("Date"), 1);
+}
+
+TEST(Normalize, BareCrAndMixedLineEnds) {
+  auto n = normalize_ok(input("From: a@example.com\rSubject: s\r\n\nb1\rb2\r\n"));
+  expect_crlf_only(n.data);
+  Part p = parse_entity(n.data);
+  EXPECT_EQ(p.header("Subject"), "s");
+  EXPECT_EQ(p.body, "b1\r\nb2\r\n");
+}
+
+TEST(Normalize, FromHeaderParsedWithGroupsAndFolding) {
+  auto n =
+      normalize_ok(input("From: \"Doe, J\" <j@example.com>,\r\n B <b@example.org>\r\n\r\nx\r\n"));
+  EXPECT_EQ(n.from, (std::vector<Mailbox>{{"j@example.com", "Doe, J"}, {"b@example.org", "B"}}));
+}
+
+TEST(Normalize, EightBitDetected) {
+  auto n = normalize_ok(input("From: a@example.com\r\n\r\ncaf\xC3\xA9\r\n"));
+  EXPECT_TRUE(n.eight_bit);
+}
+
+TEST(Normalize, Errors) {
+  auto expect_error = [](std::string raw, std::string part) {
+    auto r = normalize_message(input(raw));
+    ASSERT_FALSE(r.ok()) << raw;
+    EXPECT_NE(r.error().message.find(part), std::string::npos) << r.error().message;
+  };
+  expect_error(std::string("From: a@example.com\r\n\r\nx\0y\r\n", 26), "NUL");
+  expect_error("From: a@example.com\r\nX-Long: " + std::string(991, 'a') + "\r\n\r\n", "998");
+  expect_error("From: a@example.com\r\nFrom: b@example.com\r\n\r\n", "more than one From");
+  expect_error("From: not an address\r\n\r\n", "invalid From");
+  expect_error("From: undisclosed:;\r\n\r\n", "no address");
+  // 998 octets exactly is fine; long body lines are not the normalizer's business.
+  auto ok = normalize_message(input("From: a@example.com\r\nX-Long: " + std::string(990, 'a') +
+                                    "\r\n\r\n" + std::string(5000, 'b') + "\r\n"));
+  EXPECT_TRUE(ok.ok());
+}
+
+TEST(ReceivedHeader, FormatAndSanitizedClientText) {
+  std::string r = make_received_header("evil\r\nBcc: x@y (z) [1]", "2001:db8::1", "mc.local",
+                                       "ESMTPS", "ID7", kNow);
+  EXPECT_EQ(r,
+            "Received: from evilBcc:x@yz1 ([IPv6:2001:db8::1])\r\n\tby mc.local (mailcar) with "
+            "ESMTPS id ID7;\r\n\t" +
+                format_rfc5322_date(kNow) + "\r\n");
+  EXPECT_EQ(make_received_header("", "127.0.0.1", "h", "ESMTP", "i", 0),
+            "Received: from unknown ([127.0.0.1])\r\n\tby h (mailcar) with ESMTP id i;\r\n\t"
+            "Thu, 01 Jan 1970 00:00:00 +0000\r\n");
+}
+
+}  // namespace
+}  // namespace mailcar
