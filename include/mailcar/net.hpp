@@ -34,8 +34,9 @@ struct NetError {
 
 struct TlsClientOptions {
   bool verify = true;
-  std::string ca_file;      // empty: /etc/ssl/certs/ca-certificates.crt
-  std::string server_name;  // SNI and the name checked against the certificate
+  std::string ca_file;      // empty: /etc/ssl/certs/ca-certificates.crt (parsed once, cached)
+  std::string server_name;  // SNI and the name checked against the certificate; set it when
+                            // verify is true (mbedTLS 2.28 skips the name check if empty)
 };
 
 // Certificate + key for server-side TLS (SMTP STARTTLS). Shared by all sessions of a listener.
@@ -51,6 +52,17 @@ class TlsServerContext {
 
 // A connected byte stream, plain or TLS. Owned by shared_ptr; stays alive until its libuv
 // handle is closed even if the owner drops it, but after close() no callback fires.
+//
+// Callbacks never fire from inside a call into the Stream (or connect_tcp): always from the loop.
+// Delivery: in plaintext mode on_data gets one line (up to and including LF, or the tail of a
+// read) per call. If the callback calls start_tls_*, close() or abort(), the rest of that read
+// is discarded, never delivered: after STARTTLS every byte read is TLS input, on both sides
+// (a server sends no TLS bytes before the client saw its 220, so the client drops the rest too).
+// If it calls pause_reading(), the rest is held and delivered after resume_reading().
+// In TLS mode on_data gets decrypted records (up to 16 KiB per call).
+// End: on_close fires exactly once (unless cleared) when the stream is gone: Closed after
+// close()/abort() or the peer's EOF/close_notify, Io on socket errors, the handshake error after a
+// failed start_tls_*. The peer's EOF ends the stream (no half-close: later writes are dropped).
 class Stream {
  public:
   using DataFn = std::function<void(std::string_view bytes)>;  // plaintext
@@ -74,25 +86,29 @@ class Stream {
   // Upgrade to TLS. Bytes that arrive before the handshake completes are handshake data;
   // plaintext the peer sent before the upgrade and not yet delivered is discarded (never
   // interpreted after the upgrade: STARTTLS command injection). `done` fires once.
+  // Writes made during the handshake are sent encrypted once it completes. On failure `done`
+  // gets the error (Certificate, Tls, Closed, Io), then the stream closes (on_close: same error).
+  // After close()/abort() `done` does not fire. A handshake timeout is the caller's Timer.
   virtual void start_tls_client(const TlsClientOptions& options, DoneFn done) = 0;
   virtual void start_tls_server(std::shared_ptr<TlsServerContext> context, DoneFn done) = 0;
   virtual bool tls_active() const = 0;
 
   // Flush queued writes, then close. Idempotent. on_close fires (kind Closed) unless the
-  // owner cleared it.
+  // owner cleared it. TLS sends close_notify; unflushed bytes are dropped after 10 s.
   virtual void close() = 0;
   // Close now, dropping queued writes (RST where possible).
   virtual void abort() = 0;
   virtual bool closed() const = 0;
 
-  virtual std::string peer_address() const = 0;  // "ip:port"
+  virtual std::string peer_address() const = 0;  // "ip:port", "[v6]:port"
   virtual bool peer_is_loopback() const = 0;
 };
 
 using StreamPtr = std::shared_ptr<Stream>;
 
 // Resolve `host` (async, uv_getaddrinfo), connect to the first address that answers, within
-// `timeout_ms` in total. `done` fires once on the loop thread.
+// `timeout_ms` in total. `done` fires once on the loop thread, never from inside this call:
+// a stream (TCP_NODELAY set) and kind None, or nullptr and Resolve / Refused / TimedOut / Io.
 void connect_tcp(uv_loop_t* loop, const std::string& host, uint16_t port, uint64_t timeout_ms,
                  std::function<void(StreamPtr stream, const NetError& error)> done);
 
