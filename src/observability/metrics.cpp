@@ -1,0 +1,186 @@
+#include "mailcar/metrics.hpp"
+
+#include <array>
+#include <charconv>
+#include <cmath>
+#include <map>
+#include <vector>
+
+namespace mailcar::metrics {
+namespace {
+
+using Labels = std::vector<std::string>;  // label values, in the family's label-name order
+
+// Upper bounds of mailcar_upstream_seconds, seconds.
+constexpr std::array<double, 12> kBuckets = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                             0.5,   1,    2.5,   5,    10,  30};
+
+struct State {
+  std::map<Labels, uint64_t> messages;                    // ingress, role, service, outcome
+  std::map<Labels, uint64_t> recipients;                  // service, outcome
+  std::map<Labels, uint64_t> rate_limited;                // role
+  std::array<uint64_t, kBuckets.size()> bucket_counts{};  // not cumulative; summed on render
+  uint64_t upstream_count = 0;
+  double upstream_sum = 0;
+  int64_t spool_messages = 0;
+  std::map<std::string, int64_t, std::less<>> connections{{"http", 0}, {"smtp", 0}};
+};
+
+State& state() {
+  static State s;
+  return s;
+}
+
+std::string format_double(double v) {
+  if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
+  if (std::isnan(v)) return "NaN";
+  char buf[32];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  return ec == std::errc() ? std::string(buf, end) : std::string("0");
+}
+
+void append_escaped_label(std::string& out, std::string_view value) {
+  for (char c : value) {
+    switch (c) {
+      case '\\':
+        out += "\\\\";
+        break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      default:
+        out.push_back(c);
+    }
+  }
+}
+
+void append_header(std::string& out, std::string_view name, std::string_view type,
+                   std::string_view help) {
+  out += "# HELP ";
+  out += name;
+  out += ' ';
+  out += help;
+  out += "\n# TYPE ";
+  out += name;
+  out += ' ';
+  out += type;
+  out += '\n';
+}
+
+void append_sample(std::string& out, std::string_view name,
+                   const std::vector<std::string_view>& label_names, const Labels& values,
+                   std::string_view value) {
+  out += name;
+  if (!label_names.empty()) {
+    out += '{';
+    for (size_t i = 0; i < label_names.size(); ++i) {
+      if (i > 0) out += ',';
+      out += label_names[i];
+      out += "=\"";
+      append_escaped_label(out, values[i]);
+      out += '"';
+    }
+    out += '}';
+  }
+  out += ' ';
+  out += value;
+  out += '\n';
+}
+
+void append_counter_family(std::string& out, std::string_view name, std::string_view help,
+                           const std::vector<std::string_view>& label_names,
+                           const std::map<Labels, uint64_t>& samples) {
+  append_header(out, name, "counter", help);
+  for (const auto& [labels, value] : samples) {
+    append_sample(out, name, label_names, labels, std::to_string(value));
+  }
+}
+
+}  // namespace
+
+void count_message(Ingress ingress, std::string_view role, std::string_view service,
+                   std::string_view outcome) {
+  ++state().messages[{ingress_name(ingress), std::string(role), std::string(service),
+                      std::string(outcome)}];
+}
+
+void count_recipients(std::string_view service, std::string_view outcome, uint64_t n) {
+  state().recipients[{std::string(service), std::string(outcome)}] += n;
+}
+
+void count_rate_limited(std::string_view role) {
+  ++state().rate_limited[{std::string(role)}];
+}
+
+void observe_upstream_seconds(double seconds) {
+  if (std::isnan(seconds)) return;
+  if (seconds < 0) seconds = 0;
+  State& s = state();
+  for (size_t i = 0; i < kBuckets.size(); ++i) {
+    if (seconds <= kBuckets[i]) {
+      ++s.bucket_counts[i];
+      break;
+    }
+  }
+  ++s.upstream_count;
+  s.upstream_sum += seconds;
+}
+
+void set_spool_messages(int64_t n) {
+  state().spool_messages = n;
+}
+
+void connection_opened(std::string_view listener) {
+  auto& connections = state().connections;
+  auto it = connections.find(listener);
+  if (it == connections.end()) it = connections.emplace(std::string(listener), 0).first;
+  ++it->second;
+}
+
+void connection_closed(std::string_view listener) {
+  auto& connections = state().connections;
+  auto it = connections.find(listener);
+  if (it != connections.end() && it->second > 0) --it->second;
+}
+
+std::string render_prometheus() {
+  const State& s = state();
+  std::string out;
+  append_counter_family(out, "mailcar_messages_total", "Messages submitted, by outcome.",
+                        {"ingress", "role", "service", "outcome"}, s.messages);
+  append_counter_family(out, "mailcar_recipients_total", "Recipients of submitted messages.",
+                        {"service", "outcome"}, s.recipients);
+  append_counter_family(out, "mailcar_rate_limited_total",
+                        "Messages refused by a rate limit or quota.", {"role"}, s.rate_limited);
+
+  constexpr std::string_view kHist = "mailcar_upstream_seconds";
+  append_header(out, kHist, "histogram", "Time for the upstream to accept a message.");
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < kBuckets.size(); ++i) {
+    cumulative += s.bucket_counts[i];
+    append_sample(out, "mailcar_upstream_seconds_bucket", {"le"}, {format_double(kBuckets[i])},
+                  std::to_string(cumulative));
+  }
+  append_sample(out, "mailcar_upstream_seconds_bucket", {"le"}, {"+Inf"},
+                std::to_string(s.upstream_count));
+  append_sample(out, "mailcar_upstream_seconds_sum", {}, {}, format_double(s.upstream_sum));
+  append_sample(out, "mailcar_upstream_seconds_count", {}, {}, std::to_string(s.upstream_count));
+
+  append_header(out, "mailcar_spool_messages", "gauge", "Messages waiting in the spool.");
+  append_sample(out, "mailcar_spool_messages", {}, {}, std::to_string(s.spool_messages));
+
+  append_header(out, "mailcar_connections", "gauge", "Open client connections, by listener.");
+  for (const auto& [listener, n] : s.connections) {
+    append_sample(out, "mailcar_connections", {"listener"}, {listener}, std::to_string(n));
+  }
+  return out;
+}
+
+void reset_for_tests() {
+  state() = State{};
+}
+
+}  // namespace mailcar::metrics

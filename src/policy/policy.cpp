@@ -1,0 +1,221 @@
+#include <algorithm>
+#include <limits>
+#include <utility>
+
+#include "mailcar/log.hpp"
+#include "policy/config_policy.hpp"
+
+namespace mailcar {
+namespace {
+
+std::string sender_text(std::string_view address) {
+  return address.empty() ? std::string("<> (null sender)") : std::string(address);
+}
+
+void carry_over(RateWindow& window, const RateWindow* old) {
+  if (old != nullptr && old->rate.count == window.rate.count &&
+      old->rate.period_ms == window.rate.period_ms) {
+    window.limiter.copy_state_from(old->limiter);
+  }
+}
+
+struct WindowVerdict {
+  const RateWindow* window;
+  RateLimiter::Judgement judgement;
+};
+
+}  // namespace
+
+ConfigPolicy::ConfigPolicy(const Config& config, const ConfigPolicy* previous) {
+  for (const ServiceConfig& sc : config.services) {
+    ServiceRules rules{sc.name, std::nullopt};
+    if (sc.rate_limit) {
+      const Rate& r = *sc.rate_limit;
+      rules.quota.emplace(RateWindow{r, RateLimiter(r.count, r.period_ms),
+                                     "quota " + r.text + " of service " + sc.name,
+                                     "service " + sc.name + ": " + r.text});
+      if (previous != nullptr) {
+        carry_over(*rules.quota,
+                   previous->find_limit(LimitKind::Service, sc.name, sc.rate_limit->text));
+      }
+    }
+    services_.emplace(sc.name, std::move(rules));
+  }
+
+  for (const RoleConfig& rc : config.roles) {
+    RoleRules rules;
+    rules.name = rc.name;
+    rules.all_services = !rc.services.has_value();
+    if (rc.services) rules.services.insert(rc.services->begin(), rc.services->end());
+    rules.max_recipients = rc.max_recipients;
+    if (rc.senders) {
+      for (const std::string& pattern : *rc.senders) {
+        if (!rules.senders.add(pattern)) {
+          log::warn("policy_bad_sender_pattern", {{"role", rc.name}, {"pattern", pattern}});
+        }
+      }
+    }
+    // A role may always send as the from_email of a service it may use (SPEC §3).
+    for (const ServiceConfig& sc : config.services) {
+      if (!sc.from_email.empty() && (rules.all_services || rules.services.contains(sc.name))) {
+        (void)rules.senders.add(sc.from_email);
+      }
+    }
+    for (const Rate& rate : rc.rate_limits) {
+      bool duplicate = std::any_of(rules.windows.begin(), rules.windows.end(),
+                                   [&](const RateWindow& w) { return w.rate.text == rate.text; });
+      if (duplicate) continue;  // identical windows are one limit
+      RateWindow& window = rules.windows.emplace_back(
+          RateWindow{rate, RateLimiter(rate.count, rate.period_ms),
+                     "rate limit " + rate.text + " of role " + rc.name, rate.text});
+      if (previous != nullptr) {
+        carry_over(window, previous->find_limit(LimitKind::Role, rc.name, rate.text));
+      }
+    }
+    roles_.emplace(rc.name, std::move(rules));
+  }
+}
+
+PolicyDecision ConfigPolicy::check(const PolicyRequest& request, uint64_t now_ms) const {
+  return judge(request, now_ms);
+}
+
+PolicyDecision ConfigPolicy::admit(const PolicyRequest& request, uint64_t now_ms) {
+  PolicyDecision decision = judge(request, now_ms);
+  if (!decision.allowed()) return decision;
+  // judge() found every window willing, so consuming now is all-or-nothing.
+  auto& role = roles_.at(request.role);
+  for (RateWindow& window : role.windows) window.limiter.consume(request.recipients, now_ms);
+  auto& service = services_.at(request.service);
+  if (service.quota) service.quota->limiter.consume(request.recipients, now_ms);
+  return decision;
+}
+
+PolicyDecision ConfigPolicy::judge(const PolicyRequest& request, uint64_t now_ms) const {
+  PolicyDecision d;
+  auto role_it = roles_.find(request.role);
+  if (role_it == roles_.end()) {
+    d.verdict = Verdict::UnknownRole;
+    d.reason = "unknown role " + request.role;
+    return d;
+  }
+  const RoleRules& role = role_it->second;
+
+  auto service_it = services_.find(request.service);
+  if ((!role.all_services && !role.services.contains(request.service)) ||
+      service_it == services_.end()) {
+    d.verdict = Verdict::ServiceNotAllowed;
+    d.reason = service_it == services_.end()
+                   ? "service " + request.service + " does not exist"
+                   : "role " + role.name + " may not use service " + request.service;
+    return d;
+  }
+
+  // The null sender is refused unless the role allows `*`: a bounce address is a privilege.
+  auto sender_refused = [&](const std::string& address) {
+    if (role.senders.matches(address)) return false;
+    d.verdict = Verdict::SenderNotAllowed;
+    d.reason = "sender " + sender_text(address) + " not allowed for role " + role.name;
+    return true;
+  };
+  if (sender_refused(request.envelope_from)) return d;
+  for (const std::string& from : request.header_from) {
+    if (sender_refused(from)) return d;
+  }
+
+  if (role.max_recipients && request.recipients > *role.max_recipients) {
+    d.verdict = Verdict::TooManyRecipients;
+    d.reason = std::to_string(request.recipients) + " recipients exceed max_recipients " +
+               std::to_string(*role.max_recipients) + " of role " + role.name;
+    return d;
+  }
+
+  return judge_windows(role, service_it->second, request, now_ms);
+}
+
+PolicyDecision ConfigPolicy::judge_windows(const RoleRules& role, const ServiceRules& service,
+                                           const PolicyRequest& request, uint64_t now_ms) const {
+  std::vector<WindowVerdict> verdicts;
+  verdicts.reserve(role.windows.size() + 1);
+  for (const RateWindow& w : role.windows) {
+    verdicts.push_back({&w, w.limiter.judge(request.recipients, now_ms)});
+  }
+  if (service.quota) {
+    verdicts.push_back({&*service.quota, service.quota->limiter.judge(request.recipients, now_ms)});
+  }
+
+  PolicyDecision d;
+  // A message larger than a window's N could never pass: 403, not 429 (SPEC §4).
+  for (const WindowVerdict& v : verdicts) {
+    if (v.judgement.never) {
+      d.verdict = Verdict::TooManyRecipients;
+      d.reason = std::to_string(request.recipients) + " recipients exceed " + v.window->rule;
+      d.limit_text = v.window->limit_text;
+      d.limit = v.window->rate.count;
+      return d;
+    }
+  }
+
+  // Refused: report the window that makes the client wait longest. Allowed: the tightest.
+  const WindowVerdict* reported = nullptr;
+  for (const WindowVerdict& v : verdicts) {
+    if (!v.judgement.allowed) {
+      if (reported == nullptr || reported->judgement.allowed ||
+          v.judgement.retry_after_ms > reported->judgement.retry_after_ms) {
+        reported = &v;
+      }
+    } else if (reported == nullptr || (reported->judgement.allowed &&
+                                       v.judgement.remaining < reported->judgement.remaining)) {
+      reported = &v;
+    }
+  }
+  if (reported == nullptr) return d;  // no windows at all
+  d.limit_text = reported->window->limit_text;
+  d.limit = reported->window->rate.count;
+  d.remaining = reported->judgement.remaining;
+  d.reset_ms = reported->judgement.reset_ms;
+  if (!reported->judgement.allowed) {
+    d.verdict = Verdict::RateLimited;
+    d.reason = reported->window->rule + " exceeded";
+    d.retry_after_ms = reported->judgement.retry_after_ms;
+  }
+  return d;
+}
+
+void ConfigPolicy::for_each_limit(
+    const std::function<void(LimitKind, const std::string&, const RateWindow&)>& fn) const {
+  for (const auto& [name, role] : roles_) {
+    for (const RateWindow& w : role.windows) fn(LimitKind::Role, name, w);
+  }
+  for (const auto& [name, service] : services_) {
+    if (service.quota) fn(LimitKind::Service, name, *service.quota);
+  }
+}
+
+const RateWindow* ConfigPolicy::find_limit(LimitKind kind, std::string_view owner,
+                                           std::string_view window_text) const {
+  if (kind == LimitKind::Role) {
+    auto it = roles_.find(std::string(owner));
+    if (it == roles_.end()) return nullptr;
+    for (const RateWindow& w : it->second.windows) {
+      if (w.rate.text == window_text) return &w;
+    }
+    return nullptr;
+  }
+  auto it = services_.find(std::string(owner));
+  if (it == services_.end() || !it->second.quota || it->second.quota->rate.text != window_text) {
+    return nullptr;
+  }
+  return &*it->second.quota;
+}
+
+RateWindow* ConfigPolicy::find_limit(LimitKind kind, std::string_view owner,
+                                     std::string_view window_text) {
+  return const_cast<RateWindow*>(std::as_const(*this).find_limit(kind, owner, window_text));
+}
+
+std::unique_ptr<Policy> make_policy(const Config& config, const Policy* previous) {
+  return std::make_unique<ConfigPolicy>(config, dynamic_cast<const ConfigPolicy*>(previous));
+}
+
+}  // namespace mailcar
