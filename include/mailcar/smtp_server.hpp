@@ -1,0 +1,47 @@
+// The SMTP ingress (SPEC §5): a listener whose connections each run an SmtpServerSession
+// (src/smtp_server/smtp_session.hpp) over a net::Stream. Submitted messages are normalized,
+// judged by the policy and handed to the transport of `smtp.service`; the client's final dot
+// is answered only with the transport's outcome (direct mode, SPEC §7).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+
+#include <uv.h>
+
+#include "mailcar/config.hpp"
+#include "mailcar/result.hpp"
+#include "mailcar/runtime.hpp"
+
+namespace mailcar {
+
+class SmtpServer {
+ public:
+  // Opens the listener. The configuration of the first runtime decides STARTTLS (smtp.tls_cert
+  // and smtp.tls_key are loaded here; a bad certificate is an error). Every new connection
+  // and every message takes the current runtime from `runtime`.
+  static Result<std::unique_ptr<SmtpServer>> start(uv_loop_t* loop, const ListenAddress& address,
+                                                   RuntimeSource runtime);
+  ~SmtpServer();
+  SmtpServer(const SmtpServer&) = delete;
+  SmtpServer& operator=(const SmtpServer&) = delete;
+
+  // Close the listening socket; existing sessions go on.
+  void stop_accepting();
+  // Stop accepting; idle sessions get 421 4.3.2 and close now; sessions receiving or
+  // delivering a message finish it (then get 421), or get 421 when `grace_ms` runs out.
+  // `done` fires once, when the last session has closed.
+  void shutdown(uint64_t grace_ms, std::function<void()> done);
+
+  uint16_t port() const;       // the bound port (port 0 in tests)
+  size_t connections() const;  // open sessions
+
+  struct Impl;
+
+ private:
+  explicit SmtpServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace mailcar

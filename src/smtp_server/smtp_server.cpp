@@ -1,0 +1,505 @@
+// I/O glue of the SMTP ingress: listener, per-connection stream + session + timers, and the
+// path of a submitted message through normalization, policy and transport.
+#include "mailcar/smtp_server.hpp"
+
+#include <chrono>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "mailcar/address.hpp"
+#include "mailcar/log.hpp"
+#include "mailcar/metrics.hpp"
+#include "mailcar/net.hpp"
+#include "mailcar/normalize.hpp"
+#include "mailcar/text.hpp"
+#include "smtp_server/delivery_reply.hpp"
+#include "smtp_server/smtp_session.hpp"
+
+namespace mailcar {
+namespace {
+
+constexpr uint64_t kAuthFailureDelayMs = 1000;  // slows password guessing per connection
+constexpr size_t kMaxWriteBacklog = 1 << 20;    // a client that never reads its replies
+
+uint64_t wall_ms() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count());
+}
+
+// SMTP AUTH against `credentials`: every entry is compared, in constant time, so the answer
+// time does not tell which user exists.
+class ConfigCredentials : public smtp::CredentialStore {
+ public:
+  explicit ConfigCredentials(std::shared_ptr<const Config> config) : config_(std::move(config)) {}
+
+  std::optional<std::string> authenticate(std::string_view user,
+                                          std::string_view password) const override {
+    std::optional<std::string> role;
+    for (const CredentialConfig& c : config_->credentials) {
+      if (c.smtp_username.empty()) continue;
+      bool user_ok = text::constant_time_equal(c.smtp_username, user);
+      bool password_ok = text::constant_time_equal(c.smtp_password, password);
+      if (user_ok && password_ok && !role) role = c.role;
+    }
+    return role;
+  }
+
+  static bool any(const Config& config) {
+    for (const CredentialConfig& c : config.credentials) {
+      if (!c.smtp_username.empty()) return true;
+    }
+    return false;
+  }
+
+ private:
+  std::shared_ptr<const Config> config_;
+};
+
+// "1.2.3.4:25" -> "1.2.3.4", "[::1]:25" -> "::1".
+std::string peer_ip(const std::string& peer) {
+  if (!peer.empty() && peer.front() == '[') {
+    size_t close = peer.find(']');
+    return peer.substr(1, close == std::string::npos ? std::string::npos : close - 1);
+  }
+  return peer.substr(0, peer.rfind(':'));
+}
+
+class Connection;
+
+}  // namespace
+
+struct SmtpServer::Impl {
+  uv_loop_t* loop = nullptr;
+  RuntimeSource runtime;
+  std::unique_ptr<net::Listener> listener;
+  std::shared_ptr<net::TlsServerContext> tls;
+  std::map<Connection*, std::shared_ptr<Connection>> connections;
+  bool stopping = false;
+  std::function<void()> shutdown_done;
+  std::unique_ptr<net::Timer> grace_timer;
+
+  void accept(net::StreamPtr stream);
+  void closed(Connection* connection);
+  void maybe_done();
+};
+
+namespace {
+
+class Connection : public std::enable_shared_from_this<Connection> {
+ public:
+  Connection(SmtpServer::Impl* server, net::StreamPtr stream, std::shared_ptr<Runtime> runtime)
+      : server_(server),
+        stream_(std::move(stream)),
+        runtime_(std::move(runtime)),
+        remote_(stream_->peer_address()),
+        idle_timer_(server->loop),
+        delay_timer_(server->loop) {
+    const Config& config = *runtime_->config;
+    if (ConfigCredentials::any(config)) {
+      credentials_ = std::make_unique<ConfigCredentials>(runtime_->config);
+    }
+    smtp::SessionOptions options;
+    options.hostname = runtime_->hostname.empty() ? config.smtp.hostname : runtime_->hostname;
+    options.max_message_bytes = config.limits.max_message_bytes;
+    options.tls_available = server->tls != nullptr;
+    options.auth_in_clear = server->listener && server->listener->is_loopback();
+    options.anonymous_role = config.smtp.anonymous_role;
+    options.service = config.smtp.service;
+    options.validate_address = [](std::string_view a) { return validate_address(a).ok(); };
+    options.now_ms = wall_ms;
+    idle_timeout_ms_ = config.limits.idle_timeout_ms;
+    session_ = std::make_unique<smtp::SmtpServerSession>(std::move(options), credentials_.get(),
+                                                         runtime_->policy.get());
+  }
+
+  void begin() {
+    std::weak_ptr<Connection> weak = weak_from_this();
+    stream_->on_close([weak](const net::NetError&) {
+      if (auto self = weak.lock()) self->closed();
+    });
+    auto greeting = session_->start();
+    stream_->write(std::move(greeting.reply));
+    // Reading starts only below, so bytes a client sent early are indistinguishable from bytes
+    // sent after the greeting; the session's pre-greeting check covers what it can.
+    session_->greeting_sent();
+    stream_->on_data([weak](std::string_view bytes) {
+      if (auto self = weak.lock()) self->on_data(bytes);
+    });
+    touch();
+  }
+
+  bool busy() const { return session_->busy() || delivering_; }
+
+  // Server stopping: idle sessions close now; `force` closes busy ones too.
+  void stop(bool force) {
+    if (closing_ || (!force && busy())) return;
+    apply(session_->shutdown());
+  }
+
+  // The owner is going away: drop the socket without callbacks.
+  void abandon() {
+    closing_ = true;
+    idle_timer_.stop();
+    delay_timer_.stop();
+    stream_->on_data(nullptr);
+    stream_->on_close(nullptr);
+    stream_->abort();
+  }
+
+ private:
+  void on_data(std::string_view bytes) {
+    if (closing_) return;
+    touch();
+    if (delaying_) {  // replies must stay in order behind a delayed 535
+      held_.append(bytes);
+      return;
+    }
+    handle(session_->feed(bytes));
+  }
+
+  void handle(smtp::SessionOutput out) {
+    if (out.auth_failed) {
+      log::warn("smtp_auth_failed", {{"remote", remote_}});
+      delaying_ = true;
+      stream_->pause_reading();
+      std::weak_ptr<Connection> weak = weak_from_this();
+      delay_timer_.start(kAuthFailureDelayMs, [weak, out = std::move(out)]() mutable {
+        auto self = weak.lock();
+        if (!self || self->closing_) return;
+        self->delaying_ = false;
+        out.auth_failed = false;
+        self->apply(std::move(out));
+        if (!self->closing_ && !self->delivering_) self->stream_->resume_reading();
+        if (!self->held_.empty() && !self->closing_) {
+          std::string held = std::move(self->held_);
+          self->held_.clear();
+          self->handle(self->session_->feed(held));
+        }
+      });
+      return;
+    }
+    apply(std::move(out));
+  }
+
+  void apply(smtp::SessionOutput out) {
+    if (closing_) return;
+    if (!out.reply.empty()) stream_->write(std::move(out.reply));
+    if (stream_->write_backlog() > kMaxWriteBacklog) {
+      log::warn("smtp_client_not_reading", {{"remote", remote_}});
+      closing_ = true;
+      stream_->abort();
+      return;
+    }
+    switch (out.event) {
+      case smtp::SessionEvent::None:
+        break;
+      case smtp::SessionEvent::StartTls: {
+        std::weak_ptr<Connection> weak = weak_from_this();
+        stream_->start_tls_server(server_->tls, [weak](const net::NetError& error) {
+          auto self = weak.lock();
+          if (!self || self->closing_) return;
+          if (error.kind != net::NetErrorKind::None) {
+            log::debug("smtp_tls_failed", {{"remote", self->remote_}, {"error", error.detail}});
+            self->closing_ = true;
+            self->stream_->abort();
+            return;
+          }
+          self->session_->tls_started();
+          self->touch();
+        });
+        break;
+      }
+      case smtp::SessionEvent::Deliver:
+        delivering_ = true;
+        idle_timer_.stop();        // the client is waiting for us, not idle
+        stream_->pause_reading();  // backpressure while the upstream works
+        deliver(std::move(*out.submission));
+        break;
+      case smtp::SessionEvent::Close:
+        closing_ = true;
+        idle_timer_.stop();
+        stream_->close();
+        break;
+    }
+  }
+
+  void touch() {
+    std::weak_ptr<Connection> weak = weak_from_this();
+    idle_timer_.start(idle_timeout_ms_, [weak] {
+      if (auto self = weak.lock()) {
+        log::debug("smtp_idle_timeout", {{"remote", self->remote_}});
+        self->apply(self->session_->timeout());
+      }
+    });
+  }
+
+  void deliver(smtp::Submission submission) {
+    // A message uses the runtime current at its end of data (a reload in between applies).
+    std::shared_ptr<Runtime> rt = server_->runtime ? server_->runtime() : nullptr;
+    if (!rt) rt = runtime_;
+    const Config& config = *rt->config;
+    const std::string& service = config.smtp.service;
+    std::string role =
+        session_->authenticated() ? session_->role() : config.smtp.anonymous_role.value_or("");
+    std::string identity =
+        session_->authenticated() ? "smtp:" + session_->auth_user() : std::string("anonymous");
+    uint64_t now = wall_ms();
+    auto now_unix = static_cast<int64_t>(now / 1000);
+
+    std::string protocol = session_->esmtp() ? "ESMTP" : "SMTP";
+    if (session_->esmtp() && session_->tls_active()) protocol += "S";
+    if (session_->esmtp() && session_->authenticated()) protocol += "A";
+    std::string trace_id = text::random_token(12);
+    NormalizeInput input;
+    input.raw = submission.data;
+    if (const ServiceConfig* s = config.find_service(service); s && !s->from_email.empty()) {
+      input.default_from = Mailbox{s->from_email, s->from_name};
+    }
+    input.received_header = make_received_header(session_->helo(), peer_ip(remote_), rt->hostname,
+                                                 protocol, trace_id, now_unix);
+    input.hostname = rt->hostname;
+    input.now_unix = now_unix;
+    Result<NormalizedMessage> normalized = normalize_message(input);
+    if (!normalized.ok()) {
+      log::info("message", {{"id", trace_id},
+                            {"ingress", "smtp"},
+                            {"role", role},
+                            {"service", service},
+                            {"identity", identity},
+                            {"remote", remote_},
+                            {"recipients", submission.recipients.size()},
+                            {"size", submission.data.size()},
+                            {"outcome", "rejected"},
+                            {"error", normalized.error().message}});
+      metrics::count_message(Ingress::Smtp, role, service, "rejected");
+      return finish_delivery(
+          {554, "5.6.0", "Message refused: " + normalized.error().message, "rejected"});
+    }
+    NormalizedMessage& message = normalized.value();
+
+    PolicyRequest request;
+    request.role = role;
+    request.service = service;
+    request.envelope_from = submission.envelope_from;
+    for (const Mailbox& m : message.from) request.header_from.push_back(m.address);
+    request.recipients = submission.recipients.size();
+    PolicyDecision decision = rt->policy ? rt->policy->admit(request, now) : PolicyDecision{};
+    if (!decision.allowed()) {
+      smtp::FinalReply reply = smtp::reply_for_policy(decision);
+      log::info("message", {{"id", message.message_id},
+                            {"ingress", "smtp"},
+                            {"role", role},
+                            {"service", service},
+                            {"identity", identity},
+                            {"remote", remote_},
+                            {"recipients", submission.recipients.size()},
+                            {"size", message.data.size()},
+                            {"outcome", reply.outcome},
+                            {"reason", decision.reason}});
+      if (decision.verdict == Verdict::RateLimited) metrics::count_rate_limited(role);
+      metrics::count_message(Ingress::Smtp, role, service, reply.outcome);
+      return finish_delivery(reply);
+    }
+
+    Transport* transport = rt->transport(service);
+    if (transport == nullptr) {
+      log::error("smtp_no_transport", {{"service", service}});
+      metrics::count_message(Ingress::Smtp, role, service, "failed");
+      return finish_delivery({451, "4.3.5", "Service " + service + " not available", "failed"});
+    }
+    OutboundMessage outbound;
+    outbound.id = message.message_id;
+    outbound.envelope_from = submission.envelope_from;
+    outbound.envelope_rcpts = std::move(submission.recipients);
+    outbound.smtputf8 = submission.smtputf8;
+    outbound.eight_bit = message.eight_bit || submission.eight_bit;
+    outbound.data = std::move(message.data);
+    size_t size = outbound.data.size();
+    size_t recipients = outbound.envelope_rcpts.size();
+    std::string id = outbound.id;
+
+    std::weak_ptr<Connection> weak = weak_from_this();
+    transport->deliver(std::move(outbound), [weak, rt, id, role, service, identity, size,
+                                             recipients, remote = remote_](DeliveryResult r) {
+      smtp::FinalReply reply = smtp::reply_for_delivery(r, id);
+      log::info("message", {{"id", id},
+                            {"ingress", "smtp"},
+                            {"role", role},
+                            {"service", service},
+                            {"identity", identity},
+                            {"remote", remote},
+                            {"recipients", recipients},
+                            {"size", size},
+                            {"outcome", reply.outcome},
+                            {"status", delivery_status_name(r.status)},
+                            {"upstream_code", r.smtp_code.value_or(0)},
+                            {"upstream_reply", r.smtp_reply},
+                            {"upstream_seconds", r.upstream_seconds}});
+      for (const RecipientOutcome& rejected : r.rejected) {
+        log::warn("recipient_rejected", {{"id", id},
+                                         {"recipient", rejected.address},
+                                         {"upstream_code", rejected.smtp_code},
+                                         {"upstream_reply", rejected.smtp_reply}});
+      }
+      metrics::count_message(Ingress::Smtp, role, service, reply.outcome);
+      if (r.status == DeliveryStatus::Sent) {
+        metrics::count_recipients(service, "sent", r.accepted.size());
+        metrics::count_recipients(service, "rejected", r.rejected.size());
+      } else {
+        metrics::count_recipients(service, reply.outcome, recipients);
+      }
+      if (r.upstream_seconds > 0) metrics::observe_upstream_seconds(r.upstream_seconds);
+      if (auto self = weak.lock()) self->finish_delivery(reply);
+    });
+  }
+
+  void finish_delivery(const smtp::FinalReply& reply) {
+    delivering_ = false;
+    if (closing_) return;
+    touch();
+    apply(session_->delivery_finished(reply.code, reply.enhanced, reply.text));
+    if (closing_) return;
+    if (server_->stopping && !session_->busy()) {
+      apply(session_->shutdown());
+      return;
+    }
+    if (!session_->busy() && !delaying_) stream_->resume_reading();
+  }
+
+  void closed() {
+    closing_ = true;
+    idle_timer_.stop();
+    delay_timer_.stop();
+    server_->closed(this);  // may destroy *this: nothing after it
+  }
+
+  SmtpServer::Impl* server_;
+  net::StreamPtr stream_;
+  std::shared_ptr<Runtime> runtime_;  // keeps credentials and policy of the session alive
+  std::string remote_;
+  std::unique_ptr<ConfigCredentials> credentials_;
+  std::unique_ptr<smtp::SmtpServerSession> session_;
+  net::Timer idle_timer_;
+  net::Timer delay_timer_;
+  uint64_t idle_timeout_ms_ = 60'000;
+  std::string held_;
+  bool delaying_ = false;
+  bool delivering_ = false;
+  bool closing_ = false;
+};
+
+}  // namespace
+
+void SmtpServer::Impl::accept(net::StreamPtr stream) {
+  if (stopping) {
+    stream->abort();
+    return;
+  }
+  std::shared_ptr<Runtime> rt = runtime ? runtime() : nullptr;
+  if (!rt || !rt->config) {
+    stream->abort();
+    return;
+  }
+  if (connections.size() >= rt->config->limits.max_connections) {
+    log::warn("smtp_connection_refused",
+              {{"remote", stream->peer_address()}, {"reason", "max_connections"}});
+    stream->write("421 4.7.0 " + rt->hostname + " Too many connections, try again later\r\n");
+    stream->close();
+    return;
+  }
+  auto connection = std::make_shared<Connection>(this, stream, rt);
+  connections.emplace(connection.get(), connection);
+  metrics::connection_opened("smtp");
+  log::debug("smtp_connect", {{"remote", stream->peer_address()}});
+  connection->begin();
+}
+
+void SmtpServer::Impl::closed(Connection* connection) {
+  auto it = connections.find(connection);
+  if (it == connections.end()) return;
+  // The stream's close callback holds its own reference while it runs.
+  connections.erase(it);
+  metrics::connection_closed("smtp");
+  maybe_done();
+}
+
+void SmtpServer::Impl::maybe_done() {
+  if (!stopping || !connections.empty() || !shutdown_done) return;
+  grace_timer.reset();
+  auto done = std::move(shutdown_done);
+  shutdown_done = nullptr;
+  done();
+}
+
+SmtpServer::SmtpServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+SmtpServer::~SmtpServer() {
+  if (impl_->listener) impl_->listener->close();
+  for (auto& [ptr, connection] : impl_->connections) {
+    connection->abandon();
+    metrics::connection_closed("smtp");
+  }
+  impl_->connections.clear();
+}
+
+Result<std::unique_ptr<SmtpServer>> SmtpServer::start(uv_loop_t* loop, const ListenAddress& address,
+                                                      RuntimeSource runtime) {
+  auto impl = std::make_unique<Impl>();
+  impl->loop = loop;
+  impl->runtime = std::move(runtime);
+  std::shared_ptr<Runtime> rt = impl->runtime ? impl->runtime() : nullptr;
+  if (!rt || !rt->config) return make_error("smtp: no runtime configuration");
+  const SmtpIngressConfig& smtp = rt->config->smtp;
+  if (!smtp.tls_cert.empty() && !smtp.tls_key.empty()) {
+    auto tls = net::TlsServerContext::load(smtp.tls_cert, smtp.tls_key);
+    if (!tls.ok()) return make_error("smtp: " + tls.error().message);
+    impl->tls = std::move(tls.value());
+  }
+  Impl* raw = impl.get();
+  auto listener =
+      net::Listener::open(loop, address, [raw](net::StreamPtr stream) { raw->accept(stream); });
+  if (!listener.ok()) return listener.error();
+  impl->listener = std::move(listener.value());
+  log::info("smtp_listening", {{"address", address.text},
+                               {"port", impl->listener->port()},
+                               {"starttls", impl->tls != nullptr},
+                               {"auth_in_clear", impl->listener->is_loopback()}});
+  return std::unique_ptr<SmtpServer>(new SmtpServer(std::move(impl)));
+}
+
+void SmtpServer::stop_accepting() {
+  if (impl_->listener) impl_->listener->close();
+}
+
+void SmtpServer::shutdown(uint64_t grace_ms, std::function<void()> done) {
+  stop_accepting();
+  impl_->stopping = true;
+  impl_->shutdown_done = std::move(done);
+  // Copy: stopping a session may close it and change the map.
+  std::vector<std::shared_ptr<Connection>> open;
+  for (auto& [ptr, connection] : impl_->connections) open.push_back(connection);
+  for (auto& connection : open) connection->stop(false);
+  if (!impl_->connections.empty()) {
+    impl_->grace_timer = std::make_unique<net::Timer>(impl_->loop);
+    Impl* raw = impl_.get();
+    impl_->grace_timer->start(grace_ms, [raw] {
+      std::vector<std::shared_ptr<Connection>> left;
+      for (auto& [ptr, connection] : raw->connections) left.push_back(connection);
+      for (auto& connection : left) connection->stop(true);
+    });
+  }
+  impl_->maybe_done();
+}
+
+uint16_t SmtpServer::port() const {
+  return impl_->listener ? impl_->listener->port() : 0;
+}
+
+size_t SmtpServer::connections() const {
+  return impl_->connections.size();
+}
+
+}  // namespace mailcar

@@ -1,0 +1,173 @@
+// The server side of one ESMTP conversation (RFC 5321, 2920, 3207, 4954, 6531) as a pure state
+// machine: bytes from the client go in, reply bytes and at most one event come out. No I/O, no
+// timers, no clock of its own; the glue in smtp_server.cpp owns the socket and the timers.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mailcar/policy.hpp"
+
+namespace mailcar::smtp {
+
+// Looks up SMTP AUTH credentials. Implementations compare passwords in constant time.
+class CredentialStore {
+ public:
+  virtual ~CredentialStore() = default;
+  // The role of this user/password pair, nullopt when they do not match.
+  virtual std::optional<std::string> authenticate(std::string_view user,
+                                                  std::string_view password) const = 0;
+};
+
+struct SessionOptions {
+  std::string hostname = "localhost";
+  uint64_t max_message_bytes = 26'214'400;
+  bool tls_available = false;  // STARTTLS configured
+  bool auth_in_clear = false;  // AUTH may be offered without TLS (loopback listener)
+  std::optional<std::string> anonymous_role;
+  std::string service;            // the service SMTP mail is relayed through (for policy checks)
+  size_t max_recipients = 1000;   // hard cap, whatever the role says
+  size_t max_command_line = 512;  // RFC 5321 4.5.3.1.4, including CRLF
+  size_t max_auth_line = 12'288;  // RFC 4954 4
+  size_t max_data_line = 65'536;  // generous; RFC 5322 says 998
+  size_t max_pending_input = 262'144;  // pipelined bytes held while a delivery is pending
+  unsigned max_errors = 10;
+  unsigned max_auth_failures = 3;
+  // Syntax check for envelope addresses; empty: the built-in basic check.
+  std::function<bool(std::string_view)> validate_address;
+  // Wall clock in ms for policy checks; empty: std::chrono::system_clock.
+  std::function<uint64_t()> now_ms;
+};
+
+enum class SessionState {
+  Greeting,           // greeting produced, not yet written: client must stay silent
+  Command,            // reading commands
+  AuthPlainResponse,  // 334 sent, waiting for the PLAIN response
+  AuthLoginUser,      // 334 Username: sent
+  AuthLoginPass,      // 334 Password: sent
+  Data,               // reading message data
+  DataDraining,       // message data over a limit: scanning for the end marker, not storing
+  AwaitingDelivery,   // end of data seen; waiting for delivery_finished()
+  StartTlsPending,    // 220 sent for STARTTLS; waiting for tls_started()
+  Closed,             // QUIT, limits or timeout: nothing more is read
+};
+
+enum class SessionEvent {
+  None,
+  StartTls,  // write `reply`, then upgrade; feed nothing more from the current read
+  Deliver,   // write `reply`, then deliver `submission` and call delivery_finished()
+  Close,     // write `reply`, then close the connection
+};
+
+// One message as the client submitted it: dot-unstuffed, line ends made CRLF.
+struct Submission {
+  std::string envelope_from;  // empty for the null reverse-path <>
+  std::vector<std::string> recipients;
+  std::string data;
+  bool smtputf8 = false;   // an envelope address is non-ASCII
+  bool eight_bit = false;  // BODY=8BITMIME or 8-bit bytes in the data
+};
+
+struct SessionOutput {
+  std::string reply;  // bytes to write, in order
+  SessionEvent event = SessionEvent::None;
+  std::optional<Submission> submission;  // set with Deliver
+  bool auth_failed = false;              // the reply holds a 535: the glue may delay it
+};
+
+class SmtpServerSession {
+ public:
+  // `credentials` and `policy` may be null (no AUTH possible / no policy checks); both must
+  // outlive the session.
+  SmtpServerSession(SessionOptions options, const CredentialStore* credentials,
+                    const Policy* policy);
+
+  // The 220 greeting. State stays Greeting until greeting_sent().
+  SessionOutput start();
+  void greeting_sent();
+
+  SessionOutput feed(std::string_view bytes);
+  // TLS handshake done: forget everything learnt before it (RFC 3207 4.2).
+  void tls_started();
+  // The final reply to the end of data, e.g. (250, "2.0.0", "Ok: queued as <id>").
+  SessionOutput delivery_finished(int code, std::string_view enhanced, std::string_view text);
+  // Idle timeout: 421 4.4.2 and Close.
+  SessionOutput timeout();
+  // Server stopping: 421 4.3.2 and Close.
+  SessionOutput shutdown();
+
+  SessionState state() const { return state_; }
+  // A message is being received or delivered: shutdown should wait for it.
+  bool busy() const;
+  bool tls_active() const { return tls_active_; }
+  bool authenticated() const { return !auth_user_.empty(); }
+  const std::string& auth_user() const { return auth_user_; }
+  const std::string& role() const { return role_; }  // empty when no role applies yet
+  const std::string& helo() const { return helo_; }
+  bool esmtp() const { return esmtp_; }
+
+ private:
+  enum class DataScan { LineStart, AfterDot, AfterDotCr, InLine, InLineCr };
+
+  void run(SessionOutput& out);
+  bool take_line(std::string_view& line, bool& too_long);
+  void consume_data(SessionOutput& out);
+  void finish_data(SessionOutput& out);
+  void append_data(std::string_view bytes);
+  void end_data_line(bool crlf);
+
+  void command(std::string_view line, SessionOutput& out);
+  void cmd_helo(std::string_view arg, bool extended, SessionOutput& out);
+  void cmd_mail(std::string_view arg, SessionOutput& out);
+  void cmd_rcpt(std::string_view arg, SessionOutput& out);
+  void cmd_data(std::string_view arg, SessionOutput& out);
+  void cmd_auth(std::string_view arg, SessionOutput& out);
+  void cmd_starttls(std::string_view arg, SessionOutput& out);
+  void auth_response(std::string_view line, SessionOutput& out);
+  void auth_plain(std::string_view base64, SessionOutput& out);
+  void auth_check(std::string_view user, std::string_view password, SessionOutput& out);
+
+  void reply(SessionOutput& out, int code, std::string_view enhanced, std::string_view text);
+  void error(SessionOutput& out, int code, std::string_view enhanced, std::string_view text);
+  void close(SessionOutput& out, int code, std::string_view enhanced, std::string_view text);
+  bool auth_offered() const;
+  bool address_ok(std::string_view address) const;
+  std::optional<PolicyDecision> check_policy(const std::string& from, uint64_t recipients) const;
+  void reset_transaction();
+  std::string current_role() const;
+
+  SessionOptions options_;
+  const CredentialStore* credentials_;
+  const Policy* policy_;
+
+  SessionState state_ = SessionState::Greeting;
+  std::string input_;  // client bytes; input_[pos_..] not yet consumed
+  size_t pos_ = 0;
+  bool discarding_line_ = false;  // inside an over-long line: skip to its LF
+
+  std::string helo_;
+  bool esmtp_ = false;
+  bool tls_active_ = false;
+  std::string auth_user_;
+  std::string role_;
+  std::string pending_login_user_;
+  unsigned errors_ = 0;
+  unsigned auth_failures_ = 0;
+
+  bool in_transaction_ = false;
+  Submission message_;
+  bool smtputf8_param_ = false;
+
+  DataScan scan_ = DataScan::LineStart;
+  bool previous_line_crlf_ = true;
+  size_t data_line_length_ = 0;
+  bool data_too_big_ = false;
+  bool data_line_too_long_ = false;
+  bool pending_overflow_ = false;
+};
+
+}  // namespace mailcar::smtp

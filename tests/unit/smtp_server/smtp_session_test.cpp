@@ -1,0 +1,653 @@
+#include "smtp_server/smtp_session.hpp"
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "mailcar/text.hpp"
+
+namespace mailcar::smtp {
+namespace {
+
+class FakeCredentials : public CredentialStore {
+ public:
+  std::optional<std::string> authenticate(std::string_view user,
+                                          std::string_view password) const override {
+    auto it = users.find(std::string(user));
+    if (it == users.end() || it->second.first != password) return std::nullopt;
+    return it->second.second;
+  }
+  std::map<std::string, std::pair<std::string, std::string>> users = {
+      {"legacy-app", {"s3cret", "legacy"}}};
+};
+
+class FakePolicy : public Policy {
+ public:
+  PolicyDecision admit(const PolicyRequest&, uint64_t) override {
+    ADD_FAILURE() << "the session must never consume policy";
+    return {};
+  }
+  PolicyDecision check(const PolicyRequest& request, uint64_t now_ms) const override {
+    checks.push_back(request);
+    last_now = now_ms;
+    return judge ? judge(request) : PolicyDecision{};
+  }
+  std::function<PolicyDecision(const PolicyRequest&)> judge;
+  mutable std::vector<PolicyRequest> checks;
+  mutable uint64_t last_now = 0;
+};
+
+const std::string kCapsTail = "250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n";
+
+class SessionTest : public ::testing::Test {
+ protected:
+  SessionTest() {
+    options.hostname = "mx.test";
+    options.max_message_bytes = 1000;
+    options.anonymous_role = "anon";
+    options.service = "email";
+    options.now_ms = [] { return uint64_t{12345}; };
+  }
+
+  // Greets and marks the greeting written.
+  void open(bool with_credentials = true) {
+    session = std::make_unique<SmtpServerSession>(
+        options, with_credentials ? &credentials : nullptr, &policy);
+    auto out = session->start();
+    ASSERT_EQ(out.reply, "220 mx.test ESMTP mailcar\r\n");
+    session->greeting_sent();
+  }
+
+  std::string say(std::string_view bytes) {
+    last = session->feed(bytes);
+    return last.reply;
+  }
+
+  // EHLO plus MAIL and one RCPT, then DATA.
+  void begin_data() {
+    say("EHLO client\r\n");
+    ASSERT_EQ(say("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n"),
+              "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n");
+    ASSERT_EQ(session->state(), SessionState::Data);
+  }
+
+  FakeCredentials credentials;
+  FakePolicy policy;
+  SessionOptions options;
+  std::unique_ptr<SmtpServerSession> session;
+  SessionOutput last;
+};
+
+std::string plain(std::string_view authzid, std::string_view user, std::string_view pass) {
+  std::string raw(authzid);
+  raw.push_back('\0');
+  raw += user;
+  raw.push_back('\0');
+  raw += pass;
+  return text::base64_encode(raw);
+}
+
+TEST_F(SessionTest, FullDialogueDeliversAndQuits) {
+  open();
+  EXPECT_EQ(say("EHLO client.example\r\n"),
+            "250-mx.test\r\n" + kCapsTail + "250 ENHANCEDSTATUSCODES\r\n");
+  EXPECT_EQ(session->helo(), "client.example");
+  EXPECT_EQ(say("MAIL FROM:<a@example.com> SIZE=500 BODY=8BITMIME\r\n"), "250 2.1.0 Ok\r\n");
+  EXPECT_EQ(say("RCPT TO:<b@example.org>\r\n"), "250 2.1.5 Ok\r\n");
+  EXPECT_EQ(say("RCPT TO:<c@example.org>\r\n"), "250 2.1.5 Ok\r\n");
+  EXPECT_EQ(say("DATA\r\n"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+  EXPECT_EQ(say("Subject: hi\r\n\r\nbody\r\n.\r\n"), "");
+  ASSERT_EQ(last.event, SessionEvent::Deliver);
+  ASSERT_TRUE(last.submission.has_value());
+  EXPECT_EQ(last.submission->envelope_from, "a@example.com");
+  EXPECT_EQ(last.submission->recipients,
+            (std::vector<std::string>{"b@example.org", "c@example.org"}));
+  EXPECT_EQ(last.submission->data, "Subject: hi\r\n\r\nbody\r\n");
+  EXPECT_TRUE(last.submission->eight_bit);  // BODY=8BITMIME
+  EXPECT_FALSE(last.submission->smtputf8);
+  EXPECT_EQ(session->state(), SessionState::AwaitingDelivery);
+  EXPECT_TRUE(session->busy());
+
+  auto done = session->delivery_finished(250, "2.0.0", "Ok: queued as abc@mx.test");
+  EXPECT_EQ(done.reply, "250 2.0.0 Ok: queued as abc@mx.test\r\n");
+  EXPECT_EQ(session->state(), SessionState::Command);
+  EXPECT_EQ(say("QUIT\r\n"), "221 2.0.0 Bye\r\n");
+  EXPECT_EQ(last.event, SessionEvent::Close);
+  EXPECT_EQ(say("NOOP\r\n"), "");  // closed: nothing more is read
+
+  ASSERT_EQ(policy.checks.size(), 3u);  // MAIL, RCPT, RCPT
+  EXPECT_EQ(policy.checks[0].role, "anon");
+  EXPECT_EQ(policy.checks[0].service, "email");
+  EXPECT_EQ(policy.checks[0].envelope_from, "a@example.com");
+  EXPECT_EQ(policy.checks[2].recipients, 2u);
+  EXPECT_EQ(policy.last_now, 12345u);
+}
+
+TEST_F(SessionTest, EhloAdvertisesAuthAndStartTlsOnlyWhereTheyApply) {
+  options.tls_available = true;
+  options.auth_in_clear = false;
+  open();
+  EXPECT_EQ(say("EHLO c\r\n"),
+            "250-mx.test\r\n" + kCapsTail + "250-ENHANCEDSTATUSCODES\r\n250 STARTTLS\r\n");
+  options.tls_available = false;
+  options.auth_in_clear = true;
+  open();
+  EXPECT_EQ(say("EHLO c\r\n"),
+            "250-mx.test\r\n" + kCapsTail + "250-ENHANCEDSTATUSCODES\r\n250 AUTH PLAIN LOGIN\r\n");
+}
+
+TEST_F(SessionTest, HeloHasNoExtensions) {
+  open();
+  EXPECT_EQ(say("HELO client\r\n"), "250 mx.test\r\n");
+  EXPECT_FALSE(session->esmtp());
+  EXPECT_EQ(say("HELO\r\n"), "501 5.5.4 Syntax: HELO hostname\r\n");
+}
+
+TEST_F(SessionTest, PipelinedBatchRepliesInOrder) {
+  open();
+  say("EHLO c\r\n");
+  EXPECT_EQ(say("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nRCPT TO:<bad>\r\n"
+                "RCPT TO:<c@example.org>\r\nDATA\r\n"),
+            "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n501 5.1.3 Bad recipient address syntax\r\n"
+            "250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n");
+}
+
+TEST_F(SessionTest, CommandsAfterDataWaitForTheDeliveryReply) {
+  open();
+  say("EHLO c\r\n");
+  EXPECT_EQ(say("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n"
+                "x\r\n.\r\nRSET\r\nMAIL FROM:<z@example.com>\r\n"),
+            "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n");
+  ASSERT_EQ(last.event, SessionEvent::Deliver);
+  EXPECT_EQ(last.submission->data, "x\r\n");
+  EXPECT_EQ(say("NOOP\r\n"), "");  // still waiting: buffered
+  auto done = session->delivery_finished(451, "4.4.1", "Upstream: Connection refused\r\nx");
+  EXPECT_EQ(done.reply,
+            "451 4.4.1 Upstream: Connection refused  x\r\n250 2.0.0 Ok\r\n250 2.1.0 Ok\r\n"
+            "250 2.0.0 Ok\r\n");
+  EXPECT_EQ(done.event, SessionEvent::None);
+}
+
+// The end-of-data marker found wherever a read boundary falls.
+TEST_F(SessionTest, EndOfDataSplitAtEveryByteBoundary) {
+  const std::string payload = "Subject: a\r\n\r\n..dot\r\nhello\r\n.\r\n";
+  const std::string expected = "Subject: a\r\n\r\n.dot\r\nhello\r\n";
+  for (size_t cut = 0; cut <= payload.size(); ++cut) {
+    open();
+    begin_data();
+    say(payload.substr(0, cut));
+    if (cut < payload.size()) {
+      EXPECT_EQ(last.event, SessionEvent::None) << cut;
+      say(payload.substr(cut));
+    }
+    ASSERT_EQ(last.event, SessionEvent::Deliver) << cut;
+    EXPECT_EQ(last.submission->data, expected) << cut;
+  }
+  open();
+  begin_data();
+  for (size_t i = 0; i < payload.size(); ++i) {
+    say(payload.substr(i, 1));
+    if (i + 1 < payload.size()) {
+      ASSERT_EQ(last.event, SessionEvent::None) << i;
+    }
+  }
+  ASSERT_EQ(last.event, SessionEvent::Deliver);
+  EXPECT_EQ(last.submission->data, expected);
+}
+
+TEST_F(SessionTest, DotUnstuffing) {
+  open();
+  begin_data();
+  say("..leading\r\n...\r\n.x\r\nmid.dle\r\n..\r\n.\r\n");
+  ASSERT_EQ(last.event, SessionEvent::Deliver);
+  EXPECT_EQ(last.submission->data, ".leading\r\n..\r\nx\r\nmid.dle\r\n.\r\n");
+}
+
+TEST_F(SessionTest, EmptyMessage) {
+  open();
+  begin_data();
+  say(".\r\n");
+  ASSERT_EQ(last.event, SessionEvent::Deliver);
+  EXPECT_EQ(last.submission->data, "");
+}
+
+// SMTP smuggling: only <CRLF>.<CRLF> ends the data; other dot lines stay content.
+TEST_F(SessionTest, BareLfOrCrDotDoesNotEndData) {
+  for (std::string marker : {"\n.\n", "\n.\r\n", "\r\n.\n", "\r.\r", "\r.\r\n", "\r\n.\r"}) {
+    open();
+    begin_data();
+    say("a" + marker + "MAIL FROM:<evil@example.com>\r\nRCPT TO:<v@example.org>\r\nDATA\r\n");
+    EXPECT_EQ(last.reply, "") << text::base64_encode(marker);
+    EXPECT_EQ(last.event, SessionEvent::None) << text::base64_encode(marker);
+    say("end\r\n.\r\n");
+    ASSERT_EQ(last.event, SessionEvent::Deliver);
+    EXPECT_NE(last.submission->data.find("MAIL FROM:<evil@example.com>\r\n"), std::string::npos);
+    EXPECT_EQ(policy.checks.size(), 2u);  // only the real MAIL and RCPT were judged
+    policy.checks.clear();
+  }
+}
+
+TEST_F(SessionTest, BareLfAndCrBecomeCrlf) {
+  open();
+  begin_data();
+  say("a\nb\rc\r\n\rd\n.\n\r\n.\r\n");
+  ASSERT_EQ(last.event, SessionEvent::Deliver);
+  // "\n.\n": the bare-LF dot line is unstuffed like any other and does not end the data.
+  EXPECT_EQ(last.submission->data, "a\r\nb\r\nc\r\n\r\nd\r\n\r\n\r\n");
+  for (size_t i = 0; i < last.submission->data.size(); ++i) {
+    if (last.submission->data[i] == '\n') {
+      EXPECT_EQ(last.submission->data[i - 1], '\r');
+    }
+    if (last.submission->data[i] == '\r') {
+      EXPECT_EQ(last.submission->data[i + 1], '\n');
+    }
+  }
+}
+
+TEST_F(SessionTest, EightBitDataIsFlagged) {
+  open();
+  begin_data();
+  say("caf\xc3\xa9\r\n.\r\n");
+  ASSERT_EQ(last.event, SessionEvent::Deliver);
+  EXPECT_TRUE(last.submission->eight_bit);
+}
+
+TEST_F(SessionTest, SizeLimitWhileStreamingThenSessionUsable) {
+  open();
+  begin_data();
+  std::string line(99, 'x');
+  line += "\r\n";
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(say(line), "");
+  EXPECT_EQ(session->state(), SessionState::DataDraining);
+  EXPECT_EQ(say(".\r\n"), "552 5.3.4 Message size exceeds fixed maximum message size\r\n");
+  EXPECT_EQ(last.event, SessionEvent::None);
+  EXPECT_EQ(session->state(), SessionState::Command);
+  // The transaction is gone; a new one works.
+  EXPECT_EQ(say("RCPT TO:<b@example.org>\r\n"), "503 5.5.1 Need MAIL command\r\n");
+  EXPECT_EQ(say("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\nsmall\r\n.\r\n"),
+            "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n");
+  ASSERT_EQ(last.event, SessionEvent::Deliver);
+  EXPECT_EQ(last.submission->data, "small\r\n");
+}
+
+TEST_F(SessionTest, ExactlyMaxSizeIsAccepted) {
+  open();
+  begin_data();
+  std::string body(998, 'y');
+  say(body + "\r\n.\r\n");  // 1000 bytes with its CRLF
+  ASSERT_EQ(last.event, SessionEvent::Deliver);
+  EXPECT_EQ(last.submission->data.size(), 1000u);
+}
+
+TEST_F(SessionTest, SizeParameterOverLimit) {
+  open();
+  say("EHLO c\r\n");
+  EXPECT_EQ(say("MAIL FROM:<a@example.com> SIZE=1001\r\n"),
+            "552 5.3.4 Message size exceeds fixed maximum message size\r\n");
+  EXPECT_EQ(say("MAIL FROM:<a@example.com> SIZE=abc\r\n"), "501 5.5.4 Bad SIZE parameter\r\n");
+  EXPECT_EQ(say("MAIL FROM:<a@example.com> BODY=BINARYMIME\r\n"),
+            "501 5.5.4 Unsupported BODY type\r\n");
+  EXPECT_EQ(say("MAIL FROM:<a@example.com> FOO=1\r\n"), "555 5.5.4 Unsupported MAIL parameter\r\n");
+  EXPECT_EQ(say("MAIL FROM:<a@example.com> SIZE=1000\r\n"), "250 2.1.0 Ok\r\n");
+}
+
+TEST_F(SessionTest, OverLongDataLineRefusedAfterData) {
+  options.max_message_bytes = 1'000'000;
+  options.max_data_line = 100;
+  open();
+  begin_data();
+  say(std::string(101, 'z') + "\r\n.\r\n");
+  EXPECT_EQ(last.reply, "500 5.5.2 Message line too long (limit 100 bytes)\r\n");
+  EXPECT_EQ(last.event, SessionEvent::None);
+  EXPECT_EQ(say("NOOP\r\n"), "250 2.0.0 Ok\r\n");
+}
+
+TEST_F(SessionTest, StartTlsInjectionIsNeverExecuted) {
+  options.tls_available = true;
+  open();
+  say("EHLO c\r\n");
+  EXPECT_EQ(say("STARTTLS\r\nMAIL FROM:<x@example.com>\r\n"), "220 2.0.0 Ready to start TLS\r\n");
+  EXPECT_EQ(last.event, SessionEvent::StartTls);
+  EXPECT_EQ(session->state(), SessionState::StartTlsPending);
+  EXPECT_EQ(say("RCPT TO:<y@example.com>\r\n"), "");  // before the handshake: dropped
+  session->tls_started();
+  EXPECT_TRUE(session->tls_active());
+  EXPECT_TRUE(policy.checks.empty());
+  // Had the injected MAIL run, this RCPT would be accepted; but the session starts afresh.
+  EXPECT_EQ(say("RCPT TO:<y@example.com>\r\n"), "503 5.5.1 Need MAIL command\r\n");
+  EXPECT_EQ(say("MAIL FROM:<x@example.com>\r\n"), "503 5.5.1 Send EHLO or HELO first\r\n");
+}
+
+TEST_F(SessionTest, StateResetAfterTls) {
+  options.tls_available = true;
+  options.auth_in_clear = true;
+  open();
+  say("EHLO c\r\n");
+  EXPECT_EQ(say("AUTH PLAIN " + plain("", "legacy-app", "s3cret") + "\r\n"),
+            "235 2.7.0 Authentication successful\r\n");
+  EXPECT_TRUE(session->authenticated());
+  EXPECT_EQ(say("STARTTLS\r\n"), "220 2.0.0 Ready to start TLS\r\n");
+  session->tls_started();
+  EXPECT_FALSE(session->authenticated());
+  EXPECT_EQ(session->helo(), "");
+  EXPECT_EQ(say("EHLO c\r\n"),
+            "250-mx.test\r\n" + kCapsTail + "250-ENHANCEDSTATUSCODES\r\n250 AUTH PLAIN LOGIN\r\n");
+  EXPECT_EQ(say("STARTTLS\r\n"), "503 5.5.1 TLS already active\r\n");
+}
+
+TEST_F(SessionTest, StartTlsNotConfigured) {
+  open();
+  say("EHLO c\r\n");
+  EXPECT_EQ(say("STARTTLS\r\n"), "502 5.5.1 STARTTLS not available\r\n");
+  EXPECT_EQ(last.event, SessionEvent::None);
+}
+
+TEST_F(SessionTest, AuthPlainWithInitialResponse) {
+  options.auth_in_clear = true;
+  options.anonymous_role.reset();
+  open();
+  say("EHLO c\r\n");
+  EXPECT_EQ(say("AUTH PLAIN " + plain("", "legacy-app", "s3cret") + "\r\n"),
+            "235 2.7.0 Authentication successful\r\n");
+  EXPECT_EQ(session->role(), "legacy");
+  EXPECT_EQ(session->auth_user(), "legacy-app");
+  EXPECT_EQ(say("MAIL FROM:<a@example.com>\r\n"), "250 2.1.0 Ok\r\n");
+  ASSERT_EQ(policy.checks.size(), 1u);
+  EXPECT_EQ(policy.checks[0].role, "legacy");
+  EXPECT_EQ(say("AUTH PLAIN " + plain("", "legacy-app", "s3cret") + "\r\n"),
+            "503 5.5.1 Already authenticated\r\n");
+}
+
+TEST_F(SessionTest, AuthPlainWithoutInitialResponse) {
+  options.auth_in_clear = true;
+  open();
+  say("EHLO c\r\n");
+  EXPECT_EQ(say("AUTH PLAIN\r\n"), "334 \r\n");
+  EXPECT_EQ(say(plain("legacy-app", "legacy-app", "s3cret") + "\r\n"),
+            "235 2.7.0 Authentication successful\r\n");
+}
+
+TEST_F(SessionTest, AuthPlainOtherAuthzidRefused) {
+  options.auth_in_clear = true;
+  open();
+  say("EHLO c\r\n");
+  EXPECT_EQ(say("AUTH PLAIN " + plain("admin", "legacy-app", "s3cret") + "\r\n"),
+            "535 5.7.8 Authentication credentials invalid\r\n");
+}
+
+TEST_F(SessionTest, AuthLoginWithAndWithoutInitialResponse) {
+  options.auth_in_clear = true;
+  open();
+  say("EHLO c\r\n");
+  EXPECT_EQ(say("AUTH LOGIN\r\n"), "334 VXNlcm5hbWU6\r\n");
+  EXPECT_EQ(say(text::base64_encode("legacy-app") + "\r\n"), "334 UGFzc3dvcmQ6\r\n");
+  EXPECT_EQ(say(text::base64_encode("s3cret") + "\r\n"), "235 2.7.0 Authentication successful\r\n");
+
+  open();
+  say("EHLO c\r\n");
+  EXPECT_EQ(say("AUTH LOGIN " + text::base64_encode("legacy-app") + "\r\n"),
+            "334 UGFzc3dvcmQ6\r\n");
+  EXPECT_EQ(say(text::base64_encode("s3cret") + "\r\n"), "235 2.7.0 Authentication successful\r\n");
+  EXPECT_EQ(session->role(), "legacy");
+}
+
+TEST_F(SessionTest, AuthCancelAndBadBase64) {
+  options.auth_in_clear = true;
+  open();
+  say("EHLO c\r\n");
+  EXPECT_EQ(say("AUTH LOGIN\r\n*\r\n"),
+            "334 VXNlcm5hbWU6\r\n501 5.0.0 Authentication cancelled\r\n");
+  EXPECT_EQ(say("AUTH PLAIN\r\n!!!\r\n"), "334 \r\n501 5.5.2 Cannot decode response\r\n");
+  EXPECT_EQ(say("AUTH CRAM-MD5\r\n"), "504 5.5.4 Unrecognized authentication type\r\n");
+  EXPECT_FALSE(session->authenticated());
+}
+
+TEST_F(SessionTest, BadCredentialsAndAttemptLimit) {
+  options.auth_in_clear = true;
+  open();
+  say("EHLO c\r\n");
+  EXPECT_EQ(say("AUTH PLAIN " + plain("", "legacy-app", "wrong") + "\r\n"),
+            "535 5.7.8 Authentication credentials invalid\r\n");
+  EXPECT_TRUE(last.auth_failed);
+  EXPECT_EQ(say("AUTH LOGIN " + text::base64_encode("nobody") + "\r\n" +
+                text::base64_encode("s3cret") + "\r\n"),
+            "334 UGFzc3dvcmQ6\r\n535 5.7.8 Authentication credentials invalid\r\n");
+  EXPECT_EQ(say("AUTH PLAIN " + plain("", "legacy-app", "s3cre") + "\r\n"),
+            "535 5.7.8 Authentication credentials invalid\r\n"
+            "421 4.7.0 Too many authentication failures\r\n");
+  EXPECT_EQ(last.event, SessionEvent::Close);
+  EXPECT_FALSE(session->authenticated());
+}
+
+TEST_F(SessionTest, AuthenticationRequiredWithoutAnonymousRole) {
+  options.auth_in_clear = true;
+  options.anonymous_role.reset();
+  open();
+  say("EHLO c\r\n");
+  EXPECT_EQ(say("MAIL FROM:<a@example.com>\r\n"), "530 5.7.0 Authentication required\r\n");
+  EXPECT_TRUE(policy.checks.empty());
+}
+
+TEST_F(SessionTest, AuthOverClearNonLoopbackNeedsEncryption) {
+  options.auth_in_clear = false;
+  options.tls_available = true;
+  open();
+  say("EHLO c\r\n");
+  EXPECT_EQ(say("AUTH PLAIN " + plain("", "legacy-app", "s3cret") + "\r\n"),
+            "538 5.7.11 Encryption required for requested authentication mechanism\r\n");
+  EXPECT_FALSE(session->authenticated());
+  say("STARTTLS\r\n");
+  session->tls_started();
+  say("EHLO c\r\n");
+  EXPECT_EQ(say("AUTH PLAIN " + plain("", "legacy-app", "s3cret") + "\r\n"),
+            "235 2.7.0 Authentication successful\r\n");
+}
+
+TEST_F(SessionTest, OverLongCommandLine) {
+  open();
+  say("EHLO c\r\n");
+  EXPECT_EQ(say(std::string(600, 'A') + "\r\nNOOP\r\n"),
+            "500 5.5.2 Line too long\r\n250 2.0.0 Ok\r\n");
+  // Split over reads, without a line end for a long while: memory stays bounded.
+  for (int i = 0; i < 100; ++i) EXPECT_EQ(say(std::string(1000, 'B')), "");
+  EXPECT_EQ(say("\r\nNOOP\r\n"), "500 5.5.2 Line too long\r\n250 2.0.0 Ok\r\n");
+  // 510 characters + CRLF = 512: the longest allowed line.
+  EXPECT_EQ(say("NOOP " + std::string(505, 'x') + "\r\n"), "250 2.0.0 Ok\r\n");
+  EXPECT_EQ(say("NOOP " + std::string(506, 'x') + "\r\n"), "500 5.5.2 Line too long\r\n");
+}
+
+TEST_F(SessionTest, ErrorLimitCloses) {
+  open();
+  for (int i = 0; i < 9; ++i) {
+    EXPECT_EQ(say("BOGUS\r\n"), "500 5.5.1 Command unrecognized\r\n");
+  }
+  EXPECT_EQ(say("BOGUS\r\nNOOP\r\n"),
+            "500 5.5.1 Command unrecognized\r\n421 4.7.0 Too many errors\r\n");
+  EXPECT_EQ(last.event, SessionEvent::Close);
+  EXPECT_EQ(session->state(), SessionState::Closed);
+}
+
+TEST_F(SessionTest, PipeliningBeforeGreeting) {
+  session = std::make_unique<SmtpServerSession>(options, &credentials, &policy);
+  session->start();
+  EXPECT_EQ(say("EHLO c\r\n"), "554 5.5.0 Protocol error: data sent before the greeting\r\n");
+  EXPECT_EQ(last.event, SessionEvent::Close);
+}
+
+TEST_F(SessionTest, RsetBetweenMessages) {
+  open();
+  begin_data();
+  say("one\r\n.\r\n");
+  ASSERT_EQ(last.event, SessionEvent::Deliver);
+  session->delivery_finished(250, "2.0.0", "Ok: queued as 1");
+  EXPECT_EQ(say("RSET\r\nMAIL FROM:<c@example.com>\r\nRCPT TO:<d@example.org>\r\n"),
+            "250 2.0.0 Ok\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n");
+  EXPECT_EQ(say("RSET\r\nDATA\r\n"), "250 2.0.0 Ok\r\n503 5.5.1 Need MAIL command\r\n");
+  EXPECT_EQ(say("MAIL FROM:<e@example.com>\r\nRCPT TO:<f@example.org>\r\nDATA\r\ntwo\r\n.\r\n"),
+            "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n");
+  ASSERT_EQ(last.event, SessionEvent::Deliver);
+  EXPECT_EQ(last.submission->envelope_from, "e@example.com");
+  EXPECT_EQ(last.submission->recipients, std::vector<std::string>{"f@example.org"});
+  EXPECT_EQ(last.submission->data, "two\r\n");
+}
+
+TEST_F(SessionTest, VrfyHelpNoop) {
+  open();
+  EXPECT_EQ(say("VRFY someone\r\n"),
+            "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery\r\n");
+  EXPECT_EQ(say("HELP\r\n"),
+            "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP AUTH\r\n");
+  EXPECT_EQ(say("noop\r\n"), "250 2.0.0 Ok\r\n");
+}
+
+TEST_F(SessionTest, SequenceErrors) {
+  open();
+  EXPECT_EQ(say("MAIL FROM:<a@example.com>\r\n"), "503 5.5.1 Send EHLO or HELO first\r\n");
+  say("EHLO c\r\n");
+  EXPECT_EQ(say("RCPT TO:<b@example.org>\r\n"), "503 5.5.1 Need MAIL command\r\n");
+  EXPECT_EQ(say("DATA\r\n"), "503 5.5.1 Need MAIL command\r\n");
+  EXPECT_EQ(say("MAIL FROM:<a@example.com>\r\nDATA\r\n"),
+            "250 2.1.0 Ok\r\n503 5.5.1 Need RCPT command\r\n");
+  EXPECT_EQ(say("MAIL FROM:<a@example.com>\r\n"), "503 5.5.1 Nested MAIL command\r\n");
+  EXPECT_EQ(say("MAIL FROM:a@example.com\r\n"), "503 5.5.1 Nested MAIL command\r\n");
+  say("RSET\r\n");
+  EXPECT_EQ(say("MAIL FROM:a@example.com\r\n"), "501 5.5.4 Syntax: MAIL FROM:<address>\r\n");
+}
+
+TEST_F(SessionTest, AddressSyntax) {
+  open();
+  say("EHLO c\r\n");
+  EXPECT_EQ(say("MAIL FROM:<not an address>\r\n"), "501 5.1.7 Bad sender address syntax\r\n");
+  EXPECT_EQ(say("MAIL FROM:<>\r\n"), "250 2.1.0 Ok\r\n");  // null sender
+  EXPECT_EQ(say("RCPT TO:<>\r\n"), "501 5.1.3 Bad recipient address syntax\r\n");
+  EXPECT_EQ(say("RCPT TO:<@relay.example:b@example.org>\r\n"), "250 2.1.5 Ok\r\n");
+  EXPECT_EQ(say("RCPT TO: <c@example.org>\r\n"), "250 2.1.5 Ok\r\n");
+  EXPECT_EQ(say("RCPT TO:<d@example.org> NOTIFY=NEVER\r\n"),
+            "555 5.5.4 Unsupported RCPT parameter\r\n");
+  EXPECT_EQ(say("RCPT TO:<B@EXAMPLE.ORG>\r\n"), "250 2.1.5 Ok\r\n");
+  say("DATA\r\n.\r\n");
+  ASSERT_EQ(last.event, SessionEvent::Deliver);
+  EXPECT_EQ(last.submission->envelope_from, "");
+  // Domains compare case-insensitively, local parts exactly.
+  EXPECT_EQ(last.submission->recipients,
+            (std::vector<std::string>{"b@example.org", "c@example.org", "B@EXAMPLE.ORG"}));
+}
+
+TEST_F(SessionTest, DuplicateRecipientsCollapse) {
+  open();
+  say("EHLO c\r\nMAIL FROM:<a@example.com>\r\n");
+  EXPECT_EQ(say("RCPT TO:<b@example.org>\r\nRCPT TO:<b@Example.ORG>\r\n"),
+            "250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n");
+  say("DATA\r\n.\r\n");
+  EXPECT_EQ(last.submission->recipients, std::vector<std::string>{"b@example.org"});
+}
+
+TEST_F(SessionTest, InjectedAddressValidatorIsUsed) {
+  options.validate_address = [](std::string_view a) { return a.ends_with(".example"); };
+  open();
+  say("EHLO c\r\n");
+  EXPECT_EQ(say("MAIL FROM:<a@example.com>\r\n"), "501 5.1.7 Bad sender address syntax\r\n");
+  EXPECT_EQ(say("MAIL FROM:<a@b.example>\r\n"), "250 2.1.0 Ok\r\n");
+}
+
+TEST_F(SessionTest, NonAsciiAddressesNeedSmtpUtf8) {
+  open();
+  say("EHLO c\r\n");
+  EXPECT_EQ(say("MAIL FROM:<j\xc3\xb6rg@example.com>\r\n"),
+            "553 5.6.7 Non-ASCII sender address requires SMTPUTF8\r\n");
+  EXPECT_EQ(say("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@b\xc3\xbc.example>\r\n"),
+            "250 2.1.0 Ok\r\n553 5.6.7 Non-ASCII recipient address requires SMTPUTF8\r\n");
+  say("RSET\r\n");
+  EXPECT_EQ(say("MAIL FROM:<a@example.com> SMTPUTF8\r\nRCPT TO:<b@b\xc3\xbc.example>\r\n"),
+            "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n");
+  say("DATA\r\n.\r\n");
+  ASSERT_EQ(last.event, SessionEvent::Deliver);
+  EXPECT_TRUE(last.submission->smtputf8);
+}
+
+TEST_F(SessionTest, PolicyVerdictsAtMailAndRcpt) {
+  policy.judge = [](const PolicyRequest& r) {
+    PolicyDecision d;
+    if (r.envelope_from == "evil@example.com") {
+      d.verdict = Verdict::SenderNotAllowed;
+      d.reason = "sender evil@example.com not allowed for role anon";
+    } else if (r.envelope_from == "busy@example.com") {
+      d.verdict = Verdict::RateLimited;
+      d.limit_text = "50/second";
+      d.retry_after_ms = 2500;
+    } else if (r.recipients > 2) {
+      d.verdict = Verdict::TooManyRecipients;
+      d.reason = "3 recipients exceed max_recipients 2 of role anon";
+    }
+    return d;
+  };
+  open();
+  say("EHLO c\r\n");
+  EXPECT_EQ(say("MAIL FROM:<evil@example.com>\r\n"),
+            "550 5.7.1 sender evil@example.com not allowed for role anon\r\n");
+  EXPECT_EQ(say("MAIL FROM:<busy@example.com>\r\n"),
+            "450 4.7.1 Rate limit 50/second exceeded, try again in 3 seconds\r\n");
+  EXPECT_EQ(
+      say("MAIL FROM:<a@example.com>\r\nRCPT TO:<1@example.org>\r\nRCPT TO:<2@example.org>\r\n"
+          "RCPT TO:<3@example.org>\r\n"),
+      "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n"
+      "452 4.5.3 3 recipients exceed max_recipients 2 of role anon\r\n");
+}
+
+TEST_F(SessionTest, RecipientHardCap) {
+  options.max_recipients = 2;
+  open();
+  say("EHLO c\r\n");
+  EXPECT_EQ(
+      say("MAIL FROM:<a@example.com>\r\nRCPT TO:<1@example.org>\r\nRCPT TO:<2@example.org>\r\n"
+          "RCPT TO:<3@example.org>\r\n"),
+      "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n452 4.5.3 Too many recipients\r\n");
+}
+
+TEST_F(SessionTest, IdleTimeoutAndShutdown) {
+  open();
+  auto out = session->timeout();
+  EXPECT_EQ(out.reply, "421 4.4.2 Idle timeout, closing connection\r\n");
+  EXPECT_EQ(out.event, SessionEvent::Close);
+  EXPECT_EQ(session->timeout().reply, "");  // once
+  open();
+  EXPECT_FALSE(session->busy());
+  out = session->shutdown();
+  EXPECT_EQ(out.reply, "421 4.3.2 Service shutting down\r\n");
+  EXPECT_EQ(out.event, SessionEvent::Close);
+}
+
+TEST_F(SessionTest, PipelinedInputWhileAwaitingDeliveryIsBounded) {
+  options.max_pending_input = 100;
+  open();
+  begin_data();
+  say("x\r\n.\r\n");
+  ASSERT_EQ(last.event, SessionEvent::Deliver);
+  say(std::string(200, 'N'));
+  auto done = session->delivery_finished(250, "2.0.0", "Ok");
+  EXPECT_EQ(done.reply, "250 2.0.0 Ok\r\n421 4.7.0 Too much pipelined input\r\n");
+  EXPECT_EQ(done.event, SessionEvent::Close);
+}
+
+TEST_F(SessionTest, LargeMessageInChunks) {
+  options.max_message_bytes = 10'000'000;
+  open();
+  begin_data();
+  std::string chunk;
+  for (int i = 0; i < 1000; ++i) chunk += "line " + std::to_string(i) + " .. text\r\n";
+  std::string expected;
+  for (int i = 0; i < 50; ++i) {
+    say(chunk);
+    expected += chunk;
+    ASSERT_EQ(last.event, SessionEvent::None);
+  }
+  say(".\r\n");
+  ASSERT_EQ(last.event, SessionEvent::Deliver);
+  EXPECT_EQ(last.submission->data, expected);
+}
+
+}  // namespace
+}  // namespace mailcar::smtp
