@@ -1,0 +1,188 @@
+// The upstream SMTP client as a pure state machine: bytes from the server go in, commands to
+// write and events come out. No sockets, no timers: SmtpRelay (src/relay/) owns the I/O,
+// the TLS upgrade and the timeouts, and feeds this.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mailcar/config.hpp"
+#include "mailcar/delivery.hpp"
+#include "mailcar/message.hpp"
+
+namespace mailcar {
+
+struct SmtpClientOptions {
+  std::string ehlo_name;  // our host name, sent in EHLO/HELO
+  std::string username;   // empty: no AUTH
+  std::string password;
+  // StartTls: STARTTLS is required, never downgraded. Tls: the connection is already implicit
+  // TLS when the session starts. None: plain.
+  Encryption encryption = Encryption::StartTls;
+  size_t max_reply_line = 4096;        // one reply line, without its line end
+  size_t max_reply_bytes = 64 * 1024;  // all lines of one (multi-line) reply
+};
+
+// One complete server reply.
+struct SmtpReply {
+  int code = 0;
+  std::vector<std::string> lines;  // text after "NNN-" / "NNN ", one per line
+  std::string text() const;        // lines joined with "\n"
+};
+
+// What EHLO told us.
+struct SmtpExtensions {
+  bool starttls = false;
+  bool pipelining = false;
+  bool eight_bit_mime = false;
+  bool smtputf8 = false;
+  bool auth = false;  // any AUTH keyword
+  bool auth_plain = false;
+  bool auth_login = false;
+  uint64_t size = 0;  // SIZE n; 0: no limit announced
+
+  static SmtpExtensions parse(const SmtpReply& ehlo_reply);
+};
+
+struct SmtpClientEvent {
+  enum class Kind {
+    NeedTlsHandshake,  // STARTTLS accepted: upgrade the stream, then call tls_established()
+    Ready,             // idle: start_message() may be called
+    MessageDone,       // the message from start_message() is finished: see `result`
+    Failed,            // the session failed outside a message (greeting, TLS, AUTH, ...)
+    Closed,            // the session ended without a message at stake (QUIT, 421 while idle)
+  };
+  Kind kind = Kind::Ready;
+  DeliveryResult result;  // MessageDone and Failed
+  // MessageDone: no byte of the body was sent, so the upstream cannot have taken the message
+  // and it may be retried on another connection.
+  bool before_data = false;
+};
+
+struct SmtpClientOutput {
+  std::string write;  // bytes to send, in order
+  std::vector<SmtpClientEvent> events;
+};
+
+class SmtpClientSession {
+ public:
+  enum class State {
+    Greeting,           // waiting for 220
+    Ehlo,               // EHLO sent
+    Helo,               // EHLO refused, HELO sent
+    StartTls,           // STARTTLS sent
+    TlsHandshake,       // 220 to STARTTLS received; the owner runs the TLS handshake
+    EhloAfterTls,       // EHLO sent again inside TLS
+    AuthPlain,          // AUTH PLAIN <initial response> sent
+    AuthLogin,          // AUTH LOGIN sent, waiting for the user name prompt
+    AuthLoginUser,      // user name sent, waiting for the password prompt
+    AuthLoginPassword,  // password sent
+    Ready,              // idle
+    Rset,               // RSET sent before a message
+    MailFrom,           // waiting for the MAIL reply
+    RcptTo,             // waiting for RCPT replies
+    Data,               // waiting for the DATA reply
+    Body,               // 354 received; the owner pulls the body with pull_body()
+    EndOfData,          // body and "." sent, waiting for the final reply
+    Draining,           // message already decided; consuming pipelined replies
+    Quit,               // QUIT sent
+    Closed,             // finished normally; close the connection
+    Failed,             // unusable; close the connection
+  };
+
+  explicit SmtpClientSession(SmtpClientOptions options);
+
+  // Server bytes (plaintext; after TLS the decrypted stream).
+  SmtpClientOutput feed(std::string_view bytes);
+  // The TLS upgrade requested by NeedTlsHandshake succeeded.
+  SmtpClientOutput tls_established();
+  // Begin a transaction; only in state Ready. `message` must stay alive and unchanged until
+  // its MessageDone event: the body is streamed from it, never copied whole.
+  SmtpClientOutput start_message(const OutboundMessage& message);
+  // Politely end an idle session (QUIT). In any other state the session just becomes Closed.
+  SmtpClientOutput quit();
+  // The connection broke (closed, timed out, TLS failure). `why` becomes the result of the
+  // message in flight, or of the session when no message is.
+  SmtpClientOutput connection_lost(DeliveryResult why);
+
+  // In state Body: append up to about `max_bytes` of dot-stuffed body to `out` (the final
+  // ".\r\n" included at the end). Returns false once everything was pulled.
+  bool pull_body(std::string& out, size_t max_bytes);
+  bool body_pending() const { return state_ == State::Body; }
+
+  State state() const { return state_; }
+  bool terminal() const { return state_ == State::Closed || state_ == State::Failed; }
+  // A reply is outstanding (for the owner's command timeout).
+  bool awaiting_reply() const { return !pending_.empty(); }
+  bool message_in_flight() const { return message_ != nullptr; }
+  const SmtpExtensions& extensions() const { return extensions_; }
+
+ private:
+  enum class Command {
+    Greeting,
+    Ehlo,
+    Helo,
+    StartTls,
+    AuthPlain,
+    AuthLogin,
+    AuthLoginUser,
+    AuthLoginPassword,
+    Rset,
+    Mail,
+    Rcpt,
+    Data,
+    EndOfData,
+    Quit
+  };
+  struct Queued {
+    Command command;
+    std::string line;  // with CRLF
+  };
+
+  void handle_reply(const SmtpReply& reply, SmtpClientOutput& out);
+  void handle_transaction_reply(Command command, const SmtpReply& reply, SmtpClientOutput& out);
+  void handle_unsolicited(const SmtpReply& reply, SmtpClientOutput& out);
+  void send(Command command, std::string line, SmtpClientOutput& out);
+  void send_next_unsent(SmtpClientOutput& out);
+  void send_hello(Command command, SmtpClientOutput& out);
+  void after_hello(SmtpClientOutput& out);
+  void start_auth(SmtpClientOutput& out);
+  void enter_ready(SmtpClientOutput& out);
+  void finish_message(DeliveryResult result, SmtpClientOutput& out);
+  void after_message(SmtpClientOutput& out);
+  void fail(DeliveryResult result, SmtpClientOutput& out);
+  bool parse_input(SmtpClientOutput& out);
+
+  SmtpClientOptions options_;
+  State state_ = State::Greeting;
+  SmtpExtensions extensions_;
+  bool tls_done_ = false;
+  bool need_rset_ = false;
+
+  // Reply parsing.
+  std::string input_;
+  SmtpReply partial_;
+  size_t partial_bytes_ = 0;
+  bool have_partial_ = false;
+  bool discard_input_ = false;  // bytes after the 220 to STARTTLS are never interpreted
+
+  std::deque<Command> pending_;  // commands sent, replies not yet read, in order
+  std::deque<Queued> unsent_;    // transaction commands held back without PIPELINING
+
+  // The transaction.
+  const OutboundMessage* message_ = nullptr;
+  size_t next_rcpt_reply_ = 0;
+  std::vector<std::string> accepted_;
+  std::vector<RecipientOutcome> rejected_;
+  size_t body_pos_ = 0;
+  bool body_at_line_start_ = true;
+};
+
+const char* smtp_client_state_name(SmtpClientSession::State state);
+
+}  // namespace mailcar

@@ -1,0 +1,637 @@
+#include "mailcar/smtp_client.hpp"
+
+#include <charconv>
+#include <utility>
+
+#include "mailcar/text.hpp"
+
+namespace mailcar {
+
+namespace {
+
+bool is_positive(int code) {
+  return code >= 200 && code < 300;
+}
+bool is_temporary(int code) {
+  return code >= 400 && code < 500;
+}
+
+DeliveryResult reply_result(DeliveryStatus status, const SmtpReply& reply, std::string message) {
+  DeliveryResult r;
+  r.status = status;
+  r.smtp_code = reply.code;
+  r.smtp_reply = reply.text();
+  r.message = message.empty() ? r.smtp_reply : std::move(message);
+  r.retryable = is_temporary(reply.code);
+  return r;
+}
+
+DeliveryResult rejection(const SmtpReply& reply) {
+  return reply_result(DeliveryStatus::Rejected, reply, {});
+}
+
+DeliveryResult plain_result(DeliveryStatus status, std::string message, bool retryable) {
+  DeliveryResult r;
+  r.status = status;
+  r.message = std::move(message);
+  r.retryable = retryable;
+  return r;
+}
+
+DeliveryResult protocol_error(std::string detail) {
+  // A peer that does not speak SMTP will not start to on a retry.
+  return plain_result(DeliveryStatus::ProtocolError, "upstream protocol error: " + detail, false);
+}
+
+// Envelope addresses go into command lines verbatim: refuse anything that could end or
+// restructure the line (command injection), even though ingresses validated them already.
+bool safe_for_command(std::string_view address) {
+  for (char c : address) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f || c == '<' || c == '>') return false;
+  }
+  return true;
+}
+
+// EHLO refusals after which HELO is worth a try (RFC 5321 §3.2).
+bool helo_fallback_code(int code) {
+  return code == 500 || code == 502 || code == 504 || code == 550;
+}
+
+}  // namespace
+
+std::string SmtpReply::text() const {
+  std::string out;
+  for (size_t i = 0; i < lines.size(); ++i) {
+    if (i) out += '\n';
+    out += lines[i];
+  }
+  return out;
+}
+
+SmtpExtensions SmtpExtensions::parse(const SmtpReply& ehlo_reply) {
+  SmtpExtensions ext;
+  // The first line is the server's greeting name; keywords follow one per line.
+  for (size_t i = 1; i < ehlo_reply.lines.size(); ++i) {
+    std::string_view line = text::trim(ehlo_reply.lines[i]);
+    size_t space = line.find(' ');
+    std::string keyword = text::lower_ascii(line.substr(0, space));
+    std::string_view params = space == std::string_view::npos ? "" : line.substr(space + 1);
+    if (keyword.rfind("auth=", 0) == 0) {  // old-style "AUTH=LOGIN PLAIN"
+      params = line.substr(5);
+      keyword = "auth";
+    }
+    if (keyword == "starttls") {
+      ext.starttls = true;
+    } else if (keyword == "pipelining") {
+      ext.pipelining = true;
+    } else if (keyword == "8bitmime") {
+      ext.eight_bit_mime = true;
+    } else if (keyword == "smtputf8") {
+      ext.smtputf8 = true;
+    } else if (keyword == "size") {
+      params = text::trim(params);
+      uint64_t n = 0;
+      auto [end, ec] = std::from_chars(params.data(), params.data() + params.size(), n);
+      if (ec == std::errc() && end == params.data() + params.size()) ext.size = n;
+    } else if (keyword == "auth") {
+      ext.auth = true;
+      while (!params.empty()) {
+        params = text::trim(params);
+        size_t sp = params.find(' ');
+        std::string_view mech = params.substr(0, sp);
+        if (text::iequals_ascii(mech, "PLAIN")) ext.auth_plain = true;
+        if (text::iequals_ascii(mech, "LOGIN")) ext.auth_login = true;
+        params = sp == std::string_view::npos ? std::string_view() : params.substr(sp + 1);
+      }
+    }
+  }
+  return ext;
+}
+
+SmtpClientSession::SmtpClientSession(SmtpClientOptions options) : options_(std::move(options)) {
+  pending_.push_back(Command::Greeting);
+  // Implicit TLS: the owner finished the handshake before the greeting.
+  tls_done_ = options_.encryption == Encryption::Tls;
+}
+
+SmtpClientOutput SmtpClientSession::feed(std::string_view bytes) {
+  SmtpClientOutput out;
+  if (terminal() || state_ == State::TlsHandshake) return out;  // never read pre-TLS leftovers
+  input_.append(bytes.data(), bytes.size());
+  parse_input(out);
+  return out;
+}
+
+// Splits input into lines and lines into replies; returns false after a failure.
+bool SmtpClientSession::parse_input(SmtpClientOutput& out) {
+  size_t consumed = 0;
+  while (!terminal() && !discard_input_) {
+    size_t nl = input_.find('\n', consumed);
+    if (nl == std::string::npos) {
+      if (input_.size() - consumed > options_.max_reply_line + 1) {
+        fail(protocol_error("reply line too long"), out);
+        return false;
+      }
+      break;
+    }
+    std::string_view line(input_.data() + consumed, nl - consumed);
+    consumed = nl + 1;
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line.size() > options_.max_reply_line) {
+      fail(protocol_error("reply line too long"), out);
+      return false;
+    }
+    bool digits = line.size() >= 3;
+    for (size_t i = 0; digits && i < 3; ++i) digits = line[i] >= '0' && line[i] <= '9';
+    if (!digits || (line.size() > 3 && line[3] != ' ' && line[3] != '-')) {
+      fail(protocol_error("malformed reply line"), out);
+      return false;
+    }
+    int code = (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0');
+    if (code < 200 || code > 599) {
+      fail(protocol_error("reply code " + std::to_string(code) + " out of range"), out);
+      return false;
+    }
+    if (have_partial_ && code != partial_.code) {
+      fail(protocol_error("reply code changed inside a multi-line reply"), out);
+      return false;
+    }
+    partial_bytes_ += line.size();
+    if (partial_bytes_ > options_.max_reply_bytes) {
+      fail(protocol_error("reply too long"), out);
+      return false;
+    }
+    partial_.code = code;
+    partial_.lines.emplace_back(line.size() > 4 ? line.substr(4) : std::string_view());
+    have_partial_ = true;
+    if (line.size() > 3 && line[3] == '-') continue;
+    SmtpReply reply = std::move(partial_);
+    partial_ = SmtpReply();
+    partial_bytes_ = 0;
+    have_partial_ = false;
+    handle_reply(reply, out);
+  }
+  if (discard_input_ || terminal()) {
+    input_.clear();
+    discard_input_ = false;
+  } else {
+    input_.erase(0, consumed);
+  }
+  return !terminal();
+}
+
+void SmtpClientSession::send(Command command, std::string line, SmtpClientOutput& out) {
+  out.write += line;
+  pending_.push_back(command);
+}
+
+void SmtpClientSession::send_next_unsent(SmtpClientOutput& out) {
+  if (unsent_.empty()) return;
+  Queued next = std::move(unsent_.front());
+  unsent_.pop_front();
+  send(next.command, std::move(next.line), out);
+}
+
+void SmtpClientSession::send_hello(Command command, SmtpClientOutput& out) {
+  send(command, (command == Command::Helo ? "HELO " : "EHLO ") + options_.ehlo_name + "\r\n", out);
+}
+
+void SmtpClientSession::handle_reply(const SmtpReply& reply, SmtpClientOutput& out) {
+  if (pending_.empty()) {
+    handle_unsolicited(reply, out);
+    return;
+  }
+  Command command = pending_.front();
+  pending_.pop_front();
+  switch (command) {
+    case Command::Greeting:
+      if (reply.code == 220) {
+        state_ = State::Ehlo;
+        send_hello(Command::Ehlo, out);
+      } else {
+        fail(rejection(reply), out);
+      }
+      return;
+    case Command::Ehlo:
+      if (is_positive(reply.code)) {
+        extensions_ = SmtpExtensions::parse(reply);
+        after_hello(out);
+      } else if (helo_fallback_code(reply.code)) {
+        state_ = State::Helo;
+        send_hello(Command::Helo, out);
+      } else {
+        fail(rejection(reply), out);
+      }
+      return;
+    case Command::Helo:
+      if (is_positive(reply.code)) {
+        extensions_ = SmtpExtensions();
+        after_hello(out);
+      } else {
+        fail(rejection(reply), out);
+      }
+      return;
+    case Command::StartTls:
+      if (reply.code == 220) {
+        state_ = State::TlsHandshake;
+        discard_input_ = true;
+        out.events.push_back({SmtpClientEvent::Kind::NeedTlsHandshake, {}, false});
+      } else {
+        fail(reply_result(DeliveryStatus::TlsUnavailable, reply,
+                          "STARTTLS refused by server: " + reply.text()),
+             out);
+      }
+      return;
+    case Command::AuthLogin:
+    case Command::AuthLoginUser:
+      if (reply.code == 334) {
+        bool user = command == Command::AuthLogin;
+        state_ = user ? State::AuthLoginUser : State::AuthLoginPassword;
+        send(user ? Command::AuthLoginUser : Command::AuthLoginPassword,
+             text::base64_encode(user ? options_.username : options_.password) + "\r\n", out);
+        return;
+      }
+      [[fallthrough]];
+    case Command::AuthPlain:
+    case Command::AuthLoginPassword:
+      if (reply.code == 235) {
+        enter_ready(out);
+      } else {
+        fail(reply_result(DeliveryStatus::AuthenticationFailed, reply, "Authentication failed"),
+             out);
+      }
+      return;
+    case Command::Quit:
+      state_ = State::Closed;
+      out.events.push_back({SmtpClientEvent::Kind::Closed, {}, false});
+      return;
+    case Command::Rset:
+    case Command::Mail:
+    case Command::Rcpt:
+    case Command::Data:
+    case Command::EndOfData:
+      handle_transaction_reply(command, reply, out);
+      return;
+  }
+}
+
+void SmtpClientSession::after_hello(SmtpClientOutput& out) {
+  if (options_.encryption == Encryption::StartTls && !tls_done_) {
+    if (!extensions_.starttls) {
+      // encryption: tls means never in clear; there is no fallback.
+      fail(plain_result(DeliveryStatus::TlsUnavailable, "server does not offer STARTTLS", false),
+           out);
+      return;
+    }
+    state_ = State::StartTls;
+    send(Command::StartTls, "STARTTLS\r\n", out);
+    return;
+  }
+  if (options_.username.empty()) {
+    enter_ready(out);
+    return;
+  }
+  start_auth(out);
+}
+
+void SmtpClientSession::start_auth(SmtpClientOutput& out) {
+  if (extensions_.auth_plain) {
+    std::string credentials;
+    credentials += '\0';
+    credentials += options_.username;
+    credentials += '\0';
+    credentials += options_.password;
+    state_ = State::AuthPlain;
+    send(Command::AuthPlain, "AUTH PLAIN " + text::base64_encode(credentials) + "\r\n", out);
+  } else if (extensions_.auth_login) {
+    state_ = State::AuthLogin;
+    send(Command::AuthLogin, "AUTH LOGIN\r\n", out);
+  } else {
+    fail(plain_result(DeliveryStatus::AuthenticationFailed,
+                      extensions_.auth
+                          ? "Authentication failed: upstream offers no supported AUTH mechanism "
+                            "(PLAIN or LOGIN)"
+                          : "Authentication failed: credentials are configured but the upstream "
+                            "does not offer AUTH",
+                      false),
+         out);
+  }
+}
+
+void SmtpClientSession::enter_ready(SmtpClientOutput& out) {
+  state_ = State::Ready;
+  out.events.push_back({SmtpClientEvent::Kind::Ready, {}, false});
+}
+
+SmtpClientOutput SmtpClientSession::tls_established() {
+  SmtpClientOutput out;
+  if (state_ != State::TlsHandshake) return out;
+  tls_done_ = true;
+  extensions_ = SmtpExtensions();  // RFC 3207: forget everything learned in clear
+  input_.clear();
+  state_ = State::EhloAfterTls;
+  send_hello(Command::Ehlo, out);
+  return out;
+}
+
+SmtpClientOutput SmtpClientSession::start_message(const OutboundMessage& message) {
+  SmtpClientOutput out;
+  auto refuse = [&](DeliveryResult result) {
+    out.events.push_back({SmtpClientEvent::Kind::MessageDone, std::move(result), true});
+    return out;
+  };
+  if (state_ != State::Ready || message_ != nullptr) {
+    return refuse(plain_result(DeliveryStatus::ProtocolError,
+                               "upstream session is not ready for a message", true));
+  }
+  if (message.envelope_rcpts.empty()) {
+    return refuse(plain_result(DeliveryStatus::Rejected, "message has no recipients", false));
+  }
+  bool addresses_ok = safe_for_command(message.envelope_from);
+  for (const auto& rcpt : message.envelope_rcpts)
+    addresses_ok = addresses_ok && safe_for_command(rcpt);
+  if (!addresses_ok) {
+    return refuse(plain_result(DeliveryStatus::Rejected,
+                               "envelope address contains characters not allowed in SMTP", false));
+  }
+  if (extensions_.size > 0 && message.data.size() > extensions_.size) {
+    DeliveryResult r = plain_result(DeliveryStatus::Rejected,
+                                    "message size " + std::to_string(message.data.size()) +
+                                        " exceeds the upstream's limit of " +
+                                        std::to_string(extensions_.size) + " bytes",
+                                    false);
+    r.smtp_code = 552;
+    r.smtp_reply = "5.3.4 " + r.message;
+    return refuse(std::move(r));
+  }
+  if (message.smtputf8 && !extensions_.smtputf8) {
+    return refuse(
+        plain_result(DeliveryStatus::Rejected,
+                     "upstream does not support SMTPUTF8 (needed for non-ASCII addresses)", false));
+  }
+
+  message_ = &message;
+  next_rcpt_reply_ = 0;
+  accepted_.clear();
+  rejected_.clear();
+  body_pos_ = 0;
+  body_at_line_start_ = true;
+
+  std::string mail = "MAIL FROM:<" + message.envelope_from + ">";
+  if (extensions_.size > 0) mail += " SIZE=" + std::to_string(message.data.size());
+  if (message.eight_bit && extensions_.eight_bit_mime) mail += " BODY=8BITMIME";
+  if (message.smtputf8) mail += " SMTPUTF8";
+  mail += "\r\n";
+
+  unsent_.clear();
+  if (need_rset_) unsent_.push_back({Command::Rset, "RSET\r\n"});
+  unsent_.push_back({Command::Mail, std::move(mail)});
+  for (const auto& rcpt : message.envelope_rcpts) {
+    unsent_.push_back({Command::Rcpt, "RCPT TO:<" + rcpt + ">\r\n"});
+  }
+  unsent_.push_back({Command::Data, "DATA\r\n"});
+  need_rset_ = true;  // whatever happens now, the next transaction starts clean
+
+  state_ = unsent_.front().command == Command::Rset ? State::Rset : State::MailFrom;
+  if (extensions_.pipelining) {
+    // RFC 2920: the whole envelope and DATA in one batch; replies come back in order.
+    while (!unsent_.empty()) send_next_unsent(out);
+  } else {
+    send_next_unsent(out);
+  }
+  return out;
+}
+
+void SmtpClientSession::handle_transaction_reply(Command command, const SmtpReply& reply,
+                                                 SmtpClientOutput& out) {
+  if (state_ == State::Draining) {
+    // The message is already decided; these are replies to pipelined commands.
+    if (command == Command::Data && reply.code == 354) {
+      // The server wants a body we will not send: the only safe way out is to hang up.
+      state_ = State::Failed;
+      out.events.push_back({SmtpClientEvent::Kind::Closed, {}, false});
+      return;
+    }
+    if (pending_.empty()) enter_ready(out);
+    return;
+  }
+  switch (command) {
+    case Command::Rset:
+      if (!is_positive(reply.code)) {
+        fail(rejection(reply), out);  // usually 421 from a server that gave up on us
+        return;
+      }
+      state_ = State::MailFrom;
+      send_next_unsent(out);
+      return;
+    case Command::Mail:
+      if (!is_positive(reply.code)) {
+        finish_message(rejection(reply), out);
+        return;
+      }
+      state_ = State::RcptTo;
+      send_next_unsent(out);
+      return;
+    case Command::Rcpt: {
+      const std::string& address = message_->envelope_rcpts[next_rcpt_reply_++];
+      if (is_positive(reply.code)) {
+        accepted_.push_back(address);
+      } else {
+        rejected_.push_back({address, reply.code, reply.text()});
+      }
+      if (next_rcpt_reply_ < message_->envelope_rcpts.size()) {
+        send_next_unsent(out);
+        return;
+      }
+      if (accepted_.empty()) {
+        // Nobody to send to: no DATA (or, pipelined, its refusal is drained).
+        DeliveryResult r = plain_result(DeliveryStatus::Rejected, rejected_.front().smtp_reply,
+                                        is_temporary(rejected_.front().smtp_code));
+        r.smtp_code = rejected_.front().smtp_code;
+        r.smtp_reply = rejected_.front().smtp_reply;
+        finish_message(std::move(r), out);
+        return;
+      }
+      state_ = State::Data;
+      send_next_unsent(out);
+      return;
+    }
+    case Command::Data:
+      if (reply.code != 354) {
+        accepted_.clear();
+        finish_message(rejection(reply), out);
+        return;
+      }
+      state_ = State::Body;
+      return;
+    case Command::EndOfData: {
+      DeliveryResult r = is_positive(reply.code) ? reply_result(DeliveryStatus::Sent, reply, {})
+                                                 : rejection(reply);
+      if (r.status != DeliveryStatus::Sent) accepted_.clear();
+      finish_message(std::move(r), out);
+      return;
+    }
+    default:
+      return;
+  }
+}
+
+void SmtpClientSession::handle_unsolicited(const SmtpReply& reply, SmtpClientOutput& out) {
+  if (state_ == State::Body && message_ != nullptr) {
+    // The server cut the body short (e.g. 552 too big, 421 shutting down).
+    DeliveryResult r = rejection(reply);
+    r.rejected = std::move(rejected_);
+    accepted_.clear();
+    rejected_.clear();
+    message_ = nullptr;
+    state_ = State::Failed;
+    out.events.push_back({SmtpClientEvent::Kind::MessageDone, std::move(r), false});
+    return;
+  }
+  if (state_ == State::Ready) {
+    state_ = State::Closed;  // typically "421 idle timeout"
+    out.events.push_back({SmtpClientEvent::Kind::Closed, {}, false});
+    return;
+  }
+  fail(protocol_error("reply without a command (" + std::to_string(reply.code) + ")"), out);
+}
+
+void SmtpClientSession::finish_message(DeliveryResult result, SmtpClientOutput& out) {
+  bool before_data = state_ != State::Body && state_ != State::EndOfData;
+  result.accepted = std::move(accepted_);
+  result.rejected = std::move(rejected_);
+  accepted_.clear();
+  rejected_.clear();
+  message_ = nullptr;
+  unsent_.clear();
+  out.events.push_back({SmtpClientEvent::Kind::MessageDone, std::move(result), before_data});
+  after_message(out);
+}
+
+void SmtpClientSession::after_message(SmtpClientOutput& out) {
+  if (pending_.empty()) {
+    enter_ready(out);
+  } else {
+    state_ = State::Draining;
+  }
+}
+
+void SmtpClientSession::fail(DeliveryResult result, SmtpClientOutput& out) {
+  if (terminal()) return;
+  if (message_ != nullptr) {
+    bool before_data = state_ != State::Body && state_ != State::EndOfData;
+    result.accepted.clear();  // not delivered: nobody got it
+    result.rejected = std::move(rejected_);
+    accepted_.clear();
+    rejected_.clear();
+    message_ = nullptr;
+    out.events.push_back({SmtpClientEvent::Kind::MessageDone, std::move(result), before_data});
+  } else if (state_ == State::Ready || state_ == State::Draining || state_ == State::Quit) {
+    out.events.push_back({SmtpClientEvent::Kind::Closed, {}, false});
+  } else {
+    out.events.push_back({SmtpClientEvent::Kind::Failed, std::move(result), false});
+  }
+  state_ = State::Failed;
+  pending_.clear();
+  unsent_.clear();
+}
+
+SmtpClientOutput SmtpClientSession::quit() {
+  SmtpClientOutput out;
+  if (state_ == State::Ready) {
+    state_ = State::Quit;
+    send(Command::Quit, "QUIT\r\n", out);
+  } else if (!terminal() && state_ != State::Quit) {
+    fail(plain_result(DeliveryStatus::ShuttingDown, "connection closed by mailcar", true), out);
+    state_ = State::Closed;
+  }
+  return out;
+}
+
+SmtpClientOutput SmtpClientSession::connection_lost(DeliveryResult why) {
+  SmtpClientOutput out;
+  if (terminal()) return out;
+  if (state_ == State::Quit) {
+    state_ = State::Closed;
+    out.events.push_back({SmtpClientEvent::Kind::Closed, {}, false});
+    return out;
+  }
+  fail(std::move(why), out);
+  return out;
+}
+
+bool SmtpClientSession::pull_body(std::string& out, size_t max_bytes) {
+  if (state_ != State::Body || message_ == nullptr) return false;
+  const std::string& data = message_->data;
+  size_t budget = max_bytes == 0 ? 1 : max_bytes;
+  while (body_pos_ < data.size() && budget > 0) {
+    if (body_at_line_start_ && data[body_pos_] == '.') {
+      out += '.';  // RFC 5321 §4.5.2 transparency
+    }
+    size_t nl = data.find('\n', body_pos_);
+    size_t line_end = nl == std::string::npos ? data.size() : nl + 1;
+    size_t take = std::min(line_end - body_pos_, budget);
+    out.append(data, body_pos_, take);
+    body_pos_ += take;
+    budget -= take;
+    body_at_line_start_ = body_pos_ == line_end && nl != std::string::npos;
+  }
+  if (body_pos_ < data.size()) return true;
+  if (!body_at_line_start_ && !data.empty()) out += "\r\n";
+  out += ".\r\n";
+  state_ = State::EndOfData;
+  pending_.push_back(Command::EndOfData);
+  return false;
+}
+
+const char* smtp_client_state_name(SmtpClientSession::State state) {
+  using S = SmtpClientSession::State;
+  switch (state) {
+    case S::Greeting:
+      return "greeting";
+    case S::Ehlo:
+      return "ehlo";
+    case S::Helo:
+      return "helo";
+    case S::StartTls:
+      return "starttls";
+    case S::TlsHandshake:
+      return "tls_handshake";
+    case S::EhloAfterTls:
+      return "ehlo_after_tls";
+    case S::AuthPlain:
+      return "auth_plain";
+    case S::AuthLogin:
+      return "auth_login";
+    case S::AuthLoginUser:
+      return "auth_login_user";
+    case S::AuthLoginPassword:
+      return "auth_login_password";
+    case S::Ready:
+      return "ready";
+    case S::Rset:
+      return "rset";
+    case S::MailFrom:
+      return "mail_from";
+    case S::RcptTo:
+      return "rcpt_to";
+    case S::Data:
+      return "data";
+    case S::Body:
+      return "body";
+    case S::EndOfData:
+      return "end_of_data";
+    case S::Draining:
+      return "draining";
+    case S::Quit:
+      return "quit";
+    case S::Closed:
+      return "closed";
+    case S::Failed:
+      return "failed";
+  }
+  return "unknown";
+}
+
+}  // namespace mailcar

@@ -1,0 +1,558 @@
+// SmtpRelay: the I/O edge around SmtpClientSession. A FIFO of messages, up to
+// `connections` upstream connections; each connection is connect -> [implicit TLS] -> session,
+// and takes the next message whenever its session is Ready. Timers: connect (net), command
+// reply, TLS handshake, body progress and idle.
+#include <algorithm>
+#include <deque>
+#include <utility>
+#include <vector>
+
+#include "mailcar/log.hpp"
+#include "mailcar/metrics.hpp"
+#include "mailcar/net.hpp"
+#include "mailcar/relay.hpp"
+#include "mailcar/smtp_client.hpp"
+
+namespace mailcar {
+
+namespace {
+
+constexpr uint64_t kDefaultIdleMs = 30'000;
+constexpr size_t kBodyChunk = 64 * 1024;
+constexpr size_t kMaxWriteBacklog = 256 * 1024;
+constexpr uint64_t kBodyPollMs = 2;  // no drain callback on Stream: poll the backlog
+
+struct Job {
+  OutboundMessage message;
+  DeliveryCallback done;
+  uint64_t started_ns = 0;
+  bool retried = false;
+};
+using JobPtr = std::shared_ptr<Job>;
+
+DeliveryResult failure(DeliveryStatus status, std::string message, bool retryable) {
+  DeliveryResult r;
+  r.status = status;
+  r.message = std::move(message);
+  r.retryable = retryable;
+  return r;
+}
+
+DeliveryResult timed_out() {
+  return failure(DeliveryStatus::ConnectionTimedOut, "Connection timed out", true);
+}
+
+}  // namespace
+
+struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
+  enum class Phase { Connecting, Handshake, Idle, Busy, Closing };
+
+  struct Connection {
+    explicit Connection(uv_loop_t* loop) : timeout(loop), body_pump(loop) {}
+    uint64_t id = 0;
+    Phase phase = Phase::Connecting;
+    net::StreamPtr stream;
+    std::unique_ptr<SmtpClientSession> session;
+    net::Timer timeout;
+    net::Timer body_pump;
+    JobPtr job;
+    unsigned messages_done = 0;
+    bool dead = false;
+  };
+  using ConnectionPtr = std::shared_ptr<Connection>;
+  using WeakConnection = std::weak_ptr<Connection>;
+
+  Impl(uv_loop_t* l, const ServiceConfig& s, std::string host_name)
+      : loop(l), service(s), hostname(std::move(host_name)), defer_timer(l) {
+    if (hostname.empty()) hostname = "localhost";
+  }
+
+  uv_loop_t* loop;
+  ServiceConfig service;
+  std::string hostname;
+  uint64_t idle_timeout_ms = kDefaultIdleMs;
+  std::deque<JobPtr> queue;
+  std::vector<ConnectionPtr> connections;
+  uint64_t next_connection_id = 1;
+  bool shutting_down = false;
+  bool destroyed = false;
+  bool pump_scheduled = false;
+  std::function<void()> shutdown_done;
+  net::Timer defer_timer;
+  std::vector<std::function<void()>> deferred;
+
+  // ---- deferral: nothing user-visible happens inside deliver()/shutdown() ----
+
+  void defer(std::function<void()> fn) {
+    deferred.push_back(std::move(fn));
+    if (!defer_timer.active()) {
+      defer_timer.start(0, [weak = weak_from_this()] {
+        if (auto self = weak.lock()) self->run_deferred();
+      });
+    }
+  }
+
+  void run_deferred() {
+    auto batch = std::move(deferred);
+    deferred.clear();
+    for (auto& fn : batch) {
+      if (destroyed) return;
+      fn();
+    }
+  }
+
+  void schedule_pump() {
+    if (pump_scheduled) return;
+    pump_scheduled = true;
+    defer([this] {
+      pump_scheduled = false;
+      pump();
+    });
+  }
+
+  // ---- entry points ----
+
+  void deliver(OutboundMessage message, DeliveryCallback done) {
+    auto job = std::make_shared<Job>();
+    job->message = std::move(message);
+    job->done = std::move(done);
+    job->started_ns = uv_hrtime();
+    if (shutting_down || destroyed) {
+      defer([job] {
+        job->done(failure(DeliveryStatus::ShuttingDown, "mailcar is shutting down", true));
+      });
+      return;
+    }
+    queue.push_back(std::move(job));
+    schedule_pump();
+  }
+
+  void shutdown(std::function<void()> done) {
+    shutting_down = true;
+    shutdown_done = std::move(done);
+    schedule_pump();
+  }
+
+  void destroy() {
+    destroyed = true;
+    for (auto& conn : connections) {
+      conn->dead = true;
+      conn->timeout.stop();
+      conn->body_pump.stop();
+      if (!conn->stream) continue;
+      if (conn->phase == Phase::Idle) {
+        conn->stream->write("QUIT\r\n");
+        conn->stream->close();
+      } else {
+        conn->stream->abort();
+      }
+    }
+    connections.clear();
+    queue.clear();
+    deferred.clear();
+    defer_timer.stop();
+  }
+
+  // ---- scheduling ----
+
+  bool alive(const ConnectionPtr& conn) const {
+    return !conn->dead && conn->phase != Phase::Closing;
+  }
+
+  void pump() {
+    if (destroyed) return;
+    auto snapshot = connections;  // callbacks below may add or remove connections
+    for (auto& conn : snapshot) {
+      if (queue.empty() || destroyed) break;
+      if (conn->phase == Phase::Idle && !conn->dead) {
+        JobPtr job = queue.front();
+        queue.pop_front();
+        assign(conn, std::move(job));
+      }
+    }
+    if (destroyed) return;
+    size_t starting = 0;
+    for (auto& conn : connections) {
+      if (!conn->dead && (conn->phase == Phase::Connecting || conn->phase == Phase::Handshake)) {
+        ++starting;
+      }
+    }
+    const size_t limit = std::max(1u, service.connections);
+    while (queue.size() > starting && connections.size() < limit) {
+      open_connection();
+      ++starting;
+    }
+    if (shutting_down && queue.empty()) {
+      for (auto& conn : std::vector<ConnectionPtr>(connections)) {
+        if (conn->phase == Phase::Idle && !conn->dead) quit(conn);
+      }
+    }
+    check_shutdown_done();
+  }
+
+  void check_shutdown_done() {
+    if (!shutting_down || !shutdown_done || !queue.empty() || !connections.empty()) return;
+    auto done = std::move(shutdown_done);
+    shutdown_done = nullptr;
+    defer(std::move(done));
+  }
+
+  void assign(const ConnectionPtr& conn, JobPtr job) {
+    conn->job = std::move(job);
+    conn->phase = Phase::Busy;
+    conn->timeout.stop();
+    handle_output(conn, conn->session->start_message(conn->job->message));
+  }
+
+  // ---- connection life ----
+
+  SmtpClientOptions session_options() const {
+    SmtpClientOptions o;
+    o.ehlo_name = hostname;
+    o.username = service.username;
+    o.password = service.password;
+    o.encryption = service.encryption;
+    return o;
+  }
+
+  net::TlsClientOptions tls_options() const {
+    net::TlsClientOptions o;
+    o.verify = service.tls_verify;
+    o.ca_file = service.ca_file;
+    o.server_name = service.host;
+    return o;
+  }
+
+  // Wraps a callback so it runs only while both the relay and the connection live.
+  template <class Fn>
+  auto guarded(const ConnectionPtr& conn, Fn fn) {
+    return [weak_self = weak_from_this(), weak_conn = WeakConnection(conn), fn](auto&&... args) {
+      auto self = weak_self.lock();
+      auto c = weak_conn.lock();
+      if (!self || !c || self->destroyed || c->dead) return;
+      fn(self.get(), c, std::forward<decltype(args)>(args)...);
+    };
+  }
+
+  void open_connection() {
+    auto conn = std::make_shared<Connection>(loop);
+    conn->id = next_connection_id++;
+    connections.push_back(conn);
+    log::debug("upstream_connecting", {{"service", service.name},
+                                       {"host", service.host},
+                                       {"port", static_cast<uint64_t>(service.port)},
+                                       {"connection", conn->id}});
+    net::connect_tcp(loop, service.host, service.port, service.connect_timeout_ms,
+                     [weak_self = weak_from_this(), weak_conn = WeakConnection(conn)](
+                         net::StreamPtr stream, const net::NetError& error) {
+                       auto self = weak_self.lock();
+                       auto c = weak_conn.lock();
+                       if (!self || !c || self->destroyed || c->dead) {
+                         if (stream) stream->abort();
+                         return;
+                       }
+                       self->on_connected(c, std::move(stream), error);
+                     });
+  }
+
+  void on_connected(const ConnectionPtr& conn, net::StreamPtr stream, const net::NetError& error) {
+    if (error.kind != net::NetErrorKind::None || !stream) {
+      if (stream) stream->abort();
+      lose(conn, error.kind == net::NetErrorKind::None
+                     ? net::NetError{net::NetErrorKind::Io, "connect failed"}
+                     : error);
+      return;
+    }
+    conn->stream = std::move(stream);
+    conn->stream->on_close(guarded(conn, [](Impl* self, const ConnectionPtr& c,
+                                            const net::NetError& why) { self->lose(c, why); }));
+    log::debug("upstream_connected", {{"service", service.name},
+                                      {"host", service.host},
+                                      {"peer", conn->stream->peer_address()},
+                                      {"connection", conn->id}});
+    if (service.encryption == Encryption::Tls) {
+      arm(conn, service.connect_timeout_ms);
+      conn->stream->start_tls_client(
+          tls_options(),
+          guarded(conn, [](Impl* self, const ConnectionPtr& c, const net::NetError& e) {
+            if (e.kind != net::NetErrorKind::None) return self->lose(c, e);
+            self->begin_session(c);
+          }));
+      return;
+    }
+    begin_session(conn);
+  }
+
+  void begin_session(const ConnectionPtr& conn) {
+    conn->phase = Phase::Handshake;
+    conn->session = std::make_unique<SmtpClientSession>(session_options());
+    conn->stream->on_data(
+        guarded(conn, [](Impl* self, const ConnectionPtr& c, std::string_view bytes) {
+          self->handle_output(c, c->session->feed(bytes));
+        }));
+    rearm(conn);
+  }
+
+  void start_tls(const ConnectionPtr& conn) {
+    arm(conn, service.connect_timeout_ms);
+    conn->stream->start_tls_client(
+        tls_options(),
+        guarded(conn, [](Impl* self, const ConnectionPtr& c, const net::NetError& e) {
+          if (e.kind != net::NetErrorKind::None) return self->lose(c, e);
+          log::debug("upstream_tls", {{"service", self->service.name},
+                                      {"host", self->service.host},
+                                      {"connection", c->id}});
+          self->handle_output(c, c->session->tls_established());
+        }));
+  }
+
+  void quit(const ConnectionPtr& conn) {
+    conn->phase = Phase::Closing;
+    handle_output(conn, conn->session->quit());
+  }
+
+  // ---- timers ----
+
+  void arm(const ConnectionPtr& conn, uint64_t ms) {
+    conn->timeout.start(
+        ms, guarded(conn, [](Impl* self, const ConnectionPtr& c) { self->on_timeout(c); }));
+  }
+
+  // The timer that fits the session's state after an event.
+  void rearm(const ConnectionPtr& conn) {
+    if (conn->dead) return;
+    if (conn->session && conn->session->awaiting_reply()) {
+      arm(conn, service.command_timeout_ms);
+    } else if (conn->phase == Phase::Idle) {
+      conn->timeout.start(idle_timeout_ms, guarded(conn, [](Impl* self, const ConnectionPtr& c) {
+                            if (c->phase == Phase::Idle) self->quit(c);
+                          }));
+    } else if (!conn->session || !conn->session->body_pending()) {
+      conn->timeout.stop();
+    }
+  }
+
+  void on_timeout(const ConnectionPtr& conn) {
+    log::warn(
+        "upstream_timeout",
+        {{"service", service.name},
+         {"host", service.host},
+         {"connection", conn->id},
+         {"state", conn->session ? smtp_client_state_name(conn->session->state()) : "connecting"}});
+    if (conn->stream) conn->stream->abort();
+    fail_connection(conn, timed_out());
+  }
+
+  // ---- body streaming with backpressure ----
+
+  void pump_body(const ConnectionPtr& conn) {
+    bool progressed = false;
+    while (conn->session->body_pending() && conn->stream->write_backlog() < kMaxWriteBacklog) {
+      std::string chunk;
+      chunk.reserve(kBodyChunk + kBodyChunk / 8);
+      conn->session->pull_body(chunk, kBodyChunk);
+      conn->stream->write(std::move(chunk));
+      progressed = true;
+    }
+    if (!conn->session->body_pending()) {
+      conn->body_pump.stop();
+      rearm(conn);  // now waiting for the reply to "."
+      return;
+    }
+    if (progressed) arm(conn, service.command_timeout_ms);  // no progress for that long: give up
+    conn->body_pump.start(kBodyPollMs, guarded(conn, [](Impl* self, const ConnectionPtr& c) {
+                            if (c->session->body_pending()) self->pump_body(c);
+                          }));
+  }
+
+  // ---- session output ----
+
+  void handle_output(const ConnectionPtr& conn, SmtpClientOutput out) {
+    if (!out.write.empty() && conn->stream && !conn->stream->closed()) {
+      conn->stream->write(std::move(out.write));
+    }
+    for (auto& event : out.events) {
+      switch (event.kind) {
+        case SmtpClientEvent::Kind::NeedTlsHandshake:
+          start_tls(conn);
+          break;
+        case SmtpClientEvent::Kind::Ready:
+          if (conn->phase == Phase::Handshake) {
+            log::info("upstream_ready", {{"service", service.name},
+                                         {"host", service.host},
+                                         {"tls", conn->stream->tls_active()},
+                                         {"auth", !service.username.empty()},
+                                         {"connection", conn->id}});
+          }
+          if (conn->phase != Phase::Closing) conn->phase = Phase::Idle;
+          schedule_pump();
+          break;
+        case SmtpClientEvent::Kind::MessageDone:
+          complete(conn, std::move(event));
+          break;
+        case SmtpClientEvent::Kind::Failed:
+          session_failed(conn, event.result);
+          break;
+        case SmtpClientEvent::Kind::Closed:
+          break;
+      }
+      if (destroyed) return;  // a callback dropped the last reference to the relay
+    }
+    if (conn->dead) return;
+    if (conn->session->terminal()) {
+      close_connection(conn);
+      return;
+    }
+    if (conn->session->body_pending()) {
+      pump_body(conn);
+      return;
+    }
+    rearm(conn);
+  }
+
+  void complete(const ConnectionPtr& conn, SmtpClientEvent event) {
+    JobPtr job = std::move(conn->job);
+    conn->job = nullptr;
+    if (!job) return;
+    const bool reused = conn->messages_done > 0;
+    ++conn->messages_done;
+    DeliveryResult& r = event.result;
+    // An idle connection the server had already given up on: the message never left, so it
+    // may go once more on a fresh connection.
+    const bool stale =
+        event.before_data && reused && !job->retried &&
+        ((r.status == DeliveryStatus::ProtocolError && r.retryable) || r.smtp_code == 421);
+    if (stale && !destroyed) {
+      log::info("upstream_stale_connection",
+                {{"service", service.name}, {"id", job->message.id}, {"connection", conn->id}});
+      job->retried = true;
+      queue.push_front(std::move(job));
+      schedule_pump();
+      return;
+    }
+    r.upstream_seconds = static_cast<double>(uv_hrtime() - job->started_ns) / 1e9;
+    metrics::observe_upstream_seconds(r.upstream_seconds);
+    log::debug("upstream_delivery", {{"service", service.name},
+                                     {"id", job->message.id},
+                                     {"status", delivery_status_name(r.status)},
+                                     {"smtp_code", static_cast<int64_t>(r.smtp_code.value_or(0))},
+                                     {"accepted", static_cast<uint64_t>(r.accepted.size())},
+                                     {"rejected", static_cast<uint64_t>(r.rejected.size())},
+                                     {"connection", conn->id}});
+    auto done = std::move(job->done);
+    job.reset();
+    done(std::move(r));
+  }
+
+  // The connection failed outside a message: greeting, TLS, AUTH, connect.
+  void session_failed(const ConnectionPtr& conn, const DeliveryResult& result) {
+    log::warn("upstream_failed", {{"service", service.name},
+                                  {"host", service.host},
+                                  {"status", delivery_status_name(result.status)},
+                                  {"error", result.message},
+                                  {"smtp_code", static_cast<int64_t>(result.smtp_code.value_or(0))},
+                                  {"connection", conn->id}});
+    // While another connection may still serve the queue, leave it waiting; when none is
+    // left, everything queued would meet the same fate: report it now rather than retry
+    // the same failure message by message.
+    for (auto& other : connections) {
+      if (other != conn && alive(other)) return;
+    }
+    auto failed = std::move(queue);
+    queue.clear();
+    for (auto& job : failed) {
+      if (destroyed) return;
+      DeliveryResult r = result;
+      r.upstream_seconds = static_cast<double>(uv_hrtime() - job->started_ns) / 1e9;
+      metrics::observe_upstream_seconds(r.upstream_seconds);
+      auto done = std::move(job->done);
+      done(std::move(r));
+    }
+  }
+
+  // ---- endings ----
+
+  DeliveryResult net_failure(const ConnectionPtr& conn, const net::NetError& why) const {
+    const bool answered =
+        conn->session && conn->session->state() != SmtpClientSession::State::Greeting;
+    switch (why.kind) {
+      case net::NetErrorKind::Resolve:
+      case net::NetErrorKind::Refused:
+        return failure(DeliveryStatus::ConnectionRefused, "Connection refused", true);
+      case net::NetErrorKind::TimedOut:
+        return timed_out();
+      case net::NetErrorKind::Certificate:
+        return failure(DeliveryStatus::CertificateError, "Certificate error", false);
+      case net::NetErrorKind::Tls:
+        return failure(DeliveryStatus::ProtocolError, "TLS failure: " + why.detail, true);
+      case net::NetErrorKind::None:
+      case net::NetErrorKind::Closed:
+      case net::NetErrorKind::Io:
+        break;
+    }
+    if (!answered) return failure(DeliveryStatus::ConnectionRefused, "Connection refused", true);
+    return failure(DeliveryStatus::ProtocolError, "connection to upstream lost: " + why.detail,
+                   true);
+  }
+
+  // The stream is gone (closed by the peer, network error, TLS failure).
+  void lose(const ConnectionPtr& conn, const net::NetError& why) {
+    if (conn->dead) return;
+    const bool closed = why.kind == net::NetErrorKind::Closed;
+    log::write(closed ? LogLevel::Debug : LogLevel::Warn, "upstream_connection_error",
+               {{"service", service.name},
+                {"host", service.host},
+                {"connection", conn->id},
+                {"detail", why.detail}});
+    fail_connection(conn, net_failure(conn, why));
+  }
+
+  void fail_connection(const ConnectionPtr& conn, DeliveryResult why) {
+    if (conn->dead) return;
+    if (conn->session) {
+      handle_output(conn, conn->session->connection_lost(std::move(why)));
+      if (!conn->dead) close_connection(conn);
+    } else {
+      session_failed(conn, why);
+      close_connection(conn);
+    }
+  }
+
+  void close_connection(const ConnectionPtr& conn) {
+    if (conn->dead) return;
+    conn->dead = true;
+    conn->phase = Phase::Closing;
+    conn->timeout.stop();
+    conn->body_pump.stop();
+    if (conn->stream) conn->stream->close();  // flushes a QUIT still queued
+    if (conn->job) {
+      // Defensive: a session that ended without reporting its message.
+      JobPtr job = std::move(conn->job);
+      queue.push_front(std::move(job));
+    }
+    connections.erase(std::remove(connections.begin(), connections.end(), conn), connections.end());
+    if (destroyed) return;
+    schedule_pump();
+  }
+};
+
+SmtpRelay::SmtpRelay(uv_loop_t* loop, const ServiceConfig& service, std::string our_hostname)
+    : impl_(std::make_shared<Impl>(loop, service, std::move(our_hostname))) {}
+
+SmtpRelay::~SmtpRelay() {
+  impl_->destroy();
+}
+
+void SmtpRelay::deliver(OutboundMessage message, DeliveryCallback done) {
+  impl_->deliver(std::move(message), std::move(done));
+}
+
+void SmtpRelay::shutdown(std::function<void()> done) {
+  impl_->shutdown(std::move(done));
+}
+
+void SmtpRelay::set_idle_timeout_ms(uint64_t ms) {
+  impl_->idle_timeout_ms = ms;
+}
+
+}  // namespace mailcar

@@ -1,0 +1,446 @@
+// SmtpRelay against a small scripted SMTP server on a real listener in the same loop.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "mailcar/net.hpp"
+#include "mailcar/relay.hpp"
+#include "relay/loop_helper.hpp"
+
+namespace mailcar {
+namespace {
+
+// Server side of one test: speaks just enough SMTP, records what it got.
+class FakeSmtpServer {
+ public:
+  struct Options {
+    bool greet = true;
+    bool pipelining = true;
+    bool starttls = false;
+    bool rset_421_once = false;  // answer the first RSET "421" and hang up (stale connection)
+    std::shared_ptr<net::TlsServerContext> tls;  // for STARTTLS or implicit TLS
+    bool implicit_tls = false;
+  };
+
+  FakeSmtpServer(uv_loop_t* loop, Options options) : options_(options) {
+    ListenAddress address{"127.0.0.1", 0, "127.0.0.1:0"};
+    auto listener = net::Listener::open(loop, address, [this](net::StreamPtr s) { accept(s); });
+    EXPECT_TRUE(listener.ok());
+    if (listener.ok()) listener_ = std::move(listener.value());
+  }
+  ~FakeSmtpServer() {
+    if (listener_) listener_->close();
+    for (auto& c : clients_) c->stream->abort();
+  }
+
+  uint16_t port() const { return listener_ ? listener_->port() : 0; }
+
+  int connections = 0;
+  std::vector<std::string> commands;  // every command line, all connections
+  std::vector<std::string> bodies;    // unstuffed message data
+  int quits = 0;
+  int tls_handshakes = 0;
+
+ private:
+  struct Client {
+    net::StreamPtr stream;
+    std::string input;
+    bool in_data = false;
+    std::string body;
+  };
+
+  void accept(net::StreamPtr stream) {
+    ++connections;
+    auto client = std::make_shared<Client>();
+    client->stream = stream;
+    clients_.push_back(client);
+    Client* c = client.get();
+    stream->on_data([this, c](std::string_view bytes) {
+      c->input.append(bytes);
+      process(*c);
+    });
+    stream->on_close([](const net::NetError&) {});
+    if (options_.implicit_tls) {
+      stream->start_tls_server(options_.tls, [this, c](const net::NetError& e) {
+        if (e.kind != net::NetErrorKind::None) return;
+        ++tls_handshakes;
+        c->stream->write("220 fake.test ESMTP\r\n");
+      });
+      return;
+    }
+    if (options_.greet) stream->write("220 fake.test ESMTP\r\n");
+  }
+
+  void process(Client& c) {
+    size_t nl;
+    while (!c.stream->closed() && (nl = c.input.find("\r\n")) != std::string::npos) {
+      std::string line = c.input.substr(0, nl);
+      c.input.erase(0, nl + 2);
+      if (c.in_data) {
+        if (line == ".") {
+          c.in_data = false;
+          bodies.push_back(c.body);
+          c.stream->write("250 2.0.0 queued\r\n");
+        } else {
+          c.body += (line.rfind('.', 0) == 0 ? line.substr(1) : line) + "\r\n";
+        }
+        continue;
+      }
+      commands.push_back(line);
+      std::string verb = line.substr(0, 4);
+      if (verb == "EHLO") {
+        std::string r = "250-fake.test\r\n";
+        if (options_.pipelining) r += "250-PIPELINING\r\n";
+        if (options_.starttls && !c.stream->tls_active()) r += "250-STARTTLS\r\n";
+        r += "250 SIZE 10000000\r\n";
+        c.stream->write(r);
+      } else if (verb == "MAIL") {
+        c.stream->write("250 ok\r\n");
+      } else if (verb == "RCPT") {
+        c.stream->write(line.find("reject") != std::string::npos ? "550 5.1.1 no such user\r\n"
+                                                                 : "250 ok\r\n");
+      } else if (verb == "DATA") {
+        c.in_data = true;
+        c.body.clear();
+        c.stream->write("354 go\r\n");
+      } else if (verb == "RSET") {
+        if (options_.rset_421_once) {
+          options_.rset_421_once = false;
+          c.stream->write("421 4.4.2 idle too long\r\n");
+          c.stream->close();
+          return;
+        }
+        c.stream->write("250 ok\r\n");
+      } else if (line == "STARTTLS" && options_.starttls && !c.stream->tls_active()) {
+        c.stream->write("220 2.0.0 go ahead\r\n");
+        c.input.clear();
+        c.stream->start_tls_server(options_.tls, [this](const net::NetError& e) {
+          if (e.kind == net::NetErrorKind::None) ++tls_handshakes;
+        });
+        return;
+      } else if (verb == "QUIT") {
+        ++quits;
+        c.stream->write("221 bye\r\n");
+        c.stream->close();
+      } else {
+        c.stream->write("502 unknown\r\n");
+      }
+    }
+  }
+
+  Options options_;
+  std::unique_ptr<net::Listener> listener_;
+  std::vector<std::shared_ptr<Client>> clients_;
+};
+
+FakeSmtpServer::Options server_options(const std::function<void(FakeSmtpServer::Options&)>& set) {
+  FakeSmtpServer::Options o;
+  set(o);
+  return o;
+}
+
+ServiceConfig smtp_service(uint16_t port) {
+  ServiceConfig s;
+  s.name = "email";
+  s.host = "127.0.0.1";
+  s.port = port;
+  s.encryption = Encryption::None;
+  s.connections = 2;
+  s.connect_timeout_ms = 2000;
+  s.command_timeout_ms = 2000;
+  return s;
+}
+
+OutboundMessage message(std::vector<std::string> rcpts = {"bob@example.com"},
+                        std::string data = "Subject: x\r\n\r\n.dot line\r\nhello\r\n") {
+  OutboundMessage m;
+  m.id = "id@test";
+  m.envelope_from = "alice@example.com";
+  m.envelope_rcpts = std::move(rcpts);
+  m.data = std::move(data);
+  return m;
+}
+
+TEST(SmtpRelay, DeliversAndReusesTheConnectionWithRset) {
+  testing::TestLoop loop;
+  FakeSmtpServer server(loop.get(), {});
+  SmtpRelay relay(loop.get(), smtp_service(server.port()), "mailcar.test");
+  std::vector<DeliveryResult> results;
+  bool inside = true;
+  relay.deliver(message(), [&](DeliveryResult r) {
+    EXPECT_FALSE(inside);
+    results.push_back(std::move(r));
+  });
+  inside = false;
+  ASSERT_TRUE(loop.run_until([&] { return results.size() == 1; }));
+  relay.deliver(message({"carol@example.com", "reject@example.com"}),
+                [&](DeliveryResult r) { results.push_back(std::move(r)); });
+  ASSERT_TRUE(loop.run_until([&] { return results.size() == 2; }));
+
+  EXPECT_EQ(results[0].status, DeliveryStatus::Sent);
+  EXPECT_EQ(results[0].accepted, std::vector<std::string>{"bob@example.com"});
+  EXPECT_GT(results[0].upstream_seconds, 0.0);
+  EXPECT_EQ(results[1].status, DeliveryStatus::Sent);
+  EXPECT_EQ(results[1].accepted, std::vector<std::string>{"carol@example.com"});
+  ASSERT_EQ(results[1].rejected.size(), 1u);
+  EXPECT_EQ(results[1].rejected[0].smtp_code, 550);
+  EXPECT_EQ(server.connections, 1);
+  ASSERT_EQ(server.bodies.size(), 2u);
+  EXPECT_EQ(server.bodies[0], message().data);
+  EXPECT_EQ(server.commands[0], "EHLO mailcar.test");
+  bool saw_rset = false;
+  for (const auto& c : server.commands) saw_rset = saw_rset || c == "RSET";
+  EXPECT_TRUE(saw_rset);
+}
+
+TEST(SmtpRelay, LargeBodyStreamsWithBackpressure) {
+  testing::TestLoop loop;
+  FakeSmtpServer server(loop.get(), {});
+  SmtpRelay relay(loop.get(), smtp_service(server.port()), "mailcar.test");
+  std::string data;
+  for (int i = 0; i < 60000; ++i)
+    data += (i % 7 == 0 ? ".line " : "line ") + std::to_string(i) + "\r\n";
+  std::optional<DeliveryResult> result;
+  relay.deliver(message({"bob@example.com"}, data), [&](DeliveryResult r) { result = r; });
+  ASSERT_TRUE(loop.run_until([&] { return result.has_value(); }, 10000));
+  EXPECT_EQ(result->status, DeliveryStatus::Sent) << result->message;
+  ASSERT_EQ(server.bodies.size(), 1u);
+  EXPECT_EQ(server.bodies[0], data);
+}
+
+TEST(SmtpRelay, ParallelMessagesUseAtMostConfiguredConnections) {
+  testing::TestLoop loop;
+  FakeSmtpServer server(loop.get(), server_options([](auto& o) { o.pipelining = false; }));
+  SmtpRelay relay(loop.get(), smtp_service(server.port()), "mailcar.test");
+  int sent = 0;
+  for (int i = 0; i < 5; ++i) {
+    relay.deliver(message(), [&](DeliveryResult r) {
+      EXPECT_EQ(r.status, DeliveryStatus::Sent) << r.message;
+      ++sent;
+    });
+  }
+  ASSERT_TRUE(loop.run_until([&] { return sent == 5; }));
+  EXPECT_EQ(server.connections, 2);
+  EXPECT_EQ(server.bodies.size(), 5u);
+}
+
+TEST(SmtpRelay, StaleConnectionIsRetriedOnceOnAFreshOne) {
+  testing::TestLoop loop;
+  FakeSmtpServer server(loop.get(), server_options([](auto& o) { o.rset_421_once = true; }));
+  SmtpRelay relay(loop.get(), smtp_service(server.port()), "mailcar.test");
+  std::vector<DeliveryResult> results;
+  relay.deliver(message(), [&](DeliveryResult r) { results.push_back(r); });
+  ASSERT_TRUE(loop.run_until([&] { return results.size() == 1; }));
+  relay.deliver(message(), [&](DeliveryResult r) { results.push_back(r); });
+  ASSERT_TRUE(loop.run_until([&] { return results.size() == 2; }));
+  EXPECT_EQ(results[1].status, DeliveryStatus::Sent) << results[1].message;
+  EXPECT_EQ(server.connections, 2);
+  EXPECT_EQ(server.bodies.size(), 2u);
+}
+
+TEST(SmtpRelay, ConnectionRefused) {
+  testing::TestLoop loop;
+  uint16_t port;
+  {
+    FakeSmtpServer closed(loop.get(), {});
+    port = closed.port();
+  }
+  loop.run_until([] { return false; }, 20);
+  SmtpRelay relay(loop.get(), smtp_service(port), "mailcar.test");
+  std::vector<DeliveryResult> results;
+  for (int i = 0; i < 3; ++i) {
+    relay.deliver(message(), [&](DeliveryResult r) { results.push_back(r); });
+  }
+  ASSERT_TRUE(loop.run_until([&] { return results.size() == 3; }));
+  for (const auto& r : results) {
+    EXPECT_EQ(r.status, DeliveryStatus::ConnectionRefused);
+    EXPECT_EQ(r.message, "Connection refused");
+    EXPECT_TRUE(r.retryable);
+    EXPECT_FALSE(r.smtp_code.has_value());
+  }
+}
+
+TEST(SmtpRelay, SilentServerTimesOut) {
+  testing::TestLoop loop;
+  FakeSmtpServer server(loop.get(), server_options([](auto& o) { o.greet = false; }));
+  ServiceConfig service = smtp_service(server.port());
+  service.command_timeout_ms = 150;
+  SmtpRelay relay(loop.get(), service, "mailcar.test");
+  std::optional<DeliveryResult> result;
+  relay.deliver(message(), [&](DeliveryResult r) { result = r; });
+  ASSERT_TRUE(loop.run_until([&] { return result.has_value(); }));
+  EXPECT_EQ(result->status, DeliveryStatus::ConnectionTimedOut);
+  EXPECT_EQ(result->message, "Connection timed out");
+  EXPECT_TRUE(result->retryable);
+}
+
+TEST(SmtpRelay, StartTlsRequiredButNotOffered) {
+  testing::TestLoop loop;
+  FakeSmtpServer server(loop.get(), {});
+  ServiceConfig service = smtp_service(server.port());
+  service.encryption = Encryption::StartTls;
+  SmtpRelay relay(loop.get(), service, "mailcar.test");
+  std::optional<DeliveryResult> result;
+  relay.deliver(message(), [&](DeliveryResult r) { result = r; });
+  ASSERT_TRUE(loop.run_until([&] { return result.has_value(); }));
+  EXPECT_EQ(result->status, DeliveryStatus::TlsUnavailable);
+  EXPECT_TRUE(server.bodies.empty());
+  for (const auto& c : server.commands) EXPECT_EQ(c.rfind("MAIL", 0), std::string::npos);
+}
+
+TEST(SmtpRelay, ShutdownQuitsIdleConnectionsAndRefusesNewMessages) {
+  testing::TestLoop loop;
+  FakeSmtpServer server(loop.get(), {});
+  SmtpRelay relay(loop.get(), smtp_service(server.port()), "mailcar.test");
+  std::optional<DeliveryResult> first;
+  relay.deliver(message(), [&](DeliveryResult r) { first = r; });
+  ASSERT_TRUE(loop.run_until([&] { return first.has_value(); }));
+  bool shut = false;
+  relay.shutdown([&] { shut = true; });
+  std::optional<DeliveryResult> late;
+  relay.deliver(message(), [&](DeliveryResult r) { late = r; });
+  EXPECT_FALSE(late.has_value());
+  ASSERT_TRUE(loop.run_until([&] { return shut && late.has_value(); }));
+  EXPECT_EQ(late->status, DeliveryStatus::ShuttingDown);
+  EXPECT_EQ(server.quits, 1);
+}
+
+TEST(SmtpRelay, ShutdownLetsQueuedMessagesFinish) {
+  testing::TestLoop loop;
+  FakeSmtpServer server(loop.get(), {});
+  SmtpRelay relay(loop.get(), smtp_service(server.port()), "mailcar.test");
+  int sent = 0;
+  for (int i = 0; i < 3; ++i) {
+    relay.deliver(message(), [&](DeliveryResult r) {
+      EXPECT_EQ(r.status, DeliveryStatus::Sent);
+      ++sent;
+    });
+  }
+  bool shut = false;
+  int sent_at_shutdown = -1;
+  relay.shutdown([&] {
+    shut = true;
+    sent_at_shutdown = sent;
+  });
+  ASSERT_TRUE(loop.run_until([&] { return shut; }));
+  EXPECT_EQ(sent_at_shutdown, 3);
+  EXPECT_EQ(server.quits, server.connections);
+}
+
+TEST(SmtpRelay, IdleConnectionIsQuitAfterIdleTimeout) {
+  testing::TestLoop loop;
+  FakeSmtpServer server(loop.get(), {});
+  SmtpRelay relay(loop.get(), smtp_service(server.port()), "mailcar.test");
+  relay.set_idle_timeout_ms(50);
+  std::optional<DeliveryResult> result;
+  relay.deliver(message(), [&](DeliveryResult r) { result = r; });
+  ASSERT_TRUE(loop.run_until([&] { return result.has_value(); }));
+  EXPECT_TRUE(loop.run_until([&] { return server.quits == 1; }));
+  // The next message opens a new connection.
+  result.reset();
+  relay.deliver(message(), [&](DeliveryResult r) { result = r; });
+  ASSERT_TRUE(loop.run_until([&] { return result.has_value(); }));
+  EXPECT_EQ(result->status, DeliveryStatus::Sent);
+  EXPECT_EQ(server.connections, 2);
+}
+
+class SmtpRelayTls : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    char tmpl[] = "/tmp/mailcar-relay-tls-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    for (const char* name : {"server", "other"}) {
+      std::string base = dir_ + "/" + name;
+      std::string command =
+          "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost "
+          "-addext subjectAltName=DNS:localhost -keyout " +
+          base + ".key -out " + base + ".crt >/dev/null 2>&1";
+      ASSERT_EQ(std::system(command.c_str()), 0) << command;
+    }
+  }
+  static void TearDownTestSuite() { ASSERT_EQ(std::system(("rm -rf '" + dir_ + "'").c_str()), 0); }
+
+  static std::shared_ptr<net::TlsServerContext> context() {
+    auto ctx = net::TlsServerContext::load(dir_ + "/server.crt", dir_ + "/server.key");
+    EXPECT_TRUE(ctx.ok());
+    return ctx.ok() ? *ctx : nullptr;
+  }
+
+  static ServiceConfig tls_service(uint16_t port, Encryption mode, const std::string& ca) {
+    ServiceConfig s = smtp_service(port);
+    s.host = "localhost";
+    s.encryption = mode;
+    s.tls_verify = true;
+    s.ca_file = dir_ + "/" + ca + ".crt";
+    return s;
+  }
+
+  static std::string dir_;
+};
+
+std::string SmtpRelayTls::dir_;
+
+TEST_F(SmtpRelayTls, StartTlsVerifiedThenDelivers) {
+  testing::TestLoop loop;
+  FakeSmtpServer server(loop.get(), server_options([](auto& o) {
+                          o.starttls = true;
+                          o.tls = context();
+                        }));
+  SmtpRelay relay(loop.get(), tls_service(server.port(), Encryption::StartTls, "server"),
+                  "mailcar.test");
+  std::optional<DeliveryResult> result;
+  relay.deliver(message(), [&](DeliveryResult r) { result = r; });
+  ASSERT_TRUE(loop.run_until([&] { return result.has_value(); }));
+  EXPECT_EQ(result->status, DeliveryStatus::Sent) << result->message;
+  EXPECT_EQ(server.tls_handshakes, 1);
+  // EHLO twice: in clear, then again inside TLS.
+  ASSERT_GE(server.commands.size(), 3u);
+  EXPECT_EQ(server.commands[0], "EHLO mailcar.test");
+  EXPECT_EQ(server.commands[1], "STARTTLS");
+  EXPECT_EQ(server.commands[2], "EHLO mailcar.test");
+  ASSERT_EQ(server.bodies.size(), 1u);
+}
+
+TEST_F(SmtpRelayTls, ImplicitTlsDelivers) {
+  testing::TestLoop loop;
+  FakeSmtpServer server(loop.get(), server_options([](auto& o) {
+                          o.tls = context();
+                          o.implicit_tls = true;
+                        }));
+  SmtpRelay relay(loop.get(), tls_service(server.port(), Encryption::Tls, "server"),
+                  "mailcar.test");
+  std::optional<DeliveryResult> result;
+  relay.deliver(message(), [&](DeliveryResult r) { result = r; });
+  ASSERT_TRUE(loop.run_until([&] { return result.has_value(); }));
+  EXPECT_EQ(result->status, DeliveryStatus::Sent) << result->message;
+  EXPECT_EQ(server.tls_handshakes, 1);
+}
+
+TEST_F(SmtpRelayTls, UntrustedCertificateIsACertificateError) {
+  for (Encryption mode : {Encryption::StartTls, Encryption::Tls}) {
+    testing::TestLoop loop;
+    FakeSmtpServer server(loop.get(), server_options([&](auto& o) {
+                            o.starttls = true;
+                            o.tls = context();
+                            o.implicit_tls = mode == Encryption::Tls;
+                          }));
+    SmtpRelay relay(loop.get(), tls_service(server.port(), mode, "other"), "mailcar.test");
+    std::optional<DeliveryResult> result;
+    relay.deliver(message(), [&](DeliveryResult r) { result = r; });
+    ASSERT_TRUE(loop.run_until([&] { return result.has_value(); }));
+    EXPECT_EQ(result->status, DeliveryStatus::CertificateError) << result->message;
+    EXPECT_EQ(result->message, "Certificate error");
+    EXPECT_FALSE(result->retryable);
+    EXPECT_TRUE(server.bodies.empty());
+  }
+}
+
+}  // namespace
+}  // namespace mailcar
