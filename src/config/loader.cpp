@@ -1,0 +1,839 @@
+// YAML → Config (SPEC §3). The loader walks only the keys it knows, so an alias that makes
+// the YAML graph cyclic cannot make it loop; every problem is collected as
+// "FILE:LINE:COL: KEY: what is wrong" and the lines are returned together.
+#include <yaml-cpp/eventhandler.h>
+#include <yaml-cpp/yaml.h>
+
+#include <filesystem>
+#include <set>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "config/config_internal.hpp"
+#include "mailcar/config.hpp"
+#include "mailcar/text.hpp"
+
+namespace mailcar {
+namespace {
+
+using config_detail::check_address;
+using config_detail::check_hostname;
+using config_detail::check_name;
+using config_detail::check_sender_pattern;
+
+constexpr size_t kMaxErrors = 100;
+
+// One key of a YAML map (or one item of a sequence, then `key` is empty).
+struct Entry {
+  std::string key;
+  std::string path;  // e.g. "services.email.port", "roles.web.senders[1]"
+  YAML::Node key_node;
+  YAML::Node value;
+};
+
+// A YAML map after its keys have been checked for shape and duplicates.
+struct Section {
+  std::string path;
+  YAML::Mark mark;
+  std::vector<Entry> entries;
+
+  const Entry* get(std::string_view key) const {
+    for (const auto& entry : entries) {
+      if (entry.key == key) return &entry;
+    }
+    return nullptr;
+  }
+};
+
+// A secret given either inline (`password`) or through its `password_file` twin.
+struct Secret {
+  const Entry* entry = nullptr;  // the key that was used; null when neither was given
+  std::string value;
+};
+
+std::string join_path(std::string_view parent, std::string_view key) {
+  if (parent.empty()) return std::string(key);
+  return std::string(parent) + "." + std::string(key);
+}
+
+const char* type_name(const YAML::Node& node) {
+  switch (node.Type()) {
+    case YAML::NodeType::Map:
+      return "a map";
+    case YAML::NodeType::Sequence:
+      return "a list";
+    case YAML::NodeType::Scalar:
+      return "a single value";
+    case YAML::NodeType::Null:
+      return "nothing";
+    case YAML::NodeType::Undefined:
+      break;
+  }
+  return "nothing";
+}
+
+// Finds where a second YAML document starts. YAML::LoadAll is not used because yaml-cpp 0.7
+// can loop forever in it on some malformed input; two bounded parser steps cannot.
+class DocumentCounter : public YAML::EventHandler {
+ public:
+  void OnDocumentStart(const YAML::Mark& mark) override {
+    if (++documents_ == 2) second_ = mark;
+  }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+
+  std::optional<YAML::Mark> second() const { return second_; }
+
+ private:
+  int documents_ = 0;
+  std::optional<YAML::Mark> second_;
+};
+
+std::optional<YAML::Mark> second_document(const std::string& text) {
+  std::istringstream in(text);
+  YAML::Parser parser(in);
+  DocumentCounter counter;
+  if (parser.HandleNextDocument(counter)) parser.HandleNextDocument(counter);
+  return counter.second();
+}
+
+class Loader {
+ public:
+  Loader(std::string file, EnvLookup env) : file_(std::move(file)), env_(env) {
+    std::error_code ec;
+    std::filesystem::path absolute = std::filesystem::absolute(file_, ec);
+    if (ec) absolute = std::filesystem::path("/") / file_;
+    base_dir_ = absolute.lexically_normal().parent_path();
+  }
+
+  Result<Config> load(const std::string& text) {
+    YAML::Node root;
+    try {
+      root = YAML::Load(text);
+      if (auto second = second_document(text)) {
+        error_at(*second, "", "only one YAML document is allowed");
+        return finish();
+      }
+    } catch (const YAML::Exception& e) {
+      error_at(e.mark, "", "YAML syntax error: " + e.msg);
+      return finish();
+    }
+    try {
+      load_root(root);
+    } catch (const YAML::Exception& e) {
+      error_at(e.mark, "", std::string("unexpected YAML structure: ") + e.msg);
+    }
+    return finish();
+  }
+
+ private:
+  Result<Config> finish() {
+    if (errors_.empty()) {
+      config_.file = file_;
+      return std::move(config_);
+    }
+    std::string message;
+    for (const auto& line : errors_) {
+      if (!message.empty()) message += '\n';
+      message += line;
+    }
+    if (errors_.size() >= kMaxErrors) message += "\n(further errors not shown)";
+    return make_error(std::move(message));
+  }
+
+  // ---- error reporting -------------------------------------------------------------------
+
+  void error_at(const YAML::Mark& mark, std::string_view path, std::string_view what) {
+    if (errors_.size() >= kMaxErrors) return;
+    std::string line = file_;
+    if (!mark.is_null() && mark.line >= 0) {
+      line += ":" + std::to_string(mark.line + 1) + ":" + std::to_string(mark.column + 1);
+    }
+    line += ": ";
+    if (!path.empty()) {
+      line += path;
+      line += ": ";
+    }
+    line += what;
+    errors_.push_back(std::move(line));
+  }
+
+  // Null values carry the position of whatever follows them; point at their key instead.
+  static YAML::Mark mark_of(const Entry& entry) {
+    if (entry.value.IsDefined() && !entry.value.IsNull() && !entry.value.Mark().is_null()) {
+      return entry.value.Mark();
+    }
+    return entry.key_node.Mark();
+  }
+
+  void error(const Entry& entry, std::string_view what) {
+    error_at(mark_of(entry), entry.path, what);
+  }
+
+  void error_key(const Entry& entry, std::string_view what) {
+    error_at(entry.key_node.Mark(), entry.path, what);
+  }
+
+  // ---- structure -------------------------------------------------------------------------
+
+  // Reads a map's entries: keys must be plain strings, each at most once. A null value is an
+  // empty map (a section written with nothing under it).
+  std::optional<Section> section(const YAML::Node& node, const YAML::Mark& fallback,
+                                 const std::string& path) {
+    Section result;
+    result.path = path;
+    result.mark = node.IsDefined() && !node.IsNull() ? node.Mark() : fallback;
+    if (!node.IsDefined() || node.IsNull()) return result;
+    if (!node.IsMap()) {
+      error_at(result.mark, path, std::string("expected a map of keys, found ") + type_name(node));
+      return std::nullopt;
+    }
+    std::set<std::string> seen;
+    for (auto it = node.begin(); it != node.end(); ++it) {
+      // Copies: the iterator's pair is a temporary proxy.
+      YAML::Node key = it->first;
+      YAML::Node value = it->second;
+      if (!key.IsScalar()) {
+        error_at(key.Mark(), path, "a key must be a plain string");
+        continue;
+      }
+      Entry entry{key.Scalar(), join_path(path, key.Scalar()), key, value};
+      if (!seen.insert(entry.key).second) {
+        error_key(entry, "duplicate key");
+        continue;
+      }
+      result.entries.push_back(std::move(entry));
+    }
+    return result;
+  }
+
+  std::optional<Section> section(const Entry& entry) {
+    return section(entry.value, entry.key_node.Mark(), entry.path);
+  }
+
+  void allow_only(const Section& s, std::initializer_list<std::string_view> allowed) {
+    for (const auto& entry : s.entries) {
+      bool known = false;
+      for (auto key : allowed) known = known || entry.key == key;
+      if (!known) error_key(entry, "unknown key");
+    }
+  }
+
+  std::optional<std::vector<Entry>> list(const Entry& entry) {
+    if (!entry.value.IsSequence()) {
+      error(entry, std::string("expected a list, found ") + type_name(entry.value));
+      return std::nullopt;
+    }
+    std::vector<Entry> items;
+    size_t index = 0;
+    for (auto it = entry.value.begin(); it != entry.value.end(); ++it, ++index) {
+      items.push_back(
+          Entry{"", entry.path + "[" + std::to_string(index) + "]", entry.key_node, *it});
+    }
+    return items;
+  }
+
+  // ---- typed values ----------------------------------------------------------------------
+
+  // A string scalar with ${VAR} expanded.
+  std::optional<std::string> text(const Entry& entry) {
+    if (!entry.value.IsScalar()) {
+      if (entry.value.IsNull()) {
+        error(entry, "has no value (give one or remove the key)");
+      } else {
+        error(entry, std::string("expected a single value, found ") + type_name(entry.value));
+      }
+      return std::nullopt;
+    }
+    auto expanded = config_detail::expand_env(entry.value.Scalar(), env_);
+    if (!expanded) {
+      error(entry, expanded.error().message);
+      return std::nullopt;
+    }
+    return std::move(expanded).value();
+  }
+
+  std::optional<std::string> nonempty_text(const Entry& entry) {
+    auto value = text(entry);
+    if (value && value->empty()) {
+      error(entry, "is empty");
+      return std::nullopt;
+    }
+    return value;
+  }
+
+  // Free text that ends up in a header or the SMTP dialogue.
+  std::optional<std::string> line_text(const Entry& entry) {
+    auto value = text(entry);
+    if (value && value->find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos) {
+      error(entry, "must not contain CR, LF or NUL");
+      return std::nullopt;
+    }
+    return value;
+  }
+
+  std::optional<uint64_t> integer(const Entry& entry, uint64_t min, uint64_t max) {
+    auto value = text(entry);
+    if (!value) return std::nullopt;
+    std::string_view digits = text::trim(*value);
+    uint64_t number = 0;
+    bool ok = !digits.empty() && digits.size() <= 19;
+    for (char c : digits) {
+      ok = ok && c >= '0' && c <= '9';
+      if (ok) number = number * 10 + static_cast<uint64_t>(c - '0');
+    }
+    if (!ok || number < min || number > max) {
+      error(entry,
+            "must be a whole number from " + std::to_string(min) + " to " + std::to_string(max));
+      return std::nullopt;
+    }
+    return number;
+  }
+
+  std::optional<bool> boolean(const Entry& entry) {
+    auto value = text(entry);
+    if (!value) return std::nullopt;
+    std::string lower = text::lower_ascii(text::trim(*value));
+    if (lower == "true" || lower == "yes" || lower == "on") return true;
+    if (lower == "false" || lower == "no" || lower == "off") return false;
+    error(entry, "must be true or false");
+    return std::nullopt;
+  }
+
+  std::optional<uint64_t> duration(const Entry& entry, bool allow_zero) {
+    auto value = text(entry);
+    if (!value) return std::nullopt;
+    auto ms = parse_duration_ms(*value);
+    if (!ms) {
+      error(entry, "is not a duration: write a number with a unit, e.g. 250ms, 30s, 5m, 2h, 3d");
+      return std::nullopt;
+    }
+    if (*ms == 0 && !allow_zero) {
+      error(entry, "must be longer than zero");
+      return std::nullopt;
+    }
+    return ms;
+  }
+
+  std::optional<uint64_t> size(const Entry& entry) {
+    auto value = text(entry);
+    if (!value) return std::nullopt;
+    auto bytes = parse_size_bytes(*value);
+    if (!bytes || *bytes == 0) {
+      error(entry, "is not a size: write bytes (26214400) or e.g. 512KB, 25MB, 1GB (1024-based)");
+      return std::nullopt;
+    }
+    return bytes;
+  }
+
+  std::optional<Rate> rate(const Entry& entry) {
+    auto value = text(entry);
+    if (!value) return std::nullopt;
+    auto parsed = parse_rate(*value);
+    if (!parsed) {
+      error(entry, "is not a rate: write N/second, N/minute, N/hour or N/day (N >= 1)");
+      return std::nullopt;
+    }
+    return parsed;
+  }
+
+  std::optional<std::string> path(const Entry& entry) {
+    auto value = nonempty_text(entry);
+    if (!value) return std::nullopt;
+    std::filesystem::path p(*value);
+    if (p.is_relative()) p = base_dir_ / p;
+    p = p.lexically_normal();
+    if (!p.has_filename() && p != p.root_path()) p = p.parent_path();  // "dir/" → "dir"
+    return p.string();
+  }
+
+  std::optional<std::string> address(const Entry& entry) {
+    auto value = text(entry);
+    if (!value) return std::nullopt;
+    if (auto problem = check_address(*value)) {
+      error(entry, "is not a valid address: it " + *problem);
+      return std::nullopt;
+    }
+    return value;
+  }
+
+  std::optional<ListenAddress> listen_address(const Entry& entry) {
+    auto value = text(entry);
+    if (!value) return std::nullopt;
+    auto parsed = config_detail::parse_listen_address_explained(*value);
+    if (!parsed) {
+      error(entry, parsed.error().message);
+      return std::nullopt;
+    }
+    return std::move(parsed).value();
+  }
+
+  // `key` or `key_file`, not both. The file loses one trailing newline.
+  Secret secret(const Section& s, std::string_view key) {
+    const Entry* inline_entry = s.get(key);
+    const Entry* file_entry = s.get(std::string(key) + "_file");
+    Secret result;
+    if (inline_entry != nullptr && file_entry != nullptr) {
+      error_key(*file_entry,
+                "give either " + std::string(key) + " or " + std::string(key) + "_file, not both");
+      return result;
+    }
+    if (inline_entry != nullptr) {
+      if (auto value = text(*inline_entry)) {
+        result.entry = inline_entry;
+        result.value = std::move(*value);
+      }
+    } else if (file_entry != nullptr) {
+      if (auto file = path(*file_entry)) {
+        auto content = config_detail::read_small_file(*file, config_detail::kMaxSecretFileBytes);
+        if (!content) {
+          error(*file_entry, content.error().message);
+        } else {
+          std::string value = std::move(content).value();
+          if (value.ends_with("\r\n")) {
+            value.resize(value.size() - 2);
+          } else if (value.ends_with('\n')) {
+            value.pop_back();
+          }
+          result.entry = file_entry;
+          result.value = std::move(value);
+        }
+      }
+    }
+    return result;
+  }
+
+  // ---- sections --------------------------------------------------------------------------
+
+  void load_root(const YAML::Node& root) {
+    YAML::Mark start;  // 1:1 for an empty document
+    auto top = section(root, start, "");
+    if (!top) return;
+    allow_only(*top,
+               {"listen", "services", "roles", "credentials", "smtp", "spool", "limits", "log"});
+
+    if (const Entry* e = top->get("listen")) {
+      load_listen(*e);
+    } else {
+      config_.listen_http = parse_listen_address("127.0.0.1:2580");
+    }
+    if (const Entry* e = top->get("services")) load_services(*e);
+    if (config_.services.empty() && errors_.empty()) {
+      error_at(top->mark, "services", "at least one service is required");
+    }
+    if (const Entry* e = top->get("roles")) load_roles(*e);
+    if (const Entry* e = top->get("credentials")) load_credentials(*e);
+    load_smtp(top->get("smtp"), top->mark);
+    if (const Entry* e = top->get("spool")) load_spool(*e);
+    if (const Entry* e = top->get("limits")) load_limits(*e);
+    if (const Entry* e = top->get("log")) load_log(*e);
+  }
+
+  void load_listen(const Entry& entry) {
+    auto s = section(entry);
+    if (!s) return;
+    allow_only(*s, {"http", "smtp"});
+    if (const Entry* e = s->get("http")) config_.listen_http = listen_address(*e);
+    if (const Entry* e = s->get("smtp")) config_.listen_smtp = listen_address(*e);
+    if (config_.listen_http && config_.listen_smtp &&
+        config_.listen_http->host == config_.listen_smtp->host &&
+        config_.listen_http->port == config_.listen_smtp->port) {
+      error(*s->get("smtp"), "is the same address as listen.http");
+    }
+  }
+
+  void load_services(const Entry& entry) {
+    auto s = section(entry);
+    if (!s) return;
+    for (const auto& e : s->entries) {
+      if (auto problem = check_name(e.key)) error_key(e, "service name " + *problem);
+      config_.services.push_back(load_service(e));
+    }
+  }
+
+  ServiceConfig load_service(const Entry& entry) {
+    ServiceConfig service;
+    service.name = entry.key;
+    auto s = section(entry);
+    if (!s) return service;
+    static constexpr std::string_view kSmtpOnly[] = {
+        "host",           "port",       "encryption", "username",    "password",
+        "password_file",  "tls_verify", "ca_file",    "connections", "connect_timeout",
+        "command_timeout"};
+    allow_only(*s,
+               {"driver", "path", "from_name", "from_email", "reply_to_name", "reply_to_email",
+                "rate_limit", "host", "port", "encryption", "username", "password", "password_file",
+                "tls_verify", "ca_file", "connections", "connect_timeout", "command_timeout"});
+
+    if (const Entry* e = s->get("driver")) {
+      if (auto value = text(*e)) {
+        if (*value == "smtp") {
+          service.driver = ServiceDriver::Smtp;
+        } else if (*value == "file") {
+          service.driver = ServiceDriver::File;
+        } else {
+          error(*e, "must be smtp or file");
+        }
+      }
+    }
+    if (const Entry* e = s->get("from_name")) service.from_name = line_text(*e).value_or("");
+    if (const Entry* e = s->get("from_email")) service.from_email = address(*e).value_or("");
+    if (const Entry* e = s->get("reply_to_name")) {
+      service.reply_to_name = line_text(*e).value_or("");
+    }
+    if (const Entry* e = s->get("reply_to_email")) {
+      service.reply_to_email = address(*e).value_or("");
+    }
+    if (const Entry* e = s->get("rate_limit")) service.rate_limit = rate(*e);
+
+    if (service.driver == ServiceDriver::File) {
+      for (auto key : kSmtpOnly) {
+        if (const Entry* e = s->get(key)) error_key(*e, "not allowed with driver: file");
+      }
+      if (const Entry* e = s->get("path")) {
+        service.path = path(*e).value_or("");
+      } else {
+        error_at(s->mark, s->path, "driver: file needs a path (the directory to write to)");
+      }
+      return service;
+    }
+
+    if (const Entry* e = s->get("path")) error_key(*e, "only allowed with driver: file");
+    if (const Entry* e = s->get("host")) {
+      service.host = nonempty_text(*e).value_or("");
+    } else {
+      error_at(s->mark, s->path, "host is required (the upstream SMTP server)");
+    }
+    if (const Entry* e = s->get("encryption")) {
+      if (auto value = text(*e)) {
+        std::string lower = text::lower_ascii(*value);
+        if (lower == "tls" || lower == "starttls") {
+          service.encryption = Encryption::StartTls;
+        } else if (lower == "ssl") {
+          service.encryption = Encryption::Tls;
+        } else if (lower == "none") {
+          service.encryption = Encryption::None;
+        } else {
+          error(*e, "must be tls (STARTTLS), ssl (implicit TLS) or none");
+        }
+      }
+    }
+    switch (service.encryption) {
+      case Encryption::None:
+        service.port = 25;
+        break;
+      case Encryption::StartTls:
+        service.port = 587;
+        break;
+      case Encryption::Tls:
+        service.port = 465;
+        break;
+    }
+    if (const Entry* e = s->get("port")) {
+      service.port = static_cast<uint16_t>(integer(*e, 1, 65535).value_or(service.port));
+    }
+    if (const Entry* e = s->get("username")) service.username = line_text(*e).value_or("");
+    Secret password = secret(*s, "password");
+    service.password = password.value;
+    if (password.entry != nullptr && s->get("username") == nullptr) {
+      error_key(*password.entry, "a password needs a username");
+    }
+    if (const Entry* e = s->get("username"); e != nullptr && password.entry == nullptr &&
+                                             s->get("password") == nullptr &&
+                                             s->get("password_file") == nullptr) {
+      error_key(*e, "a username needs a password (password or password_file)");
+    }
+    if (const Entry* e = s->get("tls_verify")) service.tls_verify = boolean(*e).value_or(true);
+    if (const Entry* e = s->get("ca_file")) service.ca_file = path(*e).value_or("");
+    if (const Entry* e = s->get("connections")) {
+      service.connections = static_cast<unsigned>(integer(*e, 1, 1000).value_or(1));
+    }
+    if (const Entry* e = s->get("connect_timeout")) {
+      service.connect_timeout_ms = duration(*e, false).value_or(service.connect_timeout_ms);
+    }
+    if (const Entry* e = s->get("command_timeout")) {
+      service.command_timeout_ms = duration(*e, false).value_or(service.command_timeout_ms);
+    }
+    return service;
+  }
+
+  void load_roles(const Entry& entry) {
+    auto s = section(entry);
+    if (!s) return;
+    for (const auto& e : s->entries) {
+      if (auto problem = check_name(e.key)) error_key(e, "role name " + *problem);
+      config_.roles.push_back(load_role(e));
+    }
+  }
+
+  RoleConfig load_role(const Entry& entry) {
+    RoleConfig role;
+    role.name = entry.key;
+    auto s = section(entry);
+    if (!s) return role;
+    allow_only(*s, {"services", "senders", "rate_limits", "max_recipients"});
+    if (const Entry* e = s->get("services")) {
+      role.services.emplace();
+      for (const auto& item : list(*e).value_or(std::vector<Entry>{})) {
+        auto name = text(item);
+        if (!name) continue;
+        if (config_.find_service(*name) == nullptr) {
+          error(item, "no service named '" + *name + "'");
+        }
+        role.services->push_back(std::move(*name));
+      }
+    }
+    if (const Entry* e = s->get("senders")) {
+      role.senders.emplace();
+      for (const auto& item : list(*e).value_or(std::vector<Entry>{})) {
+        auto pattern = text(item);
+        if (!pattern) continue;
+        if (auto problem = check_sender_pattern(*pattern)) {
+          error(item, "'" + *pattern + "' " + *problem);
+        }
+        role.senders->push_back(std::move(*pattern));
+      }
+    }
+    if (const Entry* e = s->get("rate_limits")) {
+      for (const auto& item : list(*e).value_or(std::vector<Entry>{})) {
+        if (auto r = rate(item)) role.rate_limits.push_back(std::move(*r));
+      }
+    }
+    if (const Entry* e = s->get("max_recipients")) {
+      if (auto n = integer(*e, 1, 100000)) role.max_recipients = static_cast<unsigned>(*n);
+    }
+    return role;
+  }
+
+  void role_must_exist(const Entry& entry, const std::string& name) {
+    if (config_.find_role(name) == nullptr) error(entry, "no role named '" + name + "'");
+  }
+
+  void service_must_exist(const Entry& entry, const std::string& name) {
+    if (config_.find_service(name) == nullptr) error(entry, "no service named '" + name + "'");
+  }
+
+  void load_credentials(const Entry& entry) {
+    auto items = list(entry);
+    if (!items) return;
+    std::vector<const Entry*> api_key_entries;  // parallel to config_.credentials
+    for (const auto& item : *items) {
+      auto s = section(item.value, item.value.Mark(), item.path);
+      if (!s) continue;
+      allow_only(*s, {"api_key", "api_key_file", "smtp_username", "smtp_password",
+                      "smtp_password_file", "role"});
+      CredentialConfig credential;
+      Secret api_key = secret(*s, "api_key");
+      const Entry* username = s->get("smtp_username");
+      Secret password = secret(*s, "smtp_password");
+      bool has_api_key = s->get("api_key") != nullptr || s->get("api_key_file") != nullptr;
+      bool has_smtp = username != nullptr || s->get("smtp_password") != nullptr ||
+                      s->get("smtp_password_file") != nullptr;
+      if (has_api_key && has_smtp) {
+        error_at(s->mark, s->path,
+                 "give either api_key or smtp_username + smtp_password, not both");
+      } else if (!has_api_key && !has_smtp) {
+        error_at(s->mark, s->path, "needs api_key or smtp_username + smtp_password");
+      } else if (has_api_key) {
+        if (api_key.entry != nullptr) {
+          if (api_key.value.empty()) {
+            error(*api_key.entry, "is empty (is its environment variable set?)");
+          }
+          credential.api_key = std::move(api_key.value);
+        }
+      } else {
+        if (username == nullptr) {
+          error_at(s->mark, s->path, "smtp_password needs an smtp_username");
+        } else {
+          credential.smtp_username = nonempty_text(*username).value_or("");
+        }
+        if (password.entry != nullptr) {
+          if (password.value.empty()) error(*password.entry, "is empty");
+          credential.smtp_password = std::move(password.value);
+        } else if (s->get("smtp_password") == nullptr && s->get("smtp_password_file") == nullptr) {
+          error_at(s->mark, s->path, "smtp_username needs an smtp_password");
+        }
+      }
+      if (const Entry* e = s->get("role")) {
+        if (auto name = text(*e)) {
+          role_must_exist(*e, *name);
+          credential.role = std::move(*name);
+        }
+      } else {
+        error_at(s->mark, s->path, "role is required");
+      }
+      // Duplicates: name the earlier entry, never the key itself.
+      for (size_t i = 0; i < config_.credentials.size(); ++i) {
+        const auto& other = config_.credentials[i];
+        if (!credential.api_key.empty() &&
+            text::constant_time_equal(other.api_key, credential.api_key)) {
+          error(*api_key.entry,
+                "the same key is already given by credentials[" + std::to_string(i) + "]");
+        }
+        if (!credential.smtp_username.empty() && other.smtp_username == credential.smtp_username) {
+          error(*username,
+                "the same user name is already given by credentials[" + std::to_string(i) + "]");
+        }
+      }
+      config_.credentials.push_back(std::move(credential));
+    }
+  }
+
+  void load_smtp(const Entry* entry, const YAML::Mark& root_mark) {
+    std::optional<Section> s;
+    if (entry != nullptr) {
+      s = section(*entry);
+      if (!s) return;
+      allow_only(*s, {"service", "anonymous_role", "hostname", "tls_cert", "tls_key"});
+    } else {
+      s = Section{"smtp", root_mark, {}};
+    }
+    if (const Entry* e = s->get("service")) {
+      if (auto name = text(*e)) {
+        service_must_exist(*e, *name);
+        config_.smtp.service = std::move(*name);
+      }
+    } else if (config_.listen_smtp) {
+      if (config_.services.size() == 1) {
+        config_.smtp.service = config_.services.front().name;
+      } else if (config_.services.size() > 1) {
+        error_at(s->mark, "smtp.service",
+                 "is required when listen.smtp is set and there is more than one service");
+      }
+    }
+    if (const Entry* e = s->get("anonymous_role")) {
+      if (auto name = text(*e)) {
+        role_must_exist(*e, *name);
+        config_.smtp.anonymous_role = std::move(*name);
+      }
+    }
+    if (const Entry* e = s->get("hostname")) {
+      if (auto name = text(*e)) {
+        if (auto problem = check_hostname(*name)) error(*e, *problem);
+        config_.smtp.hostname = std::move(*name);
+      }
+    } else {
+      config_.smtp.hostname = config_detail::machine_hostname();
+    }
+    const Entry* cert = s->get("tls_cert");
+    const Entry* key = s->get("tls_key");
+    if (cert != nullptr) config_.smtp.tls_cert = path(*cert).value_or("");
+    if (key != nullptr) config_.smtp.tls_key = path(*key).value_or("");
+    if ((cert == nullptr) != (key == nullptr)) {
+      error_key(cert != nullptr ? *cert : *key, "tls_cert and tls_key go together: give both");
+    }
+  }
+
+  void load_spool(const Entry& entry) {
+    auto s = section(entry);
+    if (!s) return;
+    allow_only(*s, {"path", "retry", "max_age"});
+    SpoolConfig spool;
+    if (const Entry* e = s->get("path")) {
+      spool.path = path(*e).value_or("");
+    } else {
+      error_at(s->mark, s->path + ".path", "is required (the spool directory)");
+    }
+    if (const Entry* e = s->get("retry")) {
+      spool.retry_ms.clear();
+      for (const auto& item : list(*e).value_or(std::vector<Entry>{})) {
+        if (auto ms = duration(item, false)) spool.retry_ms.push_back(*ms);
+      }
+      if (spool.retry_ms.empty() && e->value.IsSequence()) error(*e, "needs at least one delay");
+    }
+    if (const Entry* e = s->get("max_age")) {
+      spool.max_age_ms = duration(*e, false).value_or(spool.max_age_ms);
+    }
+    config_.spool = std::move(spool);
+  }
+
+  void load_limits(const Entry& entry) {
+    auto s = section(entry);
+    if (!s) return;
+    allow_only(*s, {"max_message_bytes", "max_connections", "idle_timeout", "shutdown_grace"});
+    LimitsConfig& limits = config_.limits;
+    if (const Entry* e = s->get("max_message_bytes")) {
+      limits.max_message_bytes = size(*e).value_or(limits.max_message_bytes);
+    }
+    if (const Entry* e = s->get("max_connections")) {
+      limits.max_connections =
+          static_cast<unsigned>(integer(*e, 1, 1'000'000).value_or(limits.max_connections));
+    }
+    if (const Entry* e = s->get("idle_timeout")) {
+      limits.idle_timeout_ms = duration(*e, false).value_or(limits.idle_timeout_ms);
+    }
+    if (const Entry* e = s->get("shutdown_grace")) {
+      limits.shutdown_grace_ms = duration(*e, true).value_or(limits.shutdown_grace_ms);
+    }
+  }
+
+  void load_log(const Entry& entry) {
+    auto s = section(entry);
+    if (!s) return;
+    allow_only(*s, {"format", "level"});
+    if (const Entry* e = s->get("format")) {
+      if (auto value = text(*e)) {
+        if (*value == "json") {
+          config_.log.format = LogFormat::Json;
+        } else if (*value == "text") {
+          config_.log.format = LogFormat::Text;
+        } else {
+          error(*e, "must be json or text");
+        }
+      }
+    }
+    if (const Entry* e = s->get("level")) {
+      if (auto value = text(*e)) {
+        if (*value == "error") {
+          config_.log.level = LogLevel::Error;
+        } else if (*value == "warn") {
+          config_.log.level = LogLevel::Warn;
+        } else if (*value == "info") {
+          config_.log.level = LogLevel::Info;
+        } else if (*value == "debug") {
+          config_.log.level = LogLevel::Debug;
+        } else {
+          error(*e, "must be error, warn, info or debug");
+        }
+      }
+    }
+  }
+
+  std::string file_;
+  std::filesystem::path base_dir_;
+  EnvLookup env_;
+  std::vector<std::string> errors_;
+  Config config_;
+};
+
+}  // namespace
+
+Result<Config> load_config_text(const std::string& text, const std::string& file, EnvLookup env) {
+  try {
+    Loader loader(file, env);
+    return loader.load(text);
+  } catch (const std::exception& e) {
+    return make_error(file + ": cannot load the configuration: " + e.what());
+  } catch (...) {
+    return make_error(file + ": cannot load the configuration");
+  }
+}
+
+Result<Config> load_config_file(const std::string& path, EnvLookup env) {
+  auto content = config_detail::read_small_file(path, config_detail::kMaxConfigFileBytes);
+  if (!content) return content.error();
+  return load_config_text(content.value(), path, env);
+}
+
+}  // namespace mailcar
