@@ -1,0 +1,725 @@
+#include "http/api_handler.hpp"
+
+#include <simdjson.h>
+
+#include <algorithm>
+#include <chrono>
+#include <utility>
+#include <vector>
+
+#include "mailcar/address.hpp"
+#include "mailcar/log.hpp"
+#include "mailcar/metrics.hpp"
+#include "mailcar/mime.hpp"
+#include "mailcar/text.hpp"
+
+namespace mailcar::http {
+namespace {
+
+using simdjson::dom::array;
+using simdjson::dom::element;
+using simdjson::dom::element_type;
+using simdjson::dom::object;
+
+constexpr std::string_view kApiPrefix = "/api/v2/";
+// A parser that grew past this for one big body is dropped afterwards, so an idle
+// keep-alive connection does not hold a large buffer.
+constexpr size_t kKeepJsonCapacity = 1 << 20;
+
+// A 400 that names the field at fault.
+struct FieldError {
+  std::string field;
+  std::string message;
+};
+
+using StringMap = std::map<std::string, std::string, std::less<>>;
+
+// The request's fields after type checks, before defaults and templates.
+struct SendFields {
+  std::vector<Mailbox> to, cc, bcc;
+  std::string subject, body_text, body_html;
+  std::string from_name, from_email, reply_to_name, reply_to_email;
+  std::vector<Attachment> attachments;
+  StringMap template_data;
+  StringMap top_level_strings;  // template fallback
+};
+
+// The string of an element whose type was already checked.
+std::string_view string_of(element e) {
+  std::string_view s;
+  if (e.get_string().get(s) != simdjson::SUCCESS) return {};
+  return s;
+}
+
+bool has_cr_or_lf(std::string_view s) {
+  return s.find_first_of("\r\n") != std::string_view::npos;
+}
+
+std::string type_error(std::string_view field, std::string_view expected) {
+  return std::string(field) + ": must be " + std::string(expected);
+}
+
+std::optional<FieldError> read_string(element value, std::string_view field, std::string& out) {
+  if (value.type() == element_type::NULL_VALUE) return std::nullopt;
+  std::string_view s;
+  if (value.get_string().get(s) != simdjson::SUCCESS) {
+    return FieldError{std::string(field), type_error(field, "a string")};
+  }
+  out.assign(s);
+  return std::nullopt;
+}
+
+std::optional<FieldError> read_mailbox(element value, std::string_view field,
+                                       std::vector<Mailbox>& out) {
+  Mailbox mailbox;
+  if (value.type() == element_type::STRING) {
+    mailbox.address.assign(string_of(value));
+  } else if (object obj; value.get_object().get(obj) == simdjson::SUCCESS) {
+    element email;
+    if (obj.at_key("email").get(email) != simdjson::SUCCESS ||
+        email.type() != element_type::STRING) {
+      return FieldError{std::string(field), std::string(field) + ": email must be a string"};
+    }
+    mailbox.address.assign(string_of(email));
+    element name;
+    if (obj.at_key("name").get(name) == simdjson::SUCCESS) {
+      if (auto e = read_string(name, std::string(field) + ".name", mailbox.name)) {
+        e->field = field;
+        return e;
+      }
+    }
+  } else {
+    return FieldError{std::string(field),
+                      type_error(field, "an address, an {email, name} object or an array of them")};
+  }
+  out.push_back(std::move(mailbox));
+  return std::nullopt;
+}
+
+std::optional<FieldError> read_recipients(element value, std::string_view field,
+                                          std::vector<Mailbox>& out) {
+  switch (value.type()) {
+    case element_type::NULL_VALUE:
+      return std::nullopt;
+    case element_type::ARRAY: {
+      array items;
+      if (value.get_array().get(items) != simdjson::SUCCESS) return std::nullopt;
+      for (element item : items) {
+        if (item.type() == element_type::ARRAY) {
+          return FieldError{std::string(field), std::string(field) + ": nested arrays not allowed"};
+        }
+        if (auto e = read_mailbox(item, field, out)) return e;
+      }
+      return std::nullopt;
+    }
+    default:
+      return read_mailbox(value, field, out);
+  }
+}
+
+std::optional<FieldError> read_attachments(element value, std::vector<Attachment>& out) {
+  if (value.type() == element_type::NULL_VALUE) return std::nullopt;
+  array items;
+  if (value.get_array().get(items) != simdjson::SUCCESS) {
+    return FieldError{"attachments", type_error("attachments", "an array")};
+  }
+  size_t index = 0;
+  for (element item : items) {
+    std::string label = "attachments[" + std::to_string(index++) + "]";
+    object obj;
+    if (item.get_object().get(obj) != simdjson::SUCCESS) {
+      return FieldError{"attachments", type_error(label, "an object")};
+    }
+    Attachment attachment;
+    std::string content;
+    element e;
+    if (obj.at_key("name").get(e) != simdjson::SUCCESS || e.type() != element_type::STRING) {
+      return FieldError{"attachments", label + ".name: must be a string"};
+    }
+    attachment.filename.assign(string_of(e));
+    if (obj.at_key("content").get(e) != simdjson::SUCCESS || e.type() != element_type::STRING) {
+      return FieldError{"attachments", label + ".content: must be a base64 string"};
+    }
+    content.assign(string_of(e));
+    if (obj.at_key("content_type").get(e) == simdjson::SUCCESS) {
+      if (auto err = read_string(e, label + ".content_type", attachment.content_type)) {
+        err->field = "attachments";
+        return err;
+      }
+    }
+    if (attachment.content_type.empty()) attachment.content_type = "application/octet-stream";
+    if (has_cr_or_lf(attachment.filename) || has_cr_or_lf(attachment.content_type)) {
+      return FieldError{"attachments", label + " (" + attachment.filename +
+                                           "): name and content_type must not contain CR or LF"};
+    }
+    auto decoded = text::base64_decode(content);
+    if (!decoded) {
+      return FieldError{"attachments",
+                        label + " (" + attachment.filename + "): content is not valid base64"};
+    }
+    attachment.data = std::move(*decoded);
+    out.push_back(std::move(attachment));
+  }
+  return std::nullopt;
+}
+
+std::optional<FieldError> read_template_data(element value, StringMap& out) {
+  if (value.type() == element_type::NULL_VALUE) return std::nullopt;
+  object obj;
+  if (value.get_object().get(obj) != simdjson::SUCCESS) {
+    return FieldError{"template_data", type_error("template_data", "an object")};
+  }
+  for (auto [key, item] : obj) {
+    std::string text;
+    switch (item.type()) {
+      case element_type::STRING:
+        text.assign(string_of(item));
+        break;
+      case element_type::INT64:
+      case element_type::UINT64:
+      case element_type::DOUBLE:
+        text = simdjson::minify(item);
+        break;
+      case element_type::BOOL: {
+        bool b = false;
+        if (item.get_bool().get(b) != simdjson::SUCCESS) b = false;
+        text = b ? "true" : "false";
+        break;
+      }
+      case element_type::NULL_VALUE:
+        break;
+      default:
+        return FieldError{"template_data", "template_data." + std::string(key) +
+                                               ": must be a string, number or boolean"};
+    }
+    out.insert_or_assign(std::string(key), std::move(text));
+  }
+  return std::nullopt;
+}
+
+// Type-checks every known field; unknown fields are ignored (DreamFactory compatibility).
+std::optional<FieldError> read_fields(object root, SendFields& f) {
+  for (auto [key, value] : root) {
+    std::optional<FieldError> e;
+    if (key == "to") {
+      e = read_recipients(value, key, f.to);
+    } else if (key == "cc") {
+      e = read_recipients(value, key, f.cc);
+    } else if (key == "bcc") {
+      e = read_recipients(value, key, f.bcc);
+    } else if (key == "subject") {
+      e = read_string(value, key, f.subject);
+    } else if (key == "body_text") {
+      e = read_string(value, key, f.body_text);
+    } else if (key == "body_html") {
+      e = read_string(value, key, f.body_html);
+    } else if (key == "from_name") {
+      e = read_string(value, key, f.from_name);
+    } else if (key == "from_email") {
+      e = read_string(value, key, f.from_email);
+    } else if (key == "reply_to_name") {
+      e = read_string(value, key, f.reply_to_name);
+    } else if (key == "reply_to_email") {
+      e = read_string(value, key, f.reply_to_email);
+    } else if (key == "attachments") {
+      e = read_attachments(value, f.attachments);
+    } else if (key == "template_data") {
+      e = read_template_data(value, f.template_data);
+    } else if (key == "api_key") {
+      std::string ignored;
+      e = read_string(value, key, ignored);
+    }
+    if (e) return e;
+    // The key itself is never a template value (it would land in a message).
+    if (key != "api_key" && value.type() == element_type::STRING) {
+      f.top_level_strings.insert_or_assign(std::string(key), std::string(string_of(value)));
+    }
+  }
+  return std::nullopt;
+}
+
+// Validates each address in place (trimmed form) and refuses CR/LF in names.
+std::optional<FieldError> check_mailboxes(std::vector<Mailbox>& list, std::string_view field) {
+  for (auto& m : list) {
+    if (has_cr_or_lf(m.name)) {
+      return FieldError{std::string(field),
+                        std::string(field) + ": name must not contain CR or LF"};
+    }
+    auto valid = validate_address(m.address);
+    if (!valid) {
+      return FieldError{std::string(field),
+                        "Invalid address in " + std::string(field) + ": " + valid.error().message};
+    }
+    m.address = std::move(*valid);
+  }
+  return std::nullopt;
+}
+
+std::optional<FieldError> check_address_field(std::string& address, std::string_view field) {
+  auto valid = validate_address(address);
+  if (!valid) {
+    return FieldError{std::string(field),
+                      "Invalid address in " + std::string(field) + ": " + valid.error().message};
+  }
+  address = std::move(*valid);
+  return std::nullopt;
+}
+
+bool is_json_content_type(std::optional<std::string_view> content_type) {
+  if (!content_type) return false;
+  std::string_view media = content_type->substr(0, content_type->find(';'));
+  return text::iequals_ascii(text::trim(media), "application/json");
+}
+
+HttpResponse json_response(int status, std::string body) {
+  HttpResponse r;
+  r.status = status;
+  r.body = std::move(body);
+  return r;
+}
+
+HttpResponse method_not_allowed(const char* allow) {
+  auto r = error_response(405, "Method not allowed.");
+  r.headers.emplace_back("Allow", allow);
+  return r;
+}
+
+uint64_t ceil_seconds(uint64_t ms) {
+  return (ms + 999) / 1000;
+}
+
+const char* default_failure_message(DeliveryStatus s) {
+  switch (s) {
+    case DeliveryStatus::ConnectionRefused:
+      return "Connection refused";
+    case DeliveryStatus::ConnectionTimedOut:
+      return "Connection timed out";
+    case DeliveryStatus::CertificateError:
+      return "Certificate error";
+    case DeliveryStatus::AuthenticationFailed:
+      return "Authentication failed";
+    case DeliveryStatus::TlsUnavailable:
+      return "STARTTLS not offered by the upstream";
+    case DeliveryStatus::Rejected:
+      return "Rejected by the upstream";
+    case DeliveryStatus::ProtocolError:
+      return "Upstream protocol error";
+    case DeliveryStatus::ShuttingDown:
+      return "Shutting down";
+    case DeliveryStatus::Sent:
+      break;
+  }
+  return "Delivery failed";
+}
+
+HttpResponse delivery_failure(const DeliveryResult& result) {
+  std::string context = "{\"smtp_code\":";
+  if (result.smtp_code) {
+    context.append(std::to_string(*result.smtp_code));
+    context.append(",\"smtp_reply\":");
+    log::append_json_string(context, result.smtp_reply);
+  } else {
+    context.append("null,\"smtp_reply\":null");
+  }
+  context.append(",\"retryable\":");
+  context.append(result.retryable ? "true" : "false");
+  context.push_back('}');
+  int status = result.status == DeliveryStatus::ShuttingDown ? 503 : 500;
+  std::string_view message = result.message.empty()
+                                 ? std::string_view(default_failure_message(result.status))
+                                 : std::string_view(result.message);
+  return error_response(status, message, context);
+}
+
+HttpResponse delivery_success(const DeliveryResult& result, const std::string& id) {
+  std::string body = "{\"count\":" + std::to_string(result.accepted.size()) + ",\"id\":";
+  log::append_json_string(body, id);
+  if (!result.rejected.empty()) {
+    body.append(",\"rejected\":[");
+    bool first = true;
+    for (const auto& r : result.rejected) {
+      if (!first) body.push_back(',');
+      first = false;
+      body.append("{\"email\":");
+      log::append_json_string(body, r.address);
+      body.append(",\"smtp_code\":");
+      body.append(std::to_string(r.smtp_code));
+      body.append(",\"smtp_reply\":");
+      log::append_json_string(body, r.smtp_reply);
+      body.push_back('}');
+    }
+    body.push_back(']');
+  }
+  body.push_back('}');
+  return json_response(200, std::move(body));
+}
+
+}  // namespace
+
+uint64_t system_now_ms() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count());
+}
+
+std::string expand_template(std::string_view text,
+                            const std::function<const std::string*(std::string_view)>& lookup) {
+  std::string out;
+  out.reserve(text.size());
+  size_t i = 0;
+  while (i < text.size()) {
+    size_t open = text.find('{', i);
+    if (open == std::string_view::npos) break;
+    out.append(text.substr(i, open - i));
+    size_t close = text.find('}', open + 1);
+    if (close == std::string_view::npos) {
+      i = open;
+      break;
+    }
+    std::string_view key = text.substr(open + 1, close - open - 1);
+    const std::string* value = key.find('{') == std::string_view::npos ? lookup(key) : nullptr;
+    if (value != nullptr) {
+      out.append(*value);
+      i = close + 1;
+    } else {
+      // Not a known placeholder: keep the brace and rescan after it ("{{name}" works).
+      out.push_back('{');
+      i = open + 1;
+    }
+  }
+  out.append(text.substr(i));
+  return out;
+}
+
+ApiHandler::ApiHandler(WallClock now_ms)
+    : now_ms_(std::move(now_ms)), json_(std::make_unique<simdjson::dom::parser>()) {}
+
+ApiHandler::~ApiHandler() = default;
+
+void ApiHandler::handle(const HttpRequest& request, std::shared_ptr<Runtime> runtime,
+                        Respond respond, const std::string& remote) {
+  std::string_view path = request.path;
+  bool get = request.method == "GET";
+  if (path == "/health") {
+    respond(get ? json_response(200, "{\"status\":\"ok\"}") : method_not_allowed("GET"));
+    return;
+  }
+  if (path == "/ready") {
+    if (!get) {
+      respond(method_not_allowed("GET"));
+    } else if (runtime) {
+      respond(json_response(200, "{\"status\":\"ready\"}"));
+    } else {
+      respond(error_response(503, "Not ready."));
+    }
+    return;
+  }
+  if (path == "/metrics") {
+    if (!get) {
+      respond(method_not_allowed("GET"));
+      return;
+    }
+    HttpResponse r;
+    r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+    r.body = metrics::render_prometheus();
+    respond(std::move(r));
+    return;
+  }
+  if (path.substr(0, kApiPrefix.size()) == kApiPrefix) {
+    std::string_view service = path.substr(kApiPrefix.size());
+    if (!service.empty() && service.back() == '/') service.remove_suffix(1);
+    if (service.empty() || service.find('/') != std::string_view::npos) {
+      respond(error_response(404, "Resource not found."));
+      return;
+    }
+    if (!runtime || !runtime->config) {
+      respond(error_response(503, "Not ready."));
+      return;
+    }
+    if (runtime->config->find_service(service) == nullptr) {
+      respond(error_response(404, "Service '" + std::string(service) + "' not found."));
+      return;
+    }
+    if (request.method != "POST") {
+      respond(method_not_allowed("POST"));
+      return;
+    }
+    handle_send(request, service, std::move(runtime), respond, remote);
+    return;
+  }
+  respond(error_response(404, "Resource not found."));
+}
+
+void ApiHandler::handle_send(const HttpRequest& request, std::string_view service_name,
+                             std::shared_ptr<Runtime> runtime, Respond& respond,
+                             const std::string& remote) {
+  const Config& config = *runtime->config;
+  const ServiceConfig& service = *config.find_service(service_name);
+  const uint64_t body_limit = body_limit_for(config.limits.max_message_bytes);
+  const bool json_type = is_json_content_type(request.header("content-type"));
+
+  // The JSON is parsed before authentication because the key may be in the body; what a
+  // parse failure means is decided after 401 and 415.
+  element root;
+  simdjson::error_code json_error = simdjson::UNINITIALIZED;
+  if (json_type && request.body.size() <= body_limit) {
+    json_error = json_->parse(request.body.data(), request.body.size()).get(root);
+  }
+  struct ParserReset {  // drop a grown parser once this request is done with it
+    std::unique_ptr<simdjson::dom::parser>& parser;
+    ~ParserReset() {
+      if (parser->capacity() > kKeepJsonCapacity) {
+        parser = std::make_unique<simdjson::dom::parser>();
+      }
+    }
+  } parser_reset{json_};
+  object root_object;
+  bool have_object =
+      json_error == simdjson::SUCCESS && root.get_object().get(root_object) == simdjson::SUCCESS;
+
+  // Authentication: first key found wins (query, header, body, Bearer).
+  std::optional<std::string_view> key;
+  if (auto q = request.query_param("api_key"); q && !q->empty()) {
+    key = q;
+  } else if (auto h = request.header("x-dreamfactory-api-key"); h && !h->empty()) {
+    key = h;
+  } else if (std::string_view body_key;
+             have_object &&
+             root_object.at_key("api_key").get_string().get(body_key) == simdjson::SUCCESS &&
+             !body_key.empty()) {
+    key = body_key;
+  } else if (auto a = request.header("authorization");
+             a && text::istarts_with_ascii(*a, "bearer ")) {
+    std::string_view bearer = text::trim(a->substr(7));
+    if (!bearer.empty()) key = bearer;
+  }
+  const CredentialConfig* credential = nullptr;
+  size_t credential_index = 0;
+  if (key) {
+    // Every configured key is compared, match or not, so timing does not tell which matched.
+    for (size_t i = 0; i < config.credentials.size(); ++i) {
+      const auto& c = config.credentials[i];
+      bool equal = text::constant_time_equal(c.api_key, *key);
+      equal = equal && !c.api_key.empty();
+      if (equal && credential == nullptr) {
+        credential = &c;
+        credential_index = i + 1;
+      }
+    }
+  }
+  if (credential == nullptr) {
+    respond(error_response(401, key ? "Invalid API key." : "No API key provided."));
+    return;
+  }
+  const std::string& role = credential->role;
+
+  if (!json_type) {
+    respond(error_response(415, "Content-Type must be application/json."));
+    return;
+  }
+  if (request.body.size() > body_limit) {
+    respond(error_response(413, "Request body too large."));
+    return;
+  }
+  if (json_error != simdjson::SUCCESS) {
+    respond(
+        error_response(400, std::string("Malformed JSON: ") + simdjson::error_message(json_error)));
+    return;
+  }
+  if (!have_object) {
+    respond(error_response(400, "The request body must be a JSON object."));
+    return;
+  }
+
+  auto bad_request = [&respond](const FieldError& e) {
+    respond(error_response(400, e.message, field_context(e.field)));
+  };
+  SendFields f;
+  if (auto e = read_fields(root_object, f)) return bad_request(*e);
+  // 413 ranks above 400: what the message must hold at least (bodies before templates,
+  // attachments decoded, i.e. before base64 grows them) already over the limit is a 413
+  // whatever else is wrong.
+  uint64_t at_least = f.body_text.size() + f.body_html.size();
+  for (const auto& attachment : f.attachments) at_least += attachment.data.size();
+  if (at_least > config.limits.max_message_bytes) {
+    respond(error_response(413, "Message too large: the limit is " +
+                                    std::to_string(config.limits.max_message_bytes) + " bytes."));
+    return;
+  }
+
+  // Templates: template_data first, then top-level string fields; one pass.
+  auto lookup = [&f](std::string_view k) -> const std::string* {
+    if (auto it = f.template_data.find(k); it != f.template_data.end()) return &it->second;
+    if (auto it = f.top_level_strings.find(k); it != f.top_level_strings.end()) {
+      return &it->second;
+    }
+    return nullptr;
+  };
+  MessageContent content;
+  content.subject = expand_template(f.subject, lookup);
+  if (!f.body_text.empty()) content.body_text = expand_template(f.body_text, lookup);
+  if (!f.body_html.empty()) content.body_html = expand_template(f.body_html, lookup);
+  if (has_cr_or_lf(content.subject)) {
+    return bad_request({"subject", "subject: must not contain CR or LF"});
+  }
+
+  if (f.to.empty() && f.cc.empty() && f.bcc.empty()) {
+    return bad_request({"to", "No recipient: give at least one of to, cc or bcc."});
+  }
+  if (!content.body_text && !content.body_html) {
+    return bad_request({"body_text", "Give body_text or body_html."});
+  }
+
+  // Sender defaults, as DreamFactory: the service's pair fills in when the address is missing.
+  if (f.from_email.empty()) {
+    f.from_email = service.from_email;
+    if (f.from_name.empty()) f.from_name = service.from_name;
+  }
+  if (f.from_email.empty()) {
+    return bad_request(
+        {"from_email", "from_email: missing, and service " + service.name + " has no default."});
+  }
+  if (f.reply_to_email.empty()) {
+    f.reply_to_email = service.reply_to_email;
+    if (f.reply_to_name.empty()) f.reply_to_name = service.reply_to_name;
+  }
+  for (auto [value, field] :
+       {std::pair{&f.from_name, "from_name"}, std::pair{&f.from_email, "from_email"},
+        std::pair{&f.reply_to_name, "reply_to_name"},
+        std::pair{&f.reply_to_email, "reply_to_email"}}) {
+    if (has_cr_or_lf(*value)) {
+      return bad_request({field, std::string(field) + ": must not contain CR or LF"});
+    }
+  }
+  if (auto e = check_address_field(f.from_email, "from_email")) return bad_request(*e);
+  if (!f.reply_to_email.empty()) {
+    if (auto e = check_address_field(f.reply_to_email, "reply_to_email")) return bad_request(*e);
+  }
+  if (auto e = check_mailboxes(f.to, "to")) return bad_request(*e);
+  if (auto e = check_mailboxes(f.cc, "cc")) return bad_request(*e);
+  if (auto e = check_mailboxes(f.bcc, "bcc")) return bad_request(*e);
+
+  content.from = Mailbox{f.from_email, f.from_name};
+  if (!f.reply_to_email.empty()) content.reply_to = Mailbox{f.reply_to_email, f.reply_to_name};
+  content.to = std::move(f.to);
+  content.cc = std::move(f.cc);
+  content.bcc = std::move(f.bcc);
+  content.attachments = std::move(f.attachments);
+
+  const uint64_t now = now_ms_();
+  BuildOptions options;
+  options.hostname = runtime->hostname;
+  options.message_id = make_message_id(runtime->hostname, static_cast<int64_t>(now / 1000));
+  options.date_unix = static_cast<int64_t>(now / 1000);
+  auto built = build_message(content, options);
+  if (!built) {
+    const std::string& m = built.error().message;
+    size_t colon = m.find(':');
+    std::string field = colon == std::string::npos ? "" : m.substr(0, colon);
+    respond(error_response(400, m, field.empty() ? "null" : field_context(field)));
+    return;
+  }
+  OutboundMessage message = std::move(*built);
+  if (message.data.size() > config.limits.max_message_bytes) {
+    respond(error_response(413, "Message too large: " + std::to_string(message.data.size()) +
+                                    " bytes, the limit is " +
+                                    std::to_string(config.limits.max_message_bytes) + "."));
+    return;
+  }
+
+  const uint64_t n_recipients = message.envelope_rcpts.size();
+  if (!runtime->policy) {
+    respond(error_response(503, "Not ready."));
+    return;
+  }
+  PolicyDecision decision = runtime->policy->admit(
+      PolicyRequest{role, service.name, content.from.address, {content.from.address}, n_recipients},
+      now);
+  if (decision.verdict == Verdict::RateLimited) {
+    metrics::count_rate_limited(role);
+    metrics::count_message(Ingress::Http, role, service.name, "rate_limited");
+    log::info("message_refused", {{"ingress", "http"},
+                                  {"role", role},
+                                  {"identity", "api_key#" + std::to_string(credential_index)},
+                                  {"service", service.name},
+                                  {"status", 429},
+                                  {"reason", decision.reason},
+                                  {"limit", decision.limit_text},
+                                  {"remote", remote}});
+    auto r = error_response(429, "API limit(s) exceeded.");
+    r.headers.emplace_back("Retry-After", std::to_string(std::max<uint64_t>(
+                                              1, ceil_seconds(decision.retry_after_ms))));
+    r.headers.emplace_back("X-RateLimit-Limit", std::to_string(decision.limit));
+    r.headers.emplace_back("X-RateLimit-Remaining", std::to_string(decision.remaining));
+    r.headers.emplace_back("X-RateLimit-Reset", std::to_string(ceil_seconds(decision.reset_ms)));
+    respond(std::move(r));
+    return;
+  }
+  if (!decision.allowed()) {
+    metrics::count_message(Ingress::Http, role, service.name, "rejected");
+    log::info("message_refused", {{"ingress", "http"},
+                                  {"role", role},
+                                  {"identity", "api_key#" + std::to_string(credential_index)},
+                                  {"service", service.name},
+                                  {"status", 403},
+                                  {"reason", decision.reason},
+                                  {"remote", remote}});
+    respond(error_response(403, decision.reason.empty() ? "Forbidden." : decision.reason));
+    return;
+  }
+
+  Transport* transport = runtime->transport(service.name);
+  if (transport == nullptr) {
+    respond(error_response(500, "No transport for service " + service.name + "."));
+    return;
+  }
+  std::string id = message.id;
+  size_t size = message.data.size();
+  std::string service_copy = service.name;
+  std::string identity = "api_key#" + std::to_string(credential_index);
+  // The callback keeps the runtime snapshot alive and owns everything it needs.
+  transport->deliver(
+      std::move(message), [respond = std::move(respond), runtime, id, size, role = role,
+                           service = service_copy, identity, n_recipients](DeliveryResult result) {
+        bool sent = result.status == DeliveryStatus::Sent && !result.accepted.empty();
+        const char* outcome = sent ? "sent" : "failed";
+        metrics::count_message(Ingress::Http, role, service, outcome);
+        if (sent) {
+          metrics::count_recipients(service, "sent", result.accepted.size());
+          if (!result.rejected.empty()) {
+            metrics::count_recipients(service, "rejected", result.rejected.size());
+          }
+        } else {
+          metrics::count_recipients(service, "failed", n_recipients);
+        }
+        log::info("message", {{"id", id},
+                              {"ingress", "http"},
+                              {"role", role},
+                              {"identity", identity},
+                              {"service", service},
+                              {"recipients", n_recipients},
+                              {"size", size},
+                              {"outcome", outcome},
+                              {"status", delivery_status_name(result.status)},
+                              {"smtp_code", result.smtp_code.value_or(0)},
+                              {"upstream_reply", result.smtp_reply}});
+        if (sent) {
+          respond(delivery_success(result, id));
+        } else if (result.status == DeliveryStatus::Sent) {
+          // Reported as sent but nobody took it: the first rejection decides.
+          DeliveryResult failure = result;
+          failure.status = DeliveryStatus::Rejected;
+          if (!result.rejected.empty()) {
+            failure.smtp_code = result.rejected.front().smtp_code;
+            failure.smtp_reply = result.rejected.front().smtp_reply;
+            failure.retryable = result.rejected.front().smtp_code / 100 == 4;
+          }
+          if (failure.message.empty()) failure.message = "All recipients were rejected";
+          respond(delivery_failure(failure));
+        } else {
+          respond(delivery_failure(result));
+        }
+      });
+}
+
+}  // namespace mailcar::http

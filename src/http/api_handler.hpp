@@ -1,0 +1,55 @@
+// The HTTP API as request -> response logic (SPEC §4). No I/O: delivery completes through the
+// runtime's Transport, whose callback produces the response later on the loop thread.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "http/request_parser.hpp"
+#include "http/response.hpp"
+#include "mailcar/runtime.hpp"
+
+namespace simdjson::dom {
+class parser;
+}
+
+namespace mailcar::http {
+
+using Respond = std::function<void(HttpResponse)>;
+using WallClock = std::function<uint64_t()>;  // milliseconds since the Unix epoch
+
+uint64_t system_now_ms();
+
+// Replaces every "{key}" for which lookup gives a value, in one left-to-right pass: inserted
+// values are not scanned again, unknown placeholders stay as they are.
+std::string expand_template(std::string_view text,
+                            const std::function<const std::string*(std::string_view)>& lookup);
+
+class ApiHandler {
+ public:
+  explicit ApiHandler(WallClock now_ms = system_now_ms);
+  ~ApiHandler();
+  ApiHandler(const ApiHandler&) = delete;
+  ApiHandler& operator=(const ApiHandler&) = delete;
+
+  // Answers `request`. `respond` is called exactly once: synchronously for everything except
+  // a send that reaches the transport, whose result answers later. `runtime` null: not ready.
+  // Nothing of `this` is used after handle() returns, so the handler may go away while a
+  // delivery is in flight.
+  void handle(const HttpRequest& request, std::shared_ptr<Runtime> runtime, Respond respond,
+              const std::string& remote);
+
+ private:
+  void handle_send(const HttpRequest& request, std::string_view service,
+                   std::shared_ptr<Runtime> runtime, Respond& respond, const std::string& remote);
+
+  WallClock now_ms_;
+  std::unique_ptr<simdjson::dom::parser> json_;  // reused across requests
+};
+
+}  // namespace mailcar::http

@@ -1,0 +1,356 @@
+#include "mailcar/http_server.hpp"
+
+#include <deque>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <utility>
+
+#include "http/api_handler.hpp"
+#include "http/request_parser.hpp"
+#include "http/response.hpp"
+#include "mailcar/log.hpp"
+#include "mailcar/metrics.hpp"
+#include "mailcar/net.hpp"
+
+namespace mailcar {
+namespace {
+
+using http::HttpRequest;
+using http::HttpResponse;
+
+// What a connection owes the client, in order: a parsed request, or the parse error that
+// ends the connection after everything before it was answered.
+struct QueueItem {
+  std::optional<HttpRequest> request;
+  int error_status = 0;
+};
+
+const char* error_message_for(int status) {
+  switch (status) {
+    case 413:
+      return "Request body too large.";
+    case 414:
+      return "Request target too long.";
+    case 431:
+      return "Request header fields too large.";
+    default:
+      return "Bad request.";
+  }
+}
+
+}  // namespace
+
+class HttpConnection;
+
+struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
+  uv_loop_t* loop = nullptr;
+  RuntimeSource runtime_source;
+  std::unique_ptr<net::Listener> listener;
+  std::unordered_map<HttpConnection*, std::shared_ptr<HttpConnection>> connections;
+  bool stopping = false;
+  std::function<void()> shutdown_done;
+  std::unique_ptr<net::Timer> grace_timer;
+
+  std::shared_ptr<Runtime> runtime() const { return runtime_source ? runtime_source() : nullptr; }
+  void accept(net::StreamPtr stream);
+  void remove(HttpConnection* connection);
+  void maybe_finish_shutdown();
+};
+
+class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
+ public:
+  HttpConnection(std::weak_ptr<HttpServer::Impl> server, net::StreamPtr stream, uv_loop_t* loop,
+                 const LimitsConfig& limits)
+      : server_(std::move(server)),
+        stream_(std::move(stream)),
+        parser_(http::body_limit_for(limits.max_message_bytes)),
+        timer_(loop),
+        idle_timeout_ms_(limits.idle_timeout_ms),
+        peer_(stream_->peer_address()) {}
+
+  void start() {
+    std::weak_ptr<HttpConnection> weak = shared_from_this();
+    stream_->on_close([weak](const net::NetError&) {
+      if (auto self = weak.lock()) self->on_stream_closed();
+    });
+    stream_->on_data([weak](std::string_view bytes) {
+      if (auto self = weak.lock()) self->on_data(bytes);
+    });
+    update_timer();
+  }
+
+  // The server stops: idle connections close now, busy ones after their answers.
+  void begin_shutdown() {
+    if (closing_) return;
+    stream_->pause_reading();
+    if (!in_flight_ && queue_.empty()) {
+      if (parser_.in_message()) write(http::error_response(503, "Shutting down."), false);
+      close();
+    }
+  }
+
+  // Grace is over: whatever is still open is told so (if nothing was answered yet) and closed.
+  void force_close() {
+    if (closing_) return;
+    if (in_flight_ || !queue_.empty() || parser_.in_message()) {
+      write(http::error_response(503, "Shutting down."), false);
+    }
+    close();
+  }
+
+  void abort() {
+    closing_ = true;
+    timer_.stop();
+    stream_->on_close(nullptr);
+    stream_->abort();
+  }
+
+ private:
+  enum class TimerMode { Off, Idle, Request };
+
+  bool server_stopping() const {
+    auto server = server_.lock();
+    return !server || server->stopping;
+  }
+
+  void on_data(std::string_view bytes) {
+    if (closing_ || parser_.failed()) return;
+    auto out = parser_.feed(bytes);
+    if (!out.requests.empty()) timer_mode_ = TimerMode::Off;  // a new request starts afresh
+    for (auto& request : out.requests) queue_.push_back(QueueItem{std::move(request), 0});
+    if (out.error_status) {
+      log::debug("http_bad_request",
+                 {{"status", *out.error_status}, {"reason", out.error_reason}, {"remote", peer_}});
+      queue_.push_back(QueueItem{std::nullopt, *out.error_status});
+      stream_->pause_reading();
+    }
+    if (out.continue_requested) continue_owed_ = true;
+    process();
+  }
+
+  void process() {
+    if (processing_ || closing_) return;
+    processing_ = true;
+    auto self = shared_from_this();  // a synchronous answer may end the connection
+    while (!in_flight_ && !queue_.empty() && !closing_) {
+      QueueItem item = std::move(queue_.front());
+      queue_.pop_front();
+      if (!item.request) {
+        write(http::error_response(item.error_status, error_message_for(item.error_status)), false);
+        close();
+        break;
+      }
+      if (server_stopping()) {
+        bool last = queue_.empty();
+        write(http::error_response(503, "Shutting down."), !last);
+        if (last) close();
+        continue;
+      }
+      in_flight_ = true;
+      bool keep_alive = item.request->keep_alive;
+      std::weak_ptr<HttpConnection> weak = self;
+      auto server = server_.lock();
+      handler_.handle(
+          *item.request, server ? server->runtime() : nullptr,
+          [weak, keep_alive](HttpResponse response) {
+            if (auto connection = weak.lock()) connection->finish(std::move(response), keep_alive);
+          },
+          peer_);
+    }
+    processing_ = false;
+    if (closing_) return;
+
+    if (queue_.size() >= HttpServer::kMaxQueuedRequests) {
+      stream_->pause_reading();
+      reading_paused_ = true;
+    } else if (reading_paused_ && !parser_.failed() && !server_stopping()) {
+      stream_->resume_reading();
+      reading_paused_ = false;
+    }
+    if (continue_owed_ && !in_flight_ && queue_.empty()) {
+      continue_owed_ = false;
+      // Only while the request that asked is still being received.
+      if (parser_.in_message()) stream_->write("HTTP/1.1 100 Continue\r\n\r\n");
+    }
+    if (server_stopping() && !in_flight_ && queue_.empty()) {
+      begin_shutdown();
+      return;
+    }
+    update_timer();
+  }
+
+  void finish(HttpResponse response, bool keep_alive) {
+    if (closing_ || !in_flight_) return;
+    in_flight_ = false;
+    // While stopping, the last answer on the connection says close.
+    bool keep = keep_alive && !(server_stopping() && queue_.empty());
+    write(response, keep);
+    if (!keep) {
+      close();
+      return;
+    }
+    process();
+  }
+
+  void write(const HttpResponse& response, bool keep_alive) {
+    stream_->write(http::serialize_response(response, keep_alive));
+  }
+
+  void close() {
+    if (closing_) return;
+    closing_ = true;
+    timer_.stop();
+    stream_->close();
+  }
+
+  void update_timer() {
+    if (closing_ || in_flight_ || !queue_.empty()) {
+      timer_.stop();
+      timer_mode_ = TimerMode::Off;
+      return;
+    }
+    if (parser_.in_message()) {
+      if (timer_mode_ == TimerMode::Request) return;  // reads do not extend a request's time
+      timer_mode_ = TimerMode::Request;
+    } else {
+      timer_mode_ = TimerMode::Idle;
+    }
+    std::weak_ptr<HttpConnection> weak = shared_from_this();
+    timer_.start(idle_timeout_ms_, [weak] {
+      if (auto self = weak.lock()) self->on_timeout();
+    });
+  }
+
+  void on_timeout() {
+    if (closing_) return;
+    if (timer_mode_ == TimerMode::Request) {
+      write(http::error_response(408, "Request not received in time."), false);
+    }
+    close();
+  }
+
+  void on_stream_closed() {
+    closing_ = true;
+    timer_.stop();
+    if (auto server = server_.lock()) server->remove(this);  // may destroy this
+  }
+
+  std::weak_ptr<HttpServer::Impl> server_;
+  net::StreamPtr stream_;
+  http::HttpRequestParser parser_;
+  http::ApiHandler handler_;
+  net::Timer timer_;
+  uint64_t idle_timeout_ms_;
+  std::string peer_;
+  std::deque<QueueItem> queue_;
+  TimerMode timer_mode_ = TimerMode::Off;
+  bool in_flight_ = false;
+  bool processing_ = false;
+  bool closing_ = false;
+  bool reading_paused_ = false;
+  bool continue_owed_ = false;
+};
+
+void HttpServer::Impl::accept(net::StreamPtr stream) {
+  auto snapshot = runtime();
+  LimitsConfig limits = snapshot && snapshot->config ? snapshot->config->limits : LimitsConfig{};
+  if (stopping) {
+    stream->abort();
+    return;
+  }
+  if (connections.size() >= limits.max_connections) {
+    log::warn("http_connection_refused",
+              {{"reason", "max_connections"}, {"remote", stream->peer_address()}});
+    stream->write(
+        http::serialize_response(http::error_response(503, "Too many connections."), false));
+    stream->close();
+    return;
+  }
+  auto connection = std::make_shared<HttpConnection>(weak_from_this(), stream, loop, limits);
+  connections.emplace(connection.get(), connection);
+  metrics::connection_opened("http");
+  connection->start();
+}
+
+void HttpServer::Impl::remove(HttpConnection* connection) {
+  auto it = connections.find(connection);
+  if (it == connections.end()) return;
+  auto keep = std::move(it->second);  // destroyed after the map no longer names it
+  connections.erase(it);
+  metrics::connection_closed("http");
+  maybe_finish_shutdown();
+}
+
+void HttpServer::Impl::maybe_finish_shutdown() {
+  if (!stopping || !connections.empty() || !shutdown_done) return;
+  if (grace_timer) grace_timer->stop();
+  auto done = std::move(shutdown_done);
+  shutdown_done = nullptr;
+  done();
+}
+
+HttpServer::HttpServer(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Result<std::unique_ptr<HttpServer>> HttpServer::start(uv_loop_t* loop, const ListenAddress& address,
+                                                      RuntimeSource runtime) {
+  auto impl = std::make_shared<Impl>();
+  impl->loop = loop;
+  impl->runtime_source = std::move(runtime);
+  std::weak_ptr<Impl> weak = impl;
+  auto listener = net::Listener::open(loop, address, [weak](net::StreamPtr stream) {
+    if (auto server = weak.lock()) {
+      server->accept(std::move(stream));
+    } else {
+      stream->abort();
+    }
+  });
+  if (!listener)
+    return make_error("http listener " + address.text + ": " + listener.error().message);
+  impl->listener = std::move(*listener);
+  return std::unique_ptr<HttpServer>(new HttpServer(std::move(impl)));
+}
+
+HttpServer::~HttpServer() {
+  if (impl_->listener) impl_->listener->close();
+  impl_->shutdown_done = nullptr;
+  auto connections = std::move(impl_->connections);
+  impl_->connections.clear();
+  for (auto& [ptr, connection] : connections) {
+    connection->abort();
+    metrics::connection_closed("http");
+  }
+}
+
+void HttpServer::stop_accepting() {
+  if (impl_->listener) impl_->listener->close();
+}
+
+void HttpServer::shutdown(uint64_t grace_ms, std::function<void()> done) {
+  stop_accepting();
+  impl_->stopping = true;
+  impl_->shutdown_done = std::move(done);
+  impl_->grace_timer = std::make_unique<net::Timer>(impl_->loop);
+  std::weak_ptr<Impl> weak = impl_;
+  impl_->grace_timer->start(grace_ms, [weak] {
+    auto server = weak.lock();
+    if (!server) return;
+    std::vector<std::shared_ptr<HttpConnection>> open;
+    for (auto& [ptr, connection] : server->connections) open.push_back(connection);
+    for (auto& connection : open) connection->force_close();
+  });
+  std::vector<std::shared_ptr<HttpConnection>> open;
+  for (auto& [ptr, connection] : impl_->connections) open.push_back(connection);
+  for (auto& connection : open) connection->begin_shutdown();
+  impl_->maybe_finish_shutdown();
+}
+
+size_t HttpServer::connection_count() const {
+  return impl_->connections.size();
+}
+
+uint16_t HttpServer::port() const {
+  return impl_->listener ? impl_->listener->port() : 0;
+}
+
+}  // namespace mailcar

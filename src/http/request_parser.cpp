@@ -1,0 +1,248 @@
+#include "http/request_parser.hpp"
+
+#include "mailcar/text.hpp"
+
+namespace mailcar::http {
+namespace {
+
+HttpRequestParser* self(llhttp_t* p) {
+  return static_cast<HttpRequestParser*>(p->data);
+}
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+}  // namespace
+
+uint64_t body_limit_for(uint64_t max_message_bytes) {
+  return (max_message_bytes + 2) / 3 * 4 + 64 * 1024;
+}
+
+std::optional<std::string_view> HttpRequest::header(std::string_view lower_name) const {
+  for (const auto& [name, value] : headers) {
+    if (name == lower_name) return std::string_view(value);
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string_view> HttpRequest::query_param(std::string_view name) const {
+  for (const auto& [key, value] : query) {
+    if (key == name) return std::string_view(value);
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> percent_decode(std::string_view s, bool plus_is_space) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size(); ++i) {
+    char c = s[i];
+    if (c == '%') {
+      if (i + 2 >= s.size()) return std::nullopt;
+      int hi = hex_value(s[i + 1]);
+      int lo = hex_value(s[i + 2]);
+      if (hi < 0 || lo < 0) return std::nullopt;
+      out.push_back(static_cast<char>(hi * 16 + lo));
+      i += 2;
+    } else if (c == '+' && plus_is_space) {
+      out.push_back(' ');
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
+std::optional<std::vector<std::pair<std::string, std::string>>> parse_query(std::string_view q) {
+  std::vector<std::pair<std::string, std::string>> out;
+  while (!q.empty()) {
+    size_t amp = q.find('&');
+    std::string_view part = q.substr(0, amp);
+    q = amp == std::string_view::npos ? std::string_view() : q.substr(amp + 1);
+    if (part.empty()) continue;
+    size_t eq = part.find('=');
+    auto key = percent_decode(part.substr(0, eq), true);
+    auto value = percent_decode(
+        eq == std::string_view::npos ? std::string_view() : part.substr(eq + 1), true);
+    if (!key || !value) return std::nullopt;
+    out.emplace_back(std::move(*key), std::move(*value));
+  }
+  return out;
+}
+
+HttpRequestParser::HttpRequestParser(uint64_t body_limit) : body_limit_(body_limit) {
+  llhttp_settings_init(&settings_);
+  settings_.on_message_begin = &HttpRequestParser::on_message_begin;
+  settings_.on_url = &HttpRequestParser::on_url;
+  settings_.on_header_field = &HttpRequestParser::on_header_field;
+  settings_.on_header_value = &HttpRequestParser::on_header_value;
+  settings_.on_headers_complete = &HttpRequestParser::on_headers_complete;
+  settings_.on_body = &HttpRequestParser::on_body;
+  settings_.on_message_complete = &HttpRequestParser::on_message_complete;
+  llhttp_init(&parser_, HTTP_REQUEST, &settings_);
+  parser_.data = this;
+}
+
+int HttpRequestParser::fail(int status, std::string reason) {
+  error_status_ = status;
+  error_reason_ = std::move(reason);
+  return -1;
+}
+
+bool HttpRequestParser::head_over_limit(const char* span_end) {
+  return head_bytes_before_ + static_cast<size_t>(span_end - exec_start_) > kMaxHeaderBytes;
+}
+
+void HttpRequestParser::finish_header() {
+  if (!in_value_) return;
+  current_.headers.emplace_back(text::lower_ascii(field_), std::string(text::trim(value_)));
+  field_.clear();
+  value_.clear();
+  in_value_ = false;
+}
+
+int HttpRequestParser::on_message_begin(llhttp_t* p) {
+  auto* s = self(p);
+  s->state_ = State::Head;
+  s->current_ = HttpRequest{};
+  s->field_.clear();
+  s->value_.clear();
+  s->in_value_ = false;
+  s->head_bytes_before_ = 0;
+  return 0;
+}
+
+int HttpRequestParser::on_url(llhttp_t* p, const char* at, size_t length) {
+  auto* s = self(p);
+  if (s->current_.target.size() + length > kMaxUrlBytes) return s->fail(414, "URI too long");
+  if (s->head_over_limit(at + length)) return s->fail(431, "header block too large");
+  s->current_.target.append(at, length);
+  return 0;
+}
+
+int HttpRequestParser::on_header_field(llhttp_t* p, const char* at, size_t length) {
+  auto* s = self(p);
+  if (s->head_over_limit(at + length)) return s->fail(431, "header block too large");
+  s->finish_header();
+  s->field_.append(at, length);
+  return 0;
+}
+
+int HttpRequestParser::on_header_value(llhttp_t* p, const char* at, size_t length) {
+  auto* s = self(p);
+  if (s->head_over_limit(at + length)) return s->fail(431, "header block too large");
+  s->in_value_ = true;
+  s->value_.append(at, length);
+  return 0;
+}
+
+int HttpRequestParser::on_headers_complete(llhttp_t* p) {
+  auto* s = self(p);
+  s->finish_header();
+  HttpRequest& r = s->current_;
+  r.method = llhttp_method_name(static_cast<llhttp_method_t>(p->method));
+  r.keep_alive = llhttp_should_keep_alive(p) != 0;
+
+  std::string_view target = r.target;
+  size_t q = target.find('?');
+  std::string_view raw_path = target.substr(0, q);
+  if (raw_path.empty() || raw_path.front() != '/') {
+    return s->fail(400, "request target is not an absolute path");
+  }
+  auto path = percent_decode(raw_path, false);
+  if (!path) return s->fail(400, "malformed percent escape in path");
+  r.path = std::move(*path);
+  if (q != std::string_view::npos) {
+    auto query = parse_query(target.substr(q + 1));
+    if (!query) return s->fail(400, "malformed percent escape in query");
+    r.query = std::move(*query);
+  }
+
+  // Refuse an oversized body from its announced length, before any of it is read.
+  if ((p->flags & F_CONTENT_LENGTH) != 0 && p->content_length > s->body_limit_) {
+    return s->fail(413, "Content-Length over the body limit");
+  }
+  bool body_expected =
+      (p->flags & F_CHUNKED) != 0 || ((p->flags & F_CONTENT_LENGTH) != 0 && p->content_length > 0);
+  auto expect = r.header("expect");
+  if (expect && text::iequals_ascii(*expect, "100-continue")) {
+    r.expect_continue = true;
+    if (body_expected && s->out_ != nullptr) s->out_->continue_requested = true;
+  }
+  if (body_expected && (p->flags & F_CONTENT_LENGTH) != 0) {
+    r.body.reserve(p->content_length);
+  }
+  s->state_ = State::Body;
+  return 0;
+}
+
+int HttpRequestParser::on_body(llhttp_t* p, const char* at, size_t length) {
+  auto* s = self(p);
+  if (s->current_.body.size() + length > s->body_limit_) {
+    return s->fail(413, "body over the body limit");
+  }
+  s->current_.body.append(at, length);
+  return 0;
+}
+
+int HttpRequestParser::on_message_complete(llhttp_t* p) {
+  auto* s = self(p);
+  if (s->out_ != nullptr) s->out_->requests.push_back(std::move(s->current_));
+  s->current_ = HttpRequest{};
+  s->state_ = State::Idle;
+  // Stop here so the next pipelined request starts a fresh execute (head accounting).
+  return HPE_PAUSED;
+}
+
+HttpRequestParser::Output HttpRequestParser::feed(std::string_view bytes) {
+  Output out;
+  if (state_ == State::Failed) {
+    out.error_status = error_status_;
+    out.error_reason = error_reason_;
+    return out;
+  }
+  out_ = &out;
+  const char* data = bytes.data();
+  const char* end = data + bytes.size();
+  while (data < end) {
+    exec_start_ = data;
+    llhttp_errno_t err = llhttp_execute(&parser_, data, static_cast<size_t>(end - data));
+    if (err == HPE_OK) {
+      if (state_ == State::Head) head_bytes_before_ += static_cast<size_t>(end - exec_start_);
+      if (head_bytes_before_ > kMaxHeaderBytes && state_ == State::Head) {
+        fail(431, "header block too large");
+        break;
+      }
+      data = end;
+      continue;
+    }
+    if (err == HPE_PAUSED) {
+      const char* pos = llhttp_get_error_pos(&parser_);
+      llhttp_resume(&parser_);
+      data = pos != nullptr && pos >= data && pos <= end ? pos : end;
+      continue;
+    }
+    if (err == HPE_PAUSED_UPGRADE) {
+      fail(400, "protocol upgrade not supported");
+      break;
+    }
+    if (error_status_ == 0) {
+      fail(400, llhttp_get_error_reason(&parser_) ? llhttp_get_error_reason(&parser_)
+                                                  : llhttp_errno_name(err));
+    }
+    break;
+  }
+  out_ = nullptr;
+  if (error_status_ != 0) {
+    state_ = State::Failed;
+    out.error_status = error_status_;
+    out.error_reason = error_reason_;
+  }
+  return out;
+}
+
+}  // namespace mailcar::http
