@@ -74,6 +74,9 @@ class Stream {
   // Start delivering data. Reading starts on the first call.
   virtual void on_data(DataFn fn) = 0;
   virtual void on_close(CloseFn fn) = 0;
+  // Called (from the loop) each time queued writes have all been handed to the kernel, so a
+  // writer of a large body can refill without polling. nullptr clears it.
+  virtual void on_drain(std::function<void()> fn) = 0;
 
   // Queue bytes for sending (encrypted when TLS is active). Never blocks.
   virtual void write(std::string bytes) = 0;

@@ -82,6 +82,8 @@ void TcpStream::on_data(DataFn fn) {
   update_reading();
 }
 
+void TcpStream::on_drain(std::function<void()> fn) { drain_fn_ = std::move(fn); }
+
 void TcpStream::on_close(CloseFn fn) {
   close_fn_ = std::move(fn);
 }
@@ -313,6 +315,10 @@ void TcpStream::write_raw(std::string bytes) {
     delete owned;
     if (status < 0 && status != UV_ECANCELED && self->state_ != State::Closing) {
       self->fail(NetErrorKind::Io, "write: " + uv_text(status));
+    } else if (status >= 0 && self->state_ == State::Open && self->drain_fn_ &&
+               self->write_backlog() == 0) {
+      auto fn = self->drain_fn_;  // the callback may replace or clear drain_fn_
+      fn();
     }
   });
   if (rc < 0) {
@@ -398,6 +404,7 @@ void TcpStream::finish() {
   self_ = nullptr;
   data_fn_ = nullptr;
   replacement_data_fn_ = nullptr;
+  drain_fn_ = nullptr;
   tls_.reset();
   if (reason_.kind == NetErrorKind::None) reason_ = NetError{NetErrorKind::Closed, "closed"};
   if (auto done = std::move(done_fn_)) {

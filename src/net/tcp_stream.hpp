@@ -27,6 +27,7 @@ class TcpStream final : public Stream, public std::enable_shared_from_this<TcpSt
 
   void on_data(DataFn fn) override;
   void on_close(CloseFn fn) override;
+  void on_drain(std::function<void()> fn) override;
   void write(std::string bytes) override;
   size_t write_backlog() const override;
   void pause_reading() override;
@@ -87,6 +88,7 @@ class TcpStream final : public Stream, public std::enable_shared_from_this<TcpSt
   bool in_data_cb_ = false;
   bool has_replacement_ = false;
   CloseFn close_fn_;
+  std::function<void()> drain_fn_;
   DoneFn done_fn_;
   NetError reason_;
 

@@ -20,7 +20,6 @@ namespace {
 constexpr uint64_t kDefaultIdleMs = 30'000;
 constexpr size_t kBodyChunk = 64 * 1024;
 constexpr size_t kMaxWriteBacklog = 256 * 1024;
-constexpr uint64_t kBodyPollMs = 2;  // no drain callback on Stream: poll the backlog
 
 struct Job {
   OutboundMessage message;
@@ -48,13 +47,12 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
   enum class Phase { Connecting, Handshake, Idle, Busy, Closing };
 
   struct Connection {
-    explicit Connection(uv_loop_t* loop) : timeout(loop), body_pump(loop) {}
+    explicit Connection(uv_loop_t* loop) : timeout(loop) {}
     uint64_t id = 0;
     Phase phase = Phase::Connecting;
     net::StreamPtr stream;
     std::unique_ptr<SmtpClientSession> session;
     net::Timer timeout;
-    net::Timer body_pump;
     JobPtr job;
     unsigned messages_done = 0;
     bool dead = false;
@@ -138,8 +136,8 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
     for (auto& conn : connections) {
       conn->dead = true;
       conn->timeout.stop();
-      conn->body_pump.stop();
       if (!conn->stream) continue;
+      conn->stream->on_drain(nullptr);
       if (conn->phase == Phase::Idle) {
         conn->stream->write("QUIT\r\n");
         conn->stream->close();
@@ -355,14 +353,15 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
       progressed = true;
     }
     if (!conn->session->body_pending()) {
-      conn->body_pump.stop();
+      conn->stream->on_drain(nullptr);
       rearm(conn);  // now waiting for the reply to "."
       return;
     }
     if (progressed) arm(conn, service.command_timeout_ms);  // no progress for that long: give up
-    conn->body_pump.start(kBodyPollMs, guarded(conn, [](Impl* self, const ConnectionPtr& c) {
-                            if (c->session->body_pending()) self->pump_body(c);
-                          }));
+    // The kernel took less than we queued: refill when the queue has drained.
+    conn->stream->on_drain(guarded(conn, [](Impl* self, const ConnectionPtr& c) {
+      if (c->session->body_pending()) self->pump_body(c);
+    }));
   }
 
   // ---- session output ----
@@ -523,8 +522,10 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
     conn->dead = true;
     conn->phase = Phase::Closing;
     conn->timeout.stop();
-    conn->body_pump.stop();
-    if (conn->stream) conn->stream->close();  // flushes a QUIT still queued
+    if (conn->stream) {
+      conn->stream->on_drain(nullptr);
+      conn->stream->close();  // flushes a QUIT still queued
+    }  // flushes a QUIT still queued
     if (conn->job) {
       // Defensive: a session that ended without reporting its message.
       JobPtr job = std::move(conn->job);

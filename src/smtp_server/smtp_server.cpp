@@ -153,6 +153,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void on_data(std::string_view bytes) {
     if (closing_) return;
     touch();
+    refresh_runtime();
     if (delaying_) {  // replies must stay in order behind a delayed 535
       held_.append(bytes);
       return;
@@ -160,7 +161,31 @@ class Connection : public std::enable_shared_from_this<Connection> {
     handle(session_->feed(bytes));
   }
 
+  // After a reload (SIGHUP) the next command of an open connection already uses the new
+  // configuration; a message in delivery keeps the snapshot it started with.
+  void refresh_runtime() {
+    std::shared_ptr<Runtime> current = server_->runtime ? server_->runtime() : nullptr;
+    if (!current || current == runtime_ || delivering_) return;
+    runtime_ = std::move(current);
+    credentials_.reset();
+    if (ConfigCredentials::any(*runtime_->config)) {
+      credentials_ = std::make_unique<ConfigCredentials>(runtime_->config);
+    }
+    session_->set_backends(credentials_.get(), runtime_->policy.get());
+  }
+
   void handle(smtp::SessionOutput out) {
+    for (const std::string& reason : out.refusals) {
+      log::info("message_refused",
+                {{"ingress", "smtp"},
+                 {"role", session_->role().empty() ? runtime_->config->smtp.anonymous_role.value_or("")
+                                                   : session_->role()},
+                 {"identity", session_->authenticated() ? "smtp:" + session_->auth_user()
+                                                        : std::string("anonymous")},
+                 {"service", runtime_->config->smtp.service},
+                 {"reason", reason},
+                 {"remote", remote_}});
+    }
     if (out.auth_failed) {
       log::warn("smtp_auth_failed", {{"remote", remote_}});
       delaying_ = true;

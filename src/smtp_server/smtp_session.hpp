@@ -77,6 +77,7 @@ struct SessionOutput {
   SessionEvent event = SessionEvent::None;
   std::optional<Submission> submission;  // set with Deliver
   bool auth_failed = false;              // the reply holds a 535: the glue may delay it
+  std::vector<std::string> refusals;     // policy reasons behind refusing replies, for the log
 };
 
 class SmtpServerSession {
@@ -91,6 +92,12 @@ class SmtpServerSession {
   void greeting_sent();
 
   SessionOutput feed(std::string_view bytes);
+  // A configuration reload: later commands are judged by the new credentials and policy
+  // (an authenticated role stays as it was).
+  void set_backends(const CredentialStore* credentials, const Policy* policy) {
+    credentials_ = credentials;
+    policy_ = policy;
+  }
   // TLS handshake done: forget everything learnt before it (RFC 3207 4.2).
   void tls_started();
   // The final reply to the end of data, e.g. (250, "2.0.0", "Ok: queued as <id>").

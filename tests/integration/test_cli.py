@@ -1,0 +1,126 @@
+"""Command line, configuration errors, signals and the zero-file setup (SPEC §2)."""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+
+from conftest import MAILCAR_BIN, SOURCE_DIR, Mailcar, basic_config, free_port, service_yaml
+
+
+def run(args, env=None, cwd=None):
+    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    full_env.update(env or {})
+    return subprocess.run([MAILCAR_BIN] + args, capture_output=True, text=True, timeout=30,
+                          env=full_env, cwd=cwd)
+
+
+def test_version_and_help():
+    r = run(["--version"])
+    assert r.returncode == 0 and re.match(r"mailcar \d+\.\d+\.\d+", r.stdout)
+    r = run(["--help"])
+    assert r.returncode == 0 and "--check" in r.stdout and "--config" in r.stdout
+    r = run(["--bogus"])
+    assert r.returncode != 0 and "unknown argument" in r.stderr
+
+
+def test_check_accepts_bundled_and_example_configs():
+    r = run(["--check", "-c", str(SOURCE_DIR / "conf" / "mailcar.yaml")])
+    assert r.returncode == 0, r.stderr
+    env = {k: f"value-of-{k}" for k in ["GMAIL_USER", "SMTP_PASSWORD", "WEBAPP_API_KEY", "M365_USER",
+                            "SES_SMTP_USERNAME", "SES_SMTP_PASSWORD", "RELAY_PASSWORD",
+                            "QA_API_KEY", "LEGACY_PASSWORD"]}
+    env["GMAIL_USER"] = "me@gmail.com"
+    env["M365_USER"] = "me@contoso.com"
+    for example in sorted((SOURCE_DIR / "conf" / "examples").glob("*.yaml")):
+        r = run(["--check", "-c", str(example)], env=env)
+        # Examples may point at secret files that do not exist here; anything else must pass.
+        if r.returncode != 0:
+            assert "_file" in r.stderr or "No such file" in r.stderr or "tls_" in r.stderr, \
+                f"{example.name}: {r.stderr}"
+
+
+def test_check_reports_file_line_column_and_key(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("listen:\n  http: 127.0.0.1:2580\nservices:\n  email:\n    host: x\n"
+                   "    prot: 25\n")
+    r = run(["--check", "-c", str(cfg)])
+    assert r.returncode == 1
+    assert f"{cfg}:6:5" in r.stderr, r.stderr
+    assert "prot" in r.stderr
+
+
+def test_bad_config_opens_no_port(tmp_path):
+    port = free_port()
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(f"listen:\n  http: 127.0.0.1:{port}\nservices:\n  email:\n"
+                   "    host: x\n    port: ${NOPE_NOT_SET}\n")
+    r = run(["-c", str(cfg)])
+    assert r.returncode == 1
+    assert "NOPE_NOT_SET" in r.stderr
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_env_only_config_and_sigterm(tmp_path, upstream_factory):
+    up = upstream_factory(mode="plain")
+    http_port = free_port()
+    env = {"MAIL_HOST": "127.0.0.1", "MAIL_PORT": str(up.port), "MAIL_ENCRYPTION": "null",
+           "MAIL_FROM_ADDRESS": "app@example.com", "MAIL_FROM_NAME": "App",
+           "MAILCAR_API_KEY": "env-key", "MAILCAR_HTTP_LISTEN": f"127.0.0.1:{http_port}",
+           "MAILCAR_SMTP_LISTEN": f"127.0.0.1:{free_port()}",
+           "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    # No config file: run from an empty folder so conf/mailcar.yaml is not found.
+    proc = subprocess.Popen([MAILCAR_BIN], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 10
+        import http.client
+        while True:
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", http_port, timeout=1)
+                c.request("GET", "/ready")
+                if c.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.time() < deadline and proc.poll() is None, proc.stdout.read().decode()
+            time.sleep(0.05)
+        c = http.client.HTTPConnection("127.0.0.1", http_port, timeout=30)
+        c.request("POST", "/api/v2/email", json.dumps({"to": "x@example.com", "subject": "s",
+                                                       "body_text": "b"}),
+                  {"Content-Type": "application/json", "X-DreamFactory-API-Key": "env-key"})
+        resp = c.getresponse()
+        assert resp.status == 200, resp.read()
+        [got] = up.wait_for(1)
+        assert got["mail_from"] == "app@example.com"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out.decode()
+    assert b"env-key" not in out
+
+
+def test_sighup_bad_config_keeps_old_one(mailcar_factory, upstream_factory):
+    up = upstream_factory(mode="plain")
+    mc = mailcar_factory(basic_config(service_yaml("email", up)))
+    assert mc.send("email", {"to": "a@example.com", "subject": "s", "body_text": "b"})[0] == 200
+    good = mc.config_path.read_text()
+    mc.config_path.write_text(good + "bogus_key: 1\n")
+    mc.signal(signal.SIGHUP)
+    deadline = time.time() + 5
+    while "reload_failed" not in mc.log() and time.time() < deadline:
+        time.sleep(0.05)
+    assert "reload_failed" in mc.log()
+    assert mc.send("email", {"to": "a@example.com", "subject": "s", "body_text": "b"})[0] == 200
+    # A valid reload takes effect: the key changes.
+    mc.config_path.write_text(good.replace("api_key: test-key", "api_key: new-key"))
+    mc.signal(signal.SIGHUP)
+    deadline = time.time() + 5
+    while '"reloaded"' not in mc.log() and time.time() < deadline:
+        time.sleep(0.05)
+    assert mc.send("email", {"to": "a@example.com", "subject": "s", "body_text": "b"})[0] == 401
+    assert mc.send("email", {"to": "a@example.com", "subject": "s", "body_text": "b"},
+                   key="new-key")[0] == 200

@@ -1,0 +1,306 @@
+"""HTTP JSON → mailcar → real upstream SMTP (issue 2), end to end."""
+import base64
+import json
+import re
+import subprocess
+
+from conftest import basic_config, parse_message, service_yaml
+
+SECRET = "s3cr3t-upstream-pw"
+
+
+def simple(to="alice@example.com", **extra):
+    recipients = [{"email": to, "name": "Alice"}] if isinstance(to, str) else to
+    payload = {"to": recipients, "subject": "Hello", "body_text": "Hi there"}
+    payload.update(extra)
+    return payload
+
+
+def assert_no_secrets(mc, *secrets):
+    log = mc.log()
+    for s in secrets:
+        assert s not in log, f"secret {s!r} leaked into the log"
+
+
+def test_plain_upstream_full_message(upstream_factory, mailcar_factory):
+    up = upstream_factory(mode="plain")
+    mc = mailcar_factory(basic_config(service_yaml("email", up)))
+    attachment = bytes(range(256)) * 10
+    status, body, _ = mc.send("email", {
+        "to": [{"email": "alice@example.com", "name": "Alice Ä"}, "bob@example.com"],
+        "cc": {"email": "carol@example.com"},
+        "bcc": ["dave@example.com"],
+        "subject": "Grüße, {first_name}!",
+        "body_text": "Hello {first_name}\n.\nA line with a dot above",
+        "body_html": "<p>Hello {first_name}</p>",
+        "from_name": "Support Team", "from_email": "support@example.com",
+        "reply_to_email": "help@example.com",
+        "attachments": [{"name": "données.bin", "content": base64.b64encode(attachment).decode(),
+                         "content_type": "application/octet-stream"}],
+        "template_data": {"first_name": "John"},
+    })
+    assert status == 200, body
+    assert body["count"] == 4
+    assert set(body["id"]) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.@_-")
+
+    [got] = up.wait_for(1)
+    assert got["mail_from"] == "support@example.com"
+    assert sorted(got["rcpt_tos"]) == sorted(["alice@example.com", "bob@example.com",
+                                              "carol@example.com", "dave@example.com"])
+    raw = got["data"]
+    assert b"\r\n" in raw
+    for line in raw.split(b"\r\n"):
+        assert len(line) <= 998
+    msg = parse_message(raw)
+    assert msg["Subject"] == "Grüße, John!"
+    assert msg["From"].addresses[0].addr_spec == "support@example.com"
+    assert msg["From"].addresses[0].display_name == "Support Team"
+    assert msg["Reply-To"].addresses[0].addr_spec == "help@example.com"
+    assert msg["Reply-To"].addresses[0].display_name == ""
+    assert {a.addr_spec for a in msg["To"].addresses} == {"alice@example.com", "bob@example.com"}
+    assert msg["To"].addresses[0].display_name == "Alice Ä"
+    assert msg["Cc"].addresses[0].addr_spec == "carol@example.com"
+    assert msg["Bcc"] is None and b"dave@example.com" not in raw
+    assert msg["Message-ID"] == f"<{body['id']}>"
+    assert msg["Date"] is not None and msg["MIME-Version"] == "1.0"
+    assert msg.get_content_type() == "multipart/mixed"
+    text = msg.get_body(("plain",)).get_content()
+    html = msg.get_body(("html",)).get_content()
+    assert text.replace("\r\n", "\n").rstrip("\n") == "Hello John\n.\nA line with a dot above"
+    assert "<p>Hello John</p>" in html
+    [att] = list(msg.iter_attachments())
+    assert att.get_filename() == "données.bin"
+    assert att.get_content() == attachment
+    assert_no_secrets(mc, "Hello John", "test-key")
+
+
+def test_starttls_with_auth(upstream_factory, mailcar_factory, certs):
+    up = upstream_factory(mode="starttls", auth=("relay-user", SECRET))
+    mc = mailcar_factory(basic_config(service_yaml("email", up, certs, "relay-user", SECRET)))
+    status, body, _ = mc.send("email", simple())
+    assert status == 200, body
+    assert body["count"] == 1
+    [got] = up.wait_for(1)
+    assert got["tls"] and got["auth"]
+    # The sender default pair rule: no from_* given → service from_email and from_name.
+    msg = parse_message(got["data"])
+    assert msg["From"].addresses[0].addr_spec == "noreply@example.com"
+    assert msg["From"].addresses[0].display_name == "Example App"
+    assert_no_secrets(mc, SECRET, "test-key")
+
+
+def test_implicit_tls_with_auth(upstream_factory, mailcar_factory, certs):
+    up = upstream_factory(mode="implicit", auth=("relay-user", SECRET))
+    mc = mailcar_factory(basic_config(service_yaml("email", up, certs, "relay-user", SECRET)))
+    status, body, _ = mc.send("email", simple())
+    assert status == 200, body
+    [got] = up.wait_for(1)
+    assert got["tls"] and got["auth"]
+
+
+def test_connections_are_reused(upstream_factory, mailcar_factory, certs):
+    up = upstream_factory(mode="starttls", auth=("relay-user", SECRET))
+    mc = mailcar_factory(basic_config(service_yaml("email", up, certs, "relay-user", SECRET,
+                                                   extra="connections: 1")))
+    for i in range(5):
+        status, body, _ = mc.send("email", simple(subject=f"n{i}"))
+        assert status == 200, body
+    msgs = up.wait_for(5)
+    # One upstream connection (same client port) carried all five messages.
+    assert len({m["peer"] for m in msgs}) == 1
+
+
+def test_wrong_certificate_name_is_refused(upstream_factory, mailcar_factory, certs):
+    up = upstream_factory(mode="starttls", auth=("relay-user", SECRET), wrong_cert=True)
+    mc = mailcar_factory(basic_config(service_yaml("email", up, certs, "relay-user", SECRET)))
+    status, body, _ = mc.send("email", simple())
+    assert status == 500, body
+    err = body["error"]
+    assert err["code"] == 500 and err["status_code"] == 500
+    assert err["message"] == "Certificate error"
+    assert err["context"]["retryable"] is False
+    assert up.messages == []
+    assert_no_secrets(mc, SECRET)
+
+
+def test_wrong_password(upstream_factory, mailcar_factory, certs):
+    up = upstream_factory(mode="starttls", auth=("relay-user", SECRET))
+    mc = mailcar_factory(basic_config(service_yaml("email", up, certs, "relay-user", "wrong-pw")))
+    status, body, _ = mc.send("email", simple())
+    assert status == 500, body
+    assert body["error"]["message"] == "Authentication failed"
+    assert body["error"]["context"]["retryable"] is False
+    assert body["error"]["context"]["smtp_code"] == 535
+    assert_no_secrets(mc, "wrong-pw")
+
+
+def test_refused_port(mailcar_factory):
+    from conftest import free_port
+
+    class Closed:
+        mode = "plain"
+        port = free_port()
+
+    mc = mailcar_factory(basic_config(service_yaml("email", Closed)))
+    status, body, _ = mc.send("email", simple())
+    assert status == 500, body
+    assert body["error"]["message"] == "Connection refused"
+    assert body["error"]["context"]["retryable"] is True
+    assert body["error"]["context"]["smtp_code"] is None
+
+
+def test_starttls_required_but_not_offered(upstream_factory, mailcar_factory, certs):
+    up = upstream_factory(mode="plain")
+    mc = mailcar_factory(basic_config(service_yaml("email", up, certs, encryption="tls")))
+    status, body, _ = mc.send("email", simple())
+    assert status == 500, body
+    assert up.messages == [], "mail must never go out in clear when STARTTLS is required"
+
+
+def test_one_recipient_rejected(upstream_factory, mailcar_factory):
+    up = upstream_factory(mode="plain", reject={"nobody@example.com": "550 5.1.1 No such user"})
+    mc = mailcar_factory(basic_config(service_yaml("email", up)))
+    status, body, _ = mc.send("email", simple(to=["alice@example.com", "nobody@example.com"]))
+    assert status == 200, body
+    assert body["count"] == 1
+    [rej] = body["rejected"]
+    assert rej["email"] == "nobody@example.com" and rej["smtp_code"] == 550
+    assert "No such user" in rej["smtp_reply"]
+    [got] = up.wait_for(1)
+    assert got["rcpt_tos"] == ["alice@example.com"]
+
+
+def test_all_recipients_rejected(upstream_factory, mailcar_factory):
+    up = upstream_factory(mode="plain", reject={"nobody@example.com": "550 5.1.1 No such user"})
+    mc = mailcar_factory(basic_config(service_yaml("email", up)))
+    status, body, _ = mc.send("email", simple(to="nobody@example.com"))
+    assert status == 500, body
+    assert body["error"]["context"]["smtp_code"] == 550
+    assert body["error"]["context"]["retryable"] is False
+
+
+def test_temporary_upstream_failure_is_retryable(upstream_factory, mailcar_factory):
+    up = upstream_factory(mode="plain", reject_data="451 4.3.0 Try later")
+    mc = mailcar_factory(basic_config(service_yaml("email", up)))
+    status, body, _ = mc.send("email", simple())
+    assert status == 500, body
+    assert body["error"]["context"]["smtp_code"] == 451
+    assert body["error"]["context"]["retryable"] is True
+
+
+def test_client_errors(upstream_factory, mailcar_factory):
+    up = upstream_factory(mode="plain")
+    mc = mailcar_factory(basic_config(service_yaml("email", up)))
+    # 404: unknown service, even without a key (404 comes before 401).
+    assert mc.send("nosuch", simple(), key=None)[0] == 404
+    # 401: no key, wrong key.
+    assert mc.send("email", simple(), key=None)[0] == 401
+    assert mc.send("email", simple(), key="wrong")[0] == 401
+    # Key by query string, by Bearer and in the body also work.
+    assert mc.request("POST", "/api/v2/email?api_key=test-key", json.dumps(simple()),
+                      {"Content-Type": "application/json"})[0] == 200
+    assert mc.send("email", simple(), key=None,
+                   headers={"Authorization": "Bearer test-key"})[0] == 200
+    assert mc.send("email", dict(simple(), api_key="test-key"), key=None)[0] == 200
+    # 415: not JSON.
+    assert mc.request("POST", "/api/v2/email", "to=a", {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "X-DreamFactory-API-Key": "test-key"})[0] == 415
+    # 400s.
+    status, body, _ = mc.send("email", "{not json", headers={"Content-Type": "application/json"})
+    assert status == 400 and body["error"]["code"] == 400
+    assert mc.send("email", {"subject": "x", "body_text": "y"})[0] == 400  # no recipient
+    assert mc.send("email", {"to": "a@example.com", "subject": "x"})[0] == 400  # no body
+    assert mc.send("email", simple(to="not-an-address"))[0] == 400
+    assert mc.send("email", simple(subject="a\r\nBcc: evil@example.com"))[0] == 400
+    assert mc.send("email", simple(from_name="x\nBcc: evil@example.com"))[0] == 400
+    assert mc.send("email", simple(attachments=[{"name": "a", "content": "!!!"}]))[0] == 400
+    # Template value that smuggles a line break into the subject.
+    assert mc.send("email", simple(subject="Hi {n}", template_data={"n": "x\r\nBcc: e@x.com"}))[0] == 400
+    # 405 and 404 on other paths.
+    assert mc.request("GET", "/api/v2/email")[0] == 405
+    assert mc.request("GET", "/nope")[0] == 404
+    assert mc.request("GET", "/health")[0] == 200
+    for m in up.messages:
+        assert b"evil@example.com" not in m["data"]
+    assert_no_secrets(mc, "test-key")
+
+
+def test_body_over_limit_is_413(upstream_factory, mailcar_factory):
+    up = upstream_factory(mode="plain")
+    cfg = basic_config(service_yaml("email", up)).replace(
+        "limits:\n", "limits:\n  max_message_bytes: 10000\n")
+    mc = mailcar_factory(cfg)
+    assert mc.send("email", simple(body_text="x" * 50_000))[0] == 413
+    # A body claimed far over the limit is refused from the header alone.
+    status, _, _ = mc.request("POST", "/api/v2/email", b"{", {
+        "Content-Type": "application/json", "X-DreamFactory-API-Key": "test-key",
+        "Content-Length": "100000000"})
+    assert status == 413
+    assert mc.send("email", simple())[0] == 200
+    assert up.wait_for(1)
+
+
+def test_curl_keepalive_and_pipelining(upstream_factory, mailcar_factory):
+    up = upstream_factory(mode="plain")
+    mc = mailcar_factory(basic_config(service_yaml("email", up)))
+    url = f"http://127.0.0.1:{mc.http_port}/api/v2/email"
+    payload = json.dumps(simple())
+    args = ["curl", "-sS"]
+    for _ in range(3):
+        args += ["-o", "/dev/null", "-w", "%{http_code} %{num_connects}\\n", "-H", "Content-Type: application/json", "-H", "X-DreamFactory-API-Key: test-key",
+                 "--data", payload, url, "--next"]
+    args = args[:-1]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=60, check=True).stdout
+    lines = out.split()
+    assert lines[0::2] == ["200", "200", "200"]
+    assert lines[1::2] == ["1", "0", "0"], "curl should reuse one keep-alive connection"
+    up.wait_for(3)
+
+    # Two requests written back to back on one socket get two responses in order.
+    import socket
+    body = json.dumps(simple()).encode()
+    req = (b"POST /api/v2/email HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+           b"X-DreamFactory-API-Key: test-key\r\nContent-Length: " + str(len(body)).encode() +
+           b"\r\n\r\n" + body)
+    with socket.create_connection(("127.0.0.1", mc.http_port), timeout=30) as s:
+        s.sendall(req + req.replace(b"/api/v2/email", b"/api/v2/nosuch") + b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", data)
+    assert statuses == [b"200", b"404", b"200"]
+
+
+def test_file_driver_writes_outbox(mailcar_factory, tmp_path):
+    cfg = """listen:
+  http: 127.0.0.1:{HTTP_PORT}
+services:
+  outbox:
+    driver: file
+    path: ./outbox
+    from_email: noreply@example.com
+roles:
+  app:
+    senders: ["*@example.com"]
+credentials:
+  - api_key: test-key
+    role: app
+"""
+    mc = mailcar_factory(cfg)
+    status, body, _ = mc.send("outbox", simple(bcc="hidden@example.com"))
+    assert status == 200, body
+    assert body["count"] == 2
+    eml = mc.dir / "outbox" / f"{body['id']}.eml"
+    assert eml.exists(), list((mc.dir / "outbox").iterdir())
+    msg = parse_message(eml.read_bytes())
+    assert msg["Subject"] == "Hello"
+    assert msg["Bcc"] is None
+    leftovers = [p.name for p in (mc.dir / "outbox").iterdir() if not p.name.endswith(".eml")]
+    assert leftovers == []
+    # Sender outside the role's patterns: 403.
+    status, body, _ = mc.send("outbox", simple(from_email="x@other.org"))
+    assert status == 403, body
