@@ -63,10 +63,10 @@ struct CredentialConfig {
 };
 
 struct SmtpIngressConfig {
-  std::string service;                       // required when listen.smtp is set
+  std::string service;                        // required when listen.smtp is set
   std::optional<std::string> anonymous_role;  // nullopt: AUTH required
-  std::string hostname;                      // default: the machine's host name
-  std::string tls_cert;                      // STARTTLS offered when both are set
+  std::string hostname;                       // default: the machine's host name
+  std::string tls_cert;                       // STARTTLS offered when both are set
   std::string tls_key;
 };
 
@@ -128,7 +128,7 @@ Result<Config> config_from_environment(EnvLookup env = process_env);
 // Parsers for the value syntaxes, shared by the loader and its tests.
 std::optional<Rate> parse_rate(std::string_view text);
 std::optional<uint64_t> parse_duration_ms(std::string_view text);  // 250ms, 30s, 5m, 2h, 3d
-std::optional<uint64_t> parse_size_bytes(std::string_view text);    // 1024, 10KB, 10MB, 1GB
+std::optional<uint64_t> parse_size_bytes(std::string_view text);   // 1024, 10KB, 10MB, 1GB
 std::optional<ListenAddress> parse_listen_address(std::string_view text);
 
 }  // namespace mailcar

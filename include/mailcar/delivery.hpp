@@ -14,15 +14,15 @@
 namespace mailcar {
 
 enum class DeliveryStatus {
-  Sent,                 // upstream accepted the message for >= 1 recipient (see rejected)
-  ConnectionRefused,    // "Connection refused" (also: DNS failure, network unreachable)
-  ConnectionTimedOut,   // "Connection timed out" (connect, TLS handshake or any reply)
-  CertificateError,     // "Certificate error": chain or host name did not verify
-  AuthenticationFailed, // "Authentication failed": AUTH refused, or AUTH needed but not offered
-  TlsUnavailable,       // encryption: tls but the server offered no STARTTLS (never downgraded)
-  Rejected,             // the upstream refused with an SMTP reply (MAIL, all RCPTs, DATA, ...)
-  ProtocolError,        // the upstream spoke something that is not SMTP, or closed mid-reply
-  ShuttingDown,         // mailcar is stopping and did not start this delivery
+  Sent,                  // upstream accepted the message for >= 1 recipient (see rejected)
+  ConnectionRefused,     // "Connection refused" (also: DNS failure, network unreachable)
+  ConnectionTimedOut,    // "Connection timed out" (connect, TLS handshake or any reply)
+  CertificateError,      // "Certificate error": chain or host name did not verify
+  AuthenticationFailed,  // "Authentication failed": AUTH refused, or AUTH needed but not offered
+  TlsUnavailable,        // encryption: tls but the server offered no STARTTLS (never downgraded)
+  Rejected,              // the upstream refused with an SMTP reply (MAIL, all RCPTs, DATA, ...)
+  ProtocolError,         // the upstream spoke something that is not SMTP, or closed mid-reply
+  ShuttingDown,          // mailcar is stopping and did not start this delivery
 };
 
 struct RecipientOutcome {
@@ -33,13 +33,13 @@ struct RecipientOutcome {
 
 struct DeliveryResult {
   DeliveryStatus status = DeliveryStatus::Sent;
-  std::string message;                 // human text; for failures the SPEC §4 500 messages
-  std::optional<int> smtp_code;        // the deciding upstream reply, if the upstream answered
+  std::string message;           // human text; for failures the SPEC §4 500 messages
+  std::optional<int> smtp_code;  // the deciding upstream reply, if the upstream answered
   std::string smtp_reply;
-  bool retryable = false;              // refused/timed out/4xx: true; cert/auth/5xx: false
-  std::vector<std::string> accepted;   // recipients the upstream took
+  bool retryable = false;             // refused/timed out/4xx: true; cert/auth/5xx: false
+  std::vector<std::string> accepted;  // recipients the upstream took
   std::vector<RecipientOutcome> rejected;
-  double upstream_seconds = 0;         // wall time spent on this message upstream
+  double upstream_seconds = 0;  // wall time spent on this message upstream
 };
 
 using DeliveryCallback = std::function<void(DeliveryResult)>;
@@ -55,5 +55,7 @@ class Transport {
 };
 
 const char* delivery_status_name(DeliveryStatus s);
+// A failed result with no upstream reply attached.
+DeliveryResult delivery_failure(DeliveryStatus status, std::string message, bool retryable);
 
 }  // namespace mailcar

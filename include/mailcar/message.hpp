@@ -39,10 +39,10 @@ struct MessageContent {
 // header, not dot-stuffed: the SMTP client stuffs while sending).
 struct OutboundMessage {
   std::string id;  // Message-ID without angle brackets; [A-Za-z0-9.@_-] when mailcar made it
-  std::string envelope_from;               // MAIL FROM; may be empty (null reverse-path)
+  std::string envelope_from;                // MAIL FROM; may be empty (null reverse-path)
   std::vector<std::string> envelope_rcpts;  // RCPT TO, in order, no duplicates
   std::string data;
-  bool smtputf8 = false;  // an envelope address is non-ASCII: needs SMTPUTF8 upstream
+  bool smtputf8 = false;   // an envelope address is non-ASCII: needs SMTPUTF8 upstream
   bool eight_bit = false;  // data holds 8-bit bytes: send BODY=8BITMIME when offered
 };
 
@@ -56,6 +56,8 @@ struct Submitter {
   std::string remote;    // peer address "ip:port"
 };
 
-inline const char* ingress_name(Ingress i) { return i == Ingress::Http ? "http" : "smtp"; }
+inline const char* ingress_name(Ingress i) {
+  return i == Ingress::Http ? "http" : "smtp";
+}
 
 }  // namespace mailcar

@@ -22,11 +22,11 @@ struct PolicyRequest {
 
 enum class Verdict {
   Allow,
-  UnknownRole,         // credentials name a role that does not exist: 403
-  ServiceNotAllowed,   // 403 / SMTP 550 5.7.1
-  SenderNotAllowed,    // 403 / SMTP 550 5.7.1
-  TooManyRecipients,   // 403 / SMTP 452 4.5.3 (also: more than a rate window's N)
-  RateLimited,         // 429 / SMTP 450 4.7.1
+  UnknownRole,        // credentials name a role that does not exist: 403
+  ServiceNotAllowed,  // 403 / SMTP 550 5.7.1
+  SenderNotAllowed,   // 403 / SMTP 550 5.7.1
+  TooManyRecipients,  // 403 / SMTP 452 4.5.3 (also: more than a rate window's N)
+  RateLimited,        // 429 / SMTP 450 4.7.1
 };
 
 struct PolicyDecision {

@@ -97,7 +97,8 @@ Result<Config> load(const ConfigSource& src) {
   if (cfg->spool) {
     // Spool mode (SPEC §7) is specified but not built yet. Refuse rather than silently run in
     // direct mode, which would break the acknowledgement guarantee the operator asked for.
-    return make_error(cfg->file + ": spool: spool mode is not implemented in this version; "
+    return make_error(cfg->file +
+                      ": spool: spool mode is not implemented in this version; "
                       "remove the spool section to run in direct mode");
   }
   return cfg;
@@ -165,7 +166,8 @@ class Daemon {
     watch_signal(sigint_, SIGINT);
     watch_signal(sighup_, SIGHUP);
     state_timer_ = std::make_unique<net::Timer>(&loop_);
-    state_timer_->start(kStateSaveMs, [this] { save_state(); }, kStateSaveMs);
+    state_timer_->start(
+        kStateSaveMs, [this] { save_state(); }, kStateSaveMs);
 
     log::info("started",
               {{"version", MAILCAR_VERSION},
@@ -227,8 +229,7 @@ class Daemon {
     };
     if (listen_text(cfg.listen_http) != listen_text(config_->listen_http) ||
         listen_text(cfg.listen_smtp) != listen_text(config_->listen_smtp)) {
-      log::warn("reload_listen_unchanged",
-                {{"reason", "listen addresses change only on restart"}});
+      log::warn("reload_listen_unchanged", {{"reason", "listen addresses change only on restart"}});
     }
     auto old = runtime_;
     runtime_ = build_runtime(cfg, old.get());

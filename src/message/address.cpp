@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "mailcar/text.hpp"
+#include "message/char_class.hpp"
 
 namespace mailcar {
 namespace {
@@ -13,42 +14,6 @@ constexpr size_t kMaxLocal = 64;
 constexpr size_t kMaxDomain = 255;
 constexpr size_t kMaxLabel = 63;
 constexpr size_t kMaxAddress = 254;  // RFC 5321 path (256) minus the angle brackets
-
-bool is_alpha(unsigned char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-}
-bool is_digit(unsigned char c) {
-  return c >= '0' && c <= '9';
-}
-
-// RFC 5322 atext plus RFC 6531 UTF8-non-ascii (UTF-8 validity is checked separately).
-bool is_atext(unsigned char c) {
-  if (is_alpha(c) || is_digit(c) || c >= 0x80) return true;
-  switch (c) {
-    case '!':
-    case '#':
-    case '$':
-    case '%':
-    case '&':
-    case '\'':
-    case '*':
-    case '+':
-    case '-':
-    case '/':
-    case '=':
-    case '?':
-    case '^':
-    case '_':
-    case '`':
-    case '{':
-    case '|':
-    case '}':
-    case '~':
-      return true;
-    default:
-      return false;
-  }
-}
 
 // Length of the UTF-8 sequence at s[i], or 0 when it is invalid.
 size_t utf8_sequence_length(std::string_view s, size_t i) {
@@ -110,7 +75,7 @@ Result<void> check_local(std::string_view local) {
       if (prev == '.') return make_error("consecutive dots in local part");
     } else if (c == ' ' || c == '\t') {
       return make_error("space in local part (quote it)");
-    } else if (!is_atext(c)) {
+    } else if (!is_atext_utf8(c)) {
       return make_error("invalid character in local part");
     }
     prev = ch;
@@ -156,7 +121,7 @@ Result<void> check_domain(std::string_view domain) {
     }
     for (char ch : label) {
       auto c = static_cast<unsigned char>(ch);
-      if (!(is_alpha(c) || is_digit(c) || c == '-' || c >= 0x80)) {
+      if (!(is_ascii_alnum(c) || c == '-' || c >= 0x80)) {
         return make_error("invalid domain: character not allowed");
       }
     }

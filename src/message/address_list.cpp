@@ -5,6 +5,7 @@
 
 #include "mailcar/address.hpp"
 #include "mailcar/text.hpp"
+#include "message/char_class.hpp"
 
 namespace mailcar {
 namespace {
@@ -19,36 +20,6 @@ struct Token {
   bool space_before = false;
   std::string comment_before;  // text of the last comment in front of this token
 };
-
-bool is_atext_byte(unsigned char c) {
-  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c >= 0x80) {
-    return true;
-  }
-  switch (c) {
-    case '!':
-    case '#':
-    case '$':
-    case '%':
-    case '&':
-    case '\'':
-    case '*':
-    case '+':
-    case '-':
-    case '/':
-    case '=':
-    case '?':
-    case '^':
-    case '_':
-    case '`':
-    case '{':
-    case '|':
-    case '}':
-    case '~':
-      return true;
-    default:
-      return false;
-  }
-}
 
 class Lexer {
  public:
@@ -77,9 +48,9 @@ class Lexer {
           }
         }
         pos_ = end + 1;
-      } else if (is_atext_byte(c)) {
+      } else if (is_atext_utf8(c)) {
         size_t start = pos_;
-        while (pos_ < in_.size() && is_atext_byte(static_cast<unsigned char>(in_[pos_]))) ++pos_;
+        while (pos_ < in_.size() && is_atext_utf8(static_cast<unsigned char>(in_[pos_]))) ++pos_;
         pending.kind = TokenKind::Atom;
         pending.raw = pending.value = std::string(in_.substr(start, pos_ - start));
       } else if (c == '<' || c == '>' || c == ':' || c == ';' || c == '@' || c == ',' || c == '.') {

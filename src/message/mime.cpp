@@ -7,6 +7,7 @@
 
 #include "mailcar/address.hpp"
 #include "mailcar/text.hpp"
+#include "message/char_class.hpp"
 #include "message/line_ends.hpp"
 
 namespace mailcar {
@@ -22,34 +23,6 @@ constexpr size_t kQpLineChars = 76;
 
 bool is_continuation_byte(char c) {
   return (static_cast<unsigned char>(c) & 0xC0) == 0x80;
-}
-
-bool is_atext_ascii(unsigned char c) {
-  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
-  switch (c) {
-    case '!':
-    case '#':
-    case '$':
-    case '%':
-    case '&':
-    case '\'':
-    case '*':
-    case '+':
-    case '-':
-    case '/':
-    case '=':
-    case '?':
-    case '^':
-    case '_':
-    case '`':
-    case '{':
-    case '|':
-    case '}':
-    case '~':
-      return true;
-    default:
-      return false;
-  }
 }
 
 // RFC 2045 token character (type, subtype).

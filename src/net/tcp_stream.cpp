@@ -82,7 +82,9 @@ void TcpStream::on_data(DataFn fn) {
   update_reading();
 }
 
-void TcpStream::on_drain(std::function<void()> fn) { drain_fn_ = std::move(fn); }
+void TcpStream::on_drain(std::function<void()> fn) {
+  drain_fn_ = std::move(fn);
+}
 
 void TcpStream::on_close(CloseFn fn) {
   close_fn_ = std::move(fn);

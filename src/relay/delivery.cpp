@@ -26,4 +26,12 @@ const char* delivery_status_name(DeliveryStatus s) {
   return "unknown";
 }
 
+DeliveryResult delivery_failure(DeliveryStatus status, std::string message, bool retryable) {
+  DeliveryResult r;
+  r.status = status;
+  r.message = std::move(message);
+  r.retryable = retryable;
+  return r;
+}
+
 }  // namespace mailcar

@@ -30,17 +30,10 @@ DeliveryResult rejection(const SmtpReply& reply) {
   return reply_result(DeliveryStatus::Rejected, reply, {});
 }
 
-DeliveryResult plain_result(DeliveryStatus status, std::string message, bool retryable) {
-  DeliveryResult r;
-  r.status = status;
-  r.message = std::move(message);
-  r.retryable = retryable;
-  return r;
-}
-
 DeliveryResult protocol_error(std::string detail) {
   // A peer that does not speak SMTP will not start to on a retry.
-  return plain_result(DeliveryStatus::ProtocolError, "upstream protocol error: " + detail, false);
+  return delivery_failure(DeliveryStatus::ProtocolError, "upstream protocol error: " + detail,
+                          false);
 }
 
 // Envelope addresses go into command lines verbatim: refuse anything that could end or
@@ -280,8 +273,9 @@ void SmtpClientSession::after_hello(SmtpClientOutput& out) {
   if (options_.encryption == Encryption::StartTls && !tls_done_) {
     if (!extensions_.starttls) {
       // encryption: tls means never in clear; there is no fallback.
-      fail(plain_result(DeliveryStatus::TlsUnavailable, "server does not offer STARTTLS", false),
-           out);
+      fail(
+          delivery_failure(DeliveryStatus::TlsUnavailable, "server does not offer STARTTLS", false),
+          out);
       return;
     }
     state_ = State::StartTls;
@@ -308,14 +302,15 @@ void SmtpClientSession::start_auth(SmtpClientOutput& out) {
     state_ = State::AuthLogin;
     send(Command::AuthLogin, "AUTH LOGIN\r\n", out);
   } else {
-    fail(plain_result(DeliveryStatus::AuthenticationFailed,
-                      extensions_.auth
-                          ? "Authentication failed: upstream offers no supported AUTH mechanism "
-                            "(PLAIN or LOGIN)"
-                          : "Authentication failed: credentials are configured but the upstream "
-                            "does not offer AUTH",
-                      false),
-         out);
+    fail(
+        delivery_failure(DeliveryStatus::AuthenticationFailed,
+                         extensions_.auth
+                             ? "Authentication failed: upstream offers no supported AUTH mechanism "
+                               "(PLAIN or LOGIN)"
+                             : "Authentication failed: credentials are configured but the upstream "
+                               "does not offer AUTH",
+                         false),
+        out);
   }
 }
 
@@ -342,33 +337,34 @@ SmtpClientOutput SmtpClientSession::start_message(const OutboundMessage& message
     return out;
   };
   if (state_ != State::Ready || message_ != nullptr) {
-    return refuse(plain_result(DeliveryStatus::ProtocolError,
-                               "upstream session is not ready for a message", true));
+    return refuse(delivery_failure(DeliveryStatus::ProtocolError,
+                                   "upstream session is not ready for a message", true));
   }
   if (message.envelope_rcpts.empty()) {
-    return refuse(plain_result(DeliveryStatus::Rejected, "message has no recipients", false));
+    return refuse(delivery_failure(DeliveryStatus::Rejected, "message has no recipients", false));
   }
   bool addresses_ok = safe_for_command(message.envelope_from);
   for (const auto& rcpt : message.envelope_rcpts)
     addresses_ok = addresses_ok && safe_for_command(rcpt);
   if (!addresses_ok) {
-    return refuse(plain_result(DeliveryStatus::Rejected,
-                               "envelope address contains characters not allowed in SMTP", false));
+    return refuse(delivery_failure(DeliveryStatus::Rejected,
+                                   "envelope address contains characters not allowed in SMTP",
+                                   false));
   }
   if (extensions_.size > 0 && message.data.size() > extensions_.size) {
-    DeliveryResult r = plain_result(DeliveryStatus::Rejected,
-                                    "message size " + std::to_string(message.data.size()) +
-                                        " exceeds the upstream's limit of " +
-                                        std::to_string(extensions_.size) + " bytes",
-                                    false);
+    DeliveryResult r = delivery_failure(DeliveryStatus::Rejected,
+                                        "message size " + std::to_string(message.data.size()) +
+                                            " exceeds the upstream's limit of " +
+                                            std::to_string(extensions_.size) + " bytes",
+                                        false);
     r.smtp_code = 552;
     r.smtp_reply = "5.3.4 " + r.message;
     return refuse(std::move(r));
   }
   if (message.smtputf8 && !extensions_.smtputf8) {
-    return refuse(
-        plain_result(DeliveryStatus::Rejected,
-                     "upstream does not support SMTPUTF8 (needed for non-ASCII addresses)", false));
+    return refuse(delivery_failure(
+        DeliveryStatus::Rejected,
+        "upstream does not support SMTPUTF8 (needed for non-ASCII addresses)", false));
   }
 
   message_ = &message;
@@ -446,8 +442,8 @@ void SmtpClientSession::handle_transaction_reply(Command command, const SmtpRepl
       }
       if (accepted_.empty()) {
         // Nobody to send to: no DATA (or, pipelined, its refusal is drained).
-        DeliveryResult r = plain_result(DeliveryStatus::Rejected, rejected_.front().smtp_reply,
-                                        is_temporary(rejected_.front().smtp_code));
+        DeliveryResult r = delivery_failure(DeliveryStatus::Rejected, rejected_.front().smtp_reply,
+                                            is_temporary(rejected_.front().smtp_code));
         r.smtp_code = rejected_.front().smtp_code;
         r.smtp_reply = rejected_.front().smtp_reply;
         finish_message(std::move(r), out);
@@ -543,7 +539,7 @@ SmtpClientOutput SmtpClientSession::quit() {
     state_ = State::Quit;
     send(Command::Quit, "QUIT\r\n", out);
   } else if (!terminal() && state_ != State::Quit) {
-    fail(plain_result(DeliveryStatus::ShuttingDown, "connection closed by mailcar", true), out);
+    fail(delivery_failure(DeliveryStatus::ShuttingDown, "connection closed by mailcar", true), out);
     state_ = State::Closed;
   }
   return out;

@@ -29,16 +29,8 @@ struct Job {
 };
 using JobPtr = std::shared_ptr<Job>;
 
-DeliveryResult failure(DeliveryStatus status, std::string message, bool retryable) {
-  DeliveryResult r;
-  r.status = status;
-  r.message = std::move(message);
-  r.retryable = retryable;
-  return r;
-}
-
 DeliveryResult timed_out() {
-  return failure(DeliveryStatus::ConnectionTimedOut, "Connection timed out", true);
+  return delivery_failure(DeliveryStatus::ConnectionTimedOut, "Connection timed out", true);
 }
 
 }  // namespace
@@ -117,7 +109,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
     job->started_ns = uv_hrtime();
     if (shutting_down || destroyed) {
       defer([job] {
-        job->done(failure(DeliveryStatus::ShuttingDown, "mailcar is shutting down", true));
+        job->done(delivery_failure(DeliveryStatus::ShuttingDown, "mailcar is shutting down", true));
       });
       return;
     }
@@ -477,21 +469,22 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
     switch (why.kind) {
       case net::NetErrorKind::Resolve:
       case net::NetErrorKind::Refused:
-        return failure(DeliveryStatus::ConnectionRefused, "Connection refused", true);
+        return delivery_failure(DeliveryStatus::ConnectionRefused, "Connection refused", true);
       case net::NetErrorKind::TimedOut:
         return timed_out();
       case net::NetErrorKind::Certificate:
-        return failure(DeliveryStatus::CertificateError, "Certificate error", false);
+        return delivery_failure(DeliveryStatus::CertificateError, "Certificate error", false);
       case net::NetErrorKind::Tls:
-        return failure(DeliveryStatus::ProtocolError, "TLS failure: " + why.detail, true);
+        return delivery_failure(DeliveryStatus::ProtocolError, "TLS failure: " + why.detail, true);
       case net::NetErrorKind::None:
       case net::NetErrorKind::Closed:
       case net::NetErrorKind::Io:
         break;
     }
-    if (!answered) return failure(DeliveryStatus::ConnectionRefused, "Connection refused", true);
-    return failure(DeliveryStatus::ProtocolError, "connection to upstream lost: " + why.detail,
-                   true);
+    if (!answered)
+      return delivery_failure(DeliveryStatus::ConnectionRefused, "Connection refused", true);
+    return delivery_failure(DeliveryStatus::ProtocolError,
+                            "connection to upstream lost: " + why.detail, true);
   }
 
   // The stream is gone (closed by the peer, network error, TLS failure).
@@ -525,7 +518,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
     if (conn->stream) {
       conn->stream->on_drain(nullptr);
       conn->stream->close();  // flushes a QUIT still queued
-    }  // flushes a QUIT still queued
+    }                         // flushes a QUIT still queued
     if (conn->job) {
       // Defensive: a session that ended without reporting its message.
       JobPtr job = std::move(conn->job);

@@ -176,15 +176,16 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   void handle(smtp::SessionOutput out) {
     for (const std::string& reason : out.refusals) {
-      log::info("message_refused",
-                {{"ingress", "smtp"},
-                 {"role", session_->role().empty() ? runtime_->config->smtp.anonymous_role.value_or("")
-                                                   : session_->role()},
-                 {"identity", session_->authenticated() ? "smtp:" + session_->auth_user()
-                                                        : std::string("anonymous")},
-                 {"service", runtime_->config->smtp.service},
-                 {"reason", reason},
-                 {"remote", remote_}});
+      log::info(
+          "message_refused",
+          {{"ingress", "smtp"},
+           {"role", session_->role().empty() ? runtime_->config->smtp.anonymous_role.value_or("")
+                                             : session_->role()},
+           {"identity",
+            session_->authenticated() ? "smtp:" + session_->auth_user() : std::string("anonymous")},
+           {"service", runtime_->config->smtp.service},
+           {"reason", reason},
+           {"remote", remote_}});
     }
     if (out.auth_failed) {
       log::warn("smtp_auth_failed", {{"remote", remote_}});
