@@ -277,6 +277,28 @@ std::string rfc2231_parameter(std::string_view attribute, std::string_view value
   return out;
 }
 
+// A parameter value: an RFC 2045 token or a quoted-string of printable ASCII.
+bool is_parameter_value(std::string_view v) {
+  if (v.size() >= 2 && v.front() == '"' && v.back() == '"') {
+    for (size_t i = 1; i + 1 < v.size(); ++i) {
+      auto c = static_cast<unsigned char>(v[i]);
+      if (c < 0x20 || c >= 0x7f) return false;
+      if (c == '\\' || c == '"') {
+        if (c == '"' || i + 2 >= v.size()) return false;  // only escaped pairs inside
+        ++i;
+      }
+    }
+    return true;
+  }
+  if (v.empty()) return false;
+  for (unsigned char c : v) {
+    if (!is_token_char(c)) return false;
+  }
+  return true;
+}
+
+// "type/subtype" with optional "; attribute=value" parameters (charset and the like). A
+// `name` parameter is dropped: the builder writes its own from the file name.
 Result<std::string> check_content_type(std::string_view field, std::string_view ct) {
   for (char c : ct) {
     if (c == '\r' || c == '\n' || c == '\0')
@@ -284,10 +306,13 @@ Result<std::string> check_content_type(std::string_view field, std::string_view 
   }
   ct = text::trim(ct);
   if (ct.empty()) return std::string("application/octet-stream");
-  size_t slash = ct.find('/');
-  std::string_view type = ct.substr(0, slash);
+  std::string_view media = text::trim(ct.substr(0, ct.find(';')));
+  std::string_view params =
+      ct.find(';') == std::string_view::npos ? std::string_view{} : ct.substr(ct.find(';') + 1);
+  size_t slash = media.find('/');
+  std::string_view type = media.substr(0, slash);
   std::string_view subtype =
-      slash == std::string_view::npos ? std::string_view{} : ct.substr(slash + 1);
+      slash == std::string_view::npos ? std::string_view{} : media.substr(slash + 1);
   auto all_token = [](std::string_view s) {
     if (s.empty()) return false;
     for (unsigned char c : s) {
@@ -298,12 +323,27 @@ Result<std::string> check_content_type(std::string_view field, std::string_view 
   if (!all_token(type) || !all_token(subtype)) {
     return make_error(std::string(field) + ": not a type/subtype content type");
   }
-  std::string lower = text::lower_ascii(ct);
-  if (lower.starts_with("multipart/") || lower.starts_with("message/")) {
+  std::string out = text::lower_ascii(media);
+  if (out.starts_with("multipart/") || out.starts_with("message/")) {
     return make_error(std::string(field) +
                       ": multipart/* and message/* are not allowed for attachments");
   }
-  return lower;
+  while (!params.empty()) {
+    size_t semi = params.find(';');
+    std::string_view param = text::trim(params.substr(0, semi));
+    params = semi == std::string_view::npos ? std::string_view{} : params.substr(semi + 1);
+    if (param.empty()) continue;
+    size_t eq = param.find('=');
+    std::string_view attribute = text::trim(param.substr(0, eq));
+    std::string_view value =
+        eq == std::string_view::npos ? std::string_view{} : text::trim(param.substr(eq + 1));
+    if (!all_token(attribute) || !is_parameter_value(value)) {
+      return make_error(std::string(field) + ": bad parameter \"" + std::string(param) + "\"");
+    }
+    if (text::iequals_ascii(attribute, "name")) continue;
+    out += "; " + text::lower_ascii(attribute) + "=" + std::string(value);
+  }
+  return out;
 }
 
 Result<Entity> attachment_entity(const Attachment& a, size_t index) {

@@ -398,6 +398,12 @@ std::vector<BadInput> bad_inputs() {
   add("attachments[1].content_type", [](MessageContent& c) {
     c.attachments = {{"a", "", "x"}, {"b", "multipart/mixed", "x"}};
   });
+  add("attachments[0].content_type", [](MessageContent& c) {
+    c.attachments = {{"a", "text/plain; charset", "x"}};
+  });
+  add("attachments[0].content_type", [](MessageContent& c) {
+    c.attachments = {{"a", "text/plain; charset=\"utf-8", "x"}};
+  });
   add("no recipient", [](MessageContent& c) { c.to.clear(); });
   return v;
 }
@@ -421,6 +427,22 @@ TEST(Build, GeneratesMessageIdAndBoundariesDiffer) {
   auto b1 = parse_entity(build_ok(c).data), b2 = parse_entity(build_ok(c).data);
   EXPECT_NE(header_param(*b1.header("Content-Type"), "boundary"),
             header_param(*b2.header("Content-Type"), "boundary"));
+}
+
+TEST(Build, AttachmentContentTypeKeepsParametersButNotName) {
+  MessageContent c = basic();
+  c.attachments = {
+      {"notes.txt", "Text/Plain; Charset=\"utf-8\"; name=evil.exe; format=flowed", "hello"}};
+  auto m = build_ok(c);
+  Part p = parse_entity(m.data);
+  ASSERT_EQ(p.children.size(), 2u);
+  auto ct = p.children[1].header("Content-Type");
+  ASSERT_TRUE(ct);
+  EXPECT_EQ(content_type_of(p.children[1]), "text/plain");
+  EXPECT_EQ(header_param(*ct, "charset"), "utf-8");
+  EXPECT_EQ(header_param(*ct, "format"), "flowed");
+  EXPECT_EQ(header_param(*ct, "name"), "notes.txt");
+  EXPECT_EQ(ct->find("evil.exe"), std::string::npos);
 }
 
 }  // namespace
