@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -212,13 +213,44 @@ class Daemon {
         signum);
   }
 
+  // SIGHUP: the file is read and validated on libuv's thread pool (file reads must not block
+  // the loop); the new runtime is swapped in on the loop, between events.
   void reload() {
     if (stopping_) return;
     if (source_.file.empty()) {
       log::warn("reload_ignored", {{"reason", "configuration comes from the environment"}});
       return;
     }
-    Result<Config> next = load(source_);
+    if (reload_job_) {
+      reload_again_ = true;  // a signal during a reload: read the file once more afterwards
+      return;
+    }
+    reload_job_ = std::make_unique<ReloadJob>();
+    reload_job_->req.data = this;
+    reload_job_->source = source_;
+    int rc = uv_queue_work(
+        &loop_, &reload_job_->req,
+        [](uv_work_t* req) {
+          auto* self = static_cast<Daemon*>(req->data);
+          self->reload_job_->result = load(self->reload_job_->source);
+        },
+        [](uv_work_t* req, int status) {
+          auto* self = static_cast<Daemon*>(req->data);
+          std::unique_ptr<ReloadJob> job = std::move(self->reload_job_);
+          if (status == 0 && job->result) self->apply_reload(std::move(*job->result));
+          if (self->reload_again_ && !self->stopping_) {
+            self->reload_again_ = false;
+            self->reload();
+          }
+        });
+    if (rc != 0) {
+      reload_job_.reset();
+      log::error("reload_failed", {{"config", source_.file}, {"error", uv_strerror(rc)}});
+    }
+  }
+
+  void apply_reload(Result<Config> next) {
+    if (stopping_) return;
     if (!next.ok()) {
       log::error("reload_failed", {{"config", source_.file}, {"error", next.error().message}});
       return;
@@ -319,8 +351,16 @@ class Daemon {
     }
   }
 
+  struct ReloadJob {
+    uv_work_t req{};
+    ConfigSource source;
+    std::optional<Result<Config>> result;
+  };
+
   ConfigSource source_;
   uv_loop_t loop_{};
+  std::unique_ptr<ReloadJob> reload_job_;
+  bool reload_again_ = false;
   std::shared_ptr<const Config> config_;
   std::shared_ptr<Runtime> runtime_;
   std::unique_ptr<HttpServer> http_;
