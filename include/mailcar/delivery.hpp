@@ -3,10 +3,12 @@
 // SmtpClientSession) and by the file driver.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "mailcar/message.hpp"
@@ -55,6 +57,22 @@ class Transport {
 };
 
 const char* delivery_status_name(DeliveryStatus s);
+// Who and what a finished delivery was about, for its log line.
+struct DeliveryLogContext {
+  std::string_view id;
+  Ingress ingress = Ingress::Http;
+  std::string_view role;
+  std::string_view identity;  // never a secret: "api_key#2", "smtp:user", "anonymous"
+  std::string_view remote;
+  std::string_view service;
+  uint64_t recipients = 0;
+  uint64_t size = 0;
+  std::string_view outcome;  // sent | failed | rejected ...
+};
+// One "message" line per finished delivery (SPEC §8), the same from both doors, plus one
+// "recipient_rejected" line per recipient the upstream refused.
+void log_delivery(const DeliveryLogContext& context, const DeliveryResult& result);
+
 // A failed result with no upstream reply attached.
 DeliveryResult delivery_failure(DeliveryStatus status, std::string message, bool retryable);
 

@@ -679,8 +679,9 @@ void ApiHandler::handle_send(const HttpRequest& request, std::string_view servic
   std::string identity = "api_key#" + std::to_string(credential_index);
   // The callback keeps the runtime snapshot alive and owns everything it needs.
   transport->deliver(
-      std::move(message), [respond = std::move(respond), runtime, id, size, role = role,
-                           service = service_copy, identity, n_recipients](DeliveryResult result) {
+      std::move(message),
+      [respond = std::move(respond), runtime, id, size, role = role, service = service_copy,
+       identity, n_recipients, remote = std::string(remote)](DeliveryResult result) {
         bool sent = result.status == DeliveryStatus::Sent && !result.accepted.empty();
         const char* outcome = sent ? "sent" : "failed";
         metrics::count_message(Ingress::Http, role, service, outcome);
@@ -692,17 +693,16 @@ void ApiHandler::handle_send(const HttpRequest& request, std::string_view servic
         } else {
           metrics::count_recipients(service, "failed", n_recipients);
         }
-        log::info("message", {{"id", id},
-                              {"ingress", "http"},
-                              {"role", role},
-                              {"identity", identity},
-                              {"service", service},
-                              {"recipients", n_recipients},
-                              {"size", size},
-                              {"outcome", outcome},
-                              {"status", delivery_status_name(result.status)},
-                              {"smtp_code", result.smtp_code.value_or(0)},
-                              {"upstream_reply", result.smtp_reply}});
+        log_delivery({.id = id,
+                      .ingress = Ingress::Http,
+                      .role = role,
+                      .identity = identity,
+                      .remote = remote,
+                      .service = service,
+                      .recipients = n_recipients,
+                      .size = size,
+                      .outcome = outcome},
+                     result);
         if (sent) {
           respond(delivery_success(result, id));
         } else if (result.status == DeliveryStatus::Sent) {

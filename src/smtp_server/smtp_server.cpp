@@ -351,25 +351,16 @@ class Connection : public std::enable_shared_from_this<Connection> {
     transport->deliver(std::move(outbound), [weak, rt, id, role, service, identity, size,
                                              recipients, remote = remote_](DeliveryResult r) {
       smtp::FinalReply reply = smtp::reply_for_delivery(r, id);
-      log::info("message", {{"id", id},
-                            {"ingress", "smtp"},
-                            {"role", role},
-                            {"service", service},
-                            {"identity", identity},
-                            {"remote", remote},
-                            {"recipients", recipients},
-                            {"size", size},
-                            {"outcome", reply.outcome},
-                            {"status", delivery_status_name(r.status)},
-                            {"upstream_code", r.smtp_code.value_or(0)},
-                            {"upstream_reply", r.smtp_reply},
-                            {"upstream_seconds", r.upstream_seconds}});
-      for (const RecipientOutcome& rejected : r.rejected) {
-        log::warn("recipient_rejected", {{"id", id},
-                                         {"recipient", rejected.address},
-                                         {"upstream_code", rejected.smtp_code},
-                                         {"upstream_reply", rejected.smtp_reply}});
-      }
+      log_delivery({.id = id,
+                    .ingress = Ingress::Smtp,
+                    .role = role,
+                    .identity = identity,
+                    .remote = remote,
+                    .service = service,
+                    .recipients = recipients,
+                    .size = size,
+                    .outcome = reply.outcome},
+                   r);
       metrics::count_message(Ingress::Smtp, role, service, reply.outcome);
       if (r.status == DeliveryStatus::Sent) {
         metrics::count_recipients(service, "sent", r.accepted.size());
