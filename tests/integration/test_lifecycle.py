@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import Controller, RecordingHandler, basic_config, free_port, service_yaml
+from conftest import Controller, RecordingHandler, free_port, service_yaml
 
 API_KEY = "lifecycle-api-key-7f3a9c"
 SMTP_USER = "legacy-app"
@@ -85,8 +85,8 @@ def lifecycle_config(upstream, grace="10s", idle="10s", command_timeout="10s", s
     limits = f"  idle_timeout: {idle}\n  shutdown_grace: {grace}\n"
     if max_connections is not None:
         limits += f"  max_connections: {max_connections}\n"
-    cfg = f"""listen:
-  http: 127.0.0.1:{{HTTP_PORT}}
+    cfg = """listen:
+  http: 127.0.0.1:{HTTP_PORT}
 """
     if smtp:
         cfg += "  smtp: 127.0.0.1:{SMTP_PORT}\n"
@@ -270,6 +270,35 @@ def test_shutdown_grace_runs_out(slow_upstream, mailcar_factory):
         assert isinstance(result["error"], OSError) or "Disconnected" in type(result["error"]).__name__, \
             repr(result["error"])
     assert up.messages == [], "the upstream cannot have accepted it yet"
+
+
+def test_shutdown_grace_runs_out_smtp(slow_upstream, mailcar_factory):
+    """SPEC 2: what is still open when the grace is over gets SMTP 421 (never a 250)."""
+    up = slow_upstream(delay=6.0)
+    mc = mailcar_factory(lifecycle_config(up, grace="1s", command_timeout="30s"))
+    client = smtplib.SMTP("127.0.0.1", mc.smtp_port, timeout=30)
+    message = (b"From: app@example.com\r\nTo: alice@example.com\r\nSubject: cut off\r\n"
+               b"\r\nbody\r\n")
+    thread, result = in_background(client.sendmail, "app@example.com", ["alice@example.com"],
+                                   message)
+    try:
+        assert up.handler.data_started.wait(10), "the message never reached the upstream's DATA"
+        sigterm_at = time.monotonic()
+        mc.signal(signal.SIGTERM)
+        code = mc.proc.wait(timeout=15)
+        exited_after = time.monotonic() - sigterm_at
+        thread.join(10)
+    finally:
+        client.close()
+    assert code == 0, mc.log()
+    assert exited_after < 5.0, f"mailcar took {exited_after:.1f}s to stop with a 1s grace"
+    assert "value" not in result, f"the client was told the message was accepted: {result}"
+    err = result["error"]
+    if isinstance(err, smtplib.SMTPDataError):
+        assert err.smtp_code == 421, (err.smtp_code, err.smtp_error)
+    else:
+        assert isinstance(err, (smtplib.SMTPServerDisconnected, OSError)), repr(err)
+    assert up.messages == []
 
 
 # --------------------------------------------------------------------------- 3. SMTP rejections
@@ -500,6 +529,7 @@ log:
     # HTTP: success (key in header, then in query), wrong key, failed upstream AUTH.
     status, body, _ = mc.send("email", payload(http_body), key=API_KEY)
     assert status == 200, body
+    sent_id = body["id"]
     status, body, _ = mc.send("email", payload(http_body), key=None,
                               headers={"Authorization": f"Bearer {API_KEY}"})
     assert status == 200, body
@@ -530,7 +560,8 @@ log:
 
     assert mc.stop() == 0
     log = mc.log_path.read_text(errors="replace")
-    assert log.count("\n") >= 5, f"mailcar logged (almost) nothing:\n{log}"
+    # Positive control: the scan below reads a real log (SPEC 8: accepted messages log their id).
+    assert sent_id in log, f"the accepted message's id is not in the log:\n{log}"
     b64 = lambda s: base64.b64encode(s.encode()).decode()  # noqa: E731
     forbidden = {
         "API key": API_KEY,
