@@ -508,6 +508,10 @@ void ApiHandler::handle_send(const HttpRequest& request, std::string_view servic
     }
   }
   if (credential == nullptr) {
+    // Who tried, never what they tried: the key itself stays out of the log.
+    log::warn("http_auth_failed", {{"remote", remote},
+                                   {"service", service.name},
+                                   {"reason", key ? "unknown API key" : "no API key"}});
     respond(error_response(401, key ? "Invalid API key." : "No API key provided."));
     return;
   }

@@ -196,6 +196,8 @@ def test_client_errors(upstream_factory, mailcar_factory):
     # 401: no key, wrong key.
     assert mc.send("email", simple(), key=None)[0] == 401
     assert mc.send("email", simple(), key="wrong")[0] == 401
+    failures = [e for e in mc.log_events() if e.get("event") == "http_auth_failed"]
+    assert [e["reason"] for e in failures] == ["no API key", "unknown API key"]
     # Key by query string, by Bearer and in the body also work.
     assert mc.request("POST", "/api/v2/email?api_key=test-key", json.dumps(simple()),
                       {"Content-Type": "application/json"})[0] == 200
