@@ -74,6 +74,10 @@ class Stream {
   // Start delivering data. Reading starts on the first call.
   virtual void on_data(DataFn fn) = 0;
   virtual void on_close(CloseFn fn) = 0;
+  // Plaintext is handed to on_data one line per call by default, so that a callback that
+  // starts TLS mid-chunk stops delivery (STARTTLS injection defence). A consumer that parses
+  // whole chunks safely itself (HTTP; SMTP message data) turns that off for speed.
+  virtual void set_line_delivery(bool lines) = 0;
   // Called (from the loop) each time queued writes have all been handed to the kernel, so a
   // writer of a large body can refill without polling. nullptr clears it.
   virtual void on_drain(std::function<void()> fn) = 0;

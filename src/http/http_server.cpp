@@ -74,6 +74,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
     stream_->on_close([weak](const net::NetError&) {
       if (auto self = weak.lock()) self->on_stream_closed();
     });
+    stream_->set_line_delivery(false);  // no STARTTLS on HTTP: whole chunks to the parser
     stream_->on_data([weak](std::string_view bytes) {
       if (auto self = weak.lock()) self->on_data(bytes);
     });

@@ -164,7 +164,7 @@ void TcpStream::deliver_plain(const char* data, size_t size) {
       update_reading();
       return;
     }
-    const void* lf = std::memchr(data, '\n', size);
+    const void* lf = line_delivery_ ? std::memchr(data, '\n', size) : nullptr;
     size_t length = lf ? static_cast<size_t>(static_cast<const char*>(lf) - data) + 1 : size;
     call_data(std::string_view(data, length));
     data += length;

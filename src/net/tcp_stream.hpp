@@ -28,6 +28,7 @@ class TcpStream final : public Stream, public std::enable_shared_from_this<TcpSt
   void on_data(DataFn fn) override;
   void on_close(CloseFn fn) override;
   void on_drain(std::function<void()> fn) override;
+  void set_line_delivery(bool lines) override { line_delivery_ = lines; }
   void write(std::string bytes) override;
   size_t write_backlog() const override;
   void pause_reading() override;
@@ -89,6 +90,7 @@ class TcpStream final : public Stream, public std::enable_shared_from_this<TcpSt
   bool has_replacement_ = false;
   CloseFn close_fn_;
   std::function<void()> drain_fn_;
+  bool line_delivery_ = true;
   DoneFn done_fn_;
   NetError reason_;
 

@@ -159,6 +159,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
       return;
     }
     handle(session_->feed(bytes));
+    // Message data comes in whole chunks (the session finds the end marker and keeps any
+    // STARTTLS that follows from taking effect); commands come line by line.
+    if (!closing_) stream_->set_line_delivery(session_->state() != smtp::SessionState::Data);
   }
 
   // After a reload (SIGHUP) the next command of an open connection already uses the new

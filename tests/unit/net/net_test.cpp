@@ -309,6 +309,39 @@ TEST_F(NetTest, PauseMidChunkHoldsTheRestUntilResume) {
   server->abort();
 }
 
+TEST_F(NetTest, ChunkDeliveryHandsOverWholeReadsAndLineDeliveryComesBack) {
+  StreamPtr server;
+  auto listener = listen([&](StreamPtr stream) { server = std::move(stream); });
+  ASSERT_TRUE(listener);
+  auto client = connect("127.0.0.1", listener->port());
+  ASSERT_TRUE(client.stream);
+  ASSERT_TRUE(run_until([&] { return server != nullptr; }));
+
+  std::vector<std::string> calls;
+  server->set_line_delivery(false);
+  server->on_data([&](std::string_view bytes) { calls.emplace_back(bytes); });
+  const std::string many_lines = pattern(20000, 7) + "\nend\n";
+  client.stream->write(many_lines);
+  ASSERT_TRUE(run_until([&] {
+    size_t total = 0;
+    for (const auto& c : calls) total += c.size();
+    return total == many_lines.size();
+  }));
+  std::string joined;
+  for (const auto& c : calls) joined += c;
+  EXPECT_EQ(joined, many_lines);
+  // pattern() holds many LFs; chunks, not lines, must have arrived.
+  EXPECT_LT(calls.size(), 20u) << "expected whole reads, got " << calls.size() << " calls";
+
+  calls.clear();
+  server->set_line_delivery(true);
+  client.stream->write("a\nb\nc\n");
+  ASSERT_TRUE(run_until([&] { return calls.size() == 3; }));
+  EXPECT_EQ(calls, (std::vector<std::string>{"a\n", "b\n", "c\n"}));
+  client.stream->abort();
+  server->abort();
+}
+
 TEST_F(NetTest, WriteBacklogGrowsWhilePeerDoesNotReadAndDrains) {
   StreamPtr server;
   auto listener = listen([&](StreamPtr stream) { server = std::move(stream); });
