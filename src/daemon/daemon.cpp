@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <memory>
@@ -111,8 +112,14 @@ uint64_t wall_ms() {
       duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count());
 }
 
+// Where rate-limit state survives restarts: systemd's StateDirectory= when it is set (the
+// configuration folder is often read-only there), else beside the configuration file.
 std::string state_path_for(const Config& cfg) {
   namespace fs = std::filesystem;
+  if (const char* dirs = std::getenv("STATE_DIRECTORY"); dirs && *dirs) {
+    std::string first(dirs, std::strcspn(dirs, ":"));
+    return (fs::path(first) / "mailcar.state").string();
+  }
   if (cfg.file.empty() || cfg.file[0] == '<') return "mailcar.state";
   fs::path p = fs::absolute(cfg.file).parent_path() / "mailcar.state";
   return p.string();
@@ -175,7 +182,8 @@ class Daemon {
                {"config", config_->file},
                {"http", config_->listen_http ? config_->listen_http->text : std::string("off")},
                {"smtp", config_->listen_smtp ? config_->listen_smtp->text : std::string("off")},
-               {"services", static_cast<uint64_t>(config_->services.size())}});
+               {"services", static_cast<uint64_t>(config_->services.size())},
+               {"state_file", state_path_}});
     uv_run(&loop_, UV_RUN_DEFAULT);
     log::info("stopped", {});
     return 0;

@@ -171,3 +171,25 @@ def test_metrics_parse_and_match(upstream_factory, mailcar_factory):
     assert value("mailcar_rate_limited", "mailcar_rate_limited_total", role="app") == 1
     assert value("mailcar_upstream_seconds", "mailcar_upstream_seconds_count") == 1
     assert value("mailcar_connections", "mailcar_connections", listener="http") >= 1
+
+
+def test_state_goes_to_systemd_state_directory(upstream_factory, tmp_path):
+    up = upstream_factory(mode="plain")
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    cfg = policy_config(up, role_limits="[]", quota="1/day")
+    env = {"STATE_DIRECTORY": str(state_dir)}
+    mc = Mailcar(folder, cfg, env=env)
+    try:
+        assert mc.send("email", msg())[0] == 200
+    finally:
+        assert mc.stop() == 0
+    assert (state_dir / "mailcar.state").exists()
+    assert not (folder / "mailcar.state").exists()
+    mc = Mailcar(folder, cfg, env=env)
+    try:
+        assert mc.send("email", msg())[0] == 429
+    finally:
+        assert mc.stop() == 0
