@@ -187,6 +187,83 @@ def idle_connections(port, count):
     return socks
 
 
+def measure_baseline(sink, args, row):
+    base = {}
+    for size in (1024, 102400):
+        n = args.messages if size == 1024 else args.messages // 4
+        for sessions in (1, 10, 50):
+            base[(size, sessions, True)] = smtp_source_rate(sink.port, sessions, n, size)
+        base[(size, 10, False)] = smtp_source_rate(sink.port, 10, n // 2, size, reuse=False)
+    for (size, sessions, reuse), rate in sorted(base.items()):
+        flag = " -d" if reuse else ""
+        row(f"baseline smtp-source→smtp-sink {size // 1024}KB s={sessions}{flag}", rate,
+            unit="msg/s")
+    return base
+
+
+def measure_http(mc, base, args, row):
+    for size, label in ((1024, "1KB"), (102400, "100KB")):
+        r = wrk(mc.http_port, "x" * size, args.seconds, 10)
+        row(f"HTTP→mailcar→sink {label} msg/s (wrk -c10)", r["rps"], base[(size, 10, True)],
+            "msg/s")
+        row(f"HTTP {label} latency p50 at full load", r["lat_ms"].get("50", 0), unit="ms")
+        row(f"HTTP {label} latency p99 at full load", r["lat_ms"].get("99", 0), unit="ms")
+        if r["errors"]:
+            row(f"HTTP {label} non-200 responses", r["errors"])
+    # Half of the baseline's 1 KB rate, paced with wrk's delay(): latency under load.
+    target = base[(1024, 10, True)] / 2
+    conns = 10
+    r = wrk(mc.http_port, "x" * 1024, args.seconds, conns,
+            delay_ms=max(1, int(conns * 1000 / target)))
+    for pct in ("50", "99"):
+        row(f"HTTP 1KB at ~{r['rps']:.0f} msg/s (half baseline): p{pct}", r["lat_ms"].get(pct, 0),
+            unit="ms")
+
+
+def measure_smtp(mc, base, args, row):
+    for size in (1024, 102400):
+        n = args.messages if size == 1024 else args.messages // 4
+        for sessions in (1, 10, 50):
+            rate = smtp_source_rate(mc.smtp_port, sessions, n, size)
+            row(f"SMTP→mailcar→sink {size // 1024}KB s={sessions} -d", rate,
+                base[(size, sessions, True)], "msg/s")
+        rate = smtp_source_rate(mc.smtp_port, 10, n // 2, size, reuse=False)
+        row(f"SMTP→mailcar→sink {size // 1024}KB s=10 (new connection per msg)", rate,
+            base[(size, 10, False)], "msg/s")
+
+
+def measure_idle_connections(mc, row):
+    before = rss_kb(mc.proc.pid)
+    socks = idle_connections(mc.smtp_port, 1000)
+    time.sleep(0.5)
+    after = rss_kb(mc.proc.pid)
+    row("RSS per idle SMTP connection (1,000 open)", (after - before) * 1024 / 1000,
+        unit="bytes")
+    for s in socks:
+        s.close()
+
+
+def measure_policy(sink, folder, args, row):
+    """The same HTTP 1 KB load with a large policy vs the trivial one. Both daemons run at
+    once and the rounds alternate, so drift hits both alike."""
+    simple_rates, big_rates = [], []
+    trivial_dir, big_dir = folder / "trivial", folder / "big"
+    trivial_dir.mkdir()
+    big_dir.mkdir()
+    trivial = Mailcar(args.mailcar, config(sink.port, 10), trivial_dir)
+    big = Mailcar(args.mailcar, config(sink.port, 10, policy_roles(), "r999"), big_dir)
+    try:
+        for _ in range(args.policy_rounds):
+            simple_rates.append(wrk(trivial.http_port, "x" * 1024, args.seconds, 10)["rps"])
+            big_rates.append(wrk(big.http_port, "x" * 1024, args.seconds, 10,
+                                 from_email="someone@bench999.example.com")["rps"])
+    finally:
+        trivial.stop()
+        big.stop()
+    row("policy: 1000 roles/10k patterns/3 windows vs trivial (median)",
+        statistics.median(big_rates), statistics.median(simple_rates), "msg/s")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mailcar", default="build-bench/mailcar")
@@ -194,9 +271,10 @@ def main():
     ap.add_argument("--messages", type=int, default=4000)
     ap.add_argument("--out", default="bench/results/latest.md")
     ap.add_argument("--policy-rounds", type=int, default=5)
-    ap.add_argument("--only", choices=["all", "policy"], default="all",
-                    help="policy: only the policy-cost comparison")
+    ap.add_argument("--only", default="http,smtp,memory,policy",
+                    help="comma-separated parts: http, smtp, memory, policy")
     args = ap.parse_args()
+    parts = set(args.only.split(","))
     folder = Path(tempfile.mkdtemp(prefix="mailcar-bench-"))
     rows = []
 
@@ -204,84 +282,28 @@ def main():
         ratio = f"{value / baseline:.2f}" if baseline else ""
         rows.append((name, f"{value:,.1f} {unit}".strip(),
                      f"{baseline:,.1f} {unit}".strip() if baseline else "", ratio))
-        print(f"{name:58} {value:12,.1f} {unit:8} {('base ' + format(baseline, ',.1f')) if baseline else '':>18} {ratio}",
-              flush=True)
+        base_text = f"base {baseline:,.1f}" if baseline else ""
+        print(f"{name:62} {value:12,.1f} {unit:6} {base_text:>18} {ratio}", flush=True)
 
     sink = Sink()
     try:
-        if args.only == "all":
-            base = {}
-            for size in (1024, 102400):
-                n = args.messages if size == 1024 else args.messages // 4
-                for sessions in (1, 10, 50):
-                    base[(size, sessions, True)] = smtp_source_rate(sink.port, sessions, n, size)
-                base[(size, 10, False)] = smtp_source_rate(sink.port, 10, n // 2, size, reuse=False)
-            for (size, sessions, reuse), rate in sorted(base.items()):
-                row(f"baseline smtp-source→smtp-sink {size // 1024}KB s={sessions}{' -d' if reuse else ''}",
-                    rate, unit="msg/s")
-
+        if parts & {"http", "smtp", "memory"}:
+            base = measure_baseline(sink, args, row)
             mc = Mailcar(args.mailcar, config(sink.port, 10), folder)
             try:
                 time.sleep(0.5)
                 row("mailcar idle RSS", rss_kb(mc.proc.pid) / 1024, unit="MB")
-                for size, label in ((1024, "1KB"), (102400, "100KB")):
-                    r = wrk(mc.http_port, "x" * size, args.seconds, 10)
-                    row(f"HTTP→mailcar→sink {label} msg/s (wrk -c10)", r["rps"],
-                        base[(size, 10, True)], "msg/s")
-                    row(f"HTTP {label} latency p50 at full load", r["lat_ms"].get("50", 0), unit="ms")
-                    row(f"HTTP {label} latency p99 at full load", r["lat_ms"].get("99", 0), unit="ms")
-                    if r["errors"]:
-                        row(f"HTTP {label} non-200 responses", r["errors"])
-                    if size == 1024:
-                        full = r["rps"]
-                # Half of the baseline's 1 KB rate, paced with wrk's delay(): latency under load.
-                target = base[(1024, 10, True)] / 2
-                conns = 10
-                delay = max(1, int(conns * 1000 / target))
-                r = wrk(mc.http_port, "x" * 1024, args.seconds, conns, delay_ms=delay)
-                row(f"HTTP 1KB at ~{r['rps']:.0f} msg/s (half baseline): p50", r["lat_ms"].get("50", 0),
-                    unit="ms")
-                row(f"HTTP 1KB at ~{r['rps']:.0f} msg/s (half baseline): p99", r["lat_ms"].get("99", 0),
-                    unit="ms")
-                for size in (1024, 102400):
-                    n = args.messages if size == 1024 else args.messages // 4
-                    for sessions in (1, 10, 50):
-                        rate = smtp_source_rate(mc.smtp_port, sessions, n, size)
-                        row(f"SMTP→mailcar→sink {size // 1024}KB s={sessions} -d", rate,
-                            base[(size, sessions, True)], "msg/s")
-                    rate = smtp_source_rate(mc.smtp_port, 10, n // 2, size, reuse=False)
-                    row(f"SMTP→mailcar→sink {size // 1024}KB s=10 (new connection per msg)", rate,
-                        base[(size, 10, False)], "msg/s")
+                if "http" in parts:
+                    measure_http(mc, base, args, row)
+                if "smtp" in parts:
+                    measure_smtp(mc, base, args, row)
                 row("mailcar peak RSS after load", rss_kb(mc.proc.pid, "VmHWM") / 1024, unit="MB")
-                before = rss_kb(mc.proc.pid)
-                socks = idle_connections(mc.smtp_port, 1000)
-                time.sleep(0.5)
-                after = rss_kb(mc.proc.pid)
-                row("RSS per idle SMTP connection (1,000 open)", (after - before) * 1024 / 1000,
-                    unit="bytes")
-                for s in socks:
-                    s.close()
+                if "memory" in parts:
+                    measure_idle_connections(mc, row)
             finally:
                 mc.stop()
-
-        # Policy cost: the same HTTP 1 KB load with a large policy vs the trivial one. Both
-        # daemons run at once and the rounds alternate, so drift hits both alike.
-        simple_rates, big_rates = [], []
-        trivial_dir, big_dir = folder / "trivial", folder / "big"
-        trivial_dir.mkdir()
-        big_dir.mkdir()
-        trivial = Mailcar(args.mailcar, config(sink.port, 10), trivial_dir)
-        big = Mailcar(args.mailcar, config(sink.port, 10, policy_roles(), "r999"), big_dir)
-        try:
-            for _ in range(args.policy_rounds):
-                simple_rates.append(wrk(trivial.http_port, "x" * 1024, args.seconds, 10)["rps"])
-                big_rates.append(wrk(big.http_port, "x" * 1024, args.seconds, 10,
-                                     from_email="someone@bench999.example.com")["rps"])
-        finally:
-            trivial.stop()
-            big.stop()
-        row("policy: 1000 roles/10k patterns/3 windows vs trivial (median)",
-            statistics.median(big_rates), statistics.median(simple_rates), "msg/s")
+        if "policy" in parts:
+            measure_policy(sink, folder, args, row)
     finally:
         sink.stop()
         shutil.rmtree(folder, ignore_errors=True)
@@ -289,7 +311,8 @@ def main():
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as f:
-        f.write(f"# mailcar benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores\n\n")
+        f.write(f"# mailcar benchmark, {time.strftime('%Y-%m-%d %H:%M')}, "
+                f"{os.cpu_count()} cores\n\n")
         f.write("| measure | mailcar | baseline | ratio |\n| --- | ---: | ---: | ---: |\n")
         for r in rows:
             f.write("| " + " | ".join(r) + " |\n")
