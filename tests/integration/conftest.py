@@ -132,8 +132,8 @@ class Upstream:
     """A real SMTP server on loopback: plain, STARTTLS (+AUTH) or implicit TLS."""
 
     def __init__(self, certs, mode="plain", auth=None, reject=None, reject_data=None,
-                 wrong_cert=False, smtputf8=True):
-        self.handler = RecordingHandler(reject, reject_data)
+                 wrong_cert=False, smtputf8=True, handler=None):
+        self.handler = handler or RecordingHandler(reject, reject_data)
         self.port = free_port()
         self.mode = mode
         self.auth = auth

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import Controller, RecordingHandler, free_port, service_yaml
+from conftest import RecordingHandler, Upstream, free_port, service_yaml
 
 API_KEY = "lifecycle-api-key-7f3a9c"
 SMTP_USER = "legacy-app"
@@ -37,38 +37,25 @@ class SlowHandler(RecordingHandler):
         return await super().handle_DATA(server, session, envelope)
 
 
-class SlowUpstream:
+class SlowUpstream(Upstream):
     """A plain aiosmtpd upstream on loopback whose answer to the final dot is slow."""
 
-    mode = "plain"
-
-    def __init__(self, delay):
-        self.handler = SlowHandler(delay)
-        self.port = free_port()
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port,
-                                     server_hostname="slow.upstream.test", ready_timeout=10)
-        self.controller.start()
-
-    @property
-    def messages(self):
-        return self.handler.messages
-
-    def wait_for(self, count, timeout=10):
-        return self.handler.wait_for(count, timeout)
+    def __init__(self, certs, delay):
+        super().__init__(certs, mode="plain", handler=SlowHandler(delay))
 
     def stop(self):
         try:
-            self.controller.stop()
+            super().stop()
         except Exception:  # a handler still sleeping for a vanished client is not our concern
             pass
 
 
 @pytest.fixture
-def slow_upstream():
+def slow_upstream(certs):
     started = []
 
     def make(delay):
-        u = SlowUpstream(delay)
+        u = SlowUpstream(certs, delay)
         started.append(u)
         return u
 
