@@ -290,3 +290,19 @@ def test_idle_timeout(upstream_factory, mailcar_factory):
         line = f.readline()
         assert line.startswith(b"421") and b"4.4.2" in line
         assert 2 <= time.time() - start <= 8
+
+
+def test_partial_upstream_rejection_is_250_and_logged(upstream_factory, mailcar_factory):
+    up = upstream_factory(mode="plain", reject={"nobody@example.com": "550 5.1.1 No such user"})
+    mc = mailcar_factory(smtp_config(up))
+    with connect(mc) as c:
+        refused = c.sendmail("app@legacy.example.com", ["alice@example.com", "nobody@example.com"],
+                             MESSAGE)
+        assert refused == {}, "mailcar took both recipients; the upstream decides after DATA"
+    [got] = up.wait_for(1)
+    assert got["rcpt_tos"] == ["alice@example.com"]
+    rejected = [e for e in mc.log_events() if e.get("event") == "recipient_rejected"]
+    assert [(e["recipient"], e["upstream_code"]) for e in rejected] == [("nobody@example.com", 550)]
+    status, _, raw = mc.request("GET", "/metrics")
+    assert status == 200
+    assert 'mailcar_recipients_total{service="email",outcome="rejected"} 1' in raw.decode()
