@@ -332,8 +332,13 @@ SmtpClientOutput SmtpClientSession::tls_established() {
 
 SmtpClientOutput SmtpClientSession::start_message(const OutboundMessage& message) {
   SmtpClientOutput out;
+  // Refused before anything was sent: the connection stays as it was, so a session that was
+  // ready says so again (otherwise its owner would wait for it forever).
   auto refuse = [&](DeliveryResult result) {
     out.events.push_back({SmtpClientEvent::Kind::MessageDone, std::move(result), true});
+    if (state_ == State::Ready && message_ == nullptr) {
+      out.events.push_back({SmtpClientEvent::Kind::Ready, {}, false});
+    }
     return out;
   };
   if (state_ != State::Ready || message_ != nullptr) {

@@ -306,3 +306,21 @@ credentials:
     # Sender outside the role's patterns: 403.
     status, body, _ = mc.send("outbox", simple(from_email="x@other.org"))
     assert status == 403, body
+
+
+def test_non_ascii_address_needs_smtputf8_end_to_end(upstream_factory, mailcar_factory):
+    up = upstream_factory(mode="plain")
+    mc = mailcar_factory(basic_config(service_yaml("email", up)))
+    status, body, _ = mc.send("email", simple(to="用户@例子.example"))
+    assert status == 200, body
+    [got] = up.wait_for(1)
+    assert got["rcpt_tos"] == ["用户@例子.example"]
+    assert "SMTPUTF8" in [o.upper() for o in got["mail_options"]]
+
+    plain = upstream_factory(mode="plain", smtputf8=False)
+    mc2 = mailcar_factory(basic_config(service_yaml("email", plain)))
+    status, body, _ = mc2.send("email", simple(to="用户@例子.example"))
+    assert status == 500, body
+    assert "SMTPUTF8" in body["error"]["message"]
+    assert body["error"]["context"]["retryable"] is False
+    assert plain.messages == []

@@ -234,6 +234,7 @@ def test_sigterm_finishes_smtp_message_in_flight(slow_upstream, mailcar_factory)
 def test_shutdown_grace_runs_out(slow_upstream, mailcar_factory):
     up = slow_upstream(delay=6.0)
     mc = mailcar_factory(lifecycle_config(up, grace="1s", command_timeout="30s"))
+    mc.expect_forced_stop = True
     thread, result = in_background(mc.send, "email", payload(), timeout=30)
     assert up.handler.data_started.wait(10), "the message never reached the upstream's DATA"
 
@@ -263,6 +264,7 @@ def test_shutdown_grace_runs_out_smtp(slow_upstream, mailcar_factory):
     """SPEC 2: what is still open when the grace is over gets SMTP 421 (never a 250)."""
     up = slow_upstream(delay=6.0)
     mc = mailcar_factory(lifecycle_config(up, grace="1s", command_timeout="30s"))
+    mc.expect_forced_stop = True
     client = smtplib.SMTP("127.0.0.1", mc.smtp_port, timeout=30)
     message = (b"From: app@example.com\r\nTo: alice@example.com\r\nSubject: cut off\r\n"
                b"\r\nbody\r\n")

@@ -480,6 +480,9 @@ TEST(SmtpClientSession, SizeTooBigIsRejectedWithoutSending) {
   EXPECT_EQ(done->result.smtp_code, 552);
   EXPECT_FALSE(done->result.retryable);
   EXPECT_EQ(s.state(), State::Ready);
+  // The owner learns the connection is free again (it would otherwise wait for it forever).
+  ASSERT_EQ(out.events.size(), 2u);
+  EXPECT_EQ(out.events[1].kind, Kind::Ready);
   OutboundMessage fits = make_message({"bob@example.com"}, std::string(100, 'x'));
   out = s.start_message(fits);
   EXPECT_EQ(out.write, "MAIL FROM:<alice@example.com> SIZE=100\r\n");
@@ -498,6 +501,7 @@ TEST(SmtpClientSession, Smtputf8) {
   EXPECT_EQ(done->result.message,
             "upstream does not support SMTPUTF8 (needed for non-ASCII addresses)");
   EXPECT_FALSE(done->result.retryable);
+  EXPECT_NE(find_event(out, Kind::Ready), nullptr);
 
   SmtpClientSession with(plain_options());
   make_ready(with, {"SMTPUTF8"});
