@@ -324,3 +324,15 @@ def test_non_ascii_address_needs_smtputf8_end_to_end(upstream_factory, mailcar_f
     assert "SMTPUTF8" in body["error"]["message"]
     assert body["error"]["context"]["retryable"] is False
     assert plain.messages == []
+
+
+def test_large_attachment_over_starttls(upstream_factory, mailcar_factory, certs):
+    up = upstream_factory(mode="starttls", auth=("relay-user", SECRET))
+    mc = mailcar_factory(basic_config(service_yaml("email", up, certs, "relay-user", SECRET)))
+    blob = bytes(range(256)) * (6 * 1024 * 1024 // 256)  # 6 MiB: many body write rounds
+    status, body, _ = mc.send("email", simple(attachments=[{
+        "name": "big.bin", "content": base64.b64encode(blob).decode()}]), timeout=120)
+    assert status == 200, body
+    [got] = up.wait_for(1, timeout=60)
+    [att] = list(parse_message(got["data"]).iter_attachments())
+    assert att.get_content() == blob
