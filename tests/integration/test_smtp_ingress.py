@@ -306,3 +306,18 @@ def test_partial_upstream_rejection_is_250_and_logged(upstream_factory, mailcar_
     status, _, raw = mc.request("GET", "/metrics")
     assert status == 200
     assert 'mailcar_recipients_total{service="email",outcome="rejected"} 1' in raw.decode()
+
+
+def test_large_message_over_starttls(upstream_factory, mailcar_factory, certs):
+    up = upstream_factory(mode="plain")
+    mc = mailcar_factory(smtp_config(up, anonymous=False, tls=certs))
+    lines = b"".join(b"%07d " % i + b"z" * 60 + b"\r\n" for i in range(100_000))  # ~6.8 MB
+    body = MESSAGE + b".starts with a dot\r\n" + lines
+    with connect(mc, timeout=120) as c:
+        c.starttls(context=certs.client_context())
+        c.login("legacy-app", PASSWORD)
+        assert c.sendmail("app@legacy.example.com", ["alice@example.com"], body) == {}
+    [got] = up.wait_for(1, timeout=60)
+    data = got["data"]
+    assert data.endswith(lines), "message data must arrive byte for byte"
+    assert b"\r\n.starts with a dot\r\n" in data
