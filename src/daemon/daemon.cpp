@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -93,9 +94,26 @@ ConfigSource choose_source(const Options& o) {
   return {};
 }
 
+// Files the configuration names but only the TLS code opens later: a missing certificate
+// should fail --check and the start, not the first message.
+Result<void> check_referenced_files(const Config& cfg) {
+  std::string problems;
+  auto need = [&](const std::string& key, const std::string& path) {
+    if (path.empty() || ::access(path.c_str(), R_OK) == 0) return;
+    if (!problems.empty()) problems += '\n';
+    problems += cfg.file + ": " + key + ": cannot read " + path + ": " + std::strerror(errno);
+  };
+  for (const ServiceConfig& s : cfg.services) need("services." + s.name + ".ca_file", s.ca_file);
+  need("smtp.tls_cert", cfg.smtp.tls_cert);
+  need("smtp.tls_key", cfg.smtp.tls_key);
+  if (!problems.empty()) return make_error(problems);
+  return {};
+}
+
 Result<Config> load(const ConfigSource& src) {
   Result<Config> cfg = src.file.empty() ? config_from_environment() : load_config_file(src.file);
   if (!cfg.ok()) return cfg;
+  if (auto files = check_referenced_files(*cfg); !files.ok()) return files.error();
   if (cfg->spool) {
     // Spool mode (SPEC §7) is specified but not built yet. Refuse rather than silently run in
     // direct mode, which would break the acknowledgement guarantee the operator asked for.

@@ -124,3 +124,15 @@ def test_sighup_bad_config_keeps_old_one(mailcar_factory, upstream_factory):
     assert mc.send("email", {"to": "a@example.com", "subject": "s", "body_text": "b"})[0] == 401
     assert mc.send("email", {"to": "a@example.com", "subject": "s", "body_text": "b"},
                    key="new-key")[0] == 200
+
+
+def test_check_reports_unreadable_tls_files(tmp_path):
+    cfg = tmp_path / "tls.yaml"
+    cfg.write_text("listen:\n  smtp: 127.0.0.1:2599\nservices:\n  email:\n    host: x\n"
+                   "    ca_file: missing-ca.pem\nsmtp:\n  service: email\n"
+                   "  tls_cert: missing.crt\n  tls_key: missing.key\n")
+    r = run(["--check", "-c", str(cfg)])
+    assert r.returncode == 1
+    for key in ("services.email.ca_file", "smtp.tls_cert", "smtp.tls_key"):
+        assert key in r.stderr, r.stderr
+    assert str(tmp_path / "missing.crt") in r.stderr
