@@ -1,7 +1,9 @@
 // Real sockets on 127.0.0.1 inside a uv loop run by the test; a deadline stops a hung test.
 #include <gtest/gtest.h>
+
 #include <sys/socket.h>
 #include <unistd.h>
+#include "test_certificates.hpp"
 
 #include <chrono>
 #include <cstdlib>
@@ -454,19 +456,10 @@ TEST_F(NetTest, TimerCanRestartOrDestroyItselfFromItsCallback) {
 class TlsTest : public NetTest {
  protected:
   static void SetUpTestSuite() {
-    char tmpl[] = "/tmp/mailcar-net-test-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    for (const char* name : {"server", "other"}) {
-      std::string base = dir_ + "/" + name;
-      std::string command =
-          "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost "
-          "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout " +
-          base + ".key -out " + base + ".crt >/dev/null 2>&1";
-      ASSERT_EQ(std::system(command.c_str()), 0) << command;
-    }
+    dir_ = mailcar::test_support::make_test_certificates({"server", "other"});
+    ASSERT_FALSE(dir_.empty()) << "openssl could not make test certificates";
   }
-  static void TearDownTestSuite() { fs::remove_all(dir_); }
+  static void TearDownTestSuite() { mailcar::test_support::remove_test_certificates(dir_); }
 
   static std::string file(const std::string& name) { return dir_ + "/" + name; }
 

@@ -1,6 +1,8 @@
 // SmtpRelay against a small scripted SMTP server on a real listener in the same loop.
 #include <gtest/gtest.h>
 
+#include "test_certificates.hpp"
+
 #include <cstdlib>
 #include <functional>
 #include <map>
@@ -353,19 +355,10 @@ TEST(SmtpRelay, IdleConnectionIsQuitAfterIdleTimeout) {
 class SmtpRelayTls : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    char tmpl[] = "/tmp/mailcar-relay-tls-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    for (const char* name : {"server", "other"}) {
-      std::string base = dir_ + "/" + name;
-      std::string command =
-          "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost "
-          "-addext subjectAltName=DNS:localhost -keyout " +
-          base + ".key -out " + base + ".crt >/dev/null 2>&1";
-      ASSERT_EQ(std::system(command.c_str()), 0) << command;
-    }
+    dir_ = mailcar::test_support::make_test_certificates({"server", "other"});
+    ASSERT_FALSE(dir_.empty()) << "openssl could not make test certificates";
   }
-  static void TearDownTestSuite() { ASSERT_EQ(std::system(("rm -rf '" + dir_ + "'").c_str()), 0); }
+  static void TearDownTestSuite() { mailcar::test_support::remove_test_certificates(dir_); }
 
   static std::shared_ptr<net::TlsServerContext> context() {
     auto ctx = net::TlsServerContext::load(dir_ + "/server.crt", dir_ + "/server.key");
