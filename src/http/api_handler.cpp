@@ -507,6 +507,11 @@ void ApiHandler::handle_send(const HttpRequest& request, std::string_view servic
       }
     }
   }
+  if (credential == nullptr && request.body_over_limit && !key) {
+    // The key may be in the body that was never read: too large is all that is known.
+    respond(error_response(413, "Request body too large."));
+    return;
+  }
   if (credential == nullptr) {
     // Who tried, never what they tried: the key itself stays out of the log.
     log::warn("http_auth_failed", {{"remote", remote},
@@ -521,7 +526,7 @@ void ApiHandler::handle_send(const HttpRequest& request, std::string_view servic
     respond(error_response(415, "Content-Type must be application/json."));
     return;
   }
-  if (request.body.size() > body_limit) {
+  if (request.body_over_limit || request.body.size() > body_limit) {
     respond(error_response(413, "Request body too large."));
     return;
   }

@@ -123,7 +123,12 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
     if (out.error_status) {
       log::debug("http_bad_request",
                  {{"status", *out.error_status}, {"reason", out.error_reason}, {"remote", peer_}});
-      queue_.push_back(QueueItem{std::nullopt, *out.error_status});
+      if (out.rejected_head) {
+        // Too large: the handler still answers 404/405/401/415 first, then 413, and closes.
+        queue_.push_back(QueueItem{std::move(out.rejected_head), 0});
+      } else {
+        queue_.push_back(QueueItem{std::nullopt, *out.error_status});
+      }
       stream_->pause_reading();
     }
     if (out.continue_requested) continue_owed_ = true;

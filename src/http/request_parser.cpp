@@ -238,6 +238,13 @@ HttpRequestParser::Output HttpRequestParser::feed(std::string_view bytes) {
   }
   out_ = nullptr;
   if (error_status_ != 0) {
+    if (error_status_ == 413 && !current_.method.empty() && !current_.path.empty()) {
+      HttpRequest head = std::move(current_);
+      head.body.clear();
+      head.body_over_limit = true;
+      head.keep_alive = false;  // the rest of the body is never read: the connection ends
+      out.rejected_head = std::move(head);
+    }
     state_ = State::Failed;
     out.error_status = error_status_;
     out.error_reason = error_reason_;

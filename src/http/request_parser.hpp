@@ -30,6 +30,8 @@ struct HttpRequest {
   std::string body;
   bool keep_alive = true;
   bool expect_continue = false;  // "Expect: 100-continue" was sent
+  // The body was over the limit and was not read (`body` is empty): only the head is known.
+  bool body_over_limit = false;
 
   // First header / query parameter with that (lower-case) name.
   std::optional<std::string_view> header(std::string_view lower_name) const;
@@ -51,6 +53,9 @@ class HttpRequestParser {
     // When set, the stream is unusable from here on: answer this status and close.
     std::optional<int> error_status;
     std::string error_reason;  // for logs only
+    // With a 413: the refused request's head (body_over_limit set), so that route and
+    // authentication errors, which rank above 413, can still be answered.
+    std::optional<HttpRequest> rejected_head;
   };
 
   explicit HttpRequestParser(uint64_t body_limit);

@@ -239,6 +239,14 @@ def test_body_over_limit_is_413(upstream_factory, mailcar_factory):
         "Content-Type": "application/json", "X-DreamFactory-API-Key": "test-key",
         "Content-Length": "100000000"})
     assert status == 413
+    # Errors that rank above 413 still win where the head decides them.
+    status, _, _ = mc.request("POST", "/api/v2/email", b"{", {
+        "Content-Type": "application/json", "X-DreamFactory-API-Key": "wrong-key",
+        "Content-Length": "100000000"})
+    assert status == 401
+    status, _, _ = mc.request("POST", "/api/v2/nosuch", b"{", {
+        "Content-Type": "application/json", "Content-Length": "100000000"})
+    assert status == 404
     assert mc.send("email", simple())[0] == 200
     assert up.wait_for(1)
 

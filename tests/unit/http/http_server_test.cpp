@@ -290,6 +290,30 @@ TEST_F(HttpServerTest, OversizedContentLengthIs413WithoutTheBody) {
   }));
 }
 
+// An unread oversized body still gets the answers that rank above 413 (SPEC order 404/405,
+// 401, 415, 413) as far as the head can tell them.
+TEST_F(HttpServerTest, OversizedBodyKeepsTheErrorOrderTheHeadCanDecide) {
+  start();
+  auto status_for = [&](const std::string& path, const std::string& headers) {
+    Client c(server_->port());
+    c.send("POST " + path + " HTTP/1.1\r\nHost: x\r\n" + headers +
+           "Content-Length: 100000000\r\n\r\n{");
+    EXPECT_TRUE(await_responses(c, 1)) << c.received;
+    if (c.responses().empty()) return 0;
+    EXPECT_EQ(c.responses()[0].headers["connection"], "close");
+    return c.responses()[0].status;
+  };
+  const std::string json = "Content-Type: application/json\r\n";
+  const std::string good_key = "X-DreamFactory-API-Key: " + std::string(kKey) + "\r\n";
+  EXPECT_EQ(status_for("/api/v2/nosuch", json + good_key), 404);
+  EXPECT_EQ(status_for("/health", json), 405);
+  EXPECT_EQ(status_for("/api/v2/email", json + "X-DreamFactory-API-Key: wrong\r\n"), 401);
+  EXPECT_EQ(status_for("/api/v2/email", "Content-Type: text/plain\r\n" + good_key), 415);
+  EXPECT_EQ(status_for("/api/v2/email", json + good_key), 413);
+  // No key in the head: it may be in the unread body, so "too large" is all that is known.
+  EXPECT_EQ(status_for("/api/v2/email", json), 413);
+}
+
 TEST_F(HttpServerTest, IdleAndSlowClientsAreClosed) {
   config_->limits.idle_timeout_ms = 150;
   start();

@@ -142,6 +142,12 @@ TEST(HttpRequestParser, ContentLengthOverLimitIs413BeforeTheBody) {
   EXPECT_EQ(*out.error_status, 413);
   EXPECT_FALSE(out.continue_requested);
   EXPECT_TRUE(p.failed());
+  ASSERT_TRUE(out.rejected_head.has_value());
+  EXPECT_EQ(out.rejected_head->method, "POST");
+  EXPECT_EQ(out.rejected_head->path, "/api/v2/email");
+  EXPECT_TRUE(out.rejected_head->body_over_limit);
+  EXPECT_TRUE(out.rejected_head->body.empty());
+  EXPECT_FALSE(out.rejected_head->keep_alive);
   // Nothing more is accepted.
   auto more = p.feed("GET / HTTP/1.1\r\n\r\n");
   EXPECT_EQ(more.error_status, 413);
@@ -161,6 +167,9 @@ TEST(HttpRequestParser, ChunkedBodyGrowingPastLimitIs413) {
   EXPECT_FALSE(out.error_status.has_value());
   out = p.feed("6\r\nghijkl\r\n");
   EXPECT_EQ(out.error_status, 413);
+  ASSERT_TRUE(out.rejected_head.has_value());
+  EXPECT_EQ(out.rejected_head->path, "/x");
+  EXPECT_TRUE(out.rejected_head->body.empty()) << "what was read of the body is dropped";
 }
 
 TEST(HttpRequestParser, HeaderBlockOver64KiBIs431) {
