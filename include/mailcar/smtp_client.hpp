@@ -147,7 +147,7 @@ class SmtpClientSession {
   void handle_reply(const SmtpReply& reply, SmtpClientOutput& out);
   void handle_transaction_reply(Command command, const SmtpReply& reply, SmtpClientOutput& out);
   void handle_unsolicited(const SmtpReply& reply, SmtpClientOutput& out);
-  void send(Command command, std::string line, SmtpClientOutput& out);
+  void send(Command command, std::string_view line, SmtpClientOutput& out);
   void send_next_unsent(SmtpClientOutput& out);
   void send_hello(Command command, SmtpClientOutput& out);
   void after_hello(SmtpClientOutput& out);

@@ -30,10 +30,10 @@ DeliveryResult rejection(const SmtpReply& reply) {
   return reply_result(DeliveryStatus::Rejected, reply, {});
 }
 
-DeliveryResult protocol_error(std::string detail) {
+DeliveryResult protocol_error(std::string_view detail) {
   // A peer that does not speak SMTP will not start to on a retry.
-  return delivery_failure(DeliveryStatus::ProtocolError, "upstream protocol error: " + detail,
-                          false);
+  return delivery_failure(DeliveryStatus::ProtocolError,
+                          "upstream protocol error: " + std::string(detail), false);
 }
 
 // Envelope addresses go into command lines verbatim: refuse anything that could end or
@@ -174,7 +174,7 @@ bool SmtpClientSession::parse_input(SmtpClientOutput& out) {
   return !terminal();
 }
 
-void SmtpClientSession::send(Command command, std::string line, SmtpClientOutput& out) {
+void SmtpClientSession::send(Command command, std::string_view line, SmtpClientOutput& out) {
   out.write += line;
   pending_.push_back(command);
 }
