@@ -291,18 +291,23 @@ class Connection : public std::enable_shared_from_this<Connection> {
                                                  protocol, trace_id, now_unix);
     input.hostname = rt->hostname;
     input.now_unix = now_unix;
-    Result<NormalizedMessage> normalized = normalize_message(input);
-    if (!normalized.ok()) {
-      log::info("message", {{"id", trace_id},
+    // A message refused before it reached a transport: one "message" line saying why.
+    auto log_refused = [&](std::string_view id, size_t size, std::string_view outcome,
+                           std::string_view reason) {
+      log::info("message", {{"id", id},
                             {"ingress", "smtp"},
                             {"role", role},
                             {"service", service},
                             {"identity", identity},
                             {"remote", remote_},
                             {"recipients", submission.recipients.size()},
-                            {"size", submission.data.size()},
-                            {"outcome", "rejected"},
-                            {"error", normalized.error().message}});
+                            {"size", size},
+                            {"outcome", outcome},
+                            {"reason", reason}});
+    };
+    Result<NormalizedMessage> normalized = normalize_message(input);
+    if (!normalized.ok()) {
+      log_refused(trace_id, submission.data.size(), "rejected", normalized.error().message);
       metrics::count_message(Ingress::Smtp, role, service, "rejected");
       return finish_delivery(
           {554, "5.6.0", "Message refused: " + normalized.error().message, "rejected"});
@@ -318,16 +323,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     PolicyDecision decision = rt->policy ? rt->policy->admit(request, now) : PolicyDecision{};
     if (!decision.allowed()) {
       smtp::FinalReply reply = smtp::reply_for_policy(decision);
-      log::info("message", {{"id", message.message_id},
-                            {"ingress", "smtp"},
-                            {"role", role},
-                            {"service", service},
-                            {"identity", identity},
-                            {"remote", remote_},
-                            {"recipients", submission.recipients.size()},
-                            {"size", message.data.size()},
-                            {"outcome", reply.outcome},
-                            {"reason", decision.reason}});
+      log_refused(message.message_id, message.data.size(), reply.outcome, decision.reason);
       if (decision.verdict == Verdict::RateLimited) metrics::count_rate_limited(role);
       metrics::count_message(Ingress::Smtp, role, service, reply.outcome);
       return finish_delivery(reply);

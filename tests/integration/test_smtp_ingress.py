@@ -63,6 +63,17 @@ MESSAGE = (b"From: Someone <app@legacy.example.com>\r\n"
            b"last line\r\n")
 
 
+def raw_session(mc):
+    """A raw socket past the greeting and EHLO: (socket, its line reader)."""
+    s = socket.create_connection(("127.0.0.1", mc.smtp_port), timeout=10)
+    f = s.makefile("rb")
+    assert f.readline().startswith(b"220")
+    s.sendall(b"EHLO x\r\n")
+    while not f.readline().startswith(b"250 "):
+        pass
+    return s, f
+
+
 def test_anonymous_submission_is_normalized(upstream_factory, mailcar_factory):
     up = upstream_factory(mode="plain")
     mc = mailcar_factory(smtp_config(up))
@@ -147,12 +158,8 @@ def test_starttls_then_auth(upstream_factory, mailcar_factory, certs):
 def test_starttls_injection_is_not_executed(upstream_factory, mailcar_factory, certs):
     up = upstream_factory(mode="plain")
     mc = mailcar_factory(smtp_config(up, tls=certs))
-    with socket.create_connection(("127.0.0.1", mc.smtp_port), timeout=10) as s:
-        f = s.makefile("rb")
-        assert f.readline().startswith(b"220")
-        s.sendall(b"EHLO x\r\n")
-        while not f.readline().startswith(b"250 "):
-            pass
+    s, f = raw_session(mc)
+    with s:
         # The MAIL command rides in the same packet as STARTTLS: it must be discarded.
         s.sendall(b"STARTTLS\r\nMAIL FROM:<app@legacy.example.com>\r\n")
         assert f.readline().startswith(b"220")
@@ -256,12 +263,8 @@ def test_upstream_down_is_temporary(mailcar_factory):
 def test_end_of_data_is_only_crlf_dot_crlf(upstream_factory, mailcar_factory):
     up = upstream_factory(mode="plain")
     mc = mailcar_factory(smtp_config(up))
-    with socket.create_connection(("127.0.0.1", mc.smtp_port), timeout=10) as s:
-        f = s.makefile("rb")
-        assert f.readline().startswith(b"220")
-        s.sendall(b"EHLO x\r\n")
-        while not f.readline().startswith(b"250 "):
-            pass
+    s, f = raw_session(mc)
+    with s:
         s.sendall(b"MAIL FROM:<app@legacy.example.com>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n")
         assert f.readline().startswith(b"250")
         assert f.readline().startswith(b"250")
