@@ -1,4 +1,4 @@
-// The relay's face towards the ingresses: hand over an OutboundMessage, get one
+// The transports' face towards the submission module: hand over an OutboundMessage, get one
 // DeliveryResult back on the loop thread. Implemented by the SMTP relay (connection pool +
 // SmtpClientSession) and by the file driver.
 #pragma once
@@ -57,22 +57,6 @@ class Transport {
 };
 
 const char* delivery_status_name(DeliveryStatus s);
-// Who and what a finished delivery was about, for its log line.
-struct DeliveryLogContext {
-  std::string_view id;
-  Ingress ingress = Ingress::Http;
-  std::string_view role;
-  std::string_view identity;  // never a secret: "api_key#2", "smtp:user", "anonymous"
-  std::string_view remote;
-  std::string_view service;
-  uint64_t recipients = 0;
-  uint64_t size = 0;
-  std::string_view outcome;  // sent | failed | rejected ...
-};
-// One "message" line per finished delivery (SPEC §8), the same from both doors, plus one
-// "recipient_rejected" line per recipient the upstream refused.
-void log_delivery(const DeliveryLogContext& context, const DeliveryResult& result);
-
 // A failed result with no upstream reply attached.
 DeliveryResult delivery_failure(DeliveryStatus status, std::string message, bool retryable);
 

@@ -11,6 +11,7 @@
 #include "mailcar/log.hpp"
 #include "mailcar/metrics.hpp"
 #include "mailcar/mime.hpp"
+#include "mailcar/submission.hpp"
 #include "mailcar/text.hpp"
 
 namespace mailcar::http {
@@ -354,6 +355,34 @@ HttpResponse delivery_success(const DeliveryResult& result, const std::string& i
   return json_response(200, std::move(body));
 }
 
+HttpResponse rate_limited(const PolicyDecision& decision) {
+  auto r = error_response(429, "API limit(s) exceeded.");
+  r.headers.emplace_back(
+      "Retry-After", std::to_string(std::max<uint64_t>(1, ceil_seconds(decision.retry_after_ms))));
+  r.headers.emplace_back("X-RateLimit-Limit", std::to_string(decision.limit));
+  r.headers.emplace_back("X-RateLimit-Remaining", std::to_string(decision.remaining));
+  r.headers.emplace_back("X-RateLimit-Reset", std::to_string(ceil_seconds(decision.reset_ms)));
+  return r;
+}
+
+// The HTTP face of a submission's answer (SPEC §4).
+HttpResponse response_for(const SubmissionResult& result) {
+  switch (result.status) {
+    case SubmissionStatus::Sent:
+      return delivery_success(result.delivery, result.id);
+    case SubmissionStatus::Refused:
+      return error_response(403,
+                            result.decision.reason.empty() ? "Forbidden." : result.decision.reason);
+    case SubmissionStatus::RateLimited:
+      return rate_limited(result.decision);
+    case SubmissionStatus::Unavailable:  // 503: the delivery says shutting down / not ready
+    case SubmissionStatus::Failed:
+    case SubmissionStatus::Rejected:
+      break;
+  }
+  return delivery_failure(result.delivery);
+}
+
 }  // namespace
 
 uint64_t system_now_ms() {
@@ -636,99 +665,16 @@ void ApiHandler::handle_send(const HttpRequest& request, std::string_view servic
     return;
   }
 
-  const uint64_t n_recipients = message.envelope_rcpts.size();
-  if (!runtime->policy) {
-    respond(error_response(503, "Not ready."));
-    return;
-  }
-  PolicyDecision decision = runtime->policy->admit(
-      PolicyRequest{role, service.name, content.from.address, {content.from.address}, n_recipients},
-      now);
-  if (decision.verdict == Verdict::RateLimited) {
-    metrics::count_rate_limited(role);
-    metrics::count_message(Ingress::Http, role, service.name, "rate_limited");
-    log::info("message_refused", {{"ingress", "http"},
-                                  {"role", role},
-                                  {"identity", "api_key#" + std::to_string(credential_index)},
-                                  {"service", service.name},
-                                  {"status", 429},
-                                  {"reason", decision.reason},
-                                  {"limit", decision.limit_text},
-                                  {"remote", remote}});
-    auto r = error_response(429, "API limit(s) exceeded.");
-    r.headers.emplace_back("Retry-After", std::to_string(std::max<uint64_t>(
-                                              1, ceil_seconds(decision.retry_after_ms))));
-    r.headers.emplace_back("X-RateLimit-Limit", std::to_string(decision.limit));
-    r.headers.emplace_back("X-RateLimit-Remaining", std::to_string(decision.remaining));
-    r.headers.emplace_back("X-RateLimit-Reset", std::to_string(ceil_seconds(decision.reset_ms)));
-    respond(std::move(r));
-    return;
-  }
-  if (!decision.allowed()) {
-    metrics::count_message(Ingress::Http, role, service.name, "rejected");
-    log::info("message_refused", {{"ingress", "http"},
-                                  {"role", role},
-                                  {"identity", "api_key#" + std::to_string(credential_index)},
-                                  {"service", service.name},
-                                  {"status", 403},
-                                  {"reason", decision.reason},
-                                  {"remote", remote}});
-    respond(error_response(403, decision.reason.empty() ? "Forbidden." : decision.reason));
-    return;
-  }
-
-  Transport* transport = runtime->transport(service.name);
-  if (transport == nullptr) {
-    respond(error_response(500, "No transport for service " + service.name + "."));
-    return;
-  }
-  std::string id = message.id;
-  size_t size = message.data.size();
-  std::string service_copy = service.name;
-  std::string identity = "api_key#" + std::to_string(credential_index);
-  // The callback keeps the runtime snapshot alive and owns everything it needs.
-  transport->deliver(
-      std::move(message),
-      [respond = std::move(respond), runtime, id, size, role = role, service = service_copy,
-       identity, n_recipients, remote = std::string(remote)](DeliveryResult result) {
-        bool sent = result.status == DeliveryStatus::Sent && !result.accepted.empty();
-        const char* outcome = sent ? "sent" : "failed";
-        metrics::count_message(Ingress::Http, role, service, outcome);
-        if (sent) {
-          metrics::count_recipients(service, "sent", result.accepted.size());
-          if (!result.rejected.empty()) {
-            metrics::count_recipients(service, "rejected", result.rejected.size());
-          }
-        } else {
-          metrics::count_recipients(service, "failed", n_recipients);
-        }
-        log_delivery({.id = id,
-                      .ingress = Ingress::Http,
-                      .role = role,
-                      .identity = identity,
-                      .remote = remote,
-                      .service = service,
-                      .recipients = n_recipients,
-                      .size = size,
-                      .outcome = outcome},
-                     result);
-        if (sent) {
-          respond(delivery_success(result, id));
-        } else if (result.status == DeliveryStatus::Sent) {
-          // Reported as sent but nobody took it: the first rejection decides.
-          DeliveryResult failure = result;
-          failure.status = DeliveryStatus::Rejected;
-          if (!result.rejected.empty()) {
-            failure.smtp_code = result.rejected.front().smtp_code;
-            failure.smtp_reply = result.rejected.front().smtp_reply;
-            failure.retryable = result.rejected.front().smtp_code / 100 == 4;
-          }
-          if (failure.message.empty()) failure.message = "All recipients were rejected";
-          respond(delivery_failure(failure));
-        } else {
-          respond(delivery_failure(result));
-        }
-      });
+  Submission submission;
+  submission.submitter = {Ingress::Http, role, "api_key#" + std::to_string(credential_index),
+                          remote};
+  submission.service = service.name;
+  submission.header_from = {content.from.address};
+  submission.message = std::move(message);
+  // The answer comes later, on the loop thread; `respond` owns everything it needs.
+  submit(
+      std::move(runtime), std::move(submission), now,
+      [respond = std::move(respond)](SubmissionResult result) { respond(response_for(result)); });
 }
 
 }  // namespace mailcar::http

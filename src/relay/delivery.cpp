@@ -1,7 +1,5 @@
 #include "mailcar/delivery.hpp"
 
-#include "mailcar/log.hpp"
-
 namespace mailcar {
 
 const char* delivery_status_name(DeliveryStatus s) {
@@ -26,31 +24,6 @@ const char* delivery_status_name(DeliveryStatus s) {
       return "shutting_down";
   }
   return "unknown";
-}
-
-void log_delivery(const DeliveryLogContext& c, const DeliveryResult& r) {
-  // A number when the upstream answered, null (JSON) when it never did.
-  log::Field code("upstream_code", r.smtp_code ? std::to_string(*r.smtp_code) : "null");
-  code.quoted = false;
-  log::info("message", {{"id", c.id},
-                        {"ingress", ingress_name(c.ingress)},
-                        {"role", c.role},
-                        {"identity", c.identity},
-                        {"remote", c.remote},
-                        {"service", c.service},
-                        {"recipients", c.recipients},
-                        {"size", c.size},
-                        {"outcome", c.outcome},
-                        {"status", delivery_status_name(r.status)},
-                        code,
-                        {"upstream_reply", r.smtp_reply},
-                        {"upstream_seconds", r.upstream_seconds}});
-  for (const RecipientOutcome& rejected : r.rejected) {
-    log::warn("recipient_rejected", {{"id", c.id},
-                                     {"recipient", rejected.address},
-                                     {"upstream_code", rejected.smtp_code},
-                                     {"upstream_reply", rejected.smtp_reply}});
-  }
 }
 
 DeliveryResult delivery_failure(DeliveryStatus status, std::string message, bool retryable) {

@@ -43,52 +43,70 @@ std::string upstream_said(const DeliveryResult& r) {
 FinalReply reply_for_delivery(const DeliveryResult& r, const std::string& message_id) {
   switch (r.status) {
     case DeliveryStatus::Sent:
-      return {250, "2.0.0", "Ok: queued as " + message_id, "sent"};
+      return {250, "2.0.0", "Ok: queued as " + message_id};
     case DeliveryStatus::Rejected: {
       if (!r.smtp_code && r.message.find("SMTPUTF8") != std::string::npos) {
-        return {553, "5.6.7", one_line(r.message), "rejected"};
+        return {553, "5.6.7", one_line(r.message)};
       }
       bool temporary = r.smtp_code ? (*r.smtp_code >= 400 && *r.smtp_code < 500) : r.retryable;
       if (temporary) {
         return {451, enhanced_of(r.smtp_reply, '4', "4.3.0"),
-                "Upstream deferred the message: " + upstream_said(r), "failed"};
+                "Upstream deferred the message: " + upstream_said(r)};
       }
       return {554, enhanced_of(r.smtp_reply, '5', "5.0.0"),
-              "Upstream rejected the message: " + upstream_said(r), "rejected"};
+              "Upstream rejected the message: " + upstream_said(r)};
     }
     case DeliveryStatus::ConnectionRefused:
-      return {451, "4.4.1", "Upstream connection refused: " + one_line(r.message), "failed"};
+      return {451, "4.4.1", "Upstream connection refused: " + one_line(r.message)};
     case DeliveryStatus::ConnectionTimedOut:
-      return {451, "4.4.2", "Upstream connection timed out: " + one_line(r.message), "failed"};
+      return {451, "4.4.2", "Upstream connection timed out: " + one_line(r.message)};
     case DeliveryStatus::CertificateError:
-      return {451, "4.4.0", "Upstream certificate error: " + one_line(r.message), "failed"};
+      return {451, "4.4.0", "Upstream certificate error: " + one_line(r.message)};
     case DeliveryStatus::AuthenticationFailed:
-      return {451, "4.4.0", "Upstream authentication failed: " + one_line(r.message), "failed"};
+      return {451, "4.4.0", "Upstream authentication failed: " + one_line(r.message)};
     case DeliveryStatus::TlsUnavailable:
-      return {451, "4.4.0", "Upstream offers no STARTTLS: " + one_line(r.message), "failed"};
+      return {451, "4.4.0", "Upstream offers no STARTTLS: " + one_line(r.message)};
     case DeliveryStatus::ProtocolError:
-      return {451, "4.4.0", "Upstream protocol error: " + one_line(r.message), "failed"};
+      return {451, "4.4.0", "Upstream protocol error: " + one_line(r.message)};
     case DeliveryStatus::ShuttingDown:
-      return {451, "4.3.2", "Service shutting down, try again later", "failed"};
+      return {451, "4.3.2", "Service shutting down, try again later"};
   }
-  return {451, "4.3.0", "Delivery failed", "failed"};
+  return {451, "4.3.0", "Delivery failed"};
 }
 
 FinalReply reply_for_policy(const PolicyDecision& d) {
   switch (d.verdict) {
     case Verdict::Allow:
-      return {250, "2.0.0", "Ok", "sent"};
+      return {250, "2.0.0", "Ok"};
     case Verdict::TooManyRecipients:
-      return {452, "4.5.3", d.reason.empty() ? "Too many recipients" : one_line(d.reason),
-              "rejected"};
+      return {
+          452,
+          "4.5.3",
+          d.reason.empty() ? "Too many recipients" : one_line(d.reason),
+      };
     case Verdict::RateLimited:
       return {450, "4.7.1",
               "Rate limit " + one_line(d.limit_text) + " exceeded, try again in " +
-                  std::to_string((d.retry_after_ms + 999) / 1000) + " seconds",
-              "rate_limited"};
+                  std::to_string((d.retry_after_ms + 999) / 1000) + " seconds"};
     default:
-      return {550, "5.7.1", d.reason.empty() ? "Not allowed" : one_line(d.reason), "rejected"};
+      return {550, "5.7.1", d.reason.empty() ? "Not allowed" : one_line(d.reason)};
   }
+}
+
+FinalReply reply_for_submission(const SubmissionResult& result) {
+  switch (result.status) {
+    case SubmissionStatus::Refused:
+    case SubmissionStatus::RateLimited:
+      return reply_for_policy(result.decision);
+    case SubmissionStatus::Unavailable:
+      return {451, "4.3.2",
+              "Service not available, try again later: " + one_line(result.delivery.message)};
+    case SubmissionStatus::Sent:
+    case SubmissionStatus::Failed:
+    case SubmissionStatus::Rejected:
+      break;
+  }
+  return reply_for_delivery(result.delivery, result.id);
 }
 
 }  // namespace mailcar::smtp

@@ -13,6 +13,7 @@
 #include "mailcar/metrics.hpp"
 #include "mailcar/net.hpp"
 #include "mailcar/normalize.hpp"
+#include "mailcar/submission.hpp"
 #include "mailcar/text.hpp"
 #include "smtp_server/delivery_reply.hpp"
 #include "smtp_server/smtp_session.hpp"
@@ -178,17 +179,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
 
   void handle(smtp::SessionOutput out) {
-    for (const std::string& reason : out.refusals) {
-      log::info(
-          "message_refused",
-          {{"ingress", "smtp"},
-           {"role", session_->role().empty() ? runtime_->config->smtp.anonymous_role.value_or("")
-                                             : session_->role()},
-           {"identity",
-            session_->authenticated() ? "smtp:" + session_->auth_user() : std::string("anonymous")},
-           {"service", runtime_->config->smtp.service},
-           {"reason", reason},
-           {"remote", remote_}});
+    for (const smtp::PolicyRefusal& refusal : out.refusals) {
+      record_policy_refusal(submitter(), runtime_->config->smtp.service, refusal.decision,
+                            refusal.whole_message);
     }
     if (out.auth_failed) {
       log::warn("smtp_auth_failed", {{"remote", remote_}});
@@ -242,6 +235,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
         break;
       }
       case smtp::SessionEvent::Deliver:
+        refresh_runtime();  // a message uses the runtime current at its end of data
         delivering_ = true;
         idle_timer_.stop();        // the client is waiting for us, not idle
         stream_->pause_reading();  // backpressure while the upstream works
@@ -265,110 +259,63 @@ class Connection : public std::enable_shared_from_this<Connection> {
     });
   }
 
-  void deliver(smtp::Submission submission) {
-    // A message uses the runtime current at its end of data (a reload in between applies).
-    std::shared_ptr<Runtime> rt = server_->runtime ? server_->runtime() : nullptr;
-    if (!rt) rt = runtime_;
-    const Config& config = *rt->config;
-    const std::string& service = config.smtp.service;
-    std::string role =
-        session_->authenticated() ? session_->role() : config.smtp.anonymous_role.value_or("");
-    std::string identity =
+  // Who this session's client is, for the submission path and its log lines.
+  Submitter submitter() const {
+    const Config& config = *runtime_->config;
+    Submitter s;
+    s.ingress = Ingress::Smtp;
+    s.role = session_->authenticated() ? session_->role() : config.smtp.anonymous_role.value_or("");
+    s.identity =
         session_->authenticated() ? "smtp:" + session_->auth_user() : std::string("anonymous");
-    uint64_t now = wall_ms();
-    auto now_unix = static_cast<int64_t>(now / 1000);
+    s.remote = remote_;
+    return s;
+  }
 
+  // The submitted data as a normalized message (RFC 5322 checks, trace header, defaults).
+  Result<NormalizedMessage> normalize(const Runtime& rt, const smtp::Submission& submission,
+                                      const std::string& trace_id, int64_t now_unix) const {
     std::string protocol = session_->esmtp() ? "ESMTP" : "SMTP";
     if (session_->esmtp() && session_->tls_active()) protocol += "S";
     if (session_->esmtp() && session_->authenticated()) protocol += "A";
-    std::string trace_id = text::random_token(12);
     NormalizeInput input;
     input.raw = submission.data;
-    if (const ServiceConfig* s = config.find_service(service); s && !s->from_email.empty()) {
-      input.default_from = Mailbox{s->from_email, s->from_name};
+    const ServiceConfig* service = rt.config->find_service(rt.config->smtp.service);
+    if (service != nullptr && !service->from_email.empty()) {
+      input.default_from = Mailbox{service->from_email, service->from_name};
     }
-    input.received_header = make_received_header(session_->helo(), peer_ip(remote_), rt->hostname,
+    input.received_header = make_received_header(session_->helo(), peer_ip(remote_), rt.hostname,
                                                  protocol, trace_id, now_unix);
-    input.hostname = rt->hostname;
+    input.hostname = rt.hostname;
     input.now_unix = now_unix;
-    // A message refused before it reached a transport: one "message" line saying why.
-    auto log_refused = [&](std::string_view id, size_t size, std::string_view outcome,
-                           std::string_view reason) {
-      log::info("message", {{"id", id},
-                            {"ingress", "smtp"},
-                            {"role", role},
-                            {"service", service},
-                            {"identity", identity},
-                            {"remote", remote_},
-                            {"recipients", submission.recipients.size()},
-                            {"size", size},
-                            {"outcome", outcome},
-                            {"reason", reason}});
-    };
-    Result<NormalizedMessage> normalized = normalize_message(input);
+    return normalize_message(input);
+  }
+
+  void deliver(smtp::Submission data) {
+    std::shared_ptr<Runtime> rt = runtime_;
+    uint64_t now = wall_ms();
+    std::string trace_id = text::random_token(12);
+    Submission submission;
+    submission.submitter = submitter();
+    submission.service = rt->config->smtp.service;
+    Result<NormalizedMessage> normalized =
+        normalize(*rt, data, trace_id, static_cast<int64_t>(now / 1000));
     if (!normalized.ok()) {
-      log_refused(trace_id, submission.data.size(), "rejected", normalized.error().message);
-      metrics::count_message(Ingress::Smtp, role, service, "rejected");
-      return finish_delivery(
-          {554, "5.6.0", "Message refused: " + normalized.error().message, "rejected"});
+      record_invalid_message(submission.submitter, submission.service, trace_id, data.data.size(),
+                             data.recipients.size(), normalized.error().message);
+      return finish_delivery({554, "5.6.0", "Message refused: " + normalized.error().message});
     }
     NormalizedMessage& message = normalized.value();
-
-    PolicyRequest request;
-    request.role = role;
-    request.service = service;
-    request.envelope_from = submission.envelope_from;
-    for (const Mailbox& m : message.from) request.header_from.push_back(m.address);
-    request.recipients = submission.recipients.size();
-    PolicyDecision decision = rt->policy ? rt->policy->admit(request, now) : PolicyDecision{};
-    if (!decision.allowed()) {
-      smtp::FinalReply reply = smtp::reply_for_policy(decision);
-      log_refused(message.message_id, message.data.size(), reply.outcome, decision.reason);
-      if (decision.verdict == Verdict::RateLimited) metrics::count_rate_limited(role);
-      metrics::count_message(Ingress::Smtp, role, service, reply.outcome);
-      return finish_delivery(reply);
-    }
-
-    Transport* transport = rt->transport(service);
-    if (transport == nullptr) {
-      log::error("smtp_no_transport", {{"service", service}});
-      metrics::count_message(Ingress::Smtp, role, service, "failed");
-      return finish_delivery({451, "4.3.5", "Service " + service + " not available", "failed"});
-    }
-    OutboundMessage outbound;
+    for (const Mailbox& m : message.from) submission.header_from.push_back(m.address);
+    OutboundMessage& outbound = submission.message;
     outbound.id = message.message_id;
-    outbound.envelope_from = submission.envelope_from;
-    outbound.envelope_rcpts = std::move(submission.recipients);
-    outbound.smtputf8 = submission.smtputf8;
-    outbound.eight_bit = message.eight_bit || submission.eight_bit;
+    outbound.envelope_from = std::move(data.envelope_from);
+    outbound.envelope_rcpts = std::move(data.recipients);
+    outbound.smtputf8 = data.smtputf8;
+    outbound.eight_bit = message.eight_bit || data.eight_bit;
     outbound.data = std::move(message.data);
-    size_t size = outbound.data.size();
-    size_t recipients = outbound.envelope_rcpts.size();
-    std::string id = outbound.id;
-
     std::weak_ptr<Connection> weak = weak_from_this();
-    transport->deliver(std::move(outbound), [weak, rt, id, role, service, identity, size,
-                                             recipients, remote = remote_](DeliveryResult r) {
-      smtp::FinalReply reply = smtp::reply_for_delivery(r, id);
-      log_delivery({.id = id,
-                    .ingress = Ingress::Smtp,
-                    .role = role,
-                    .identity = identity,
-                    .remote = remote,
-                    .service = service,
-                    .recipients = recipients,
-                    .size = size,
-                    .outcome = reply.outcome},
-                   r);
-      metrics::count_message(Ingress::Smtp, role, service, reply.outcome);
-      if (r.status == DeliveryStatus::Sent) {
-        metrics::count_recipients(service, "sent", r.accepted.size());
-        metrics::count_recipients(service, "rejected", r.rejected.size());
-      } else {
-        metrics::count_recipients(service, reply.outcome, recipients);
-      }
-      if (r.upstream_seconds > 0) metrics::observe_upstream_seconds(r.upstream_seconds);
-      if (auto self = weak.lock()) self->finish_delivery(reply);
+    submit(std::move(rt), std::move(submission), now, [weak](SubmissionResult result) {
+      if (auto self = weak.lock()) self->finish_delivery(smtp::reply_for_submission(result));
     });
   }
 

@@ -479,7 +479,7 @@ void SmtpServerSession::cmd_mail(std::string_view arg, SessionOutput& out) {
     // Too many recipients is judged at RCPT, where the count is known.
     if (!decision->allowed() && decision->verdict != Verdict::TooManyRecipients) {
       FinalReply r = reply_for_policy(*decision);
-      out.refusals.push_back(decision->reason);
+      out.refusals.push_back({*decision, true});
       return reply(out, r.code, r.enhanced, r.text);
     }
   }
@@ -514,7 +514,7 @@ void SmtpServerSession::cmd_rcpt(std::string_view arg, SessionOutput& out) {
   if (auto decision = check_policy(message_.envelope_from, message_.recipients.size() + 1)) {
     if (!decision->allowed()) {
       FinalReply r = reply_for_policy(*decision);
-      out.refusals.push_back(decision->reason);
+      out.refusals.push_back({*decision, false});
       return reply(out, r.code, r.enhanced, r.text);
     }
   }

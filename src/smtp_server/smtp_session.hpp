@@ -72,12 +72,19 @@ struct Submission {
   bool eight_bit = false;  // BODY=8BITMIME or 8-bit bytes in the data
 };
 
+// A policy refusal at MAIL FROM (the whole message) or RCPT TO (one recipient), for the
+// glue to log and count.
+struct PolicyRefusal {
+  PolicyDecision decision;
+  bool whole_message = false;  // MAIL FROM: the transaction never starts
+};
+
 struct SessionOutput {
   std::string reply;  // bytes to write, in order
   SessionEvent event = SessionEvent::None;
   std::optional<Submission> submission;  // set with Deliver
   bool auth_failed = false;              // the reply holds a 535: the glue may delay it
-  std::vector<std::string> refusals;     // policy reasons behind refusing replies, for the log
+  std::vector<PolicyRefusal> refusals;   // policy decisions behind refusing replies
 };
 
 class SmtpServerSession {

@@ -1,0 +1,201 @@
+#include "mailcar/submission.hpp"
+
+#include <utility>
+
+#include "mailcar/log.hpp"
+#include "mailcar/metrics.hpp"
+
+namespace mailcar {
+namespace {
+
+bool temporary_reply(const DeliveryResult& r) {
+  return r.smtp_code ? (*r.smtp_code >= 400 && *r.smtp_code < 500) : r.retryable;
+}
+
+// What a transport's answer means for the submitter. A "sent" that nobody took is decided by
+// its first refusal, so both doors report it as the refusal it is.
+SubmissionStatus classify(DeliveryResult& r) {
+  switch (r.status) {
+    case DeliveryStatus::Sent:
+      if (!r.accepted.empty()) return SubmissionStatus::Sent;
+      r.status = DeliveryStatus::Rejected;
+      if (!r.rejected.empty()) {
+        r.smtp_code = r.rejected.front().smtp_code;
+        r.smtp_reply = r.rejected.front().smtp_reply;
+        r.retryable = r.rejected.front().smtp_code / 100 == 4;
+      }
+      if (r.message.empty()) r.message = "All recipients were rejected";
+      return temporary_reply(r) ? SubmissionStatus::Failed : SubmissionStatus::Rejected;
+    case DeliveryStatus::Rejected:
+      return temporary_reply(r) ? SubmissionStatus::Failed : SubmissionStatus::Rejected;
+    case DeliveryStatus::ShuttingDown:
+      return SubmissionStatus::Unavailable;
+    default:
+      return SubmissionStatus::Failed;
+  }
+}
+
+const char* refusal_outcome(const PolicyDecision& d) {
+  return d.verdict == Verdict::RateLimited ? "rate_limited" : "rejected";
+}
+
+// No recipient count: an SMTP client is refused at MAIL FROM, before it names any.
+void log_refusal(const Submitter& s, std::string_view service, const PolicyDecision& d) {
+  log::info("message_refused", {{"ingress", ingress_name(s.ingress)},
+                                {"role", s.role},
+                                {"identity", s.identity},
+                                {"remote", s.remote},
+                                {"service", service},
+                                {"outcome", refusal_outcome(d)},
+                                {"reason", d.reason},
+                                {"limit", d.limit_text}});
+}
+
+// What the log line and counters of a finished delivery need once the message itself has gone
+// to the transport.
+struct Delivered {
+  Submitter submitter;
+  std::string service;
+  uint64_t recipients = 0;
+  uint64_t size = 0;
+};
+
+// One "message" line per finished delivery (SPEC §8), plus one "recipient_rejected" line per
+// recipient the upstream refused.
+void log_delivery(const Delivered& s, const SubmissionResult& result) {
+  const DeliveryResult& r = result.delivery;
+  // A number when the upstream answered, null (JSON) when it never did.
+  log::Field code("upstream_code", r.smtp_code ? std::to_string(*r.smtp_code) : "null");
+  code.quoted = false;
+  log::info("message", {{"id", result.id},
+                        {"ingress", ingress_name(s.submitter.ingress)},
+                        {"role", s.submitter.role},
+                        {"identity", s.submitter.identity},
+                        {"remote", s.submitter.remote},
+                        {"service", s.service},
+                        {"recipients", s.recipients},
+                        {"size", s.size},
+                        {"outcome", outcome_label(result.status)},
+                        {"status", delivery_status_name(r.status)},
+                        code,
+                        {"upstream_reply", r.smtp_reply},
+                        {"upstream_seconds", r.upstream_seconds}});
+  for (const RecipientOutcome& rejected : r.rejected) {
+    log::warn("recipient_rejected", {{"id", result.id},
+                                     {"recipient", rejected.address},
+                                     {"upstream_code", rejected.smtp_code},
+                                     {"upstream_reply", rejected.smtp_reply}});
+  }
+}
+
+void count_delivery(const Delivered& s, const SubmissionResult& result) {
+  const char* outcome = outcome_label(result.status);
+  metrics::count_message(s.submitter.ingress, s.submitter.role, s.service, outcome);
+  if (result.status == SubmissionStatus::Sent) {
+    metrics::count_recipients(s.service, "sent", result.delivery.accepted.size());
+    if (!result.delivery.rejected.empty()) {
+      metrics::count_recipients(s.service, "rejected", result.delivery.rejected.size());
+    }
+  } else {
+    metrics::count_recipients(s.service, outcome, s.recipients);
+  }
+}
+
+SubmissionResult unavailable(std::string id, std::string why) {
+  SubmissionResult r;
+  r.status = SubmissionStatus::Unavailable;
+  r.id = std::move(id);
+  r.delivery = delivery_failure(DeliveryStatus::ShuttingDown, std::move(why), true);
+  return r;
+}
+
+// The delivery mode: today the service's transport (SMTP relay or file driver).
+void deliver_direct(Transport& transport, std::shared_ptr<Runtime> runtime, Submission submission,
+                    SubmissionDone done) {
+  Delivered context{std::move(submission.submitter), std::move(submission.service),
+                    submission.message.envelope_rcpts.size(), submission.message.data.size()};
+  std::string id = submission.message.id;
+  transport.deliver(std::move(submission.message),
+                    [runtime = std::move(runtime), context = std::move(context), id = std::move(id),
+                     done = std::move(done)](DeliveryResult delivery) {
+                      SubmissionResult result;
+                      result.id = id;
+                      result.delivery = std::move(delivery);
+                      result.status = classify(result.delivery);
+                      count_delivery(context, result);
+                      log_delivery(context, result);
+                      done(std::move(result));
+                    });
+}
+
+}  // namespace
+
+const char* outcome_label(SubmissionStatus status) {
+  switch (status) {
+    case SubmissionStatus::Sent:
+      return "sent";
+    case SubmissionStatus::Refused:
+    case SubmissionStatus::Rejected:
+      return "rejected";
+    case SubmissionStatus::RateLimited:
+      return "rate_limited";
+    case SubmissionStatus::Failed:
+    case SubmissionStatus::Unavailable:
+      return "failed";
+  }
+  return "failed";
+}
+
+void record_policy_refusal(const Submitter& submitter, std::string_view service,
+                           const PolicyDecision& decision, bool whole_message) {
+  log_refusal(submitter, service, decision);
+  if (decision.verdict == Verdict::RateLimited) metrics::count_rate_limited(submitter.role);
+  if (whole_message) {
+    metrics::count_message(submitter.ingress, submitter.role, service, refusal_outcome(decision));
+  }
+}
+
+void record_invalid_message(const Submitter& submitter, std::string_view service,
+                            std::string_view id, uint64_t size, uint64_t recipients,
+                            std::string_view reason) {
+  log::info("message", {{"id", id},
+                        {"ingress", ingress_name(submitter.ingress)},
+                        {"role", submitter.role},
+                        {"identity", submitter.identity},
+                        {"remote", submitter.remote},
+                        {"service", service},
+                        {"recipients", recipients},
+                        {"size", size},
+                        {"outcome", "rejected"},
+                        {"reason", reason}});
+  metrics::count_message(submitter.ingress, submitter.role, service, "rejected");
+}
+
+void submit(std::shared_ptr<Runtime> runtime, Submission submission, uint64_t now_ms,
+            SubmissionDone done) {
+  std::string id = submission.message.id;
+  if (!runtime || !runtime->policy) return done(unavailable(std::move(id), "Not ready."));
+  const uint64_t recipients = submission.message.envelope_rcpts.size();
+  PolicyRequest request{submission.submitter.role, submission.service,
+                        submission.message.envelope_from, submission.header_from, recipients};
+  PolicyDecision decision = runtime->policy->admit(request, now_ms);
+  if (!decision.allowed()) {
+    record_policy_refusal(submission.submitter, submission.service, decision, true);
+    SubmissionResult result;
+    result.status = decision.verdict == Verdict::RateLimited ? SubmissionStatus::RateLimited
+                                                             : SubmissionStatus::Refused;
+    result.id = std::move(id);
+    result.decision = std::move(decision);
+    return done(std::move(result));
+  }
+  Transport* transport = runtime->transport(submission.service);
+  if (transport == nullptr) {
+    log::error("no_transport", {{"service", submission.service}});
+    metrics::count_message(submission.submitter.ingress, submission.submitter.role,
+                           submission.service, "failed");
+    return done(unavailable(std::move(id), "Service " + submission.service + " not available"));
+  }
+  deliver_direct(*transport, std::move(runtime), std::move(submission), std::move(done));
+}
+
+}  // namespace mailcar

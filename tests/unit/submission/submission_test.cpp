@@ -1,0 +1,195 @@
+#include "mailcar/submission.hpp"
+
+#include <gtest/gtest.h>
+
+#include <optional>
+#include <utility>
+
+#include "mailcar/metrics.hpp"
+
+namespace mailcar {
+namespace {
+
+constexpr uint64_t kNow = 1'700'000'000'000;
+
+// A transport that answers with a result chosen by the test, on the next call of answer().
+class ScriptedTransport : public Transport {
+ public:
+  void deliver(OutboundMessage message, DeliveryCallback done) override {
+    delivered = std::move(message);
+    pending = std::move(done);
+  }
+  void shutdown(std::function<void()> done) override { done(); }
+  void answer(DeliveryResult r) { std::exchange(pending, nullptr)(std::move(r)); }
+
+  std::optional<OutboundMessage> delivered;
+  DeliveryCallback pending;
+};
+
+struct Fixture {
+  Fixture() {
+    auto config = std::make_shared<Config>();
+    ServiceConfig email;
+    email.name = "email";
+    email.from_email = "noreply@example.com";
+    config->services.push_back(email);
+    RoleConfig app;
+    app.name = "app";
+    app.senders = std::vector<std::string>{"*@example.com"};
+    app.rate_limits.push_back(*parse_rate("2/minute"));
+    config->roles.push_back(app);
+    runtime->config = config;
+    runtime->policy = make_policy(*config);
+    runtime->transports.emplace("email", transport);
+    metrics::reset_for_tests();
+  }
+
+  Submission submission(std::string from = "app@example.com") const {
+    Submission s;
+    s.submitter = {Ingress::Smtp, "app", "anonymous", "127.0.0.1:1"};
+    s.service = "email";
+    s.header_from = {from};
+    s.message.id = "id1@test";
+    s.message.envelope_from = from;
+    s.message.envelope_rcpts = {"a@example.com", "b@example.com"};
+    s.message.data = "Subject: x\r\n\r\nbody\r\n";
+    return s;
+  }
+
+  std::optional<SubmissionResult> run(Submission s, std::optional<DeliveryResult> answer) {
+    std::optional<SubmissionResult> got;
+    submit(runtime, std::move(s), kNow, [&got](SubmissionResult r) { got = std::move(r); });
+    if (answer) {
+      EXPECT_FALSE(got) << "answered before the transport did";
+      if (!got && transport->pending) transport->answer(std::move(*answer));
+    }
+    return got;
+  }
+
+  std::shared_ptr<Runtime> runtime = std::make_shared<Runtime>();
+  std::shared_ptr<ScriptedTransport> transport = std::make_shared<ScriptedTransport>();
+};
+
+DeliveryResult sent(std::vector<std::string> accepted,
+                    std::vector<RecipientOutcome> rejected = {}) {
+  DeliveryResult r;
+  r.accepted = std::move(accepted);
+  r.rejected = std::move(rejected);
+  return r;
+}
+
+bool has_line(const std::string& text, const std::string& line) {
+  return text.find(line) != std::string::npos;
+}
+
+TEST(Submission, SentCountsAcceptedAndRejectedRecipients) {
+  Fixture f;
+  auto r = f.run(f.submission(), sent({"a@example.com"}, {{"b@example.com", 550, "no"}}));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, SubmissionStatus::Sent);
+  EXPECT_EQ(r->id, "id1@test");
+  ASSERT_TRUE(f.transport->delivered);
+  EXPECT_EQ(f.transport->delivered->envelope_rcpts.size(), 2u);
+  std::string m = metrics::render_prometheus();
+  EXPECT_TRUE(has_line(m, R"(mailcar_recipients_total{service="email",outcome="sent"} 1)")) << m;
+  EXPECT_TRUE(has_line(m, R"(mailcar_recipients_total{service="email",outcome="rejected"} 1)"))
+      << m;
+}
+
+TEST(Submission, SentButNobodyTookItIsDecidedByTheFirstRefusal) {
+  Fixture f;
+  auto r = f.run(f.submission(),
+                 sent({}, {{"a@example.com", 450, "later"}, {"b@example.com", 550, "no"}}));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, SubmissionStatus::Failed);  // 450 first: temporary
+  EXPECT_EQ(r->delivery.status, DeliveryStatus::Rejected);
+  EXPECT_EQ(r->delivery.smtp_code, 450);
+  EXPECT_TRUE(r->delivery.retryable);
+
+  Fixture g;
+  r = g.run(g.submission(), sent({}, {{"a@example.com", 550, "no"}}));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, SubmissionStatus::Rejected);
+  EXPECT_FALSE(r->delivery.retryable);
+}
+
+TEST(Submission, UpstreamRepliesAndConnectionTroubleMapToOneClosedSet) {
+  struct Case {
+    DeliveryStatus status;
+    std::optional<int> code;
+    bool retryable;
+    SubmissionStatus expected;
+  } cases[] = {
+      {DeliveryStatus::Rejected, 554, false, SubmissionStatus::Rejected},
+      {DeliveryStatus::Rejected, 451, true, SubmissionStatus::Failed},
+      {DeliveryStatus::Rejected, std::nullopt, false, SubmissionStatus::Rejected},  // SMTPUTF8
+      {DeliveryStatus::ConnectionRefused, std::nullopt, true, SubmissionStatus::Failed},
+      {DeliveryStatus::CertificateError, std::nullopt, false, SubmissionStatus::Failed},
+      {DeliveryStatus::ShuttingDown, std::nullopt, true, SubmissionStatus::Unavailable},
+  };
+  for (const Case& c : cases) {
+    Fixture f;
+    DeliveryResult d = delivery_failure(c.status, "x", c.retryable);
+    d.smtp_code = c.code;
+    auto r = f.run(f.submission(), d);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, c.expected) << delivery_status_name(c.status);
+  }
+  EXPECT_STREQ(outcome_label(SubmissionStatus::Rejected), "rejected");
+  EXPECT_STREQ(outcome_label(SubmissionStatus::Refused), "rejected");
+  EXPECT_STREQ(outcome_label(SubmissionStatus::Failed), "failed");
+  EXPECT_STREQ(outcome_label(SubmissionStatus::Unavailable), "failed");
+  EXPECT_STREQ(outcome_label(SubmissionStatus::RateLimited), "rate_limited");
+  EXPECT_STREQ(outcome_label(SubmissionStatus::Sent), "sent");
+}
+
+TEST(Submission, PolicyRefusalsAnswerAtOnceAndNeverReachTheTransport) {
+  Fixture f;
+  auto r = f.run(f.submission("x@evil.org"), std::nullopt);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, SubmissionStatus::Refused);
+  EXPECT_EQ(r->decision.verdict, Verdict::SenderNotAllowed);
+  EXPECT_FALSE(f.transport->delivered);
+
+  Submission three = f.submission();  // 2/minute counts recipients: 3 can never pass
+  three.message.envelope_rcpts.push_back("c@example.com");
+  r = f.run(std::move(three), std::nullopt);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, SubmissionStatus::Refused);
+  EXPECT_EQ(r->decision.verdict, Verdict::TooManyRecipients);
+  EXPECT_FALSE(f.transport->delivered);
+  std::string m = metrics::render_prometheus();
+  EXPECT_TRUE(has_line(
+      m,
+      R"(mailcar_messages_total{ingress="smtp",role="app",service="email",outcome="rejected"} 2)"))
+      << m;
+}
+
+TEST(Submission, RateLimitIsItsOwnOutcome) {
+  Fixture f;
+  ASSERT_EQ(f.run(f.submission(), sent({"a@example.com", "b@example.com"}))->status,
+            SubmissionStatus::Sent);
+  Submission two = f.submission();
+  two.message.envelope_rcpts = {"a@example.com"};
+  auto r = f.run(std::move(two), std::nullopt);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, SubmissionStatus::RateLimited);
+  EXPECT_GT(r->decision.retry_after_ms, 0u);
+  std::string m = metrics::render_prometheus();
+  EXPECT_TRUE(has_line(m, R"(mailcar_rate_limited_total{role="app"} 1)")) << m;
+}
+
+TEST(Submission, NoTransportOrPolicyIsUnavailable) {
+  Fixture f;
+  f.runtime->transports.clear();
+  auto r = f.run(f.submission(), std::nullopt);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, SubmissionStatus::Unavailable);
+  f.runtime->policy.reset();
+  r = f.run(f.submission(), std::nullopt);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, SubmissionStatus::Unavailable);
+}
+
+}  // namespace
+}  // namespace mailcar
