@@ -18,6 +18,15 @@ struct PolicyRequest {
   std::string envelope_from;             // MAIL FROM / the From address on HTTP
   std::vector<std::string> header_from;  // addresses in the From header (HTTP: the From address)
   uint64_t recipients = 0;               // to + cc + bcc (SMTP: RCPT count)
+  // false in spool mode: the service quota paces delivery (take_quota) instead of judging
+  // the message at submission.
+  bool service_quota = true;
+};
+
+// The service quota asked by the spool just before a message is sent.
+struct QuotaVerdict {
+  bool allowed = true;          // the recipients were counted
+  uint64_t retry_after_ms = 0;  // when refused: until the same request would pass
 };
 
 enum class Verdict {
@@ -49,6 +58,12 @@ class Policy {
   virtual PolicyDecision admit(const PolicyRequest& request, uint64_t now_ms) = 0;
   // Judge without consuming (SMTP RCPT-time checks).
   virtual PolicyDecision check(const PolicyRequest& request, uint64_t now_ms) const = 0;
+  // Consume `recipients` from the service's quota if it lets them through now (a service
+  // without `rate_limit`, or an unknown one, always does). A count larger than the quota's N
+  // is let through (counted as N) once the window is full: a large message is slowed, never
+  // stuck.
+  virtual QuotaVerdict take_quota(std::string_view service, uint64_t recipients,
+                                  uint64_t now_ms) = 0;
 };
 
 // Build the policy for a configuration. `previous` (may be null) hands over the rate-limit

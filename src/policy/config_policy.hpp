@@ -43,6 +43,7 @@ class ConfigPolicy final : public Policy {
 
   PolicyDecision admit(const PolicyRequest& request, uint64_t now_ms) override;
   PolicyDecision check(const PolicyRequest& request, uint64_t now_ms) const override;
+  QuotaVerdict take_quota(std::string_view service, uint64_t recipients, uint64_t now_ms) override;
 
   enum class LimitKind { Role, Service };
   // Every limit with its owner (role or service name).

@@ -87,8 +87,23 @@ PolicyDecision ConfigPolicy::admit(const PolicyRequest& request, uint64_t now_ms
   auto& role = roles_.at(request.role);
   for (RateWindow& window : role.windows) window.limiter.consume(request.recipients, now_ms);
   auto& service = services_.at(request.service);
-  if (service.quota) service.quota->limiter.consume(request.recipients, now_ms);
+  if (service.quota && request.service_quota) {
+    service.quota->limiter.consume(request.recipients, now_ms);
+  }
   return decision;
+}
+
+QuotaVerdict ConfigPolicy::take_quota(std::string_view service, uint64_t recipients,
+                                      uint64_t now_ms) {
+  auto it = services_.find(std::string(service));
+  if (it == services_.end() || !it->second.quota) return {};
+  RateLimiter& limiter = it->second.quota->limiter;
+  // More than N at once: wait for a full window, then let it pass (it cannot be split).
+  uint64_t cost = std::min<uint64_t>(recipients, limiter.count());
+  RateLimiter::Judgement j = limiter.judge(cost, now_ms);
+  if (!j.allowed) return {false, std::max<uint64_t>(1, j.retry_after_ms)};
+  limiter.consume(cost, now_ms);
+  return {};
 }
 
 PolicyDecision ConfigPolicy::judge(const PolicyRequest& request, uint64_t now_ms) const {
@@ -140,7 +155,7 @@ PolicyDecision ConfigPolicy::judge_windows(const RoleRules& role, const ServiceR
   for (const RateWindow& w : role.windows) {
     verdicts.push_back({&w, w.limiter.judge(request.recipients, now_ms)});
   }
-  if (service.quota) {
+  if (service.quota && request.service_quota) {
     verdicts.push_back({&*service.quota, service.quota->limiter.judge(request.recipients, now_ms)});
   }
 

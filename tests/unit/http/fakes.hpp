@@ -20,6 +20,7 @@ class FakePolicy : public Policy {
     return next;
   }
   PolicyDecision check(const PolicyRequest&, uint64_t) const override { return next; }
+  QuotaVerdict take_quota(std::string_view, uint64_t, uint64_t) override { return {}; }
 
   PolicyDecision next;
   std::vector<PolicyRequest> admitted;

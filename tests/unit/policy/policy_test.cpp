@@ -231,6 +231,7 @@ TEST(Policy, ReloadFromForeignPolicyStartsFresh) {
   struct Other : Policy {
     PolicyDecision admit(const PolicyRequest&, uint64_t) override { return {}; }
     PolicyDecision check(const PolicyRequest&, uint64_t) const override { return {}; }
+    QuotaVerdict take_quota(std::string_view, uint64_t, uint64_t) override { return {}; }
   } other;
   auto p = make_policy(base_config(), &other);
   EXPECT_TRUE(p->check(request("webapp", "email", "a@example.com", 10), kNow).allowed());
@@ -243,6 +244,48 @@ TEST(Policy, InvalidPatternsAreIgnoredNotWidened) {
   auto p = make_policy(c);
   EXPECT_EQ(p->check(request("r", "email", "a@example.com"), kNow).verdict,
             Verdict::SenderNotAllowed);
+}
+
+}  // namespace
+}  // namespace mailcar
+
+namespace mailcar {
+namespace {
+
+// Spool mode: the service quota does not refuse at submission; take_quota() paces sending.
+TEST(PolicyQuota, SpoolModeSubmissionSkipsTheQuotaAndTakeQuotaPaces) {
+  Config c;
+  c.services.push_back(
+      testing::service("email", "noreply@example.com", testing::rate(2, "minute")));
+  c.roles.push_back(testing::role("relay", std::nullopt, std::vector<std::string>{"*"}));
+  auto policy = make_policy(c);
+  PolicyRequest r;
+  r.role = "relay";
+  r.service = "email";
+  r.envelope_from = "a@example.com";
+  r.header_from = {"a@example.com"};
+  r.recipients = 2;
+  r.service_quota = false;
+  // Submissions pass however many there are, and consume nothing of the quota...
+  for (int i = 0; i < 5; ++i) EXPECT_TRUE(policy->admit(r, kNow).allowed());
+  r.recipients = 5;  // ... even more than the quota's N at once.
+  EXPECT_TRUE(policy->admit(r, kNow).allowed());
+  // ... which the sending side then takes at its pace.
+  EXPECT_TRUE(policy->take_quota("email", 2, kNow).allowed);
+  QuotaVerdict later = policy->take_quota("email", 1, kNow);
+  EXPECT_FALSE(later.allowed);
+  EXPECT_GT(later.retry_after_ms, 0u);
+  EXPECT_LE(later.retry_after_ms, 30'000u);
+  EXPECT_TRUE(policy->take_quota("email", 1, kNow + later.retry_after_ms).allowed);
+  // More than N waits for a full window, then goes.
+  EXPECT_FALSE(policy->take_quota("email", 5, kNow + later.retry_after_ms).allowed);
+  EXPECT_TRUE(policy->take_quota("email", 5, kNow + later.retry_after_ms + 60'000).allowed);
+  // No quota, or an unknown service: always.
+  EXPECT_TRUE(policy->take_quota("other", 1000, kNow).allowed);
+  // Direct mode still refuses at submission.
+  r.recipients = 1;
+  r.service_quota = true;
+  EXPECT_EQ(policy->admit(r, kNow + later.retry_after_ms).verdict, Verdict::RateLimited);
 }
 
 }  // namespace

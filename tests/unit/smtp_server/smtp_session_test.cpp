@@ -35,6 +35,10 @@ class FakePolicy : public Policy {
     last_now = now_ms;
     return judge ? judge(request) : PolicyDecision{};
   }
+  QuotaVerdict take_quota(std::string_view, uint64_t, uint64_t) override {
+    ADD_FAILURE() << "the session must never consume a quota";
+    return {};
+  }
   std::function<PolicyDecision(const PolicyRequest&)> judge;
   mutable std::vector<PolicyRequest> checks;
   mutable uint64_t last_now = 0;
