@@ -16,7 +16,14 @@ void count_message(Ingress ingress, std::string_view role, std::string_view serv
 void count_recipients(std::string_view service, std::string_view outcome, uint64_t n);
 void count_rate_limited(std::string_view role);
 void observe_upstream_seconds(double seconds);
-void set_spool_messages(int64_t n);
+// Spool mode (SPEC §7.1): messages per state (queued, held, sending, deferred, failed), bytes
+// on disk, age of the oldest message; each replaces the previous value.
+void set_spool_messages(std::string_view state, int64_t n);
+void set_spool_bytes(uint64_t bytes);
+void set_spool_oldest_seconds(double seconds);
+// One delivery attempt from the spool; result: sent | deferred | failed (per message: any
+// recipient sent counts as sent).
+void count_delivery_attempt(std::string_view service, std::string_view result);
 // listener: "http" | "smtp"
 void connection_opened(std::string_view listener);
 void connection_closed(std::string_view listener);

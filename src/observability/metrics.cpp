@@ -22,7 +22,14 @@ struct State {
   std::array<uint64_t, kBuckets.size()> bucket_counts{};  // not cumulative; summed on render
   uint64_t upstream_count = 0;
   double upstream_sum = 0;
-  int64_t spool_messages = 0;
+  std::map<Labels, int64_t> spool_messages{{{"queued"}, 0},
+                                           {{"held"}, 0},
+                                           {{"sending"}, 0},
+                                           {{"deferred"}, 0},
+                                           {{"failed"}, 0}};  // state
+  uint64_t spool_bytes = 0;
+  double spool_oldest_seconds = 0;
+  std::map<Labels, uint64_t> delivery_attempts;  // service, result
   std::map<std::string, int64_t, std::less<>> connections{{"http", 0}, {"smtp", 0}};
 };
 
@@ -129,8 +136,20 @@ void observe_upstream_seconds(double seconds) {
   s.upstream_sum += seconds;
 }
 
-void set_spool_messages(int64_t n) {
-  state().spool_messages = n;
+void set_spool_messages(std::string_view spool_state, int64_t n) {
+  state().spool_messages[{std::string(spool_state)}] = n;
+}
+
+void set_spool_bytes(uint64_t bytes) {
+  state().spool_bytes = bytes;
+}
+
+void set_spool_oldest_seconds(double seconds) {
+  state().spool_oldest_seconds = seconds < 0 ? 0 : seconds;
+}
+
+void count_delivery_attempt(std::string_view service, std::string_view result) {
+  ++state().delivery_attempts[{std::string(service), std::string(result)}];
 }
 
 void connection_opened(std::string_view listener) {
@@ -169,8 +188,18 @@ std::string render_prometheus() {
   append_sample(out, "mailcar_upstream_seconds_sum", {}, {}, format_double(s.upstream_sum));
   append_sample(out, "mailcar_upstream_seconds_count", {}, {}, std::to_string(s.upstream_count));
 
-  append_header(out, "mailcar_spool_messages", "gauge", "Messages waiting in the spool.");
-  append_sample(out, "mailcar_spool_messages", {}, {}, std::to_string(s.spool_messages));
+  append_header(out, "mailcar_spool_messages", "gauge", "Messages in the spool, by state.");
+  for (const auto& [labels, n] : s.spool_messages) {
+    append_sample(out, "mailcar_spool_messages", {"state"}, labels, std::to_string(n));
+  }
+  append_header(out, "mailcar_spool_bytes", "gauge", "Bytes of message and state files spooled.");
+  append_sample(out, "mailcar_spool_bytes", {}, {}, std::to_string(s.spool_bytes));
+  append_header(out, "mailcar_spool_oldest_seconds", "gauge",
+                "Age of the oldest message in the spool.");
+  append_sample(out, "mailcar_spool_oldest_seconds", {}, {}, format_double(s.spool_oldest_seconds));
+  append_counter_family(out, "mailcar_delivery_attempts_total",
+                        "Delivery attempts from the spool, by result.", {"service", "result"},
+                        s.delivery_attempts);
 
   append_header(out, "mailcar_connections", "gauge", "Open client connections, by listener.");
   for (const auto& [listener, n] : s.connections) {

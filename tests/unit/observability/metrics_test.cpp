@@ -129,14 +129,20 @@ class Metrics : public ::testing::Test {
 TEST_F(Metrics, EmptyRenderIsValidAndDeclaresEveryFamily) {
   Exposition e = parse(metrics::render_prometheus());
   EXPECT_TRUE(e.errors.empty()) << e.errors.front();
-  std::map<std::string, std::string> expected = {
-      {"mailcar_messages_total", "counter"},     {"mailcar_recipients_total", "counter"},
-      {"mailcar_rate_limited_total", "counter"}, {"mailcar_upstream_seconds", "histogram"},
-      {"mailcar_spool_messages", "gauge"},       {"mailcar_connections", "gauge"}};
+  std::map<std::string, std::string> expected = {{"mailcar_messages_total", "counter"},
+                                                 {"mailcar_recipients_total", "counter"},
+                                                 {"mailcar_rate_limited_total", "counter"},
+                                                 {"mailcar_upstream_seconds", "histogram"},
+                                                 {"mailcar_spool_messages", "gauge"},
+                                                 {"mailcar_connections", "gauge"},
+                                                 {"mailcar_spool_bytes", "gauge"},
+                                                 {"mailcar_spool_oldest_seconds", "gauge"},
+                                                 {"mailcar_delivery_attempts_total", "counter"}};
   EXPECT_EQ(e.type, expected);
   for (const auto& [name, type] : expected) EXPECT_FALSE(e.help[name].empty()) << name;
   EXPECT_EQ(e.value("mailcar_upstream_seconds_count", {}), 0);
-  EXPECT_EQ(e.value("mailcar_spool_messages", {}), 0);
+  EXPECT_EQ(e.value("mailcar_spool_messages", {{"state", "held"}}), 0);
+  EXPECT_EQ(e.value("mailcar_spool_bytes", {}), 0);
   EXPECT_EQ(e.value("mailcar_connections", {{"listener", "http"}}), 0);
 }
 
@@ -148,7 +154,13 @@ TEST_F(Metrics, CountersByLabels) {
   metrics::count_recipients("email", "sent", 2);
   metrics::count_recipients("email", "rejected", 1);
   metrics::count_rate_limited("legacy");
-  metrics::set_spool_messages(17);
+  metrics::set_spool_messages("held", 17);
+  metrics::set_spool_messages("deferred", 3);
+  metrics::set_spool_messages("deferred", 2);  // a gauge: the last value
+  metrics::set_spool_bytes(4096);
+  metrics::set_spool_oldest_seconds(12.5);
+  metrics::count_delivery_attempt("email", "deferred");
+  metrics::count_delivery_attempt("email", "deferred");
   metrics::connection_opened("http");
   metrics::connection_opened("http");
   metrics::connection_opened("smtp");
@@ -171,7 +183,14 @@ TEST_F(Metrics, CountersByLabels) {
   EXPECT_EQ(e.value("mailcar_recipients_total", {{"service", "email"}, {"outcome", "rejected"}}),
             1);
   EXPECT_EQ(e.value("mailcar_rate_limited_total", {{"role", "legacy"}}), 1);
-  EXPECT_EQ(e.value("mailcar_spool_messages", {}), 17);
+  EXPECT_EQ(e.value("mailcar_spool_messages", {{"state", "held"}}), 17);
+  EXPECT_EQ(e.value("mailcar_spool_messages", {{"state", "deferred"}}), 2);
+  EXPECT_EQ(e.value("mailcar_spool_messages", {{"state", "queued"}}), 0);
+  EXPECT_EQ(e.value("mailcar_spool_bytes", {}), 4096);
+  EXPECT_EQ(e.value("mailcar_spool_oldest_seconds", {}), 12.5);
+  EXPECT_EQ(
+      e.value("mailcar_delivery_attempts_total", {{"service", "email"}, {"result", "deferred"}}),
+      2);
   EXPECT_EQ(e.value("mailcar_connections", {{"listener", "http"}}), 1);
   EXPECT_EQ(e.value("mailcar_connections", {{"listener", "smtp"}}), 0);
 }
