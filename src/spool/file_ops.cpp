@@ -25,11 +25,6 @@ class Fd {
   Fd(const Fd&) = delete;
   Fd& operator=(const Fd&) = delete;
   int get() const { return fd_; }
-  int release() {
-    int fd = fd_;
-    fd_ = -1;
-    return fd;
-  }
 
  private:
   int fd_;
@@ -82,25 +77,34 @@ SpoolStatus status_from_errno(int err, std::string_view what) {
   return s;
 }
 
-SpoolStatus write_temp(int dirfd, const std::string& name,
-                       const std::vector<std::string_view>& pieces, Tally& tally) {
+SpoolStatus start_temp(int dirfd, const std::string& name,
+                       const std::vector<std::string_view>& pieces, int& fd) {
   std::string tmp = name + ".tmp";
-  Fd fd(::openat(dirfd, tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-  if (fd.get() < 0) return status_from_errno(errno, tmp);
+  fd = ::openat(dirfd, tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return status_from_errno(errno, tmp);
   int err = 0;
   for (std::string_view piece : pieces) {
-    if ((err = write_all(fd.get(), piece)) != 0) break;
+    if ((err = write_all(fd, piece)) != 0) break;
   }
   if (err == 0) {
-    if (::fdatasync(fd.get()) != 0) err = errno;
-    ++tally.file_fsyncs;
+    // Only a hint; the fdatasync in finish_temp() is what makes it durable.
+    ::sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+    return {};
   }
-  if (::close(fd.release()) != 0 && err == 0) err = errno;
-  if (err != 0) {
-    ::unlinkat(dirfd, tmp.c_str(), 0);
-    return status_from_errno(err, tmp);
-  }
-  return {};
+  ::close(fd);
+  fd = -1;
+  ::unlinkat(dirfd, tmp.c_str(), 0);
+  return status_from_errno(err, tmp);
+}
+
+SpoolStatus finish_temp(int dirfd, const std::string& name, int fd, Tally& tally) {
+  int err = ::fdatasync(fd) != 0 ? errno : 0;
+  ++tally.file_fsyncs;
+  if (::close(fd) != 0 && err == 0) err = errno;
+  if (err == 0) return {};
+  std::string tmp = name + ".tmp";
+  ::unlinkat(dirfd, tmp.c_str(), 0);
+  return status_from_errno(err, tmp);
 }
 
 int rename_noreplace(int dirfd, const std::string& from, const std::string& to) {

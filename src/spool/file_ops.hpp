@@ -30,10 +30,14 @@ struct Tally {
 
 SpoolStatus status_from_errno(int err, std::string_view what);
 
-// Writes `pieces` to <dir>/<name>.tmp, fdatasyncs it and closes it; on failure the temp file
-// is removed.
-SpoolStatus write_temp(int dirfd, const std::string& name,
-                       const std::vector<std::string_view>& pieces, Tally& tally);
+// Writes `pieces` to <dir>/<name>.tmp and starts its writeback (sync_file_range, no wait),
+// so that the fdatasync calls of a whole batch find their data already on its way and the
+// journal commits of the first one cover the others. `fd` stays open for finish_temp().
+// On failure the temp file is removed and `fd` is -1.
+SpoolStatus start_temp(int dirfd, const std::string& name,
+                       const std::vector<std::string_view>& pieces, int& fd);
+// fdatasync and close of a descriptor from start_temp(); on failure the temp file is removed.
+SpoolStatus finish_temp(int dirfd, const std::string& name, int fd, Tally& tally);
 
 // rename without replacing an existing target (renameat2 RENAME_NOREPLACE, or link + unlink
 // where the file system lacks it); 0 or an errno (EEXIST when the target exists).

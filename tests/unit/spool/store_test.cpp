@@ -120,6 +120,7 @@ TEST_F(SpoolStoreTest, StateUpdatesSurviveRestartAndRemoveDeletesBoth) {
 TEST_F(SpoolStoreTest, GroupCommitSharesDirectoryFsyncsAndAcksOnlyAfterThem) {
   open_store();
   constexpr int kPuts = 200;
+  const uint64_t start = uv_hrtime();
   int acked = 0;
   int acked_before_durable = 0;
   for (int i = 0; i < kPuts; ++i) {
@@ -137,6 +138,7 @@ TEST_F(SpoolStoreTest, GroupCommitSharesDirectoryFsyncsAndAcksOnlyAfterThem) {
   EXPECT_EQ(acked, 0);  // never from inside put()
   ASSERT_TRUE(loop_.run_until([&] { return acked == kPuts; }));
   EXPECT_EQ(acked_before_durable, 0);
+  const double seconds = static_cast<double>(uv_hrtime() - start) / 1e9;
   SpoolStats st = store_->stats();
   EXPECT_EQ(st.puts, static_cast<uint64_t>(kPuts));
   EXPECT_EQ(st.file_fsyncs, static_cast<uint64_t>(kPuts));
@@ -145,10 +147,10 @@ TEST_F(SpoolStoreTest, GroupCommitSharesDirectoryFsyncsAndAcksOnlyAfterThem) {
   double per_message = static_cast<double>(st.file_fsyncs + st.dir_fsyncs) / kPuts;
   std::printf(
       "[ spool    ] %d puts in one loop turn: %llu commits, %llu file + %llu dir "
-      "fsyncs = %.3f fsyncs per message\n",
+      "fsyncs = %.3f fsyncs per message, %.3f s\n",
       kPuts, static_cast<unsigned long long>(st.commits),
       static_cast<unsigned long long>(st.file_fsyncs),
-      static_cast<unsigned long long>(st.dir_fsyncs), per_message);
+      static_cast<unsigned long long>(st.dir_fsyncs), per_message, seconds);
   EXPECT_EQ(open_store().size(), static_cast<size_t>(kPuts));
 }
 
