@@ -70,10 +70,19 @@ struct SmtpIngressConfig {
   std::string tls_key;
 };
 
+// spool.bounces: where delivery status notifications go (SPEC §7.1).
+enum class SpoolBounces { Sender, None, Address };
+
 struct SpoolConfig {
   std::string path;
   std::vector<uint64_t> retry_ms = {60'000, 300'000, 1'800'000, 7'200'000};
   uint64_t max_age_ms = 3ull * 24 * 3600 * 1000;
+  // Spool mode (issue 8, SPEC §7.1): DSNs, failed messages, disk budget, drain on stop.
+  SpoolBounces bounces = SpoolBounces::Sender;
+  std::string bounce_address;            // when bounces == Address
+  uint64_t keep_failed_ms = 86'400'000;  // failed messages stay visible this long
+  std::optional<uint64_t> max_bytes;     // nullopt: only a full disk refuses
+  bool drain = false;                    // on SIGTERM, deliver until empty or the grace ends
 };
 
 struct LimitsConfig {

@@ -738,7 +738,7 @@ class Loader {
   void load_spool(const Entry& entry) {
     auto s = section(entry);
     if (!s) return;
-    allow_only(*s, {"path", "retry", "max_age"});
+    allow_only(*s, {"path", "retry", "max_age", "bounces", "keep_failed", "max_bytes", "drain"});
     SpoolConfig spool;
     if (const Entry* e = s->get("path")) {
       spool.path = path(*e).value_or("");
@@ -755,7 +755,34 @@ class Loader {
     if (const Entry* e = s->get("max_age")) {
       spool.max_age_ms = duration(*e, false).value_or(spool.max_age_ms);
     }
+    load_spool_delivery(*s, spool);
     config_.spool = std::move(spool);
+  }
+
+  // Spool mode (issue 8, SPEC §7.1): bounces, keep_failed, max_bytes, drain.
+  void load_spool_delivery(const Section& s, SpoolConfig& spool) {
+    if (const Entry* e = s.get("bounces")) {
+      if (auto value = text(*e)) {
+        if (*value == "sender") {
+          spool.bounces = SpoolBounces::Sender;
+        } else if (*value == "none") {
+          spool.bounces = SpoolBounces::None;
+        } else if (auto problem = check_address(*value)) {
+          error(*e, "must be sender, none or an address (it " + *problem + ")");
+        } else {
+          spool.bounces = SpoolBounces::Address;
+          spool.bounce_address = std::move(*value);
+        }
+      }
+    }
+    if (const Entry* e = s.get("keep_failed")) {
+      spool.keep_failed_ms = duration(*e, true).value_or(spool.keep_failed_ms);
+    }
+    if (const Entry* e = s.get("max_bytes")) {
+      auto value = text(*e);
+      if (value && *value != "none") spool.max_bytes = size(*e);
+    }
+    if (const Entry* e = s.get("drain")) spool.drain = boolean(*e).value_or(spool.drain);
   }
 
   void load_limits(const Entry& entry) {

@@ -474,6 +474,45 @@ spool: {path: spool}
   EXPECT_EQ(config->spool->retry_ms.size(), 4u);  // default schedule kept
 }
 
+// Spool mode keys (issue 8, SPEC §7.1).
+TEST_F(ConfigTest, SpoolDeliveryKeysDefaultsAndValues) {
+  auto config = load(std::string(kMinimal) + "spool: {path: /s}\n");
+  ASSERT_TRUE(config.ok()) << config.error().message;
+  EXPECT_EQ(config->spool->bounces, SpoolBounces::Sender);
+  EXPECT_EQ(config->spool->bounce_address, "");
+  EXPECT_EQ(config->spool->keep_failed_ms, 86'400'000u);
+  EXPECT_FALSE(config->spool->max_bytes.has_value());
+  EXPECT_FALSE(config->spool->drain);
+
+  config = load(std::string(kMinimal) +
+                "spool:\n  path: /s\n  bounces: postmaster@example.com\n  keep_failed: 0s\n"
+                "  max_bytes: 1GB\n  drain: true\n");
+  ASSERT_TRUE(config.ok()) << config.error().message;
+  EXPECT_EQ(config->spool->bounces, SpoolBounces::Address);
+  EXPECT_EQ(config->spool->bounce_address, "postmaster@example.com");
+  EXPECT_EQ(config->spool->keep_failed_ms, 0u);
+  EXPECT_EQ(config->spool->max_bytes, 1024ull * 1024 * 1024);
+  EXPECT_TRUE(config->spool->drain);
+
+  config = load(std::string(kMinimal) + "spool: {path: /s, bounces: none, max_bytes: none}\n");
+  ASSERT_TRUE(config.ok()) << config.error().message;
+  EXPECT_EQ(config->spool->bounces, SpoolBounces::None);
+  EXPECT_FALSE(config->spool->max_bytes.has_value());
+}
+
+TEST_F(ConfigTest, SpoolDeliveryKeysRejectBadValues) {
+  std::string errors = errors_of(std::string(kMinimal) +
+                                 "spool:\n  path: /s\n  bounces: nobody\n  keep_failed: soon\n"
+                                 "  max_bytes: 0\n  drain: maybe\n");
+  EXPECT_THAT(errors, ::testing::HasSubstr(
+                          ("DIR/mailcar.yaml:6:12: spool.bounces: must be sender, none or an "
+                           "address")));
+  EXPECT_THAT(errors, ::testing::HasSubstr(("DIR/mailcar.yaml:7:16: spool.keep_failed:")));
+  EXPECT_THAT(errors, ::testing::HasSubstr(("DIR/mailcar.yaml:8:14: spool.max_bytes:")));
+  EXPECT_THAT(errors, HasLine("DIR/mailcar.yaml:9:10: spool.drain: must be true or false"));
+  EXPECT_EQ(std::count(errors.begin(), errors.end(), '\n'), 3) << errors;  // 4 lines
+}
+
 TEST_F(ConfigTest, FileDriverRules) {
   EXPECT_EQ(errors_of("services:\n  outbox:\n    driver: file\n    path: out\n    host: x\n"
                       "    port: 25\n"),
