@@ -17,12 +17,16 @@
 
 namespace mailcar {
 
+class SpoolQueue;
+
 struct Runtime {
   uv_loop_t* loop = nullptr;
   std::shared_ptr<const Config> config;
   std::shared_ptr<Policy> policy;
   std::map<std::string, std::shared_ptr<Transport>, std::less<>> transports;  // by service
   std::string hostname;  // for Message-ID, Received and the SMTP greeting
+  // Spool mode: the one queue of the process (it outlives reloads); null in direct mode.
+  std::shared_ptr<SpoolQueue> spool;
 
   Transport* transport(std::string_view service) const {
     auto it = transports.find(service);

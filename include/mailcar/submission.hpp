@@ -34,6 +34,8 @@ struct Submission {
 enum class SubmissionStatus {
   Sent,         // the upstream (or the file driver) took >= 1 recipient; delivery.rejected
                 // lists any it refused
+  Queued,       // spool mode: on stable storage; `id` is its spool id
+  NoSpace,      // spool mode: disk full, I/O error or spool.max_bytes; not acknowledged
   Refused,      // the policy refused: role, service, sender or recipient count
   RateLimited,  // a role rate limit or the service quota is exhausted now
   Failed,       // delivery failed and may succeed later: connection, TLS, AUTH, 4xx
@@ -43,23 +45,24 @@ enum class SubmissionStatus {
 
 struct SubmissionResult {
   SubmissionStatus status = SubmissionStatus::Sent;
-  std::string id;           // Message-ID without brackets
+  std::string id;           // Message-ID without brackets (spool mode: the spool id)
+  uint64_t recipients = 0;  // Queued: how many
   PolicyDecision decision;  // Refused, RateLimited: what the policy said
   DeliveryResult delivery;  // Sent, Failed, Rejected, Unavailable: what the transport said;
                             // when nobody took the message, smtp_code/smtp_reply are those of
                             // the first refusal
 };
 
-// The metric and log label of a status (SPEC §8 outcome): sent | rejected | failed |
-// rate_limited.
+// The metric and log label of a status (SPEC §8 outcome): sent | queued | rejected | failed
+// | rate_limited.
 const char* outcome_label(SubmissionStatus status);
 
 using SubmissionDone = std::function<void(SubmissionResult)>;
 
-// Judge, deliver, count and log one message. `done` is called exactly once on the loop
-// thread: synchronously when the message is refused before delivery, otherwise when the
-// delivery mode has an answer. The runtime snapshot stays alive until then. `now_ms` is the
-// wall clock used by the policy.
+// Judge, deliver (or spool, when the runtime has a spool), count and log one message. `done` is
+// called exactly once on the loop thread: synchronously when the message is refused before
+// delivery, otherwise when the delivery mode has an answer. The runtime snapshot stays alive until
+// then. `now_ms` is the wall clock used by the policy.
 void submit(std::shared_ptr<Runtime> runtime, Submission submission, uint64_t now_ms,
             SubmissionDone done);
 

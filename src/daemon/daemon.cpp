@@ -28,6 +28,7 @@
 #include "mailcar/relay.hpp"
 #include "mailcar/runtime.hpp"
 #include "mailcar/smtp_server.hpp"
+#include "mailcar/spool_queue.hpp"
 
 #ifndef MAILCAR_VERSION
 #define MAILCAR_VERSION "0.1.0"
@@ -114,13 +115,6 @@ Result<Config> load(const ConfigSource& src) {
   Result<Config> cfg = src.file.empty() ? config_from_environment() : load_config_file(src.file);
   if (!cfg.ok()) return cfg;
   if (auto files = check_referenced_files(*cfg); !files.ok()) return files.error();
-  if (cfg->spool) {
-    // Spool mode (SPEC §7) is specified but not built yet. Refuse rather than silently run in
-    // direct mode, which would break the acknowledgement guarantee the operator asked for.
-    return make_error(cfg->file +
-                      ": spool: spool mode is not implemented in this version; "
-                      "remove the spool section to run in direct mode");
-  }
   return cfg;
 }
 
@@ -162,6 +156,19 @@ class Daemon {
   }
 
   int run() {
+    if (config_->spool) {
+      auto spool = SpoolQueue::open(&loop_, *config_, [this] { return runtime_; });
+      if (!spool.ok()) {
+        log::error("spool_failed",
+                   {{"path", config_->spool->path}, {"error", spool.error().message}});
+        return 1;
+      }
+      spool_ = std::move(spool.value());
+      // Until the spool is read back, submissions get 503 / 451 (not ready).
+      spool_->start([](SpoolStatus status) {
+        if (!status.ok()) log::error("spool_recover_failed", {{"error", status.detail}});
+      });
+    }
     runtime_ = build_runtime(*config_, nullptr);
     state_path_ = state_path_for(*config_);
     if (auto saved = read_state_file(state_path_); saved.ok() && !saved->empty()) {
@@ -217,6 +224,7 @@ class Daemon {
     rt->config = std::make_shared<const Config>(cfg);
     rt->hostname = cfg.smtp.hostname;
     rt->policy = make_policy(cfg, previous ? previous->policy.get() : nullptr);
+    rt->spool = spool_;
     for (const ServiceConfig& s : cfg.services) {
       rt->transports.emplace(s.name, make_transport(&loop_, s, rt->hostname));
     }
@@ -289,6 +297,11 @@ class Daemon {
         listen_text(cfg.listen_smtp) != listen_text(config_->listen_smtp)) {
       log::warn("reload_listen_unchanged", {{"reason", "listen addresses change only on restart"}});
     }
+    if (static_cast<bool>(cfg.spool) != static_cast<bool>(config_->spool) ||
+        (cfg.spool && cfg.spool->path != config_->spool->path)) {
+      log::warn("reload_spool_unchanged",
+                {{"reason", "spool mode and spool.path change only on restart"}});
+    }
     auto old = runtime_;
     runtime_ = build_runtime(cfg, old.get());
     config_ = runtime_->config;
@@ -337,7 +350,20 @@ class Daemon {
 
   void part_done() {
     if (--pending_ > 0) return;
-    // Ingresses are closed: nothing new reaches the transports. Let them finish and QUIT.
+    // Ingresses are closed: nothing new is spooled. The spool finishes what it is sending
+    // (with spool.drain, everything it can until the grace ends) and stays consistent.
+    if (spool_ && !spool_stopped_) {
+      spool_stopped_ = true;
+      ++pending_;
+      spool_grace_ = std::make_unique<net::Timer>(&loop_);
+      spool_grace_->start(config_->limits.shutdown_grace_ms, [this] { spool_->stop_now(); });
+      spool_->shutdown(config_->spool && config_->spool->drain, [this] {
+        spool_grace_.reset();
+        part_done();
+      });
+      return;
+    }
+    // Nothing new reaches the transports. Let them finish and QUIT.
     auto rt = runtime_;
     pending_ = 1;
     for (auto& [name, transport] : rt->transports) {
@@ -358,6 +384,7 @@ class Daemon {
     uv_close(reinterpret_cast<uv_handle_t*>(&sigint_), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&sighup_), nullptr);
     runtime_.reset();
+    spool_.reset();
     uv_stop(&loop_);
   }
 
@@ -393,6 +420,9 @@ class Daemon {
   std::unique_ptr<SmtpServer> smtp_;
   std::unique_ptr<net::Timer> state_timer_;
   std::unique_ptr<net::Timer> force_timer_;
+  std::shared_ptr<SpoolQueue> spool_;
+  std::unique_ptr<net::Timer> spool_grace_;
+  bool spool_stopped_ = false;
   uv_signal_t sigterm_{}, sigint_{}, sighup_{};
   bool stopping_ = false;
   int pending_ = 0;

@@ -26,6 +26,8 @@ constexpr std::string_view kApiPrefix = "/api/v2/";
 // A parser that grew past this for one big body is dropped afterwards, so an idle
 // keep-alive connection does not hold a large buffer.
 constexpr size_t kKeepJsonCapacity = 1 << 20;
+// Retry-After when the spool is full: space returns when deliveries leave the spool.
+constexpr int kSpoolFullRetrySeconds = 30;
 
 // A 400 that names the field at fault.
 struct FieldError {
@@ -370,6 +372,18 @@ HttpResponse response_for(const SubmissionResult& result) {
   switch (result.status) {
     case SubmissionStatus::Sent:
       return delivery_success(result.delivery, result.id);
+    case SubmissionStatus::Queued: {
+      std::string body = "{\"count\":" + std::to_string(result.recipients) + ",\"id\":";
+      log::append_json_string(body, result.id);
+      body.append(",\"queued\":true}");
+      return json_response(202, std::move(body));
+    }
+    case SubmissionStatus::NoSpace: {
+      auto r = error_response(503, "The spool cannot take the message now; try again later.",
+                              "{\"retryable\":true}");
+      r.headers.emplace_back("Retry-After", std::to_string(kSpoolFullRetrySeconds));
+      return r;
+    }
     case SubmissionStatus::Refused:
       return error_response(403,
                             result.decision.reason.empty() ? "Forbidden." : result.decision.reason);

@@ -101,6 +101,10 @@ FinalReply reply_for_submission(const SubmissionResult& result) {
     case SubmissionStatus::Unavailable:
       return {451, "4.3.2",
               "Service not available, try again later: " + one_line(result.delivery.message)};
+    case SubmissionStatus::Queued:
+      return {250, "2.0.0", "Ok: queued as " + result.id};
+    case SubmissionStatus::NoSpace:
+      return {452, "4.3.1", "Insufficient system storage, try again later"};
     case SubmissionStatus::Sent:
     case SubmissionStatus::Failed:
     case SubmissionStatus::Rejected:

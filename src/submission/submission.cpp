@@ -4,6 +4,7 @@
 
 #include "mailcar/log.hpp"
 #include "mailcar/metrics.hpp"
+#include "mailcar/spool_queue.hpp"
 
 namespace mailcar {
 namespace {
@@ -128,12 +129,45 @@ void deliver_direct(Transport& transport, std::shared_ptr<Runtime> runtime, Subm
                     });
 }
 
+// Spool mode: acknowledged once on stable storage; delivery and its log lines come later.
+void deliver_spooled(SpoolQueue& spool, std::shared_ptr<Runtime> runtime, Submission submission,
+                     SubmissionDone done) {
+  Delivered context{submission.submitter, submission.service,
+                    submission.message.envelope_rcpts.size(), submission.message.data.size()};
+  spool.enqueue(
+      std::move(submission), [runtime = std::move(runtime), context = std::move(context),
+                              done = std::move(done)](SpoolStatus status, const std::string& id) {
+        SubmissionResult result;
+        result.id = id;
+        result.recipients = context.recipients;
+        result.status = status.ok() ? SubmissionStatus::Queued : SubmissionStatus::NoSpace;
+        const char* outcome = outcome_label(result.status);
+        metrics::count_message(context.submitter.ingress, context.submitter.role, context.service,
+                               outcome);
+        metrics::count_recipients(context.service, outcome, context.recipients);
+        log::info("message", {{"id", id},
+                              {"ingress", ingress_name(context.submitter.ingress)},
+                              {"role", context.submitter.role},
+                              {"identity", context.submitter.identity},
+                              {"remote", context.submitter.remote},
+                              {"service", context.service},
+                              {"recipients", context.recipients},
+                              {"size", context.size},
+                              {"outcome", outcome},
+                              {"reason", status.ok() ? "" : spool_errc_name(status.code)}});
+        if (!status.ok()) log::error("spool_refused", {{"error", status.detail}});
+        done(std::move(result));
+      });
+}
+
 }  // namespace
 
 const char* outcome_label(SubmissionStatus status) {
   switch (status) {
     case SubmissionStatus::Sent:
       return "sent";
+    case SubmissionStatus::Queued:
+      return "queued";
     case SubmissionStatus::Refused:
     case SubmissionStatus::Rejected:
       return "rejected";
@@ -141,6 +175,7 @@ const char* outcome_label(SubmissionStatus status) {
       return "rate_limited";
     case SubmissionStatus::Failed:
     case SubmissionStatus::Unavailable:
+    case SubmissionStatus::NoSpace:
       return "failed";
   }
   return "failed";
@@ -178,6 +213,7 @@ void submit(std::shared_ptr<Runtime> runtime, Submission submission, uint64_t no
   const uint64_t recipients = submission.message.envelope_rcpts.size();
   PolicyRequest request{submission.submitter.role, submission.service,
                         submission.message.envelope_from, submission.header_from, recipients};
+  request.service_quota = runtime->spool == nullptr;  // the spool paces to the quota instead
   PolicyDecision decision = runtime->policy->admit(request, now_ms);
   if (!decision.allowed()) {
     record_policy_refusal(submission.submitter, submission.service, decision, true);
@@ -187,6 +223,9 @@ void submit(std::shared_ptr<Runtime> runtime, Submission submission, uint64_t no
     result.id = std::move(id);
     result.decision = std::move(decision);
     return done(std::move(result));
+  }
+  if (SpoolQueue* spool = runtime->spool.get()) {
+    return deliver_spooled(*spool, std::move(runtime), std::move(submission), std::move(done));
   }
   Transport* transport = runtime->transport(submission.service);
   if (transport == nullptr) {

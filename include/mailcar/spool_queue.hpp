@@ -1,0 +1,92 @@
+// Spool mode's delivery side (SPEC §7.1): the queue of spooled messages, what feeds it and
+// what drains it. Owned by the daemon for the life of the process (a reload keeps it; each
+// delivery uses the runtime current when it starts). Loop-thread only.
+//
+//   enqueue()  -> SpoolStore::put (group commit, fsync) -> acknowledged -> Scheduler::add
+//   timer      -> Scheduler::due -> SpoolStore::read_data -> Transport::deliver
+//              -> Scheduler::on_result -> update_state | remove | failed (+ DSN)
+//
+// Delivery status notifications for recipients that failed for good are spooled themselves
+// (from <>, so they are paced by the quota, retried, and never bounced).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <uv.h>
+
+#include "mailcar/config.hpp"
+#include "mailcar/result.hpp"
+#include "mailcar/runtime.hpp"
+#include "mailcar/spool.hpp"
+
+namespace mailcar {
+
+struct Submission;
+
+// One message as the queue API shows it.
+struct QueuedMessage {
+  SpoolRecord record;
+  SpoolState state;
+  MessageState shown = MessageState::Queued;  // held while its service waits for the quota
+};
+
+struct QueueQuery {
+  std::optional<MessageState> state;
+  std::string service;  // empty: all
+  std::string role;     // empty: every role's (queue: all)
+  std::string after;    // cursor: the id after which to continue (arrival order)
+  size_t limit = 100;
+};
+
+enum class QueueOpResult { Done, NotFound, NotDeferred };
+
+class SpoolQueue {
+ public:
+  // Opens (creates) the spool folder. Blocking: start-up only.
+  static Result<std::shared_ptr<SpoolQueue>> open(uv_loop_t* loop, const Config& config,
+                                                  RuntimeSource runtime);
+  ~SpoolQueue();
+  SpoolQueue(const SpoolQueue&) = delete;
+  SpoolQueue& operator=(const SpoolQueue&) = delete;
+
+  // Recovers what the spool holds (thread pool) and starts delivering. `done` on the loop;
+  // until then enqueue() answers NotReady.
+  void start(std::function<void(SpoolStatus)> done);
+  // Spools one message that the policy admitted. `done(status, id)` once it is on stable
+  // storage (Ok: acknowledge it as `id`, the message's own id unless that is not a safe file
+  // name or already spooled) or refused (Full, Io: 503 / 452 4.3.1; NotReady).
+  using EnqueueDone = std::function<void(SpoolStatus, const std::string& id)>;
+  void enqueue(Submission submission, EnqueueDone done);
+
+  // True while the disk or max_bytes refuses new messages (cleared by the next success).
+  bool full() const;
+
+  // Queue API (SPEC §7.1).
+  std::vector<QueuedMessage> list(const QueueQuery& query, std::string* next_cursor) const;
+  std::optional<QueuedMessage> find(std::string_view id) const;
+  QueueOpResult retry(std::string_view id);
+  // Removes a message (logged by the caller with the role that did it); `done` once the files
+  // are gone.
+  void remove(std::string_view id, std::function<void(QueueOpResult)> done);
+
+  // SIGTERM: no new delivery starts (with `drain`, deliveries go on until the spool is empty
+  // or stop() is called again); `done` once the deliveries under way have ended and the
+  // store is idle. Messages left stay in the spool for the next start.
+  void shutdown(bool drain, std::function<void()> done);
+  // The grace is over: stop handing out, log what is left, finish when the store is idle.
+  void stop_now();
+
+  struct Impl;
+
+ private:
+  explicit SpoolQueue(std::shared_ptr<Impl> impl);
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace mailcar

@@ -1,0 +1,634 @@
+#include "mailcar/spool_queue.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <map>
+#include <set>
+#include <unordered_map>
+#include <utility>
+
+#include "mailcar/dsn.hpp"
+#include "mailcar/log.hpp"
+#include "mailcar/metrics.hpp"
+#include "mailcar/net.hpp"
+#include "mailcar/submission.hpp"
+#include "mailcar/text.hpp"
+
+namespace mailcar {
+namespace {
+
+constexpr uint64_t kGaugeRefreshMs = 1000;
+constexpr std::string_view kDsnIdentity = "dsn";
+
+uint64_t wall_ms() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count());
+}
+
+SchedulerOptions scheduler_options(const Config& config) {
+  SchedulerOptions o;
+  o.retry_ms = config.spool->retry_ms;
+  o.max_age_ms = config.spool->max_age_ms;
+  for (const ServiceConfig& s : config.services)
+    o.connections[s.name] = std::max(1u, s.connections);
+  return o;
+}
+
+// What one attempt did to each recipient that was tried (the pending ones, in order).
+std::vector<RecipientAttempt> attempts_from(const DeliveryResult& r, const SpoolRecord& record,
+                                            const std::vector<size_t>& tried,
+                                            const SpoolState& state) {
+  if (r.status != DeliveryStatus::Sent) {
+    // A whole-message failure. Only a 5xx reply (or a refusal that can never pass, such as
+    // SMTPUTF8 missing upstream) is final; connection, TLS and AUTH trouble are temporary.
+    int code = r.smtp_code.value_or(0);
+    if (!r.smtp_code && r.status == DeliveryStatus::Rejected && !r.retryable) code = 554;
+    return attempts_for_pending(state, code, r.smtp_code ? r.smtp_reply : r.message);
+  }
+  std::vector<RecipientAttempt> out;
+  for (size_t index : tried) {
+    const std::string& address = record.recipients[index].address;
+    RecipientAttempt a{index, 0, "no reply for this recipient"};
+    if (std::find(r.accepted.begin(), r.accepted.end(), address) != r.accepted.end()) {
+      a.smtp_code = 250;
+      a.smtp_reply.clear();
+    }
+    for (const RecipientOutcome& rejected : r.rejected) {
+      if (rejected.address == address) a = {index, rejected.smtp_code, rejected.smtp_reply};
+    }
+    out.push_back(std::move(a));
+  }
+  return out;
+}
+
+const char* attempt_result(const std::vector<RecipientAttempt>& attempts) {
+  bool any_temporary = false;
+  for (const RecipientAttempt& a : attempts) {
+    if (a.smtp_code / 100 == 2) return "sent";
+    if (a.smtp_code / 100 != 5) any_temporary = true;
+  }
+  return any_temporary ? "deferred" : "failed";
+}
+
+SpoolRecord record_of(const Submission& s, std::string id, uint64_t now) {
+  SpoolRecord r;
+  r.id = std::move(id);
+  r.service = s.service;
+  r.role = s.submitter.role;
+  r.identity = s.submitter.identity;
+  r.ingress = s.submitter.ingress;
+  r.remote = s.submitter.remote;
+  r.envelope_from = s.message.envelope_from;
+  for (const std::string& rcpt : s.message.envelope_rcpts) r.recipients.push_back({rcpt, 0, {}});
+  r.smtputf8 = s.message.smtputf8;
+  r.eight_bit = s.message.eight_bit;
+  r.queued_at_ms = now;
+  return r;
+}
+
+}  // namespace
+
+struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
+  struct Entry {
+    SpoolRecord record;
+    std::optional<SpoolState> failed;  // set once it failed for good (kept for keep_failed)
+  };
+
+  uv_loop_t* loop = nullptr;
+  RuntimeSource runtime;
+  SpoolConfig config;
+  std::unique_ptr<SpoolStore> store;
+  std::unique_ptr<Scheduler> scheduler;
+  std::map<std::string, Entry, std::less<>> entries;  // every message in the spool, by id
+  std::set<std::string, std::less<>> pending_ids;     // being put
+  net::Timer wake_timer;
+  net::Timer gauge_timer;
+  bool ready = false;
+  bool stopping = false;
+  bool draining = false;
+  size_t in_flight = 0;  // deliveries and their state writes under way
+  std::function<void()> shutdown_done;
+
+  Impl(uv_loop_t* l, RuntimeSource source, const Config& c)
+      : loop(l), runtime(std::move(source)), config(*c.spool), wake_timer(l), gauge_timer(l) {
+    SchedulerOptions options = scheduler_options(c);
+    options.quota = [this](std::string_view service, size_t n, uint64_t now) -> QuotaDecision {
+      std::shared_ptr<Runtime> rt = runtime ? runtime() : nullptr;
+      if (!rt || !rt->policy) return {};
+      QuotaVerdict v = rt->policy->take_quota(service, n, now);
+      return {v.allowed, v.retry_after_ms};
+    };
+    scheduler = std::make_unique<Scheduler>(std::move(options));
+  }
+
+  // ---- intake ----
+
+  void recovered(std::vector<SpoolEntry> found) {
+    uint64_t now = wall_ms();
+    size_t resumed = 0, failed = 0, done_already = 0;
+    for (SpoolEntry& e : found) {
+      std::string id = e.record.id;
+      if (e.state.state == MessageState::Failed) {
+        entries[id] = Entry{std::move(e.record), std::move(e.state)};
+        ++failed;
+        continue;
+      }
+      if (scheduler->add(e.record, e.state)) {
+        entries[id] = Entry{std::move(e.record), std::nullopt};
+        ++resumed;
+      } else {
+        // Nothing pending: it was delivered just before the crash.
+        ++in_flight;
+        store->remove(id, [weak = weak_from_this()](SpoolStatus) {
+          if (auto self = weak.lock()) self->finished_one();
+        });
+        ++done_already;
+      }
+    }
+    log::info("spool_recovered", {{"path", store->path()},
+                                  {"messages", static_cast<uint64_t>(resumed)},
+                                  {"failed", static_cast<uint64_t>(failed)},
+                                  {"finished", static_cast<uint64_t>(done_already)}});
+    ready = true;
+    refresh_gauges(now);
+    arm(now);
+  }
+
+  bool id_taken(const std::string& id) const {
+    return entries.contains(id) || pending_ids.contains(id);
+  }
+
+  // The message's own id when it is a safe file name not in use; client-made ids may repeat
+  // or hold other characters, and then the spool id is one of ours.
+  std::string spool_id_for(const std::string& message_id) const {
+    std::string id = message_id;
+    while (!is_safe_spool_id(id) || id_taken(id)) id = text::random_token(24);
+    return id;
+  }
+
+  void put(SpoolRecord record, std::string data, EnqueueDone done) {
+    std::weak_ptr<Impl> weak = weak_from_this();
+    SpoolRecord kept = record;
+    pending_ids.insert(kept.id);
+    ++in_flight;
+    store->put(std::move(record), std::move(data),
+               [weak, kept = std::move(kept), done = std::move(done)](SpoolStatus status) mutable {
+                 auto self = weak.lock();
+                 std::string id = kept.id;
+                 if (self) {
+                   self->pending_ids.erase(id);
+                   if (status.ok()) self->accepted(std::move(kept));
+                 }
+                 done(std::move(status), id);
+                 if (self) self->finished_one();
+               });
+  }
+
+  void accepted(SpoolRecord record) {
+    std::string id = record.id;
+    SpoolState state = fresh_spool_state(record);
+    if (!scheduler->add(record, state)) return;
+    entries[id] = Entry{std::move(record), std::nullopt};
+    if (!stopping || draining) arm(wall_ms());
+  }
+
+  // ---- sending ----
+
+  void arm(uint64_t now) {
+    if (!ready || (stopping && !draining)) return;
+    std::optional<uint64_t> at = scheduler->next_wake(now);
+    if (!at) return;
+    uint64_t delay = *at > now ? *at - now : 0;
+    std::weak_ptr<Impl> weak = weak_from_this();
+    wake_timer.start(delay, [weak] {
+      if (auto self = weak.lock()) self->wake();
+    });
+  }
+
+  void wake() {
+    uint64_t now = wall_ms();
+    Scheduler::Due due = scheduler->due(now);
+    for (Scheduler::Expired& expired : due.expired) expire(std::move(expired), now);
+    for (const std::string& id : due.send) send(id);
+    arm(now);
+  }
+
+  void send(const std::string& id) {
+    ++in_flight;
+    std::weak_ptr<Impl> weak = weak_from_this();
+    store->read_data(id, [weak, id](SpoolStatus status, std::string data) {
+      auto self = weak.lock();
+      if (!self) return;
+      if (!status.ok()) return self->unreadable(id, status);
+      self->deliver(id, std::move(data));
+    });
+  }
+
+  void unreadable(const std::string& id, const SpoolStatus& status) {
+    log::error("spool_unreadable",
+               {{"id", id}, {"error", spool_errc_name(status.code)}, {"detail", status.detail}});
+    scheduler->forget(id);
+    entries.erase(id);
+    finished_one();
+  }
+
+  void deliver(const std::string& id, std::string data) {
+    auto it = entries.find(id);
+    const SpoolState* state = scheduler->state(id);
+    if (it == entries.end() || state == nullptr) return finished_one();  // deleted meanwhile
+    const SpoolRecord& record = it->second.record;
+    OutboundMessage message;
+    message.id = id;
+    message.envelope_from = record.envelope_from;
+    message.smtputf8 = record.smtputf8;
+    message.eight_bit = record.eight_bit;
+    std::vector<size_t> tried;
+    for (size_t i = 0; i < record.recipients.size(); ++i) {
+      if (state->recipients[i].state != RecipientState::Pending) continue;
+      tried.push_back(i);
+      message.envelope_rcpts.push_back(record.recipients[i].address);
+    }
+    std::shared_ptr<Runtime> rt = runtime ? runtime() : nullptr;
+    Transport* transport = rt ? rt->transport(record.service) : nullptr;
+    if (transport == nullptr) {
+      DeliveryResult none = delivery_failure(DeliveryStatus::ConnectionRefused,
+                                             "service " + record.service + " not configured", true);
+      return delivered(id, std::move(tried), none);
+    }
+    message.data = std::move(data);
+    std::weak_ptr<Impl> weak = weak_from_this();
+    transport->deliver(std::move(message),
+                       [weak, rt, id, tried = std::move(tried)](DeliveryResult r) mutable {
+                         if (auto self = weak.lock()) self->delivered(id, std::move(tried), r);
+                       });
+  }
+
+  void delivered(const std::string& id, std::vector<size_t> tried, const DeliveryResult& r) {
+    auto it = entries.find(id);
+    const SpoolState* state = scheduler->state(id);
+    if (it == entries.end() || state == nullptr) return finished_one();
+    const SpoolRecord& record = it->second.record;
+    std::vector<RecipientAttempt> attempts = attempts_from(r, record, tried, *state);
+    uint64_t now = wall_ms();
+    Scheduler::Settled settled = scheduler->on_result(id, attempts, now);
+    const char* result = attempt_result(attempts);
+    metrics::count_delivery_attempt(record.service, result);
+    log_attempt(record, settled.state, r, result);
+    if (!settled.known) return finished_one();
+    if (!settled.failed_now.empty()) bounce_from_disk(id, settled.state, settled.failed_now, now);
+    persist(id, std::move(settled), now);
+  }
+
+  void persist(const std::string& id, Scheduler::Settled settled, uint64_t now) {
+    bool any_failed =
+        std::any_of(settled.state.recipients.begin(), settled.state.recipients.end(),
+                    [](const RecipientStatus& s) { return s.state == RecipientState::Failed; });
+    std::weak_ptr<Impl> weak = weak_from_this();
+    auto after = [weak](SpoolStatus status) {
+      auto self = weak.lock();
+      if (!self) return;
+      if (!status.ok()) {
+        log::error("spool_write_failed",
+                   {{"error", spool_errc_name(status.code)}, {"detail", status.detail}});
+      }
+      self->finished_one();
+    };
+    if (settled.finished && !any_failed) {
+      entries.erase(id);
+      store->remove(id, std::move(after));
+      return;
+    }
+    if (settled.finished) {
+      settled.state.state = MessageState::Failed;
+      settled.state.failed_at_ms = now;
+      entries[id].failed = settled.state;
+    }
+    store->update_state(id, std::move(settled.state), std::move(after));
+  }
+
+  void finished_one() {
+    if (in_flight > 0) --in_flight;
+    maybe_shutdown_done();
+    if (!stopping || draining) arm(wall_ms());
+  }
+
+  void log_attempt(const SpoolRecord& record, const SpoolState& state, const DeliveryResult& r,
+                   const char* result) {
+    log::Field code("upstream_code", r.smtp_code ? std::to_string(*r.smtp_code) : "null");
+    code.quoted = false;
+    log::info("delivery", {{"id", record.id},
+                           {"service", record.service},
+                           {"role", record.role},
+                           {"attempt", static_cast<uint64_t>(state.attempts)},
+                           {"result", result},
+                           {"state", message_state_name(state.state)},
+                           {"status", delivery_status_name(r.status)},
+                           code,
+                           {"upstream_reply", r.smtp_code ? r.smtp_reply : r.message},
+                           {"upstream_seconds", r.upstream_seconds}});
+    for (const RecipientOutcome& rejected : r.rejected) {
+      log::warn("recipient_rejected", {{"id", record.id},
+                                       {"recipient", rejected.address},
+                                       {"upstream_code", rejected.smtp_code},
+                                       {"upstream_reply", rejected.smtp_reply}});
+    }
+  }
+
+  // ---- failures for good ----
+
+  void expire(Scheduler::Expired expired, uint64_t now) {
+    auto it = entries.find(expired.id);
+    if (it == entries.end()) return;
+    log::warn("spool_expired", {{"id", expired.id},
+                                {"service", it->second.record.service},
+                                {"recipients", static_cast<uint64_t>(expired.failed_now.size())}});
+    bounce_from_disk(expired.id, expired.state, expired.failed_now, now);
+    Scheduler::Settled settled;
+    settled.known = true;
+    settled.finished = true;
+    settled.state = std::move(expired.state);
+    ++in_flight;
+    persist(expired.id, std::move(settled), now);
+  }
+
+  // The DSN needs the original's headers (or all of it): read back from the spool, where a
+  // failed message stays for keep_failed.
+  void bounce_from_disk(const std::string& id, SpoolState state, std::vector<size_t> failed,
+                        uint64_t now) {
+    if (config.bounces == SpoolBounces::None) return;
+    ++in_flight;
+    std::weak_ptr<Impl> weak = weak_from_this();
+    store->read_data(id, [weak, id, state = std::move(state), failed = std::move(failed), now](
+                             SpoolStatus status, std::string data) {
+      auto self = weak.lock();
+      if (!self) return;
+      auto it = self->entries.find(id);
+      if (status.ok() && it != self->entries.end()) {
+        self->bounce(it->second.record, state, failed, data, now);
+      } else if (!status.ok()) {
+        log::error("dsn_failed", {{"original", id}, {"error", spool_errc_name(status.code)}});
+      }
+      self->finished_one();
+    });
+  }
+
+  // Spools a DSN for the recipients that failed for good, when one is wanted (SPEC §7.1).
+  void bounce(const SpoolRecord& record, const SpoolState& state, const std::vector<size_t>& failed,
+              const std::string& original, uint64_t now) {
+    if (config.bounces == SpoolBounces::None || record.envelope_from.empty()) return;
+    if (record.identity == kDsnIdentity) return;  // a DSN is never bounced
+    DsnInput in;
+    std::shared_ptr<Runtime> rt = runtime ? runtime() : nullptr;
+    in.reporting_mta = rt ? rt->hostname : std::string("localhost");
+    in.from = Mailbox{"MAILER-DAEMON@" + in.reporting_mta, "Mail Delivery System"};
+    in.to = config.bounces == SpoolBounces::Address ? config.bounce_address : record.envelope_from;
+    in.envid = record.envid;
+    in.arrival_unix = static_cast<int64_t>(record.queued_at_ms / 1000);
+    in.now_unix = static_cast<int64_t>(now / 1000);
+    in.ret = record.ret;
+    in.original = original;
+    for (size_t index : failed) {
+      const SpoolRecipient& rcpt = record.recipients[index];
+      if (!dsn_wanted_for_failure(record.envelope_from, rcpt.notify)) continue;
+      const RecipientStatus& status = state.recipients[index];
+      in.recipients.push_back(
+          {rcpt.address, rcpt.orcpt, status.smtp_code, status.smtp_reply, {}, {}});
+    }
+    if (in.recipients.empty()) return;
+    Result<OutboundMessage> dsn = build_dsn(in);
+    if (!dsn.ok()) {
+      log::error("dsn_failed", {{"id", record.id}, {"error", dsn.error().message}});
+      return;
+    }
+    Submission s;
+    s.submitter = {record.ingress, record.role, std::string(kDsnIdentity), ""};
+    s.service = record.service;
+    s.message = std::move(dsn.value());
+    std::string original_id = record.id;
+    enqueue(std::move(s), [original_id](SpoolStatus status, const std::string& dsn_id) {
+      if (status.ok()) {
+        log::info("dsn_queued", {{"id", dsn_id}, {"original", original_id}});
+      } else {
+        log::error(
+            "dsn_failed",
+            {{"id", dsn_id}, {"original", original_id}, {"error", spool_errc_name(status.code)}});
+      }
+    });
+  }
+
+  void enqueue(Submission s, EnqueueDone done) {
+    if (!ready) return done({SpoolErrc::NotReady, "spool not recovered yet"}, "");
+    uint64_t now = wall_ms();
+    SpoolRecord record = record_of(s, spool_id_for(s.message.id), now);
+    put(std::move(record), std::move(s.message.data), std::move(done));
+  }
+
+  // ---- upkeep ----
+
+  void refresh_gauges(uint64_t now) {
+    std::map<MessageState, size_t> counts = scheduler->counts(now);
+    size_t failed = 0;
+    uint64_t oldest = now;
+    for (const auto& [id, entry] : entries) {
+      if (entry.failed) {
+        ++failed;
+      } else {
+        oldest = std::min(oldest, entry.record.queued_at_ms);
+      }
+    }
+    counts[MessageState::Failed] = failed;
+    for (const auto& [state, n] : counts) {
+      metrics::set_spool_messages(message_state_name(state), static_cast<int64_t>(n));
+    }
+    metrics::set_spool_bytes(store->stats().bytes);
+    metrics::set_spool_oldest_seconds(static_cast<double>(now - oldest) / 1000.0);
+    purge_failed(now);
+  }
+
+  void purge_failed(uint64_t now) {
+    std::vector<std::string> old;
+    for (const auto& [id, entry] : entries) {
+      if (entry.failed && entry.failed->failed_at_ms + config.keep_failed_ms <= now) {
+        old.push_back(id);
+      }
+    }
+    for (const std::string& id : old) {
+      entries.erase(id);
+      ++in_flight;
+      store->remove(id, [weak = weak_from_this()](SpoolStatus) {
+        if (auto self = weak.lock()) self->finished_one();
+      });
+    }
+  }
+
+  void start_gauges() {
+    std::weak_ptr<Impl> weak = weak_from_this();
+    gauge_timer.start(
+        kGaugeRefreshMs,
+        [weak] {
+          if (auto self = weak.lock()) self->refresh_gauges(wall_ms());
+        },
+        kGaugeRefreshMs);
+  }
+
+  // ---- stop ----
+
+  size_t waiting() const {
+    size_t n = 0;
+    for (const auto& [id, entry] : entries) n += entry.failed ? 0 : 1;
+    return n;
+  }
+
+  void maybe_shutdown_done() {
+    if (!stopping || !shutdown_done || in_flight > 0) return;
+    if (draining && waiting() > 0) {
+      uint64_t now = wall_ms();
+      std::optional<uint64_t> at = scheduler->next_wake(now);
+      if (at && *at <= now) return;  // more to send right now
+    }
+    finish_shutdown();
+  }
+
+  void finish_shutdown() {
+    wake_timer.stop();
+    gauge_timer.stop();
+    size_t left = waiting();
+    if (left > 0) {
+      std::string ids;
+      for (const auto& [id, entry] : entries) {
+        if (entry.failed || ids.size() > 2000) continue;
+        if (!ids.empty()) ids.push_back(',');
+        ids += id;
+      }
+      log::info(draining ? "spool_left_lost_to_instance" : "spool_left",
+                {{"messages", static_cast<uint64_t>(left)}, {"ids", ids}});
+    }
+    auto done = std::move(shutdown_done);
+    shutdown_done = nullptr;
+    if (done) done();
+  }
+};
+
+Result<std::shared_ptr<SpoolQueue>> SpoolQueue::open(uv_loop_t* loop, const Config& config,
+                                                     RuntimeSource runtime) {
+  if (!config.spool) return make_error("spool: no spool section");
+  auto store = SpoolStore::open(loop, config.spool->path, config.spool->max_bytes);
+  if (!store.ok()) return store.error();
+  auto impl = std::make_shared<Impl>(loop, std::move(runtime), config);
+  impl->store = std::move(store.value());
+  return std::shared_ptr<SpoolQueue>(new SpoolQueue(std::move(impl)));
+}
+
+SpoolQueue::SpoolQueue(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+SpoolQueue::~SpoolQueue() = default;
+
+void SpoolQueue::start(std::function<void(SpoolStatus)> done) {
+  std::weak_ptr<Impl> weak = impl_;
+  ++impl_->in_flight;
+  impl_->store->recover(
+      [weak, done = std::move(done)](Result<std::vector<SpoolEntry>> found) mutable {
+        auto self = weak.lock();
+        if (!self) return;
+        if (!found.ok()) {
+          done({SpoolErrc::Io, found.error().message});
+        } else {
+          self->recovered(std::move(found.value()));
+          self->start_gauges();
+          done({});
+        }
+        self->finished_one();
+      });
+}
+
+void SpoolQueue::enqueue(Submission submission, EnqueueDone done) {
+  impl_->enqueue(std::move(submission), std::move(done));
+}
+
+bool SpoolQueue::full() const {
+  return impl_->store->full();
+}
+
+std::vector<QueuedMessage> SpoolQueue::list(const QueueQuery& query,
+                                            std::string* next_cursor) const {
+  std::vector<QueuedMessage> out;
+  uint64_t now = wall_ms();
+  auto it = query.after.empty() ? impl_->entries.begin() : impl_->entries.upper_bound(query.after);
+  for (; it != impl_->entries.end(); ++it) {
+    std::optional<QueuedMessage> m = find(it->first);
+    if (!m) continue;
+    if (!query.role.empty() && m->record.role != query.role) continue;
+    if (!query.service.empty() && m->record.service != query.service) continue;
+    if (query.state && m->shown != *query.state) continue;
+    if (out.size() == query.limit) {
+      if (next_cursor) *next_cursor = out.back().record.id;
+      return out;
+    }
+    out.push_back(std::move(*m));
+  }
+  (void)now;
+  if (next_cursor) next_cursor->clear();
+  return out;
+}
+
+std::optional<QueuedMessage> SpoolQueue::find(std::string_view id) const {
+  auto it = impl_->entries.find(id);
+  if (it == impl_->entries.end()) return std::nullopt;
+  QueuedMessage m;
+  m.record = it->second.record;
+  if (it->second.failed) {
+    m.state = *it->second.failed;
+    m.shown = MessageState::Failed;
+    return m;
+  }
+  const SpoolState* state = impl_->scheduler->state(id);
+  if (state == nullptr) return std::nullopt;
+  m.state = *state;
+  m.shown = impl_->scheduler->state_of(id, wall_ms()).value_or(state->state);
+  return m;
+}
+
+QueueOpResult SpoolQueue::retry(std::string_view id) {
+  if (!impl_->entries.contains(id)) return QueueOpResult::NotFound;
+  if (!impl_->scheduler->retry_now(id, wall_ms())) return QueueOpResult::NotDeferred;
+  impl_->arm(wall_ms());
+  return QueueOpResult::Done;
+}
+
+void SpoolQueue::remove(std::string_view id, std::function<void(QueueOpResult)> done) {
+  auto it = impl_->entries.find(id);
+  if (it == impl_->entries.end()) return done(QueueOpResult::NotFound);
+  std::string key(id);
+  impl_->scheduler->forget(key);
+  impl_->entries.erase(it);
+  impl_->store->remove(key, [done = std::move(done)](SpoolStatus status) {
+    done(status.ok() || status.code == SpoolErrc::NotFound ? QueueOpResult::Done
+                                                           : QueueOpResult::NotFound);
+  });
+}
+
+void SpoolQueue::shutdown(bool drain, std::function<void()> done) {
+  impl_->stopping = true;
+  impl_->draining = drain && impl_->ready;
+  impl_->shutdown_done = std::move(done);
+  if (impl_->draining) {
+    // Deliver what can be delivered now: deferred messages get one more try.
+    uint64_t now = wall_ms();
+    for (const auto& [id, entry] : impl_->entries) {
+      if (!entry.failed) impl_->scheduler->retry_now(id, now);
+    }
+    impl_->arm(now);
+  } else {
+    impl_->wake_timer.stop();
+  }
+  impl_->maybe_shutdown_done();
+}
+
+void SpoolQueue::stop_now() {
+  impl_->draining = false;
+  impl_->wake_timer.stop();
+  if (impl_->shutdown_done && impl_->in_flight == 0) impl_->finish_shutdown();
+}
+
+}  // namespace mailcar
