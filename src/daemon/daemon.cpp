@@ -218,7 +218,8 @@ class Daemon {
     rt->hostname = cfg.smtp.hostname;
     rt->policy = make_policy(cfg, previous ? previous->policy.get() : nullptr);
     for (const ServiceConfig& s : cfg.services) {
-      rt->transports.emplace(s.name, make_transport(&loop_, s, rt->hostname));
+      rt->transports.emplace(
+          s.name, make_transport(&loop_, s, rt->hostname, cfg.limits.delivery_timeout_ms));
     }
     return rt;
   }
