@@ -90,6 +90,10 @@ struct LimitsConfig {
   unsigned max_connections = 1000;
   uint64_t idle_timeout_ms = 60'000;
   uint64_t shutdown_grace_ms = 30'000;
+  // Upstream deadlines (issue 7): one delivery through an SMTP service, from hand-over
+  // (including the wait for a free connection) to the upstream's final reply. At least every
+  // service's connect_timeout and command_timeout.
+  uint64_t delivery_timeout_ms = 120'000;
 };
 
 enum class LogFormat { Json, Text };

@@ -50,7 +50,10 @@ class Transport {
  public:
   virtual ~Transport() = default;
   // Deliver one message. `done` is called exactly once, on the loop thread, never from
-  // inside deliver() itself.
+  // inside deliver() itself. A relaying transport calls it within limits.delivery_timeout of
+  // the call (waiting for a free connection included): past that the result is
+  // ConnectionTimedOut ("Connection timed out", retryable) and the upstream connection that
+  // carried the message is dropped, never reused. The file transport has no such deadline.
   virtual void deliver(OutboundMessage message, DeliveryCallback done) = 0;
   // Stop: finish in-flight deliveries, QUIT idle connections, then call `done` once.
   virtual void shutdown(std::function<void()> done) = 0;

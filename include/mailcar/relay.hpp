@@ -14,17 +14,29 @@
 
 namespace mailcar {
 
-// The transport for `service` (by its driver). Loop-thread only.
+// The transport for `service` (by its driver). Loop-thread only. `delivery_timeout_ms` is
+// limits.delivery_timeout (the file driver has no use for it).
 std::shared_ptr<Transport> make_transport(uv_loop_t* loop, const ServiceConfig& service,
-                                          const std::string& hostname);
+                                          const std::string& hostname,
+                                          uint64_t delivery_timeout_ms);
 
 // Relays over SMTP, keeping up to `service.connections` upstream connections open and reusing
 // them (RSET between messages). Messages wait in a FIFO queue for a free connection.
+// Deadlines, never idle timers that a trickling peer could keep alive:
+//  - connect_timeout: name lookup + TCP connect + implicit TLS handshake + the 220 greeting,
+//    all together; a STARTTLS handshake gets connect_timeout of its own.
+//  - command_timeout: each reply as a whole, from when the wait for it starts (its command is
+//    sent, or the reply before it is complete) to its last line; also the longest the
+//    upstream may take to accept the next chunk of the message body.
+//  - delivery_timeout_ms: one message from deliver() to its result, queue wait included. When
+//    it passes the caller gets ConnectionTimedOut and the connection carrying the message is
+//    dropped (its state is unknown). 0: none.
 // Destroying it QUITs idle connections and aborts the rest without calling pending callbacks:
 // call shutdown() first when callers still wait.
 class SmtpRelay : public Transport {
  public:
-  SmtpRelay(uv_loop_t* loop, const ServiceConfig& service, std::string our_hostname);
+  SmtpRelay(uv_loop_t* loop, const ServiceConfig& service, std::string our_hostname,
+            uint64_t delivery_timeout_ms = LimitsConfig{}.delivery_timeout_ms);
   ~SmtpRelay() override;
   SmtpRelay(const SmtpRelay&) = delete;
   SmtpRelay& operator=(const SmtpRelay&) = delete;

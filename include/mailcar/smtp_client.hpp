@@ -119,6 +119,9 @@ class SmtpClientSession {
   bool terminal() const { return state_ == State::Closed || state_ == State::Failed; }
   // A reply is outstanding (for the owner's command timeout).
   bool awaiting_reply() const { return !pending_.empty(); }
+  // Complete replies parsed so far. The owner's command timeout is a deadline for a whole
+  // reply: it starts again when this grows, never because part of a reply arrived.
+  uint64_t replies_received() const { return replies_received_; }
   bool message_in_flight() const { return message_ != nullptr; }
   const SmtpExtensions& extensions() const { return extensions_; }
 
@@ -170,6 +173,7 @@ class SmtpClientSession {
   size_t partial_bytes_ = 0;
   bool have_partial_ = false;
   bool discard_input_ = false;  // bytes after the 220 to STARTTLS are never interpreted
+  uint64_t replies_received_ = 0;
 
   std::deque<Command> pending_;  // commands sent, replies not yet read, in order
   std::deque<Queued> unsent_;    // transaction commands held back without PIPELINING

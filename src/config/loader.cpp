@@ -438,6 +438,7 @@ class Loader {
     if (const Entry* e = top->get("spool")) load_spool(*e);
     if (const Entry* e = top->get("limits")) load_limits(*e);
     if (const Entry* e = top->get("log")) load_log(*e);
+    check_delivery_timeout(top->get("limits"), top->mark);
   }
 
   void load_listen(const Entry& entry) {
@@ -788,7 +789,8 @@ class Loader {
   void load_limits(const Entry& entry) {
     auto s = section(entry);
     if (!s) return;
-    allow_only(*s, {"max_message_bytes", "max_connections", "idle_timeout", "shutdown_grace"});
+    allow_only(*s, {"max_message_bytes", "max_connections", "idle_timeout", "shutdown_grace",
+                    "delivery_timeout"});
     LimitsConfig& limits = config_.limits;
     if (const Entry* e = s->get("max_message_bytes")) {
       limits.max_message_bytes = size(*e).value_or(limits.max_message_bytes);
@@ -803,6 +805,46 @@ class Loader {
     if (const Entry* e = s->get("shutdown_grace")) {
       limits.shutdown_grace_ms = duration(*e, true).value_or(limits.shutdown_grace_ms);
     }
+    // Upstream deadlines (issue 7).
+    if (const Entry* e = s->get("delivery_timeout")) {
+      if (auto ms = duration(*e, false)) {
+        limits.delivery_timeout_ms = *ms;
+        delivery_timeout_entry_ = *e;
+      }
+    }
+  }
+
+  // Upstream deadlines (issue 7): a delivery must be able to wait out at least one connect and
+  // one reply, or every slow but healthy upstream would look timed out.
+  void check_delivery_timeout(const Entry* limits_entry, const YAML::Mark& top_mark) {
+    const uint64_t limit = config_.limits.delivery_timeout_ms;
+    for (const ServiceConfig& service : config_.services) {
+      if (service.driver != ServiceDriver::Smtp) continue;
+      // Name the longer of the two: that is how long the delivery must at least be.
+      const bool connect_longer = service.connect_timeout_ms > service.command_timeout_ms;
+      const uint64_t needed =
+          connect_longer ? service.connect_timeout_ms : service.command_timeout_ms;
+      if (needed <= limit) continue;
+      const std::string key = "services." + service.name +
+                              (connect_longer ? ".connect_timeout (" : ".command_timeout (") +
+                              duration_text(needed) + ")";
+      if (delivery_timeout_entry_) {
+        error(*delivery_timeout_entry_, "is shorter than " + key + "; make it at least that long");
+      } else {
+        error_at(limits_entry != nullptr ? mark_of(*limits_entry) : top_mark,
+                 "limits.delivery_timeout",
+                 "the default " + duration_text(limit) + " is shorter than " + key +
+                     "; set limits.delivery_timeout to at least that");
+      }
+      return;  // one line says it; the fix is the same for every service
+    }
+  }
+
+  static std::string duration_text(uint64_t ms) {
+    if (ms % 3'600'000 == 0) return std::to_string(ms / 3'600'000) + "h";
+    if (ms % 60'000 == 0) return std::to_string(ms / 60'000) + "m";
+    if (ms % 1'000 == 0) return std::to_string(ms / 1'000) + "s";
+    return std::to_string(ms) + "ms";
   }
 
   void load_log(const Entry& entry) {
@@ -842,6 +884,7 @@ class Loader {
   EnvLookup env_;
   std::vector<std::string> errors_;
   Config config_;
+  std::optional<Entry> delivery_timeout_entry_;  // issue 7: where limits.delivery_timeout is
 };
 
 }  // namespace

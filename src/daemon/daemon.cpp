@@ -226,7 +226,8 @@ class Daemon {
     rt->policy = make_policy(cfg, previous ? previous->policy.get() : nullptr);
     rt->spool = spool_;
     for (const ServiceConfig& s : cfg.services) {
-      rt->transports.emplace(s.name, make_transport(&loop_, s, rt->hostname));
+      rt->transports.emplace(
+          s.name, make_transport(&loop_, s, rt->hostname, cfg.limits.delivery_timeout_ms));
     }
     return rt;
   }

@@ -163,6 +163,7 @@ bool SmtpClientSession::parse_input(SmtpClientOutput& out) {
     partial_ = SmtpReply();
     partial_bytes_ = 0;
     have_partial_ = false;
+    ++replies_received_;
     handle_reply(reply, out);
   }
   if (discard_input_ || terminal()) {

@@ -1,7 +1,9 @@
 // SmtpRelay: the I/O edge around SmtpClientSession. A FIFO of messages, up to
 // `connections` upstream connections; each connection is connect -> [implicit TLS] -> session,
-// and takes the next message whenever its session is Ready. Timers: connect (net), command
-// reply, TLS handshake, body progress and idle.
+// and takes the next message whenever its session is Ready. Time is kept as deadlines (loop
+// milliseconds), each checked when its connection's one timer fires, so a read costs no timer
+// work: the connection's current wait (connect + greeting, a reply, TLS handshake, body
+// progress, idle) and the delivery deadline of its message. Queued messages have theirs too.
 #include <algorithm>
 #include <deque>
 #include <utility>
@@ -25,6 +27,7 @@ struct Job {
   OutboundMessage message;
   DeliveryCallback done;
   uint64_t started_ns = 0;
+  uint64_t deadline_ms = 0;  // loop time when the caller gets "Connection timed out"; 0: none
   bool retried = false;
 };
 using JobPtr = std::shared_ptr<Job>;
@@ -37,29 +40,42 @@ DeliveryResult timed_out() {
 
 struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
   enum class Phase { Connecting, Handshake, Idle, Busy, Closing };
+  // What a connection waits for; each wait ends at its deadline.
+  enum class Wait { None, Tls, Reply, Body, Idle };
 
   struct Connection {
-    explicit Connection(uv_loop_t* loop) : timeout(loop) {}
+    explicit Connection(uv_loop_t* loop) : timer(loop) {}
     uint64_t id = 0;
     Phase phase = Phase::Connecting;
     net::StreamPtr stream;
     std::unique_ptr<SmtpClientSession> session;
-    net::Timer timeout;
     JobPtr job;
     unsigned messages_done = 0;
     bool dead = false;
+    Wait wait = Wait::None;
+    uint64_t wait_deadline = 0;   // loop ms
+    uint64_t setup_deadline = 0;  // connect + implicit TLS + greeting: connect_timeout
+    uint64_t replies_seen = 0;    // session->replies_received() when the reply wait began
+    net::Timer timer;             // fires at timer_due (0: stopped), never later than a deadline
+    uint64_t timer_due = 0;
   };
   using ConnectionPtr = std::shared_ptr<Connection>;
   using WeakConnection = std::weak_ptr<Connection>;
 
-  Impl(uv_loop_t* l, const ServiceConfig& s, std::string host_name)
-      : loop(l), service(s), hostname(std::move(host_name)), defer_timer(l) {
+  Impl(uv_loop_t* l, const ServiceConfig& s, std::string host_name, uint64_t delivery_ms)
+      : loop(l),
+        service(s),
+        hostname(std::move(host_name)),
+        delivery_timeout_ms(delivery_ms),
+        defer_timer(l),
+        queue_timer(l) {
     if (hostname.empty()) hostname = "localhost";
   }
 
   uv_loop_t* loop;
   ServiceConfig service;
   std::string hostname;
+  uint64_t delivery_timeout_ms;
   uint64_t idle_timeout_ms = kDefaultIdleMs;
   std::deque<JobPtr> queue;
   std::vector<ConnectionPtr> connections;
@@ -70,6 +86,8 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
   std::function<void()> shutdown_done;
   net::Timer defer_timer;
   std::vector<std::function<void()>> deferred;
+  net::Timer queue_timer;  // the delivery deadline of the oldest queued message
+  uint64_t queue_timer_due = 0;
 
   // ---- deferral: nothing user-visible happens inside deliver()/shutdown() ----
 
@@ -107,6 +125,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
     job->message = std::move(message);
     job->done = std::move(done);
     job->started_ns = uv_hrtime();
+    if (delivery_timeout_ms > 0) job->deadline_ms = uv_now(loop) + delivery_timeout_ms;
     if (shutting_down || destroyed) {
       defer([job] {
         job->done(delivery_failure(DeliveryStatus::ShuttingDown, "mailcar is shutting down", true));
@@ -127,7 +146,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
     destroyed = true;
     for (auto& conn : connections) {
       conn->dead = true;
-      conn->timeout.stop();
+      conn->timer.stop();
       if (!conn->stream) continue;
       conn->stream->on_drain(nullptr);
       if (conn->phase == Phase::Idle) {
@@ -141,6 +160,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
     queue.clear();
     deferred.clear();
     defer_timer.stop();
+    queue_timer.stop();
   }
 
   // ---- scheduling ----
@@ -150,6 +170,8 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
   }
 
   void pump() {
+    if (destroyed) return;
+    expire_queued();
     if (destroyed) return;
     auto snapshot = connections;  // callbacks below may add or remove connections
     for (auto& conn : snapshot) {
@@ -177,6 +199,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
         if (conn->phase == Phase::Idle && !conn->dead) quit(conn);
       }
     }
+    schedule_queue_timer();
     check_shutdown_done();
   }
 
@@ -190,7 +213,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
   void assign(const ConnectionPtr& conn, JobPtr job) {
     conn->job = std::move(job);
     conn->phase = Phase::Busy;
-    conn->timeout.stop();
+    conn->wait = Wait::None;  // whatever comes next starts a wait of its own
     handle_output(conn, conn->session->start_message(conn->job->message));
   }
 
@@ -227,6 +250,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
   void open_connection() {
     auto conn = std::make_shared<Connection>(loop);
     conn->id = next_connection_id++;
+    conn->setup_deadline = uv_now(loop) + service.connect_timeout_ms;
     connections.push_back(conn);
     log::debug("upstream_connecting", {{"service", service.name},
                                        {"host", service.host},
@@ -261,7 +285,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
                                       {"peer", conn->stream->peer_address()},
                                       {"connection", conn->id}});
     if (service.encryption == Encryption::Tls) {
-      arm(conn, service.connect_timeout_ms);
+      wait_until(conn, Wait::Tls, conn->setup_deadline);
       conn->stream->start_tls_client(
           tls_options(),
           guarded(conn, [](Impl* self, const ConnectionPtr& c, const net::NetError& e) {
@@ -284,7 +308,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
   }
 
   void start_tls(const ConnectionPtr& conn) {
-    arm(conn, service.connect_timeout_ms);
+    wait_until(conn, Wait::Tls, uv_now(loop) + service.connect_timeout_ms);
     conn->stream->start_tls_client(
         tls_options(),
         guarded(conn, [](Impl* self, const ConnectionPtr& c, const net::NetError& e) {
@@ -301,36 +325,142 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
     handle_output(conn, conn->session->quit());
   }
 
-  // ---- timers ----
+  // ---- deadlines ----
 
-  void arm(const ConnectionPtr& conn, uint64_t ms) {
-    conn->timeout.start(
-        ms, guarded(conn, [](Impl* self, const ConnectionPtr& c) { self->on_timeout(c); }));
+  // Sets the connection's current wait. The timer fires at the earlier of its deadline and
+  // the message's; when it fires early (a deadline moved on) it just sets itself again.
+  void wait_until(const ConnectionPtr& conn, Wait what, uint64_t deadline) {
+    conn->wait = what;
+    conn->wait_deadline = deadline;
+    schedule_timer(conn);
   }
 
-  // The timer that fits the session's state after an event.
-  void rearm(const ConnectionPtr& conn) {
-    if (conn->dead) return;
-    if (conn->session && conn->session->awaiting_reply()) {
-      arm(conn, service.command_timeout_ms);
-    } else if (conn->phase == Phase::Idle) {
-      conn->timeout.start(idle_timeout_ms, guarded(conn, [](Impl* self, const ConnectionPtr& c) {
-                            if (c->phase == Phase::Idle) self->quit(c);
-                          }));
-    } else if (!conn->session || !conn->session->body_pending()) {
-      conn->timeout.stop();
+  void schedule_timer(const ConnectionPtr& conn) {
+    uint64_t due = conn->wait == Wait::None ? 0 : conn->wait_deadline;
+    if (conn->job && conn->job->deadline_ms != 0 && (due == 0 || conn->job->deadline_ms < due)) {
+      due = conn->job->deadline_ms;
+    }
+    if (due == 0) {
+      conn->timer.stop();
+      conn->timer_due = 0;
+      return;
+    }
+    if (conn->timer.active() && conn->timer_due <= due) return;
+    conn->timer_due = due;
+    const uint64_t now = uv_now(loop);
+    conn->timer.start(due > now ? due - now : 0,
+                      guarded(conn, [](Impl* self, const ConnectionPtr& c) { self->on_timer(c); }));
+  }
+
+  void on_timer(const ConnectionPtr& conn) {
+    conn->timer_due = 0;
+    const uint64_t now = uv_now(loop);
+    if (conn->job && conn->job->deadline_ms != 0 && now >= conn->job->deadline_ms) {
+      on_timeout(conn, "delivery_timeout");
+    } else if (conn->wait == Wait::Idle && now >= conn->wait_deadline) {
+      conn->wait = Wait::None;
+      if (conn->phase == Phase::Idle) quit(conn);
+    } else if (conn->wait != Wait::None && now >= conn->wait_deadline) {
+      on_timeout(conn, timeout_name(*conn));
+    } else {
+      schedule_timer(conn);
     }
   }
 
-  void on_timeout(const ConnectionPtr& conn) {
+  // Which configured limit ran out, for the log.
+  static const char* timeout_name(const Connection& conn) {
+    switch (conn.wait) {
+      case Wait::Tls:
+        return "tls_handshake";
+      case Wait::Body:
+        return "body";
+      case Wait::Reply:
+        if (conn.session && conn.session->state() == SmtpClientSession::State::Greeting) {
+          return "connect_timeout";
+        }
+        return "command_timeout";
+      case Wait::None:
+      case Wait::Idle:
+        break;
+    }
+    return "idle";
+  }
+
+  // The wait that fits the session's state after an event. A reply keeps the deadline its
+  // wait began with until it is complete: bytes trickling in buy no time.
+  void rearm(const ConnectionPtr& conn) {
+    if (conn->dead) return;
+    const SmtpClientSession* session = conn->session.get();
+    if (session && session->awaiting_reply()) {
+      if (conn->wait == Wait::Reply && session->replies_received() == conn->replies_seen) return;
+      conn->replies_seen = session->replies_received();
+      const bool greeting = session->state() == SmtpClientSession::State::Greeting;
+      wait_until(conn, Wait::Reply,
+                 greeting ? conn->setup_deadline : uv_now(loop) + service.command_timeout_ms);
+    } else if (session && session->state() == SmtpClientSession::State::TlsHandshake) {
+      return;  // start_tls() set the handshake's deadline
+    } else if (conn->phase == Phase::Idle) {
+      if (conn->wait != Wait::Idle) wait_until(conn, Wait::Idle, uv_now(loop) + idle_timeout_ms);
+    } else if (!session || !session->body_pending()) {
+      wait_until(conn, Wait::None, 0);
+    }
+  }
+
+  void on_timeout(const ConnectionPtr& conn, std::string_view which) {
     log::warn(
         "upstream_timeout",
         {{"service", service.name},
          {"host", service.host},
          {"connection", conn->id},
+         {"timeout", which},
          {"state", conn->session ? smtp_client_state_name(conn->session->state()) : "connecting"}});
-    if (conn->stream) conn->stream->abort();
+    if (conn->stream) conn->stream->abort();  // its state is unknown: never reused
     fail_connection(conn, timed_out());
+  }
+
+  // Queued messages whose delivery deadline passed before a connection took them. The
+  // queue is oldest first (retries go back to the front), so the front's deadline is the
+  // earliest.
+  void expire_queued() {
+    const uint64_t now = uv_now(loop);
+    while (!destroyed && !queue.empty() && queue.front()->deadline_ms != 0 &&
+           queue.front()->deadline_ms <= now) {
+      JobPtr job = std::move(queue.front());
+      queue.pop_front();
+      log::warn("upstream_timeout", {{"service", service.name},
+                                     {"host", service.host},
+                                     {"id", job->message.id},
+                                     {"timeout", "delivery_timeout"},
+                                     {"state", "queued"}});
+      report(std::move(job), timed_out());
+    }
+  }
+
+  void schedule_queue_timer() {
+    const uint64_t due = queue.empty() ? 0 : queue.front()->deadline_ms;
+    if (due == 0) {
+      queue_timer.stop();
+      queue_timer_due = 0;
+      return;
+    }
+    if (queue_timer.active() && queue_timer_due <= due) return;
+    queue_timer_due = due;
+    const uint64_t now = uv_now(loop);
+    queue_timer.start(due > now ? due - now : 0, [weak = weak_from_this()] {
+      auto self = weak.lock();
+      if (!self || self->destroyed) return;
+      self->queue_timer_due = 0;
+      self->pump();  // expires what is due, then sets the timer for the next
+    });
+  }
+
+  // Hands a finished message to its caller.
+  void report(JobPtr job, DeliveryResult r) {
+    r.upstream_seconds = static_cast<double>(uv_hrtime() - job->started_ns) / 1e9;
+    metrics::observe_upstream_seconds(r.upstream_seconds);
+    auto done = std::move(job->done);
+    job.reset();
+    done(std::move(r));
   }
 
   // ---- body streaming with backpressure ----
@@ -349,7 +479,8 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
       rearm(conn);  // now waiting for the reply to "."
       return;
     }
-    if (progressed) arm(conn, service.command_timeout_ms);  // no progress for that long: give up
+    // No progress for that long: give up.
+    if (progressed) wait_until(conn, Wait::Body, uv_now(loop) + service.command_timeout_ms);
     // The kernel took less than we queued: refill when the queue has drained.
     conn->stream->on_drain(guarded(conn, [](Impl* self, const ConnectionPtr& c) {
       if (c->session->body_pending()) self->pump_body(c);
@@ -421,8 +552,6 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
       schedule_pump();
       return;
     }
-    r.upstream_seconds = static_cast<double>(uv_hrtime() - job->started_ns) / 1e9;
-    metrics::observe_upstream_seconds(r.upstream_seconds);
     log::debug("upstream_delivery", {{"service", service.name},
                                      {"id", job->message.id},
                                      {"status", delivery_status_name(r.status)},
@@ -430,9 +559,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
                                      {"accepted", static_cast<uint64_t>(r.accepted.size())},
                                      {"rejected", static_cast<uint64_t>(r.rejected.size())},
                                      {"connection", conn->id}});
-    auto done = std::move(job->done);
-    job.reset();
-    done(std::move(r));
+    report(std::move(job), std::move(r));
   }
 
   // The connection failed outside a message: greeting, TLS, AUTH, connect.
@@ -453,11 +580,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
     queue.clear();
     for (auto& job : failed) {
       if (destroyed) return;
-      DeliveryResult r = result;
-      r.upstream_seconds = static_cast<double>(uv_hrtime() - job->started_ns) / 1e9;
-      metrics::observe_upstream_seconds(r.upstream_seconds);
-      auto done = std::move(job->done);
-      done(std::move(r));
+      report(std::move(job), result);
     }
   }
 
@@ -514,7 +637,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
     if (conn->dead) return;
     conn->dead = true;
     conn->phase = Phase::Closing;
-    conn->timeout.stop();
+    conn->timer.stop();
     if (conn->stream) {
       conn->stream->on_drain(nullptr);
       conn->stream->close();  // flushes a QUIT still queued
@@ -530,8 +653,9 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
   }
 };
 
-SmtpRelay::SmtpRelay(uv_loop_t* loop, const ServiceConfig& service, std::string our_hostname)
-    : impl_(std::make_shared<Impl>(loop, service, std::move(our_hostname))) {}
+SmtpRelay::SmtpRelay(uv_loop_t* loop, const ServiceConfig& service, std::string our_hostname,
+                     uint64_t delivery_timeout_ms)
+    : impl_(std::make_shared<Impl>(loop, service, std::move(our_hostname), delivery_timeout_ms)) {}
 
 SmtpRelay::~SmtpRelay() {
   impl_->destroy();

@@ -107,6 +107,7 @@ TEST_F(ConfigTest, MinimalConfigGetsDefaults) {
   EXPECT_EQ(config->limits.max_connections, 1000u);
   EXPECT_EQ(config->limits.idle_timeout_ms, 60'000u);
   EXPECT_EQ(config->limits.shutdown_grace_ms, 30'000u);
+  EXPECT_EQ(config->limits.delivery_timeout_ms, 120'000u);
   EXPECT_EQ(config->log.format, LogFormat::Json);
   EXPECT_EQ(config->log.level, LogLevel::Info);
   EXPECT_EQ(config->find_service("email"), &config->services[0]);
@@ -362,6 +363,34 @@ log:
             "DIR/mailcar.yaml:11:17: limits.idle_timeout: must be longer than zero\n"
             "DIR/mailcar.yaml:13:11: log.format: must be json or text\n"
             "DIR/mailcar.yaml:14:10: log.level: must be error, warn, info or debug");
+}
+
+// Upstream deadlines (issue 7): limits.delivery_timeout, and it must cover one connect and one
+// reply.
+TEST_F(ConfigTest, DeliveryTimeout) {
+  auto config = load(
+      "services:\n  email:\n    host: x\n    command_timeout: 90s\n"
+      "limits:\n  delivery_timeout: 3m\n");
+  ASSERT_TRUE(config.ok()) << config.error().message;
+  EXPECT_EQ(config->limits.delivery_timeout_ms, 180'000u);
+  // A file service has no upstream timeouts to cover.
+  config = load(
+      "services:\n  out:\n    driver: file\n    path: out\nlimits:\n"
+      "  delivery_timeout: 1s\n");
+  ASSERT_TRUE(config.ok()) << config.error().message;
+
+  EXPECT_EQ(errors_of("services:\n  email:\n    host: x\nlimits:\n  delivery_timeout: 10s\n"),
+            "DIR/mailcar.yaml:5:21: limits.delivery_timeout: is shorter than "
+            "services.email.command_timeout (1m); make it at least that long");
+  EXPECT_EQ(errors_of("services:\n  email:\n    host: x\n    connect_timeout: 45s\n"
+                      "    command_timeout: 30s\nlimits:\n  delivery_timeout: 40s\n"),
+            "DIR/mailcar.yaml:7:21: limits.delivery_timeout: is shorter than "
+            "services.email.connect_timeout (45s); make it at least that long");
+  EXPECT_EQ(errors_of("services:\n  email:\n    host: x\n    command_timeout: 5m\n"),
+            "DIR/mailcar.yaml:1:1: limits.delivery_timeout: the default 2m is shorter than "
+            "services.email.command_timeout (5m); set limits.delivery_timeout to at least that");
+  EXPECT_EQ(errors_of("services:\n  email:\n    host: x\nlimits:\n  delivery_timeout: 0s\n"),
+            "DIR/mailcar.yaml:5:21: limits.delivery_timeout: must be longer than zero");
 }
 
 TEST_F(ConfigTest, YamlSyntaxErrorsHaveAPosition) {

@@ -69,7 +69,7 @@ TEST(FileTransport, WritesExactlyTheMessageAtomicallyIntoANewFolder) {
   TempDir dir;
   const std::string outbox = dir.path() + "/out/box";  // does not exist yet
   testing::TestLoop loop;
-  auto transport = make_transport(loop.get(), file_service(outbox), "host.test");
+  auto transport = make_transport(loop.get(), file_service(outbox), "host.test", 0);
   std::optional<DeliveryResult> result;
   bool inside_deliver = true;
   bool called_inside = false;

@@ -602,6 +602,24 @@ TEST(SmtpClientSession, RepliesSplitAtEveryByteBoundary) {
   EXPECT_EQ(run(true), expected);
 }
 
+// The owner's command deadline restarts only on whole replies: count them, byte by byte.
+TEST(SmtpClientSession, RepliesReceivedCountsWholeRepliesOnly) {
+  SmtpClientSession s(plain_options());
+  const std::string greeting = "220-upstream.test\r\n220 hello\r\n";
+  for (size_t i = 0; i < greeting.size(); ++i) {
+    EXPECT_EQ(s.replies_received(), 0u) << i;
+    s.feed(std::string_view(&greeting[i], 1));
+  }
+  EXPECT_EQ(s.replies_received(), 1u);
+  EXPECT_TRUE(s.awaiting_reply());  // EHLO
+  const std::string ehlo = ehlo_reply({"PIPELINING", "SIZE 1000"});
+  s.feed(ehlo.substr(0, ehlo.size() - 1));
+  EXPECT_EQ(s.replies_received(), 1u);
+  s.feed(ehlo.substr(ehlo.size() - 1));
+  EXPECT_EQ(s.replies_received(), 2u);
+  EXPECT_EQ(s.state(), State::Ready);
+}
+
 TEST(SmtpClientSession, MultiLineReplyInTwoRandomPieces) {
   // Every split point of one multi-line reply, fed as exactly two feeds.
   const std::string greeting = "220 hi\r\n";

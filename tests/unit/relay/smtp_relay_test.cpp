@@ -28,9 +28,13 @@ class FakeSmtpServer {
     bool rset_421_once = false;  // answer the first RSET "421" and hang up (stale connection)
     std::shared_ptr<net::TlsServerContext> tls;  // for STARTTLS or implicit TLS
     bool implicit_tls = false;
+    uint64_t greet_delay_ms = 0;  // the 220 greeting comes this late
+    uint64_t reply_delay_ms = 0;  // every later reply comes this late
+    uint64_t trickle_ms = 0;      // every later reply comes one byte per trickle_ms
+    bool starttls_stall = false;  // 220 to STARTTLS, then silence: no handshake
   };
 
-  FakeSmtpServer(uv_loop_t* loop, Options options) : options_(options) {
+  FakeSmtpServer(uv_loop_t* loop, Options o) : options(o), loop_(loop) {
     ListenAddress address{"127.0.0.1", 0, "127.0.0.1:0"};
     auto listener = net::Listener::open(loop, address, [this](net::StreamPtr s) { accept(s); });
     EXPECT_TRUE(listener.ok());
@@ -38,7 +42,10 @@ class FakeSmtpServer {
   }
   ~FakeSmtpServer() {
     if (listener_) listener_->close();
-    for (auto& c : clients_) c->stream->abort();
+    for (auto& c : clients_) {
+      c->stream->on_close(nullptr);  // fires after we are gone otherwise
+      c->stream->abort();
+    }
   }
 
   uint16_t port() const { return listener_ ? listener_->port() : 0; }
@@ -48,35 +55,64 @@ class FakeSmtpServer {
   std::vector<std::string> bodies;    // unstuffed message data
   int quits = 0;
   int tls_handshakes = 0;
+  int closes = 0;   // connections that ended (by either side)
+  Options options;  // may be changed between messages
 
  private:
   struct Client {
+    explicit Client(uv_loop_t* loop) : timer(loop) {}
     net::StreamPtr stream;
     std::string input;
     bool in_data = false;
+    bool silent = false;
     std::string body;
+    std::string outbox;  // delayed or trickled reply bytes
+    net::Timer timer;
   };
+
+  // A reply after the greeting: at once, after reply_delay_ms, or trickled byte by byte.
+  void reply(Client& c, const std::string& bytes) {
+    if (options.trickle_ms == 0 && options.reply_delay_ms == 0) return c.stream->write(bytes);
+    c.outbox += bytes;
+    if (!c.timer.active()) send_later(c);
+  }
+
+  void send_later(Client& c) {
+    const uint64_t wait = options.trickle_ms ? options.trickle_ms : options.reply_delay_ms;
+    c.timer.start(wait, [this, &c] {
+      if (c.stream->closed() || c.outbox.empty()) return;
+      const size_t n = options.trickle_ms ? 1 : c.outbox.size();
+      c.stream->write(c.outbox.substr(0, n));
+      c.outbox.erase(0, n);
+      if (!c.outbox.empty()) send_later(c);
+    });
+  }
 
   void accept(net::StreamPtr stream) {
     ++connections;
-    auto client = std::make_shared<Client>();
+    auto client = std::make_shared<Client>(loop_);
     client->stream = stream;
     clients_.push_back(client);
     Client* c = client.get();
     stream->on_data([this, c](std::string_view bytes) {
+      if (c->silent) return;
       c->input.append(bytes);
       process(*c);
     });
-    stream->on_close([](const net::NetError&) {});
-    if (options_.implicit_tls) {
-      stream->start_tls_server(options_.tls, [this, c](const net::NetError& e) {
+    stream->on_close([this](const net::NetError&) { ++closes; });
+    if (options.implicit_tls) {
+      stream->start_tls_server(options.tls, [this, c](const net::NetError& e) {
         if (e.kind != net::NetErrorKind::None) return;
         ++tls_handshakes;
         c->stream->write("220 fake.test ESMTP\r\n");
       });
       return;
     }
-    if (options_.greet) stream->write("220 fake.test ESMTP\r\n");
+    if (!options.greet) return;
+    if (options.greet_delay_ms == 0) return stream->write("220 fake.test ESMTP\r\n");
+    c->timer.start(options.greet_delay_ms, [c] {
+      if (!c->stream->closed()) c->stream->write("220 fake.test ESMTP\r\n");
+    });
   }
 
   void process(Client& c) {
@@ -88,7 +124,7 @@ class FakeSmtpServer {
         if (line == ".") {
           c.in_data = false;
           bodies.push_back(c.body);
-          c.stream->write("250 2.0.0 queued\r\n");
+          reply(c, "250 2.0.0 queued\r\n");
         } else {
           c.body += (line.rfind('.', 0) == 0 ? line.substr(1) : line) + "\r\n";
         }
@@ -98,31 +134,35 @@ class FakeSmtpServer {
       std::string verb = line.substr(0, 4);
       if (verb == "EHLO") {
         std::string r = "250-fake.test\r\n";
-        if (options_.pipelining) r += "250-PIPELINING\r\n";
-        if (options_.starttls && !c.stream->tls_active()) r += "250-STARTTLS\r\n";
+        if (options.pipelining) r += "250-PIPELINING\r\n";
+        if (options.starttls && !c.stream->tls_active()) r += "250-STARTTLS\r\n";
         r += "250 SIZE 10000000\r\n";
-        c.stream->write(r);
+        reply(c, r);
       } else if (verb == "MAIL") {
-        c.stream->write("250 ok\r\n");
+        reply(c, "250 ok\r\n");
       } else if (verb == "RCPT") {
-        c.stream->write(line.find("reject") != std::string::npos ? "550 5.1.1 no such user\r\n"
-                                                                 : "250 ok\r\n");
+        reply(c, line.find("reject") != std::string::npos ? "550 5.1.1 no such user\r\n"
+                                                          : "250 ok\r\n");
       } else if (verb == "DATA") {
         c.in_data = true;
         c.body.clear();
-        c.stream->write("354 go\r\n");
+        reply(c, "354 go\r\n");
       } else if (verb == "RSET") {
-        if (options_.rset_421_once) {
-          options_.rset_421_once = false;
+        if (options.rset_421_once) {
+          options.rset_421_once = false;
           c.stream->write("421 4.4.2 idle too long\r\n");
           c.stream->close();
           return;
         }
-        c.stream->write("250 ok\r\n");
-      } else if (line == "STARTTLS" && options_.starttls && !c.stream->tls_active()) {
+        reply(c, "250 ok\r\n");
+      } else if (line == "STARTTLS" && options.starttls && !c.stream->tls_active()) {
         c.stream->write("220 2.0.0 go ahead\r\n");
         c.input.clear();
-        c.stream->start_tls_server(options_.tls, [this](const net::NetError& e) {
+        if (options.starttls_stall) {
+          c.silent = true;
+          return;
+        }
+        c.stream->start_tls_server(options.tls, [this](const net::NetError& e) {
           if (e.kind == net::NetErrorKind::None) ++tls_handshakes;
         });
         return;
@@ -136,7 +176,7 @@ class FakeSmtpServer {
     }
   }
 
-  Options options_;
+  uv_loop_t* loop_;
   std::unique_ptr<net::Listener> listener_;
   std::vector<std::shared_ptr<Client>> clients_;
 };
@@ -268,18 +308,137 @@ TEST(SmtpRelay, ConnectionRefused) {
   }
 }
 
-TEST(SmtpRelay, SilentServerTimesOut) {
+double seconds_since(uint64_t start_ns) {
+  return static_cast<double>(uv_hrtime() - start_ns) / 1e9;
+}
+
+// connect_timeout covers connect + greeting: a server that never greets is given up on then,
+// not after command_timeout.
+TEST(SmtpRelay, GreetingWaitIsBoundByConnectTimeout) {
   testing::TestLoop loop;
   FakeSmtpServer server(loop.get(), server_options([](auto& o) { o.greet = false; }));
   ServiceConfig service = smtp_service(server.port());
-  service.command_timeout_ms = 150;
+  service.connect_timeout_ms = 150;
+  service.command_timeout_ms = 10'000;
+  SmtpRelay relay(loop.get(), service, "mailcar.test");
+  std::optional<DeliveryResult> result;
+  const uint64_t start = uv_hrtime();
+  relay.deliver(message(), [&](DeliveryResult r) { result = r; });
+  ASSERT_TRUE(loop.run_until([&] { return result.has_value(); }, 8000));
+  EXPECT_LT(seconds_since(start), 3.0);
+  EXPECT_EQ(result->status, DeliveryStatus::ConnectionTimedOut);
+  EXPECT_EQ(result->message, "Connection timed out");
+  EXPECT_TRUE(result->retryable);
+}
+
+// ... and command_timeout does not apply to the greeting.
+TEST(SmtpRelay, SlowGreetingWithinConnectTimeoutIsFine) {
+  testing::TestLoop loop;
+  FakeSmtpServer server(loop.get(), server_options([](auto& o) { o.greet_delay_ms = 400; }));
+  ServiceConfig service = smtp_service(server.port());
+  service.connect_timeout_ms = 5000;
+  service.command_timeout_ms = 100;
   SmtpRelay relay(loop.get(), service, "mailcar.test");
   std::optional<DeliveryResult> result;
   relay.deliver(message(), [&](DeliveryResult r) { result = r; });
   ASSERT_TRUE(loop.run_until([&] { return result.has_value(); }));
-  EXPECT_EQ(result->status, DeliveryStatus::ConnectionTimedOut);
+  EXPECT_EQ(result->status, DeliveryStatus::Sent) << result->message;
+}
+
+// A reply trickled one byte at a time gets command_timeout in all, not per byte. The EHLO
+// reply alone would take about 36 * 60 ms = 2.2 s, the whole conversation about 4.5 s.
+TEST(SmtpRelay, TrickledReplyIsCutOffAtCommandTimeout) {
+  testing::TestLoop loop;
+  FakeSmtpServer server(loop.get(), server_options([](auto& o) {
+                          o.trickle_ms = 60;
+                          o.pipelining = false;
+                        }));
+  ServiceConfig service = smtp_service(server.port());
+  service.command_timeout_ms = 300;
+  SmtpRelay relay(loop.get(), service, "mailcar.test");
+  std::optional<DeliveryResult> result;
+  const uint64_t start = uv_hrtime();
+  relay.deliver(message(), [&](DeliveryResult r) { result = r; });
+  ASSERT_TRUE(loop.run_until([&] { return result.has_value(); }, 8000));
+  const double took = seconds_since(start);
+  EXPECT_EQ(result->status, DeliveryStatus::ConnectionTimedOut) << result->message;
+  EXPECT_TRUE(result->retryable);
+  EXPECT_GE(took, 0.25);
+  EXPECT_LT(took, 1.8);
+  EXPECT_TRUE(server.bodies.empty());
+  // The connection was dropped; the next message gets a fresh one from a now healthy server.
+  EXPECT_TRUE(loop.run_until([&] { return server.closes == 1; }));
+  server.options.trickle_ms = 0;
+  result.reset();
+  relay.deliver(message(), [&](DeliveryResult r) { result = r; });
+  ASSERT_TRUE(loop.run_until([&] { return result.has_value(); }));
+  EXPECT_EQ(result->status, DeliveryStatus::Sent) << result->message;
+  EXPECT_EQ(server.connections, 2);
+}
+
+// Every reply comes in time (200 ms < command_timeout), but five of them take 1 s: the
+// delivery deadline (700 ms) ends it, and the connection is not reused.
+TEST(SmtpRelay, DeliveryDeadlineStopsAnUpstreamThatAnswersJustInTime) {
+  testing::TestLoop loop;
+  FakeSmtpServer server(loop.get(), server_options([](auto& o) {
+                          o.reply_delay_ms = 200;
+                          o.pipelining = false;
+                        }));
+  ServiceConfig service = smtp_service(server.port());
+  service.command_timeout_ms = 600;
+  SmtpRelay relay(loop.get(), service, "mailcar.test", 700);
+  std::optional<DeliveryResult> result;
+  relay.deliver(message(), [&](DeliveryResult r) { result = r; });
+  ASSERT_TRUE(loop.run_until([&] { return result.has_value(); }));
+  EXPECT_EQ(result->status, DeliveryStatus::ConnectionTimedOut) << result->message;
   EXPECT_EQ(result->message, "Connection timed out");
   EXPECT_TRUE(result->retryable);
+  EXPECT_GE(result->upstream_seconds, 0.65);
+  EXPECT_TRUE(result->accepted.empty());
+  EXPECT_TRUE(server.bodies.empty());
+  EXPECT_TRUE(loop.run_until([&] { return server.closes == 1; }));
+  server.options.reply_delay_ms = 0;
+  result.reset();
+  relay.deliver(message(), [&](DeliveryResult r) { result = r; });
+  ASSERT_TRUE(loop.run_until([&] { return result.has_value(); }));
+  EXPECT_EQ(result->status, DeliveryStatus::Sent) << result->message;
+  EXPECT_EQ(server.connections, 2);
+}
+
+// The delivery deadline includes the wait for a connection: here one that greets late.
+TEST(SmtpRelay, DeliveryDeadlineCoversTheWaitForAConnection) {
+  testing::TestLoop loop;
+  FakeSmtpServer server(loop.get(), server_options([](auto& o) { o.greet_delay_ms = 1500; }));
+  ServiceConfig service = smtp_service(server.port());
+  service.connect_timeout_ms = 5000;
+  SmtpRelay relay(loop.get(), service, "mailcar.test", 300);
+  std::optional<DeliveryResult> result;
+  relay.deliver(message(), [&](DeliveryResult r) { result = r; });
+  ASSERT_TRUE(loop.run_until([&] { return result.has_value(); }));
+  EXPECT_EQ(result->status, DeliveryStatus::ConnectionTimedOut) << result->message;
+  EXPECT_GE(result->upstream_seconds, 0.25);
+  EXPECT_LT(result->upstream_seconds, 1.4);
+  EXPECT_TRUE(server.commands.empty());
+}
+
+// A STARTTLS handshake the server never answers is bound by connect_timeout.
+TEST(SmtpRelay, StalledStartTlsHandshakeTimesOut) {
+  testing::TestLoop loop;
+  FakeSmtpServer server(loop.get(), server_options([](auto& o) {
+                          o.starttls = true;
+                          o.starttls_stall = true;
+                        }));
+  ServiceConfig service = smtp_service(server.port());
+  service.encryption = Encryption::StartTls;
+  service.tls_verify = false;
+  service.connect_timeout_ms = 300;
+  service.command_timeout_ms = 10'000;
+  SmtpRelay relay(loop.get(), service, "mailcar.test", 60'000);
+  std::optional<DeliveryResult> result;
+  relay.deliver(message(), [&](DeliveryResult r) { result = r; });
+  ASSERT_TRUE(loop.run_until([&] { return result.has_value(); }, 8000));
+  EXPECT_EQ(result->status, DeliveryStatus::ConnectionTimedOut) << result->message;
+  EXPECT_LT(result->upstream_seconds, 3.0);
 }
 
 TEST(SmtpRelay, StartTlsRequiredButNotOffered) {
