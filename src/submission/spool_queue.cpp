@@ -146,10 +146,10 @@ struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
         ++done_already;
       }
     }
-    log::info("spool_recovered", {{"path", store->path()},
-                                  {"messages", static_cast<uint64_t>(resumed)},
-                                  {"failed", static_cast<uint64_t>(failed)},
-                                  {"finished", static_cast<uint64_t>(done_already)}});
+    log::info("spool_resumed", {{"path", store->path()},
+                                {"messages", static_cast<uint64_t>(resumed)},
+                                {"failed", static_cast<uint64_t>(failed)},
+                                {"finished", static_cast<uint64_t>(done_already)}});
     ready = true;
     refresh_gauges(now);
     arm(now);
