@@ -132,9 +132,9 @@ class Upstream:
     """A real SMTP server on loopback: plain, STARTTLS (+AUTH) or implicit TLS."""
 
     def __init__(self, certs, mode="plain", auth=None, reject=None, reject_data=None,
-                 wrong_cert=False, smtputf8=True, handler=None):
+                 wrong_cert=False, smtputf8=True, handler=None, port=None):
         self.handler = handler or RecordingHandler(reject, reject_data)
-        self.port = free_port()
+        self.port = port or free_port()
         self.mode = mode
         self.auth = auth
         kwargs = {}
