@@ -269,3 +269,54 @@ def test_full_spool_refuses_and_recovers_by_itself(upstream_factory, mailcar_fac
     status, body, _ = mc.send("email", msg(99))
     assert status == 202, body
     up.wait_for(len(accepted) + 1, timeout=20)
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 128 KiB tmpfs (root only): a real disk-full, not a simulated one."""
+    import os
+    import subprocess
+    mount_point = tmp_path / "smallfs"
+    mount_point.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(mount_point)],
+                       capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_full_disk_is_refused_never_acknowledged(upstream_factory, mailcar_factory,
+                                                   small_filesystem):
+    port = free_port()
+    cfg = spool_config(port).replace("path: ./spool", f"path: {small_filesystem}/spool")
+    mc = mailcar_factory(cfg)
+    big = "x" * 3000
+    accepted, status = [], 202
+    for i in range(200):
+        payload = msg(i)
+        payload["body_text"] = f"{big} {i}"
+        status, body, headers = mc.send("email", payload)
+        if status != 202:
+            break
+        accepted.append(body["id"])
+    assert status == 503 and int(headers["retry-after"]) > 0, (status, body)
+    assert len(accepted) > 3
+    code, reply = smtp_submit(mc, 5)
+    assert code == 452 and reply.startswith("4.3.1"), reply
+    status, _, _ = mc.request("GET", "/ready")
+    assert status == 200, "a full spool must not take the pod out of service"
+    # Nothing half-written stays behind, and everything acknowledged is whole on disk.
+    names = sorted(p.name for p in (small_filesystem / "spool").iterdir() if p.is_file())
+    assert not [n for n in names if n.endswith(".tmp")], names
+    up = upstream_factory(mode="plain", port=port)
+    got = up.wait_for(len(accepted), timeout=30)
+    ids = {str(email.message_from_bytes(m["data"], policy=email.policy.default)["message-id"])
+           .strip("<>") for m in got}
+    assert ids == set(accepted)
+    wait_until(lambda: not list((small_filesystem / "spool").glob("*.msg")), what="empty spool")
+    # Space is back: mail is accepted again without a restart.
+    status, body, _ = mc.send("email", msg(1000))
+    assert status == 202, body
