@@ -144,7 +144,8 @@ def policy_roles():
     return "".join(lines)
 
 
-def wrk(port, body, seconds, connections, delay_ms=0, from_email="bench@example.com"):
+def wrk(port, body, seconds, connections, delay_ms=0, from_email="bench@example.com",
+        expect=200):
     payload = json.dumps({"to": [{"email": "sink@example.com"}], "subject": "bench",
                           "from_email": from_email, "body_text": body})
     script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
@@ -155,7 +156,7 @@ def wrk(port, body, seconds, connections, delay_ms=0, from_email="bench@example.
     if delay_ms:
         script.write(f"function delay() return {delay_ms} end\n")
     script.write('function response(status, headers, body)\n'
-                 '  if status ~= 200 then io.stderr:write("status " .. status .. "\\n") end\n'
+                 f'  if status ~= {expect} then io.stderr:write("status " .. status .. "\\n") end\n'
                  'end\n')
     script.close()
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
@@ -171,8 +172,10 @@ def wrk(port, body, seconds, connections, delay_ms=0, from_email="bench@example.
             v, unit = float(m.group(1)), m.group(2)
             lat[pct] = v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
     errors = len([l for l in out.stderr.splitlines() if l.startswith("status")])
+    done = re.search(r"(\d+) requests in", text)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    return {"rps": rps, "lat_ms": lat, "errors": errors + (int(non2xx.group(1)) if non2xx else 0)}
+    return {"rps": rps, "lat_ms": lat, "requests": int(done.group(1)) if done else 0,
+            "errors": errors + (int(non2xx.group(1)) if non2xx else 0)}
 
 
 def idle_connections(port, count):
@@ -264,6 +267,90 @@ def measure_policy(sink, folder, args, row):
         statistics.median(big_rates), statistics.median(simple_rates), "msg/s")
 
 
+POSTFIX_RELAY = Path(__file__).resolve().parents[2] / "shared" / "peers" / "postfix-relay.sh"
+
+
+def wait_for_zero(count, timeout=600):
+    """Polls count() until it says 0; returns when (perf_counter)."""
+    deadline = time.time() + timeout
+    while count() > 0:
+        if time.time() > deadline:
+            raise RuntimeError("queue never drained")
+        time.sleep(0.02)
+    return time.perf_counter()
+
+
+def metric_value(port, name):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    m = re.search(rf"^{name} ([\d.e+]+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def postfix_end_to_end(sink, folder, n, size):
+    """A private Postfix relay (queue on the same disk, fsync before its 250) into the sink."""
+    env = dict(os.environ, PFRELAY_DIR=str(folder / "pfrelay"))
+    listen = free_port()
+    subprocess.run([str(POSTFIX_RELAY), "start", str(listen), str(sink.port)], env=env,
+                   check=True, stdout=subprocess.DEVNULL)
+    try:
+        start = time.perf_counter()
+        smtp_source_rate(listen, 10, n, size)
+        acked = time.perf_counter()
+        queued = lambda: int(subprocess.run([str(POSTFIX_RELAY), "queued"], env=env,
+                                            capture_output=True, text=True).stdout.strip() or 0)
+        done = wait_for_zero(queued)
+        return n / (done - start), n / (acked - start)
+    finally:
+        subprocess.run([str(POSTFIX_RELAY), "stop"], env=env, stdout=subprocess.DEVNULL)
+
+
+def spool_config(sink_port, spool_dir):
+    return config(sink_port, 10) + f"spool:\n  path: {spool_dir}\n  retry: [1s]\n"
+
+
+def measure_spool(sink, folder, args, row):
+    """Spool mode end to end (acknowledged after fsync, then delivered) against Postfix at the
+    same durability, SMTP and HTTP, 1 KB, 10 concurrent clients; spools on the same disk."""
+    n = args.messages
+    pf_rate, pf_ack = postfix_end_to_end(sink, folder, n, 1024)
+    row("baseline Postfix relay 1KB s=10 end to end", pf_rate, unit="msg/s")
+    spool_dir = folder / "spool"
+    mc_dir = folder / "spool-mc"
+    mc_dir.mkdir()
+    mc = Mailcar(args.mailcar, spool_config(sink.port, spool_dir), mc_dir)
+    spooled = lambda: len(list(spool_dir.glob("*.msg")))
+    try:
+        start = time.perf_counter()
+        smtp_source_rate(mc.smtp_port, 10, n, 1024)
+        acked = time.perf_counter()
+        done = wait_for_zero(spooled)
+        row("spool SMTP→mailcar→sink 1KB s=10 end to end", n / (done - start), pf_rate, "msg/s")
+        row("spool SMTP 1KB s=10 acknowledged", n / (acked - start), pf_ack, "msg/s")
+        fsyncs_before = metric_value(mc.http_port, "mailcar_spool_fsyncs_total")
+        start = time.perf_counter()
+        r = wrk(mc.http_port, "x" * 1024, args.seconds, 10, expect=202)
+        done = wait_for_zero(spooled)
+        row("spool HTTP→mailcar→sink 1KB wrk -c10 end to end", r["requests"] / (done - start),
+            pf_rate, "msg/s")
+        row("spool HTTP 1KB acknowledged (wrk -c10)", r["rps"], pf_ack, "msg/s")
+        time.sleep(1.2)  # the fsync counter is refreshed once a second
+        fsyncs = metric_value(mc.http_port, "mailcar_spool_fsyncs_total") - fsyncs_before
+        row("spool fsyncs per message (HTTP run, put + remove)", fsyncs / max(1, r["requests"]))
+        if r["errors"]:
+            row("spool HTTP non-202 responses", r["errors"])
+        conns = 10
+        target = r["rps"] / 2
+        half = wrk(mc.http_port, "x" * 1024, args.seconds, conns, expect=202,
+                   delay_ms=max(1, int(conns * 1000 / target)))
+        wait_for_zero(spooled)
+        for pct in ("50", "99"):
+            row(f"spool HTTP 1KB ack latency at ~{half['rps']:.0f} msg/s (half): p{pct}",
+                half["lat_ms"].get(pct, 0), unit="ms")
+        row("spool mailcar peak RSS", rss_kb(mc.proc.pid, "VmHWM") / 1024, unit="MB")
+    finally:
+        mc.stop()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mailcar", default="build-bench/mailcar")
@@ -271,11 +358,12 @@ def main():
     ap.add_argument("--messages", type=int, default=4000)
     ap.add_argument("--out", default="bench/results/latest.md")
     ap.add_argument("--policy-rounds", type=int, default=5)
-    ap.add_argument("--only", default="http,smtp,memory,policy",
-                    help="comma-separated parts: http, smtp, memory, policy")
+    ap.add_argument("--only", default="http,smtp,memory,policy,spool",
+                    help="comma-separated parts: http, smtp, memory, policy, spool")
     args = ap.parse_args()
     parts = set(args.only.split(","))
     folder = Path(tempfile.mkdtemp(prefix="mailcar-bench-"))
+    folder.chmod(0o755)  # Postfix's own user must reach the private relay's queue in it
     rows = []
 
     def row(name, value, baseline=None, unit=""):
@@ -304,6 +392,8 @@ def main():
                 mc.stop()
         if "policy" in parts:
             measure_policy(sink, folder, args, row)
+        if "spool" in parts:
+            measure_spool(sink, folder, args, row)
     finally:
         sink.stop()
         shutil.rmtree(folder, ignore_errors=True)

@@ -21,6 +21,9 @@ void observe_upstream_seconds(double seconds);
 void set_spool_messages(std::string_view state, int64_t n);
 void set_spool_bytes(uint64_t bytes);
 void set_spool_oldest_seconds(double seconds);
+// fsync/fdatasync calls the spool made since start (files and the folder): with group commit,
+// fewer than one per message under load.
+void set_spool_fsyncs(uint64_t total);
 // One delivery attempt from the spool; result: sent | deferred | failed (per message: any
 // recipient sent counts as sent).
 void count_delivery_attempt(std::string_view service, std::string_view result);

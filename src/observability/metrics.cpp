@@ -29,6 +29,7 @@ struct State {
                                            {{"failed"}, 0}};  // state
   uint64_t spool_bytes = 0;
   double spool_oldest_seconds = 0;
+  uint64_t spool_fsyncs = 0;
   std::map<Labels, uint64_t> delivery_attempts;  // service, result
   std::map<std::string, int64_t, std::less<>> connections{{"http", 0}, {"smtp", 0}};
 };
@@ -148,6 +149,10 @@ void set_spool_oldest_seconds(double seconds) {
   state().spool_oldest_seconds = seconds < 0 ? 0 : seconds;
 }
 
+void set_spool_fsyncs(uint64_t total) {
+  state().spool_fsyncs = total;
+}
+
 void count_delivery_attempt(std::string_view service, std::string_view result) {
   ++state().delivery_attempts[{std::string(service), std::string(result)}];
 }
@@ -197,6 +202,9 @@ std::string render_prometheus() {
   append_header(out, "mailcar_spool_oldest_seconds", "gauge",
                 "Age of the oldest message in the spool.");
   append_sample(out, "mailcar_spool_oldest_seconds", {}, {}, format_double(s.spool_oldest_seconds));
+  append_header(out, "mailcar_spool_fsyncs_total", "counter",
+                "fsync calls of the spool (message files, state files and the folder).");
+  append_sample(out, "mailcar_spool_fsyncs_total", {}, {}, std::to_string(s.spool_fsyncs));
   append_counter_family(out, "mailcar_delivery_attempts_total",
                         "Delivery attempts from the spool, by result.", {"service", "result"},
                         s.delivery_attempts);

@@ -441,7 +441,9 @@ struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
     for (const auto& [state, n] : counts) {
       metrics::set_spool_messages(message_state_name(state), static_cast<int64_t>(n));
     }
-    metrics::set_spool_bytes(store->stats().bytes);
+    SpoolStats stats = store->stats();
+    metrics::set_spool_bytes(stats.bytes);
+    metrics::set_spool_fsyncs(stats.file_fsyncs + stats.dir_fsyncs);
     metrics::set_spool_oldest_seconds(static_cast<double>(now - oldest) / 1000.0);
     purge_failed(now);
   }
