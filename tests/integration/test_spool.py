@@ -320,3 +320,51 @@ def test_a_full_disk_is_refused_never_acknowledged(upstream_factory, mailcar_fac
     # Space is back: mail is accepted again without a restart.
     status, body, _ = mc.send("email", msg(1000))
     assert status == 202, body
+
+
+class DeferNonBounces(RecordingHandler):
+    """451 for every message except delivery status notifications (from <>)."""
+
+    async def handle_DATA(self, server, session, envelope):
+        if envelope.mail_from not in ("", "<>"):
+            return "451 4.3.0 Try again later"
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_max_age_fails_the_message_and_reports_it(upstream_factory, mailcar_factory):
+    up = upstream_factory(mode="plain", handler=DeferNonBounces())
+    mc = mailcar_factory(spool_config(up.port, retry="[500ms]", spool_extra="max_age: 2s"))
+    start = time.time()
+    status, body, _ = mc.send("email", msg(4))
+    assert status == 202
+    dsn = up.wait_for(1, timeout=15)[0]
+    assert time.time() - start >= 1.8, "failed before max_age"
+    _, parts = parse_dsn(dsn["data"])
+    status_text = parts[1].as_string()
+    assert "Action: failed" in status_text and "Status: 4." in status_text, status_text
+    attempts = [e for e in mc.log_events() if e.get("event") == "delivery"
+                and e["id"] == body["id"]]
+    assert len(attempts) >= 2 and all(e["upstream_code"] == 451 for e in attempts)
+    wait_until(lambda: (metric(mc, "mailcar_spool_messages", state="failed") or 0) == 1,
+               what="the message to be failed")
+
+
+@pytest.mark.parametrize("drain", [True, False])
+def test_sigterm_drains_only_when_asked(upstream_factory, mailcar_factory, drain):
+    port = free_port()
+    mc = mailcar_factory(spool_config(port, retry="[1h]",
+                                      spool_extra=f"drain: {'true' if drain else 'false'}"))
+    for i in range(3):
+        assert mc.send("email", msg(i))[0] == 202
+    wait_until(lambda: (metric(mc, "mailcar_delivery_attempts_total", result="deferred") or 0)
+               >= 3, what="first attempts")
+    up = upstream_factory(mode="plain", port=port)  # back, but the next retry is an hour away
+    assert mc.stop() == 0
+    if drain:
+        assert len(up.messages) == 3, "drain delivers what it can before exiting"
+        assert spooled_files(mc) == []
+    else:
+        time.sleep(0.5)
+        assert len(up.messages) == 0
+        assert len(spooled_files(mc)) == 3
+        assert '"spool_left"' in mc.log()
