@@ -178,6 +178,12 @@ struct SpoolEntry {
   uint64_t bytes = 0;  // .msg + .state on disk
 };
 
+// A message read back for delivery: its envelope and its data.
+struct SpoolMessage {
+  SpoolRecord record;
+  std::string data;
+};
+
 struct SpoolStats {
   uint64_t bytes = 0;        // .msg + .state bytes in the spool (not corrupt/)
   uint64_t messages = 0;     // .msg files in the spool
@@ -191,10 +197,11 @@ struct SpoolStats {
 class SpoolStore {
  public:
   using Done = std::function<void(SpoolStatus)>;
-  using DataDone = std::function<void(SpoolStatus, std::string data)>;
+  using DataDone = std::function<void(SpoolStatus, SpoolMessage)>;
   using RecoverDone = std::function<void(Result<std::vector<SpoolEntry>>)>;
 
-  // Creates `path` and `path`/corrupt (mode 0700) if missing. Blocking (start-up only).
+  // Creates `path` (and its parents) and `path`/corrupt (mode 0700) if missing, checks
+  // that both are writable folders. Blocking (start-up only).
   // max_bytes: the budget for .msg + .state bytes; nullopt: only the disk limits.
   static Result<std::unique_ptr<SpoolStore>> open(uv_loop_t* loop, std::string path,
                                                   std::optional<uint64_t> max_bytes);
@@ -222,8 +229,9 @@ class SpoolStore {
   void update_state(std::string id, SpoolState state, Done done);
   // Unlinks <id>.msg, then <id>.state (same group commit). NotFound when neither existed.
   void remove(std::string id, Done done);
-  // Reads and checks <id>.msg on the thread pool; `data` is the message data. Corrupt: the
-  // file was quarantined (logged) and must be dropped from the queue.
+  // Reads and checks <id>.msg on the thread pool and gives back its record and data, so a
+  // caller need not keep records of waiting messages in memory. Corrupt: the file was
+  // quarantined (logged) and must be dropped from the queue.
   void read_data(std::string id, DataDone done);
 
   bool full() const;
@@ -326,7 +334,7 @@ class Scheduler {
 
   // Current state as the queue API shows it (held when its service waits for the quota).
   std::optional<MessageState> state_of(std::string_view id, uint64_t now_ms) const;
-  const SpoolState* state(std::string_view id) const;
+  std::optional<SpoolState> state(std::string_view id) const;
   // Messages per state (queued, held, sending, deferred) for mailcar_spool_messages.
   std::map<MessageState, size_t> counts(uint64_t now_ms) const;
   size_t size() const;

@@ -182,8 +182,9 @@ ReadOutcome read_message(int dirfd, const std::string& id, Tally& tally, std::ve
     return out;
   }
   size_t offset = static_cast<size_t>(decoded->data.data() - file->data());
-  out.data = std::move(file).value();
-  out.data.erase(0, offset);
+  out.message.record = std::move(decoded->record);
+  out.message.data = std::move(file).value();
+  out.message.data.erase(0, offset);
   return out;
 }
 

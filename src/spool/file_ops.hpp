@@ -54,7 +54,7 @@ void quarantine(int dirfd, const std::string& id, std::string reason, Tally& tal
 // Reads and checks <id>.msg in full; on a bad file it is quarantined and Corrupt returned.
 struct ReadOutcome {
   SpoolStatus status;
-  std::string data;
+  SpoolMessage message;
 };
 ReadOutcome read_message(int dirfd, const std::string& id, Tally& tally, std::vector<Note>& notes);
 

@@ -18,7 +18,10 @@ struct Scheduler::Impl {
     size_t service = 0;
     uint64_t seq = 0;
     uint64_t queued_at = 0;
+    // While no attempt was made, state.recipients stays empty (all `recipients` pending):
+    // 100,000 held messages then cost no per-recipient memory.
     SpoolState state;
+    uint32_t recipients = 0;
     Where where = Where::Ready;
     std::multimap<uint64_t, Entry*>::iterator wait_it;
   };
@@ -32,8 +35,10 @@ struct Scheduler::Impl {
 
   SchedulerOptions opt;
   std::mt19937_64 rng{std::random_device{}()};
-  std::map<std::string, std::unique_ptr<Entry>, std::less<>> entries;
-  std::map<std::string, std::unique_ptr<Entry>, std::less<>> forgotten;  // sending when deleted
+  // Keys view the entry's own id (stable: entries live on the heap), not a second copy.
+  std::map<std::string_view, std::unique_ptr<Entry>, std::less<>> entries;
+  std::map<std::string_view, std::unique_ptr<Entry>, std::less<>>
+      forgotten;  // deleted while sending
   std::vector<Service> services;
   std::map<std::string, size_t, std::less<>> service_index;
   std::multimap<uint64_t, Entry*> waiting;  // by next attempt
@@ -52,6 +57,18 @@ struct Scheduler::Impl {
   }
 
   uint64_t expiry(const Entry& e) const { return e.queued_at + opt.max_age_ms; }
+
+  static SpoolState& full_state(Entry& e) {
+    if (e.state.recipients.empty()) e.state.recipients.resize(e.recipients);
+    return e.state;
+  }
+
+  static size_t pending(const Entry& e) {
+    if (e.state.recipients.empty()) return e.recipients;
+    return std::count_if(
+        e.state.recipients.begin(), e.state.recipients.end(),
+        [](const RecipientStatus& r) { return r.state == RecipientState::Pending; });
+  }
 
   double random() {
     if (opt.random) return opt.random();
@@ -103,12 +120,9 @@ struct Scheduler::Impl {
     while (!s.ready.empty() && now >= expiry(*s.ready.begin()->second)) {
       Entry* e = s.ready.begin()->second;
       s.ready.erase(s.ready.begin());
-      Expired x;
-      x.id = e->id;
-      x.state = std::move(e->state);
+      Expired& x = out.expired.emplace_back(Expired{e->id, std::move(full_state(*e)), {}});
       fail_pending(x.state, now, x.failed_now);
-      out.expired.push_back(std::move(x));
-      entries.erase(e->id);
+      entries.erase(entries.find(std::string_view(e->id)));
     }
   }
 
@@ -116,10 +130,7 @@ struct Scheduler::Impl {
     while (s.in_flight < s.limit && !s.ready.empty() && now >= s.held_until) {
       Entry* e = s.ready.begin()->second;
       if (opt.quota) {
-        size_t n = std::count_if(
-            e->state.recipients.begin(), e->state.recipients.end(),
-            [](const RecipientStatus& r) { return r.state == RecipientState::Pending; });
-        QuotaDecision d = opt.quota(s.name, n, now);
+        QuotaDecision d = opt.quota(s.name, pending(*e), now);
         if (!d.allowed) {
           s.held_until = now + std::max<uint64_t>(1, d.retry_after_ms);
           return;
@@ -191,13 +202,18 @@ bool Scheduler::add(const SpoolRecord& record, SpoolState state) {
   e->service = m.service_of(record.service);
   e->seq = m.next_seq++;
   e->queued_at = record.queued_at_ms;
+  e->recipients = static_cast<uint32_t>(record.recipients.size());
   e->state = std::move(state);
+  bool fresh = std::all_of(e->state.recipients.begin(), e->state.recipients.end(),
+                           [](const RecipientStatus& r) { return r == RecipientStatus{}; });
+  if (fresh) std::vector<RecipientStatus>().swap(e->state.recipients);  // frees it
   if (e->state.next_attempt_ms > 0 && e->state.state == MessageState::Deferred) {
     m.make_waiting(*e, std::min(e->state.next_attempt_ms, m.expiry(*e)));
   } else {
     m.make_ready(*e);
   }
-  m.entries.emplace(record.id, std::move(e));
+  std::string_view key = e->id;
+  m.entries.emplace(key, std::move(e));
   return true;
 }
 
@@ -246,7 +262,7 @@ Scheduler::Settled Scheduler::on_result(std::string_view id,
   --m.services[e.service].in_flight;
   out.known = true;
   ++e.state.attempts;
-  bool pending = Impl::apply_attempts(e.state, attempts, out.failed_now);
+  bool pending = Impl::apply_attempts(Impl::full_state(e), attempts, out.failed_now);
   if (pending && now_ms >= m.expiry(e)) {
     Impl::fail_pending(e.state, now_ms, out.failed_now);
     pending = false;
@@ -310,9 +326,12 @@ std::optional<MessageState> Scheduler::state_of(std::string_view id, uint64_t no
   return m.services[e.service].held_until > now_ms ? MessageState::Held : MessageState::Queued;
 }
 
-const SpoolState* Scheduler::state(std::string_view id) const {
+std::optional<SpoolState> Scheduler::state(std::string_view id) const {
   auto it = impl_->entries.find(id);
-  return it == impl_->entries.end() ? nullptr : &it->second->state;
+  if (it == impl_->entries.end()) return std::nullopt;
+  SpoolState s = it->second->state;
+  if (s.recipients.empty()) s.recipients.resize(it->second->recipients);
+  return s;
 }
 
 std::map<MessageState, size_t> Scheduler::counts(uint64_t now_ms) const {

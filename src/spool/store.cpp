@@ -455,6 +455,11 @@ SpoolStore::~SpoolStore() {
 
 Result<std::unique_ptr<SpoolStore>> SpoolStore::open(uv_loop_t* loop, std::string path,
                                                      std::optional<uint64_t> max_bytes) {
+  // Parents too (mkdir -p); only the spool's own folders get mode 0700.
+  for (size_t slash = path.find('/', 1); slash != std::string::npos;
+       slash = path.find('/', slash + 1)) {
+    ::mkdir(path.substr(0, slash).c_str(), 0755);
+  }
   for (const std::string& dir : {path, path + "/corrupt"}) {
     if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
       return make_error(dir + ": " + std::strerror(errno));
@@ -598,7 +603,7 @@ void SpoolStore::read_data(std::string id, DataDone done) {
         if (!j->impl->alive) return;
         j->impl->apply(j->tally);
         log_notes(j->notes);
-        j->done(std::move(j->outcome.status), std::move(j->outcome.data));
+        j->done(std::move(j->outcome.status), std::move(j->outcome.message));
       });
   if (!queued) {
     std::unique_ptr<ReadJob> j(job);

@@ -217,11 +217,11 @@ struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
   void send(const std::string& id) {
     ++in_flight;
     std::weak_ptr<Impl> weak = weak_from_this();
-    store->read_data(id, [weak, id](SpoolStatus status, std::string data) {
+    store->read_data(id, [weak, id](SpoolStatus status, SpoolMessage message) {
       auto self = weak.lock();
       if (!self) return;
       if (!status.ok()) return self->unreadable(id, status);
-      self->deliver(id, std::move(data));
+      self->deliver(id, std::move(message.data));
     });
   }
 
@@ -235,8 +235,8 @@ struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
 
   void deliver(const std::string& id, std::string data) {
     auto it = entries.find(id);
-    const SpoolState* state = scheduler->state(id);
-    if (it == entries.end() || state == nullptr) return finished_one();  // deleted meanwhile
+    std::optional<SpoolState> state = scheduler->state(id);
+    if (it == entries.end() || !state) return finished_one();  // deleted meanwhile
     const SpoolRecord& record = it->second.record;
     OutboundMessage message;
     message.id = id;
@@ -266,8 +266,8 @@ struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
 
   void delivered(const std::string& id, std::vector<size_t> tried, const DeliveryResult& r) {
     auto it = entries.find(id);
-    const SpoolState* state = scheduler->state(id);
-    if (it == entries.end() || state == nullptr) return finished_one();
+    std::optional<SpoolState> state = scheduler->state(id);
+    if (it == entries.end() || !state) return finished_one();
     const SpoolRecord& record = it->second.record;
     std::vector<RecipientAttempt> attempts = attempts_from(r, record, tried, *state);
     uint64_t now = wall_ms();
@@ -360,12 +360,12 @@ struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
     ++in_flight;
     std::weak_ptr<Impl> weak = weak_from_this();
     store->read_data(id, [weak, id, state = std::move(state), failed = std::move(failed), now](
-                             SpoolStatus status, std::string data) {
+                             SpoolStatus status, SpoolMessage message) {
       auto self = weak.lock();
       if (!self) return;
       auto it = self->entries.find(id);
       if (status.ok() && it != self->entries.end()) {
-        self->bounce(it->second.record, state, failed, data, now);
+        self->bounce(it->second.record, state, failed, message.data, now);
       } else if (!status.ok()) {
         log::error("dsn_failed", {{"original", id}, {"error", spool_errc_name(status.code)}});
       }
@@ -584,8 +584,8 @@ std::optional<QueuedMessage> SpoolQueue::find(std::string_view id) const {
     m.shown = MessageState::Failed;
     return m;
   }
-  const SpoolState* state = impl_->scheduler->state(id);
-  if (state == nullptr) return std::nullopt;
+  std::optional<SpoolState> state = impl_->scheduler->state(id);
+  if (!state) return std::nullopt;
   m.state = *state;
   m.shown = impl_->scheduler->state_of(id, wall_ms()).value_or(state->state);
   return m;

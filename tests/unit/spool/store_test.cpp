@@ -56,7 +56,11 @@ class SpoolStoreTest : public ::testing::Test {
 
   std::pair<SpoolStatus, std::string> read(const std::string& id) {
     std::optional<std::pair<SpoolStatus, std::string>> out;
-    store_->read_data(id, [&](SpoolStatus s, std::string d) { out.emplace(std::move(s), d); });
+    store_->read_data(id, [&](SpoolStatus s, SpoolMessage m) {
+      EXPECT_TRUE(!s.ok() || m.record.id == id);
+      EXPECT_EQ(m.record.data_size, m.data.size());
+      out.emplace(std::move(s), std::move(m.data));
+    });
     EXPECT_TRUE(loop_.run_until([&] { return out.has_value(); }));
     return out.value_or(std::make_pair(SpoolStatus{SpoolErrc::Io, "timed out"}, ""));
   }
@@ -91,6 +95,10 @@ TEST_F(SpoolStoreTest, PutRecoverReadRoundTrip) {
   auto [status, data] = read("round.1@host");
   EXPECT_TRUE(status.ok()) << status.detail;
   EXPECT_EQ(data, kData);
+  std::optional<SpoolMessage> msg;
+  store_->read_data("round.1@host", [&](SpoolStatus, SpoolMessage m) { msg = std::move(m); });
+  ASSERT_TRUE(loop_.run_until([&] { return msg.has_value(); }));
+  EXPECT_EQ(msg->record, r);
 }
 
 TEST_F(SpoolStoreTest, StateUpdatesSurviveRestartAndRemoveDeletesBoth) {
@@ -267,12 +275,18 @@ TEST_F(SpoolStoreTest, DestroyedStoreDropsCallbacksAndTheLoopStillCloses) {
   EXPECT_FALSE(called);
 }
 
-TEST(SpoolStoreOpen, RefusesAPathThatIsAFile) {
+TEST(SpoolStoreOpen, CreatesMissingFoldersAndRefusesAFile) {
   TempDir dir;
   spit(dir.path() + "/file", "x");
   Loop loop;
   auto opened = SpoolStore::open(loop.get(), dir.path() + "/file", std::nullopt);
   EXPECT_FALSE(opened.ok());
+  opened = SpoolStore::open(loop.get(), dir.path() + "/a/b/spool", std::nullopt);
+  ASSERT_TRUE(opened.ok()) << opened.error().message;
+  EXPECT_EQ(list_dir(dir.path() + "/a/b/spool"), std::vector<std::string>{"corrupt"});
+  struct stat st {};
+  ASSERT_EQ(::stat((dir.path() + "/a/b/spool").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
 }
 
 }  // namespace
