@@ -216,3 +216,32 @@ def test_check_refuses_certificate_and_key_that_do_not_match(tmp_path, certs):
                                 f"  tls_cert: {certs.cert}\n  tls_key: {certs.key}\n"))
     r = run(["--check", "-c", str(cfg)])
     assert r.returncode == 0, r.stderr
+
+
+def test_unterminated_quote_is_an_error_at_the_quote(tmp_path):
+    cfg = tmp_path / "quote.yaml"
+    cfg.write_text("listen:\n  http: 127.0.0.1:2580\nservices:\n  email:\n    host: x\n"
+                   "    from_name: \"Example App\n    rate_limit: 1/day\n")
+    for args in (["--check", "-c", str(cfg)], ["-c", str(cfg)]):
+        r = run(args)
+        assert r.returncode == 1, (args, r.stdout, r.stderr)
+        assert f"{cfg}:6:16: unterminated quote" in r.stderr, r.stderr
+    # The same value with its closing quote passes, and so does a quoted value over two lines.
+    cfg.write_text("listen:\n  http: 127.0.0.1:2580\nservices:\n  email:\n    host: x\n"
+                   "    from_name: \"Example\n      App\"\n    rate_limit: 1/day\n")
+    r = run(["--check", "-c", str(cfg)])
+    assert r.returncode == 0, r.stderr
+
+
+def test_invalid_utf8_and_oversized_config_are_refused(tmp_path):
+    cfg = tmp_path / "latin1.yaml"
+    cfg.write_bytes(b"listen:\n  http: 127.0.0.1:2580\nservices:\n  email:\n    host: x\n"
+                    b"    from_name: Caf\xe9\n")
+    r = run(["--check", "-c", str(cfg)])
+    assert r.returncode == 1
+    assert f"{cfg}:6:19: invalid UTF-8" in r.stderr, r.stderr
+    big = tmp_path / "big.yaml"
+    big.write_text("services:\n  email:\n    host: x\n#" + "x" * (1024 * 1024) + "\n")
+    r = run(["--check", "-c", str(big)])
+    assert r.returncode == 1
+    assert r.stderr.strip() == f"cannot read {big}: larger than the limit of 1048576 bytes"
