@@ -179,7 +179,9 @@ class Daemon {
     }
     runtime_ = build_runtime(*config_, nullptr);
     state_path_ = state_path_for(*config_);
-    if (auto saved = read_state_file(state_path_); saved.ok() && !saved->empty()) {
+    if (auto saved = read_state_file(state_path_); !saved.ok()) {
+      log::warn("state_not_restored", {{"error", saved.error().message}});
+    } else if (!saved->empty()) {
       restore_state(*runtime_->policy, *saved);
       log::info("state_restored", {{"path", state_path_}});
     }
