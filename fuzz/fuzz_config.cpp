@@ -6,6 +6,7 @@
 #include <string_view>
 
 #include "mailcar/config.hpp"
+#include "mailcar/text.hpp"
 
 namespace {
 
@@ -24,6 +25,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       mailcar::load_config_text(text, "/nonexistent/mailcar-fuzz/mailcar.yaml", fixed_env);
   if (config.ok() && config->services.empty()) __builtin_trap();  // the loader requires one
   if (!config.ok() && config.error().message.empty()) __builtin_trap();
+  // Only UTF-8 text is accepted (issue 7: no Latin-1 fallback).
+  if (config.ok() && mailcar::text::invalid_utf8_offset(text) != std::string::npos)
+    __builtin_trap();
 
   std::string_view view(text);
   (void)mailcar::parse_rate(view);

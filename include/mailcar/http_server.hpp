@@ -28,6 +28,7 @@ class HttpServer {
 
   // Binds and listens. Limits (body size, idle timeout, max connections) are read from the
   // runtime snapshot current at each accept; without one, the SPEC defaults apply.
+  // Error: "listen.http ADDRESS: reason"; a failed start leaves no handle open.
   static Result<std::unique_ptr<HttpServer>> start(uv_loop_t* loop, const ListenAddress& address,
                                                    RuntimeSource runtime);
   ~HttpServer();  // aborts what is still open

@@ -24,6 +24,11 @@ struct BuildOptions {
 
 // Builds the wire form. Errors (CR/LF/NUL in a header field, invalid address, bad content
 // type, invalid UTF-8, no recipient) name the field, e.g. "subject: contains CR or LF".
+// No line is longer than 998 octets (RFC 5322 §2.1.1): header fields are folded at spaces to
+// 78 where possible; names and subjects with a word longer than a line go as several RFC 2047
+// encoded words; non-ASCII or long file names as RFC 2231 parameters (name*, filename*,
+// continued). What still cannot fit (a content_type token or an address longer than a line)
+// is an error: "attachments[0].content_type: too long for a header line ...".
 // envelope_rcpts = to + cc + bcc in order, duplicates dropped (local part exact, domain
 // case-insensitive); no Bcc header is written. smtputf8 is set when any address in the
 // envelope or headers is non-ASCII.
@@ -49,7 +54,9 @@ std::string dot_stuff(std::string_view data);
 std::string encode_display_name(std::string_view name);
 // "name <addr>" or "addr" when the name is empty.
 std::string format_mailbox(const Mailbox& mailbox);
-// Folds "Name: value" at spaces so lines stay <= 78 where possible; CRLF-terminated.
+// Folds "Name: value" at spaces (the one after the colon included) so lines stay <= 78 where
+// possible; CRLF-terminated. A word longer than a line is left whole: callers that cannot
+// rule that out check the result against 998.
 std::string fold_header(std::string_view name, std::string_view value);
 
 }  // namespace mailcar

@@ -50,6 +50,19 @@ class TlsServerContext {
   TlsServerContext() = default;
 };
 
+// Largest certificate or key file mbedTLS is asked to read; a CA bundle may be larger.
+inline constexpr size_t kMaxTlsFileBytes = 1024 * 1024;
+inline constexpr size_t kMaxCaFileBytes = 16 * 1024 * 1024;
+
+// What TlsServerContext::load checks, without keeping anything: both files parse (at most
+// kMaxTlsFileBytes each) and the key belongs to the certificate. The error names the file(s):
+// "tls_cert FILE: ...", "tls_key FILE: ...", "tls_key FILE: does not match the certificate in
+// tls_cert FILE"; one line per file when neither can be read. Blocking file reads; safe on any
+// thread (used by --check and reload).
+Result<void> check_server_credentials(const std::string& cert_file, const std::string& key_file);
+// A CA bundle (ca_file) holds at least one certificate mbedTLS can parse ("ca_file FILE: ...").
+Result<void> check_ca_file(const std::string& ca_file);
+
 // A connected byte stream, plain or TLS. Owned by shared_ptr; stays alive until its libuv
 // handle is closed even if the owner drops it, but after close() no callback fires.
 //

@@ -20,7 +20,9 @@ class SmtpServer {
  public:
   // Opens the listener. The configuration of the first runtime decides STARTTLS (smtp.tls_cert
   // and smtp.tls_key are loaded here; a bad certificate is an error). Every new connection
-  // and every message takes the current runtime from `runtime`.
+  // and every message takes the current runtime from `runtime`. Errors name the key and the
+  // value: "listen.smtp ADDRESS: reason", "smtp.tls_cert FILE: reason". A failed start leaves
+  // no handle open.
   static Result<std::unique_ptr<SmtpServer>> start(uv_loop_t* loop, const ListenAddress& address,
                                                    RuntimeSource runtime);
   ~SmtpServer();

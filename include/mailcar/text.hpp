@@ -23,6 +23,9 @@ bool iequals_ascii(std::string_view a, std::string_view b);
 bool istarts_with_ascii(std::string_view s, std::string_view prefix);
 std::string_view trim(std::string_view s);  // SP and TAB
 bool is_ascii(std::string_view s);
+// Offset of the first byte that does not begin a valid UTF-8 sequence (overlong forms,
+// surrogates and code points above U+10FFFF are invalid; C1 controls are valid), or npos.
+size_t invalid_utf8_offset(std::string_view s);
 
 // `n` random characters from [A-Za-z0-9], from the kernel's CSPRNG.
 std::string random_token(size_t n);

@@ -4,6 +4,7 @@
 #include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <set>
 #include <sstream>
@@ -74,9 +75,11 @@ const char* type_name(const YAML::Node& node) {
   return "nothing";
 }
 
-// Finds where a second YAML document starts. YAML::LoadAll is not used because yaml-cpp 0.7
-// can loop forever in it on some malformed input; two bounded parser steps cannot.
-class DocumentCounter : public YAML::EventHandler {
+// One pass of the event parser over the text: where a second YAML document starts (YAML::LoadAll
+// is not used because yaml-cpp 0.7 can loop forever in it on some malformed input; two bounded
+// parser steps cannot), and where each quoted scalar starts. A syntax error ends the pass; what
+// was seen before it is kept.
+class DocumentScan : public YAML::EventHandler {
  public:
   void OnDocumentStart(const YAML::Mark& mark) override {
     if (++documents_ == 2) second_ = mark;
@@ -84,8 +87,10 @@ class DocumentCounter : public YAML::EventHandler {
   void OnDocumentEnd() override {}
   void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
   void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
-  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
-                const std::string&) override {}
+  void OnScalar(const YAML::Mark& mark, const std::string& tag, YAML::anchor_t,
+                const std::string&) override {
+    if (tag == "!") quoted_.push_back(mark);  // yaml-cpp's tag for a quoted (non-plain) scalar
+  }
   void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
                        YAML::EmitterStyle::value) override {}
   void OnSequenceEnd() override {}
@@ -94,18 +99,84 @@ class DocumentCounter : public YAML::EventHandler {
   void OnMapEnd() override {}
 
   std::optional<YAML::Mark> second() const { return second_; }
+  const std::vector<YAML::Mark>& quoted() const { return quoted_; }
 
  private:
   int documents_ = 0;
   std::optional<YAML::Mark> second_;
+  std::vector<YAML::Mark> quoted_;
 };
 
-std::optional<YAML::Mark> second_document(const std::string& text) {
-  std::istringstream in(text);
-  YAML::Parser parser(in);
-  DocumentCounter counter;
-  if (parser.HandleNextDocument(counter)) parser.HandleNextDocument(counter);
-  return counter.second();
+DocumentScan scan_document(const std::string& text) {
+  DocumentScan scan;
+  try {
+    std::istringstream in(text);
+    YAML::Parser parser(in);
+    if (parser.HandleNextDocument(scan)) parser.HandleNextDocument(scan);
+  } catch (const YAML::Exception&) {
+    // Reported by YAML::Load with its position.
+  }
+  return scan;
+}
+
+// ---- unterminated quotes ---------------------------------------------------------------------
+// yaml-cpp 0.7 accepts a quoted scalar that runs to the end of the file, so a missing closing
+// quote silently swallows every key after it. A quoted scalar may span lines, but not lines
+// shaped like "key:" (what a missing quote swallows), and it must end before the file does.
+
+constexpr std::string_view kUtf8Bom = "\xEF\xBB\xBF";
+
+// Offset just past the closing quote of the scalar whose opening quote is at `open`, or npos.
+size_t quoted_scalar_end(std::string_view text, size_t open) {
+  const char quote = text[open];
+  for (size_t i = open + 1; i < text.size(); ++i) {
+    if (quote == '"' && text[i] == '\\') {
+      ++i;  // an escape: the next character is not the end
+    } else if (text[i] == quote) {
+      if (quote == '\'' && i + 1 < text.size() && text[i + 1] == '\'') {
+        ++i;  // '' is a quote inside a single-quoted scalar
+        continue;
+      }
+      return i + 1;
+    }
+  }
+  return std::string_view::npos;
+}
+
+// "  key:", "- key: x", "key:" at the end of the line: what a line of YAML mapping looks like.
+bool looks_like_key_line(std::string_view line) {
+  size_t i = line.find_first_not_of(" \t");
+  if (i == std::string_view::npos) return false;
+  if (line[i] == '-' && i + 1 < line.size() && (line[i + 1] == ' ' || line[i + 1] == '\t')) {
+    i = line.find_first_not_of(" \t", i + 1);
+    if (i == std::string_view::npos) return false;
+  }
+  size_t start = i;
+  auto key_char = [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-' || c == '.';
+  };
+  while (i < line.size() && key_char(line[i])) ++i;
+  if (i == start || i >= line.size() || line[i] != ':') return false;
+  return i + 1 == line.size() || line[i + 1] == ' ' || line[i + 1] == '\t' || line[i + 1] == '\r';
+}
+
+// Byte offset of the opening quote of the scalar at `mark` (which points at its anchor or tag
+// when it has one), or npos when it cannot be found on that line.
+size_t opening_quote(std::string_view text, const YAML::Mark& mark, size_t bom) {
+  size_t i = static_cast<size_t>(mark.pos) + bom;
+  while (i < text.size() && text[i] != '\n') {
+    char c = text[i];
+    if (c == '"' || c == '\'') return i;
+    if (c == '&' || c == '!') {  // a property: skip it
+      while (i < text.size() && text[i] != ' ' && text[i] != '\t' && text[i] != '\n') ++i;
+    } else if (c == ' ' || c == '\t') {
+      ++i;
+    } else {
+      return std::string_view::npos;
+    }
+  }
+  return std::string_view::npos;
 }
 
 class Loader {
@@ -118,10 +189,16 @@ class Loader {
   }
 
   Result<Config> load(const std::string& text) {
+    if (size_t bad = text::invalid_utf8_offset(text); bad != std::string::npos) {
+      error_at(mark_at(text, bad), "", "invalid UTF-8 (the file must be UTF-8 encoded)");
+      return finish();
+    }
+    DocumentScan scan = scan_document(text);
+    if (check_quotes(text, scan.quoted()); !errors_.empty()) return finish();
     YAML::Node root;
     try {
       root = YAML::Load(text);
-      if (auto second = second_document(text)) {
+      if (auto second = scan.second()) {
         error_at(*second, "", "only one YAML document is allowed");
         return finish();
       }
@@ -167,6 +244,45 @@ class Loader {
     }
     line += what;
     errors_.push_back(std::move(line));
+  }
+
+  // Line and column (0-based, in bytes, as yaml-cpp counts them) of byte `offset`.
+  static YAML::Mark mark_at(std::string_view text, size_t offset) {
+    YAML::Mark mark;
+    size_t line_start = text.rfind('\n', offset == 0 ? 0 : offset - 1);
+    line_start = (line_start == std::string_view::npos || offset == 0) ? 0 : line_start + 1;
+    mark.pos = static_cast<int>(offset);
+    mark.line = static_cast<int>(std::count(text.begin(), text.begin() + line_start, '\n'));
+    mark.column = static_cast<int>(offset - line_start);
+    return mark;
+  }
+
+  void check_quotes(std::string_view text, const std::vector<YAML::Mark>& quoted) {
+    size_t bom = text.starts_with(kUtf8Bom) ? kUtf8Bom.size() : 0;
+    for (const YAML::Mark& mark : quoted) {
+      size_t open = opening_quote(text, mark, bom);
+      if (open == std::string_view::npos) continue;
+      YAML::Mark at = mark_at(text, open);
+      size_t end = quoted_scalar_end(text, open);
+      if (end == std::string_view::npos) {
+        error_at(at, "",
+                 std::string("unterminated quote: the value that starts here has no closing ") +
+                     text[open] + " before the end of the file");
+        continue;
+      }
+      // Every line the scalar runs on to, up to its closing quote.
+      for (size_t nl = text.find('\n', open); nl != std::string_view::npos && nl < end;
+           nl = text.find('\n', nl + 1)) {
+        std::string_view line =
+            text.substr(nl + 1, std::min(end, text.find('\n', nl + 1)) - nl - 1);
+        if (!looks_like_key_line(line)) continue;
+        error_at(at, "",
+                 std::string("unterminated quote: the value that starts here runs on to line ") +
+                     std::to_string(mark_at(text, nl + 1).line + 1) +
+                     ", which looks like a key; is its closing " + text[open] + " missing?");
+        break;
+      }
+    }
   }
 
   // Null values carry the position of whatever follows them; point at their key instead.

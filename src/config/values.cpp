@@ -322,8 +322,8 @@ Result<std::string> read_small_file(const std::string& path, size_t max_bytes) {
     content.append(buffer, static_cast<size_t>(n));
     if (content.size() > max_bytes) {
       ::close(fd);
-      return make_error("cannot read " + path + ": larger than " + std::to_string(max_bytes) +
-                        " bytes");
+      return make_error("cannot read " + path + ": larger than the limit of " +
+                        std::to_string(max_bytes) + " bytes");
     }
   }
   ::close(fd);

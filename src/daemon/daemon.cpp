@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -95,18 +96,26 @@ ConfigSource choose_source(const Options& o) {
   return {};
 }
 
-// Files the configuration names but only the TLS code opens later: a missing certificate
-// should fail --check and the start, not the first message.
+// Files the configuration names but only the TLS code opens later: a missing, unparsable or
+// mismatched certificate should fail --check and the start, not the first message.
 Result<void> check_referenced_files(const Config& cfg) {
   std::string problems;
-  auto need = [&](const std::string& key, const std::string& path) {
-    if (path.empty() || ::access(path.c_str(), R_OK) == 0) return;
-    if (!problems.empty()) problems += '\n';
-    problems += cfg.file + ": " + key + ": cannot read " + path + ": " + std::strerror(errno);
+  auto add = [&](const std::string& prefix, const Result<void>& r) {
+    if (r.ok()) return;
+    std::string_view lines = r.error().message;
+    while (!lines.empty()) {  // "FILE: KEY ..." on every line
+      size_t end = std::min(lines.find('\n'), lines.size());
+      if (!problems.empty()) problems += '\n';
+      problems += cfg.file + ": " + prefix + std::string(lines.substr(0, end));
+      lines.remove_prefix(std::min(end + 1, lines.size()));
+    }
   };
-  for (const ServiceConfig& s : cfg.services) need("services." + s.name + ".ca_file", s.ca_file);
-  need("smtp.tls_cert", cfg.smtp.tls_cert);
-  need("smtp.tls_key", cfg.smtp.tls_key);
+  for (const ServiceConfig& s : cfg.services) {
+    if (!s.ca_file.empty()) add("services." + s.name + ".", net::check_ca_file(s.ca_file));
+  }
+  if (!cfg.smtp.tls_cert.empty() && !cfg.smtp.tls_key.empty()) {
+    add("smtp.", net::check_server_credentials(cfg.smtp.tls_cert, cfg.smtp.tls_key));
+  }
   if (!problems.empty()) return make_error(problems);
   return {};
 }
@@ -143,14 +152,13 @@ class Daemon {
     uv_loop_init(&loop_);
     config_ = std::make_shared<const Config>(std::move(config));
   }
+  // Each handle is closed once, by its owner: the owners go first (a start that failed
+  // leaves some of them set), then the loop runs the close callbacks. Closing handles behind
+  // their owners' backs (uv_walk) and then destroying the owners closed them twice.
   ~Daemon() {
-    // Close any handle still open so uv_loop_close succeeds.
-    uv_walk(
-        &loop_,
-        [](uv_handle_t* h, void*) {
-          if (!uv_is_closing(h)) uv_close(h, nullptr);
-        },
-        nullptr);
+    release_handles();
+    uv_run(&loop_, UV_RUN_NOWAIT);
+    if (uv_loop_alive(&loop_)) close_orphan_handles();
     uv_run(&loop_, UV_RUN_DEFAULT);
     uv_loop_close(&loop_);
   }
@@ -171,7 +179,9 @@ class Daemon {
     }
     runtime_ = build_runtime(*config_, nullptr);
     state_path_ = state_path_for(*config_);
-    if (auto saved = read_state_file(state_path_); saved.ok() && !saved->empty()) {
+    if (auto saved = read_state_file(state_path_); !saved.ok()) {
+      log::warn("state_not_restored", {{"error", saved.error().message}});
+    } else if (!saved->empty()) {
       restore_state(*runtime_->policy, *saved);
       log::info("state_restored", {{"path", state_path_}});
     }
@@ -377,16 +387,36 @@ class Daemon {
   void transports_done() {
     if (--pending_ > 0) return;
     save_state(/*final_save=*/true);
+    release_handles();
+    uv_stop(&loop_);
+  }
+
+  // Last resort at exit: handles whose owners outlived the daemon's references (a stream
+  // still flushing, say) are closed here so the loop can end; their owners are never
+  // destroyed after this point, so nothing closes them again.
+  void close_orphan_handles() {
+    uv_walk(
+        &loop_,
+        [](uv_handle_t* h, void*) {
+          if (!uv_is_closing(h)) uv_close(h, nullptr);
+        },
+        nullptr);
+  }
+
+  // Drops every owner of a libuv handle; idempotent, so the shutdown path and the destructor
+  // (also reached when a start fails half-way) can both call it.
+  void release_handles() {
     http_.reset();
     smtp_.reset();
     state_timer_.reset();
     force_timer_.reset();
-    uv_close(reinterpret_cast<uv_handle_t*>(&sigterm_), nullptr);
-    uv_close(reinterpret_cast<uv_handle_t*>(&sigint_), nullptr);
-    uv_close(reinterpret_cast<uv_handle_t*>(&sighup_), nullptr);
+    for (uv_signal_t* handle : {&sigterm_, &sigint_, &sighup_}) {
+      auto* h = reinterpret_cast<uv_handle_t*>(handle);
+      if (h->loop != nullptr && !uv_is_closing(h)) uv_close(h, nullptr);  // only if started
+    }
     runtime_.reset();
+    spool_grace_.reset();
     spool_.reset();
-    uv_stop(&loop_);
   }
 
   // Periodic saves go to the thread pool; the final one is written directly because the

@@ -6,7 +6,6 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
-#include <sstream>
 
 #include "mailcar/log.hpp"
 
@@ -18,9 +17,17 @@ Result<std::string> read_state_file(const std::string& path) {
     if (errno == ENOENT) return std::string();
     return make_error(path + ": " + std::strerror(errno));
   }
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  std::string data;
+  char buffer[8192];
+  while (in.read(buffer, sizeof buffer) || in.gcount() > 0) {
+    data.append(buffer, static_cast<size_t>(in.gcount()));
+    if (data.size() > kMaxStateFileBytes) {
+      return make_error(path + ": larger than the limit of " + std::to_string(kMaxStateFileBytes) +
+                        " bytes");
+    }
+  }
+  if (in.bad()) return make_error(path + ": read error");
+  return data;
 }
 
 Result<void> write_state_file(const std::string& path, const std::string& data) {

@@ -311,8 +311,7 @@ Result<std::unique_ptr<HttpServer>> HttpServer::start(uv_loop_t* loop, const Lis
       stream->abort();
     }
   });
-  if (!listener)
-    return make_error("http listener " + address.text + ": " + listener.error().message);
+  if (!listener) return make_error("listen.http " + listener.error().message);
   impl->listener = std::move(*listener);
   return std::unique_ptr<HttpServer>(new HttpServer(std::move(impl)));
 }

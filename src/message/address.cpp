@@ -134,35 +134,7 @@ Result<void> check_domain(std::string_view domain) {
 }  // namespace
 
 bool is_valid_utf8(std::string_view s) {
-  for (size_t i = 0; i < s.size();) {
-    auto b = static_cast<unsigned char>(s[i]);
-    if (b < 0x80) {
-      ++i;
-      continue;
-    }
-    auto b0 = b;
-    size_t len = 0;
-    // Same as utf8_sequence_length but C1 controls are valid UTF-8.
-    if (b0 >= 0xC2 && b0 <= 0xDF)
-      len = 2;
-    else if (b0 >= 0xE0 && b0 <= 0xEF)
-      len = 3;
-    else if (b0 >= 0xF0 && b0 <= 0xF4)
-      len = 4;
-    else
-      return false;
-    if (i + len > s.size()) return false;
-    uint32_t cp = b0 & (len == 2 ? 0x1F : len == 3 ? 0x0F : 0x07);
-    for (size_t k = 1; k < len; ++k) {
-      auto c = static_cast<unsigned char>(s[i + k]);
-      if ((c & 0xC0) != 0x80) return false;
-      cp = (cp << 6) | (c & 0x3F);
-    }
-    if ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000)) return false;
-    if ((cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF) return false;
-    i += len;
-  }
-  return true;
+  return text::invalid_utf8_offset(s) == std::string_view::npos;
 }
 
 Result<std::string> validate_address(std::string_view addr) {

@@ -1,6 +1,8 @@
 #include "mailcar/mime.hpp"
 
+#include <algorithm>
 #include <chrono>
+#include <optional>
 #include <string>
 #include <unordered_set>
 #include <vector>
@@ -19,6 +21,9 @@ constexpr size_t kMaxLine = 998;
 // "Reply-To: " + word stays within 78 (and always within RFC 2047's 75 per word).
 constexpr size_t kEncodedWordBytes = 42;
 constexpr size_t kBase64LineChars = 76;
+// Longest word written as it is in a header: a longer one cannot be folded onto a line of
+// kFoldAt, so the text goes as encoded words (which fold) instead.
+constexpr size_t kMaxRawWord = kFoldAt - 1;
 constexpr size_t kQpLineChars = 76;
 
 bool is_continuation_byte(char c) {
@@ -140,7 +145,7 @@ size_t longest_word(std::string_view s) {
 // unchanged; otherwise encoded words.
 std::string encode_unstructured(std::string_view s) {
   bool raw = is_printable_ascii(s) && s.find("=?") == std::string_view::npos &&
-             (s.empty() || (s.front() != ' ' && s.back() != ' ')) && longest_word(s) < 900;
+             (s.empty() || (s.front() != ' ' && s.back() != ' ')) && longest_word(s) <= kMaxRawWord;
   return raw ? std::string(s) : encoded_words(s);
 }
 
@@ -346,6 +351,29 @@ Result<std::string> check_content_type(std::string_view field, std::string_view 
   return out;
 }
 
+size_t longest_line(std::string_view text) {
+  size_t longest = 0;
+  while (!text.empty()) {
+    size_t end = text.find("\r\n");
+    if (end == std::string_view::npos) end = text.size();
+    longest = std::max(longest, end);
+    text.remove_prefix(std::min(end + 2, text.size()));
+  }
+  return longest;
+}
+
+// fold_header, or an error naming `field` when what it holds cannot be folded within 998
+// octets a line (a token or an address has no place to fold).
+Result<std::string> header_field(const std::string& field, std::string_view name,
+                                 std::string_view value) {
+  std::string folded = fold_header(name, value);
+  if (longest_line(folded) > kMaxLine) {
+    return make_error(field + ": too long for a header line (a word of more than " +
+                      std::to_string(kMaxLine) + " octets cannot be folded)");
+  }
+  return folded;
+}
+
 Result<Entity> attachment_entity(const Attachment& a, size_t index) {
   std::string field = "attachments[" + std::to_string(index) + "]";
   if (auto r = check_header_text(field + ".filename", a.filename); !r) return r.error();
@@ -360,15 +388,17 @@ Result<Entity> attachment_entity(const Attachment& a, size_t index) {
       type_value += "; name=" + quote_string(a.filename);
       disposition += "; filename=" + quote_string(a.filename);
     } else {
-      // RFC 2231 for readers that follow it; an RFC 2047 name= for those that do not.
-      type_value += "; name=\"" + encoded_words(a.filename) + "\"";
+      // RFC 2231 (charset, continuations); RFC 2047 §5 forbids encoded words in a parameter.
+      type_value += "; " + rfc2231_parameter("name", a.filename);
       disposition += "; " + rfc2231_parameter("filename", a.filename);
     }
   }
+  auto type_header = header_field(field + ".content_type", "Content-Type", type_value);
+  if (!type_header) return type_header.error();
+  auto disposition_header = header_field(field + ".filename", "Content-Disposition", disposition);
+  if (!disposition_header) return disposition_header.error();
   Entity e;
-  e.headers = fold_header("Content-Type", type_value) +
-              fold_header("Content-Disposition", disposition) +
-              "Content-Transfer-Encoding: base64\r\n";
+  e.headers = *type_header + *disposition_header + "Content-Transfer-Encoding: base64\r\n";
   e.body = base64_lines(a.data);
   return e;
 }
@@ -434,6 +464,38 @@ std::string mailbox_list(const std::vector<CheckedMailbox>& list) {
   return out;
 }
 
+// From, To, Cc and Reply-To, folded; names are encoded so that only an address could make a
+// line too long.
+Result<std::string> address_headers(const CheckedMailbox& from,
+                                    const std::optional<CheckedMailbox>& reply_to,
+                                    const std::vector<CheckedMailbox>& to,
+                                    const std::vector<CheckedMailbox>& cc) {
+  std::string out;
+  auto add = [&out](const std::string& field, std::string_view name,
+                    const std::string& value) -> Result<void> {
+    auto line = header_field(field, name, value);
+    if (!line) return line.error();
+    out += *line;
+    return {};
+  };
+  if (auto r = add("from", "From", format_mailbox(Mailbox{from.address, from.name})); !r) {
+    return r.error();
+  }
+  if (!to.empty()) {
+    if (auto r = add("to", "To", mailbox_list(to)); !r) return r.error();
+  } else if (cc.empty()) {
+    out += "To: undisclosed-recipients:;\r\n";
+  }
+  if (!cc.empty()) {
+    if (auto r = add("cc", "Cc", mailbox_list(cc)); !r) return r.error();
+  }
+  if (reply_to) {
+    auto value = format_mailbox(Mailbox{reply_to->address, reply_to->name});
+    if (auto r = add("reply_to", "Reply-To", value); !r) return r.error();
+  }
+  return out;
+}
+
 bool valid_message_id(std::string_view id) {
   if (id.empty() || id.find('@') == std::string_view::npos) return false;
   for (unsigned char c : id) {
@@ -469,7 +531,9 @@ int64_t now_unix() {
 std::string encode_display_name(std::string_view name) {
   // "=?" would be taken for an encoded word by readers, so such names are encoded themselves.
   bool looks_encoded = name.find("=?") != std::string_view::npos;
-  if (!looks_encoded && is_atom_phrase(name)) return std::string(name);
+  if (!looks_encoded && is_atom_phrase(name) && longest_word(name) <= kMaxRawWord) {
+    return std::string(name);
+  }
   if (!looks_encoded && is_printable_ascii(name) && name.size() <= 70 && !name.empty() &&
       name.front() != ' ' && name.back() != ' ') {
     return quote_string(name);
@@ -498,8 +562,9 @@ std::string fold_header(std::string_view name, std::string_view value) {
     line_len += seg_len;
     seg_start = end;
   };
-  // Fold before the last WSP of a run, never right after the colon, so no line is all WSP.
-  for (size_t i = name.size() + 2; i + 1 < line.size(); ++i) {
+  // Fold before the last WSP of a run, so no line is all WSP; the space after the colon is a
+  // place to fold too ("Subject:" alone on the first line), when the first word is long.
+  for (size_t i = name.size() + 1; i + 1 < line.size(); ++i) {
     bool wsp = line[i] == ' ' || line[i] == '\t';
     bool next_wsp = line[i + 1] == ' ' || line[i + 1] == '\t';
     if (wsp && !next_wsp) emit(i);
@@ -617,18 +682,17 @@ Result<OutboundMessage> build_message(const MessageContent& content, const Build
       !address_is_ascii(msg.envelope_from) || (reply_to && !address_is_ascii(reply_to->address));
   for (const auto& r : msg.envelope_rcpts) msg.smtputf8 = msg.smtputf8 || !address_is_ascii(r);
 
+  auto headers = address_headers(*from, reply_to, *to, *cc);
+  if (!headers) return headers.error();
   std::string& d = msg.data;
-  d += fold_header("From", format_mailbox(Mailbox{from->address, from->name}));
-  if (!to->empty()) {
-    d += fold_header("To", mailbox_list(*to));
-  } else if (cc->empty()) {
-    d += "To: undisclosed-recipients:;\r\n";
+  d = std::move(*headers);
+  if (content.subject.empty()) {
+    d += "Subject:\r\n";
+  } else {
+    auto subject = header_field("subject", "Subject", encode_unstructured(content.subject));
+    if (!subject) return subject.error();
+    d += *subject;
   }
-  if (!cc->empty()) d += fold_header("Cc", mailbox_list(*cc));
-  if (reply_to)
-    d += fold_header("Reply-To", format_mailbox(Mailbox{reply_to->address, reply_to->name}));
-  d += content.subject.empty() ? std::string("Subject:\r\n")
-                               : fold_header("Subject", encode_unstructured(content.subject));
   d += "Date: " + format_rfc5322_date(options.date_unix > 0 ? options.date_unix : now_unix()) +
        "\r\n";
   d += "Message-ID: <" + msg.id + ">\r\n";

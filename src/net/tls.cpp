@@ -11,6 +11,9 @@
 #include <psa/crypto.h>
 #endif
 
+#include <sys/stat.h>
+
+#include <cerrno>
 #include <cstring>
 #include <map>
 #include <utility>
@@ -65,21 +68,68 @@ void set_min_tls12(mbedtls_ssl_config* config) {
 #endif
 }
 
-int parse_key_file(mbedtls_pk_context* key, const std::string& file) {
+int parse_key_file(mbedtls_pk_context* key, const std::string& file,
+                   mbedtls_ctr_drbg_context* rng) {
 #if MBEDTLS_VERSION_MAJOR >= 3
-  return mbedtls_pk_parse_keyfile(key, file.c_str(), nullptr, mbedtls_ctr_drbg_random,
-                                  shared_rng());
+  return mbedtls_pk_parse_keyfile(key, file.c_str(), nullptr, mbedtls_ctr_drbg_random, rng);
 #else
+  (void)rng;
   return mbedtls_pk_parse_keyfile(key, file.c_str(), nullptr);
 #endif
 }
 
-int check_key_pair(const mbedtls_pk_context* pub, const mbedtls_pk_context* key) {
+int check_key_pair(const mbedtls_pk_context* pub, const mbedtls_pk_context* key,
+                   mbedtls_ctr_drbg_context* rng) {
 #if MBEDTLS_VERSION_MAJOR >= 3
-  return mbedtls_pk_check_pair(pub, key, mbedtls_ctr_drbg_random, shared_rng());
+  return mbedtls_pk_check_pair(pub, key, mbedtls_ctr_drbg_random, rng);
 #else
+  (void)rng;
   return mbedtls_pk_check_pair(pub, key);
 #endif
+}
+
+// mbedTLS reads a whole file into memory: refuse what is not a regular file of sane size
+// before it does (a FIFO would block, /dev/zero would never end).
+Result<void> check_file_size(std::string_view key, const std::string& file, size_t max_bytes) {
+  struct stat info {};
+  if (::stat(file.c_str(), &info) != 0) {
+    return make_error(std::string(key) + " " + file + ": " + std::strerror(errno));
+  }
+  if (!S_ISREG(info.st_mode))
+    return make_error(std::string(key) + " " + file + ": not a regular file");
+  if (static_cast<uint64_t>(info.st_size) > max_bytes) {
+    return make_error(std::string(key) + " " + file + ": larger than the limit of " +
+                      std::to_string(max_bytes) + " bytes");
+  }
+  return {};
+}
+
+// Parses the certificate chain and the private key and checks that the key belongs to the
+// first certificate. Error texts name the files and mbedTLS's reason, never key material.
+Result<void> load_key_pair(mbedtls_x509_crt* chain, mbedtls_pk_context* key,
+                           const std::string& cert_file, const std::string& key_file,
+                           mbedtls_ctr_drbg_context* rng) {
+  auto cert_ok = check_file_size("tls_cert", cert_file, kMaxTlsFileBytes);
+  auto key_ok = check_file_size("tls_key", key_file, kMaxTlsFileBytes);
+  if (!cert_ok && !key_ok)
+    return make_error(cert_ok.error().message + "\n" + key_ok.error().message);
+  if (!cert_ok) return cert_ok;
+  if (!key_ok) return key_ok;
+  int rc = mbedtls_x509_crt_parse_file(chain, cert_file.c_str());
+  if (rc != 0) {
+    return make_error("tls_cert " + cert_file + ": cannot load certificate chain (" +
+                      mbedtls_text(rc) + ")");
+  }
+  rc = parse_key_file(key, key_file, rng);
+  if (rc != 0) {
+    return make_error("tls_key " + key_file + ": cannot load private key (" + mbedtls_text(rc) +
+                      ")");
+  }
+  if (check_key_pair(&chain->pk, key, rng) != 0) {
+    return make_error("tls_key " + key_file + ": does not match the certificate in tls_cert " +
+                      cert_file);
+  }
+  return {};
 }
 
 struct SslConfig {
@@ -112,6 +162,10 @@ std::shared_ptr<SslConfig> client_config(const TlsClientOptions& options, NetErr
   }
   auto config = std::make_shared<SslConfig>();
   if (options.verify) {
+    if (auto size = check_file_size("ca_file", ca_file, kMaxCaFileBytes); !size) {
+      *error = {NetErrorKind::Tls, size.error().message};
+      return nullptr;
+    }
     int rc = mbedtls_x509_crt_parse_file(&config->ca, ca_file.c_str());
     if (rc < 0) {  // > 0: some certificates of a bundle were skipped, the rest are usable
       *error = {NetErrorKind::Tls, "ca_file " + ca_file + ": " + mbedtls_text(rc)};
@@ -199,22 +253,11 @@ Result<std::shared_ptr<TlsServerContext>> TlsServerContext::load(const std::stri
   auto* rng = shared_rng();
   if (!rng) return make_error("TLS random number generator failed to seed");
   auto context = std::make_shared<ServerContext>();
-  int rc = mbedtls_x509_crt_parse_file(&context->chain, cert_file.c_str());
-  if (rc != 0) {
-    return make_error("tls_cert " + cert_file + ": cannot load certificate chain (" +
-                      mbedtls_text(rc) + ")");
+  if (auto r = load_key_pair(&context->chain, &context->key, cert_file, key_file, rng); !r) {
+    return r.error();
   }
-  // The error text names the file and mbedTLS's reason, never key material.
-  rc = parse_key_file(&context->key, key_file);
-  if (rc != 0) {
-    return make_error("tls_key " + key_file + ": cannot load private key (" + mbedtls_text(rc) +
-                      ")");
-  }
-  if (check_key_pair(&context->chain.pk, &context->key) != 0) {
-    return make_error("tls_key " + key_file + ": does not match the certificate in " + cert_file);
-  }
-  rc = mbedtls_ssl_config_defaults(&context->config, MBEDTLS_SSL_IS_SERVER,
-                                   MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT);
+  int rc = mbedtls_ssl_config_defaults(&context->config, MBEDTLS_SSL_IS_SERVER,
+                                       MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT);
   if (rc != 0) return make_error("TLS configuration: " + mbedtls_text(rc));
   set_min_tls12(&context->config);
   mbedtls_ssl_conf_rng(&context->config, mbedtls_ctr_drbg_random, rng);
@@ -222,6 +265,31 @@ Result<std::shared_ptr<TlsServerContext>> TlsServerContext::load(const std::stri
   rc = mbedtls_ssl_conf_own_cert(&context->config, &context->chain, &context->key);
   if (rc != 0) return make_error("tls_cert " + cert_file + ": " + mbedtls_text(rc));
   return std::shared_ptr<TlsServerContext>(std::move(context));
+}
+
+Result<void> check_server_credentials(const std::string& cert_file, const std::string& key_file) {
+  Rng rng;  // its own: this may run on the thread pool (reload) while the loop uses the shared one
+  if (!rng.ok) return make_error("TLS random number generator failed to seed");
+  mbedtls_x509_crt chain;
+  mbedtls_pk_context key;
+  mbedtls_x509_crt_init(&chain);
+  mbedtls_pk_init(&key);
+  auto result = load_key_pair(&chain, &key, cert_file, key_file, &rng.drbg);
+  mbedtls_pk_free(&key);
+  mbedtls_x509_crt_free(&chain);
+  return result;
+}
+
+Result<void> check_ca_file(const std::string& ca_file) {
+  if (auto r = check_file_size("ca_file", ca_file, kMaxCaFileBytes); !r) return r;
+  mbedtls_x509_crt ca;
+  mbedtls_x509_crt_init(&ca);
+  int rc = mbedtls_x509_crt_parse_file(&ca, ca_file.c_str());
+  mbedtls_x509_crt_free(&ca);
+  // > 0: some certificates of a bundle were skipped, the rest are usable (as when connecting).
+  if (rc < 0)
+    return make_error("ca_file " + ca_file + ": no usable certificate (" + mbedtls_text(rc) + ")");
+  return {};
 }
 
 // ---- engine ----

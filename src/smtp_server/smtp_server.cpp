@@ -418,13 +418,13 @@ Result<std::unique_ptr<SmtpServer>> SmtpServer::start(uv_loop_t* loop, const Lis
   const SmtpIngressConfig& smtp = rt->config->smtp;
   if (!smtp.tls_cert.empty() && !smtp.tls_key.empty()) {
     auto tls = net::TlsServerContext::load(smtp.tls_cert, smtp.tls_key);
-    if (!tls.ok()) return make_error("smtp: " + tls.error().message);
+    if (!tls.ok()) return make_error("smtp." + tls.error().message);  // "smtp.tls_cert FILE: ..."
     impl->tls = std::move(tls.value());
   }
   Impl* raw = impl.get();
   auto listener =
       net::Listener::open(loop, address, [raw](net::StreamPtr stream) { raw->accept(stream); });
-  if (!listener.ok()) return listener.error();
+  if (!listener.ok()) return make_error("listen.smtp " + listener.error().message);
   impl->listener = std::move(listener.value());
   log::info("smtp_listening", {{"address", address.text},
                                {"port", impl->listener->port()},

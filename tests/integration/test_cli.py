@@ -136,3 +136,112 @@ def test_check_reports_unreadable_tls_files(tmp_path):
     for key in ("services.email.ca_file", "smtp.tls_cert", "smtp.tls_key"):
         assert key in r.stderr, r.stderr
     assert str(tmp_path / "missing.crt") in r.stderr
+
+
+# ------------------------------------------------------------------ start failures (issue 7)
+
+def start_config(http_port, smtp_port, smtp_extra=""):
+    return (f"listen:\n  http: 127.0.0.1:{http_port}\n  smtp: 127.0.0.1:{smtp_port}\n"
+            "services:\n  email:\n    host: 127.0.0.1\n    port: 25\n    encryption: none\n"
+            "    from_email: app@example.com\nroles:\n  app:\n    senders: ['*']\n"
+            "credentials:\n  - api_key: k\n    role: app\n"
+            f"smtp:\n  service: email\n  anonymous_role: app\n{smtp_extra}")
+
+
+def assert_port_closed(port):
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} left open"
+
+
+def error_lines(r):
+    return [l for l in (r.stdout + r.stderr).splitlines() if l.strip()]
+
+
+def test_port_in_use_exits_1_with_one_line_and_no_abort(tmp_path):
+    # The SMTP port is taken after the HTTP listener has opened: the path that used to close
+    # the HTTP listener twice and die on libuv's assertion (exit 134).
+    http_port = free_port()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        smtp_port = busy.getsockname()[1]
+        cfg = tmp_path / "busy.yaml"
+        cfg.write_text(start_config(http_port, smtp_port))
+        r = run(["-c", str(cfg)])
+        assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+        lines = error_lines(r)
+        assert len(lines) == 1, lines
+        assert "listen_failed" in lines[0] and f"listen.smtp 127.0.0.1:{smtp_port}" in lines[0]
+        assert "address already in use" in lines[0]
+        assert_port_closed(http_port)
+
+        # The HTTP port taken: the first listener fails, nothing else opens.
+        cfg.write_text(start_config(smtp_port, free_port()))
+        r = run(["-c", str(cfg)])
+        assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+        lines = error_lines(r)
+        assert len(lines) == 1 and f"listen.http 127.0.0.1:{smtp_port}" in lines[0], lines
+
+
+def test_bad_certificate_refused_at_start_and_check(tmp_path, certs):
+    http_port, smtp_port = free_port(), free_port()
+    not_cert = tmp_path / "not-a-cert.pem"
+    not_cert.write_text("this is not a certificate\n")
+    cfg = tmp_path / "badcert.yaml"
+    cfg.write_text(start_config(http_port, smtp_port,
+                                f"  tls_cert: {not_cert}\n  tls_key: {certs.key}\n"))
+    for args in (["-c", str(cfg)], ["--check", "-c", str(cfg)]):
+        r = run(args)
+        assert r.returncode == 1, (args, r.returncode, r.stdout, r.stderr)
+        lines = error_lines(r)
+        assert len(lines) == 1, lines
+        assert f"smtp.tls_cert {not_cert}: cannot load certificate chain" in lines[0], lines
+    assert_port_closed(http_port)
+    assert_port_closed(smtp_port)
+
+
+def test_check_refuses_certificate_and_key_that_do_not_match(tmp_path, certs):
+    http_port, smtp_port = free_port(), free_port()
+    cfg = tmp_path / "mismatch.yaml"
+    cfg.write_text(start_config(http_port, smtp_port,
+                                f"  tls_cert: {certs.cert}\n  tls_key: {certs.wrong_key}\n"))
+    for args in (["--check", "-c", str(cfg)], ["-c", str(cfg)]):
+        r = run(args)
+        assert r.returncode == 1, (args, r.returncode, r.stdout, r.stderr)
+        assert f"smtp.tls_key {certs.wrong_key}: does not match the certificate" in r.stderr
+        assert str(certs.cert) in r.stderr
+    assert_port_closed(smtp_port)
+    # The matching pair passes.
+    cfg.write_text(start_config(http_port, smtp_port,
+                                f"  tls_cert: {certs.cert}\n  tls_key: {certs.key}\n"))
+    r = run(["--check", "-c", str(cfg)])
+    assert r.returncode == 0, r.stderr
+
+
+def test_unterminated_quote_is_an_error_at_the_quote(tmp_path):
+    cfg = tmp_path / "quote.yaml"
+    cfg.write_text("listen:\n  http: 127.0.0.1:2580\nservices:\n  email:\n    host: x\n"
+                   "    from_name: \"Example App\n    rate_limit: 1/day\n")
+    for args in (["--check", "-c", str(cfg)], ["-c", str(cfg)]):
+        r = run(args)
+        assert r.returncode == 1, (args, r.stdout, r.stderr)
+        assert f"{cfg}:6:16: unterminated quote" in r.stderr, r.stderr
+    # The same value with its closing quote passes, and so does a quoted value over two lines.
+    cfg.write_text("listen:\n  http: 127.0.0.1:2580\nservices:\n  email:\n    host: x\n"
+                   "    from_name: \"Example\n      App\"\n    rate_limit: 1/day\n")
+    r = run(["--check", "-c", str(cfg)])
+    assert r.returncode == 0, r.stderr
+
+
+def test_invalid_utf8_and_oversized_config_are_refused(tmp_path):
+    cfg = tmp_path / "latin1.yaml"
+    cfg.write_bytes(b"listen:\n  http: 127.0.0.1:2580\nservices:\n  email:\n    host: x\n"
+                    b"    from_name: Caf\xe9\n")
+    r = run(["--check", "-c", str(cfg)])
+    assert r.returncode == 1
+    assert f"{cfg}:6:19: invalid UTF-8" in r.stderr, r.stderr
+    big = tmp_path / "big.yaml"
+    big.write_text("services:\n  email:\n    host: x\n#" + "x" * (1024 * 1024) + "\n")
+    r = run(["--check", "-c", str(big)])
+    assert r.returncode == 1
+    assert r.stderr.strip() == f"cannot read {big}: larger than the limit of 1048576 bytes"

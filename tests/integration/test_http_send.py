@@ -344,3 +344,82 @@ def test_large_attachment_over_starttls(upstream_factory, mailcar_factory, certs
     [got] = up.wait_for(1, timeout=60)
     [att] = list(parse_message(got["data"]).iter_attachments())
     assert att.get_content() == blob
+
+
+def raw_header_lines(raw, name):
+    """The physical lines of header `name` (the first line and its continuations)."""
+    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    out = []
+    for line in head:
+        if out and line[:1] in (b" ", b"\t"):
+            out.append(line)
+        elif out:
+            break
+        elif line.lower().startswith(name.lower().encode() + b":"):
+            out.append(line)
+    return out
+
+
+def rfc2047_display_name(raw, name):
+    """The display name of header `name`, decoded by RFC 2047's rule (white space between
+    adjacent encoded words is dropped). policy.default's address parser adds a space there
+    instead (CPython gh-128110, open), so the raw phrase is decoded with email.header."""
+    import email.header
+    value = b"".join(raw_header_lines(raw, name)).decode("ascii").split(":", 1)[1]
+    phrase = value[:value.rindex("<")].strip()
+    return str(email.header.make_header(email.header.decode_header(phrase)))
+
+
+def test_long_header_values_are_folded_and_round_trip(upstream_factory, mailcar_factory):
+    # Issue 7: a 5,000-letter from_name went out as one 5,006-octet From line.
+    up = upstream_factory(mode="plain")
+    mc = mailcar_factory(basic_config(service_yaml("email", up)))
+    from_name = "F" * 5000
+    to_name = "Tö " + "t" * 3000 + " end"
+    reply_name = "R" * 2000
+    subject = "S" * 4000 + " ✓"
+    filename = "résumé-" + "ü" * 400 + ".pdf"
+    status, body, _ = mc.send("email", {
+        "to": [{"email": "alice@example.com", "name": to_name}],
+        "subject": subject, "body_text": "hi",
+        "from_name": from_name, "from_email": "support@example.com",
+        "reply_to_email": "help@example.com", "reply_to_name": reply_name,
+        "attachments": [{"name": filename, "content": base64.b64encode(b"%PDF").decode(),
+                         "content_type": "application/pdf"}],
+    })
+    assert status == 200, body
+    [got] = up.wait_for(1)
+    raw = got["data"]
+    lengths = [len(line) for line in raw.split(b"\r\n")]
+    assert max(lengths) <= 998, max(lengths)
+    from_lines = raw_header_lines(raw, "From")
+    assert max(len(l) for l in from_lines) <= 78 and len(from_lines) > 5000 // 75, from_lines[:3]
+
+    msg = parse_message(raw)  # policy=email.policy.default, asserts no defects
+    assert str(msg["Subject"]) == subject
+    assert msg["From"].addresses[0].addr_spec == "support@example.com"
+    assert rfc2047_display_name(raw, "From") == from_name
+    assert msg["To"].addresses[0].addr_spec == "alice@example.com"
+    assert rfc2047_display_name(raw, "To") == to_name
+    assert msg["Reply-To"].addresses[0].addr_spec == "help@example.com"
+    assert rfc2047_display_name(raw, "Reply-To") == reply_name
+    [att] = list(msg.iter_attachments())
+    assert att.get_filename() == filename
+    assert att.get_content_type() == "application/pdf"
+    assert att.get_param("name") == filename
+    # RFC 2047 §5: no encoded word in a parameter (name= used to hold one); RFC 2231 instead.
+    assert b"=?" not in raw.split(b"\r\n\r\n", 1)[1]
+    assert b"filename*0*=utf-8''r%C3%A9sum%C3%A9-" in raw
+    assert att.get_content() == b"%PDF"
+
+
+def test_content_type_that_cannot_fit_a_line_is_400(upstream_factory, mailcar_factory):
+    up = upstream_factory(mode="plain")
+    mc = mailcar_factory(basic_config(service_yaml("email", up)))
+    status, body, _ = mc.send("email", simple(attachments=[{
+        "name": "a.txt", "content": base64.b64encode(b"x").decode(),
+        "content_type": "text/plain; charset=" + "x" * 1200}]))
+    assert status == 400, body
+    assert body["error"]["context"] == {"field": "attachments[0].content_type"}
+    assert "too long for a header line" in body["error"]["message"]
+    assert up.messages == []

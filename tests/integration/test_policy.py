@@ -193,3 +193,21 @@ def test_state_goes_to_systemd_state_directory(upstream_factory, tmp_path):
         assert mc.send("email", msg())[0] == 429
     finally:
         assert mc.stop() == 0
+
+
+def test_oversized_state_file_is_not_read(upstream_factory, tmp_path):
+    # Every read has a limit (issue 7): a state file over 4 MiB is not ours; it is skipped with
+    # a warning and mailcar starts with fresh windows.
+    up = upstream_factory(mode="plain")
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    state = folder / "mailcar.state"
+    state.write_bytes(b"x" * (4 * 1024 * 1024 + 1))
+    mc = Mailcar(folder, policy_config(up, role_limits="[]", quota="1/day"))
+    try:
+        assert mc.send("email", msg())[0] == 200
+        warnings = [e for e in mc.log_events() if e.get("event") == "state_not_restored"]
+        assert len(warnings) == 1, mc.log()
+        assert warnings[0]["error"] == f"{state}: larger than the limit of 4194304 bytes"
+    finally:
+        assert mc.stop() == 0

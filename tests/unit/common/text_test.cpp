@@ -54,3 +54,19 @@ TEST(RandomToken, HasLengthAndAlphabet) {
   for (char c : t) EXPECT_TRUE(isalnum(static_cast<unsigned char>(c)));
   EXPECT_NE(random_token(40), t);
 }
+
+TEST(Utf8, InvalidOffsetPointsAtTheFirstBadSequence) {
+  constexpr size_t npos = std::string_view::npos;
+  EXPECT_EQ(invalid_utf8_offset(""), npos);
+  EXPECT_EQ(invalid_utf8_offset("plain ascii"), npos);
+  EXPECT_EQ(invalid_utf8_offset("caf\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80 \xC2\x85"), npos);
+  EXPECT_EQ(invalid_utf8_offset("caf\xE9!"), 3u);           // Latin-1 é
+  EXPECT_EQ(invalid_utf8_offset("ab\x80"), 2u);             // lone continuation byte
+  EXPECT_EQ(invalid_utf8_offset("a\xC0\xAF"), 1u);          // overlong '/'
+  EXPECT_EQ(invalid_utf8_offset("a\xE0\x80\xAF"), 1u);      // overlong, 3 bytes
+  EXPECT_EQ(invalid_utf8_offset("\xED\xA0\x80"), 0u);       // surrogate U+D800
+  EXPECT_EQ(invalid_utf8_offset("x\xF4\x90\x80\x80"), 1u);  // above U+10FFFF
+  EXPECT_EQ(invalid_utf8_offset("\xC3\xA9\xE2\x82"), 2u);   // truncated at the end
+  EXPECT_EQ(invalid_utf8_offset("\xE2\x28\xA1"), 0u);       // bad second byte
+  EXPECT_EQ(invalid_utf8_offset("\xFF\xFE"), 0u);           // UTF-16 BOM
+}

@@ -702,3 +702,75 @@ TEST_F(ConfigTest, LoadsFromFile) {
   EXPECT_EQ(missing.error().message,
             "cannot read " + (dir_ / "nope.yaml").string() + ": No such file or directory");
 }
+
+namespace {
+
+constexpr const char* kWithRateLimit =
+    "services:\n  email:\n    host: x\n    from_name: \"Example App\n    rate_limit: 1/day\n";
+
+}  // namespace
+
+TEST_F(ConfigTest, UnterminatedQuoteIsAnErrorAtTheQuote) {
+  // The issue's case: the quote swallows the next key (yaml-cpp accepts it to the end of file).
+  EXPECT_EQ(errors_of(kWithRateLimit),
+            "DIR/mailcar.yaml:4:16: unterminated quote: the value that starts here has no "
+            "closing \" before the end of the file");
+  // Closed by a later quote: the lines between look like keys.
+  EXPECT_THAT(errors_of("services:\n  email:\n    host: x\n    from_name: 'Example App\n"
+                        "    rate_limit: 1/day\n    reply_to_name: 'Support'\n"),
+              HasLine("DIR/mailcar.yaml:4:16: unterminated quote: the value that starts here "
+                      "runs on to line 5, which looks like a key; is its closing ' missing?"));
+  // In a list item, with an anchor in front, and in a flow sequence.
+  EXPECT_EQ(errors_of("services:\n  email:\n    host: &h \"x\n    port: 25\n"),
+            "DIR/mailcar.yaml:3:14: unterminated quote: the value that starts here has no "
+            "closing \" before the end of the file");
+  EXPECT_EQ(errors_of(std::string(kMinimal) + "roles:\n  r:\n    senders:\n      - \"a@x\n"
+                                              "      - b@x\n"),
+            "DIR/mailcar.yaml:7:9: unterminated quote: the value that starts here has no "
+            "closing \" before the end of the file");
+}
+
+TEST_F(ConfigTest, MultiLineQuotedValuesStillWork) {
+  auto config = load(
+      "services:\n  email:\n    host: x\n"
+      "    from_name: \"Example\n      App \\\"quoted\\\" \\\\\"\n"
+      "    reply_to_name: 'It''s\n      us'\n"
+      "    from_email: \"app@example.com\"  # a comment with \" in it\n"
+      "roles:\n  r: {senders: [\"*@example.com\", '*@x.example']}\n");
+  ASSERT_TRUE(config.ok()) << config.error().message;
+  EXPECT_EQ(config->services[0].from_name, "Example App \"quoted\" \\");
+  EXPECT_EQ(config->services[0].reply_to_name, "It's us");
+  EXPECT_EQ(config->services[0].from_email, "app@example.com");
+  ASSERT_TRUE(config->roles[0].senders.has_value());
+  EXPECT_EQ(config->roles[0].senders->size(), 2u);
+}
+
+TEST_F(ConfigTest, InvalidUtf8IsAnErrorWithPosition) {
+  EXPECT_EQ(errors_of("services:\n  email:\n    host: x\n    from_name: Caf\xE9\n"),
+            "DIR/mailcar.yaml:4:19: invalid UTF-8 (the file must be UTF-8 encoded)");
+  EXPECT_EQ(errors_of("\xFF\xFE"
+                      "s"),
+            "DIR/mailcar.yaml:1:1: invalid UTF-8 (the file must be "
+            "UTF-8 encoded)");
+  auto utf8 =
+      load("\xEF\xBB\xBFservices:\n  email:\n    host: x\n    from_name: \"Caf\xC3\xA9\"\n");
+  ASSERT_TRUE(utf8.ok()) << utf8.error().message;
+  EXPECT_EQ(utf8->services[0].from_name, "Caf\xC3\xA9");
+  // A BOM shifts nothing: a quote error is still reported where the quote is.
+  EXPECT_EQ(errors_of("\xEF\xBB\xBFservices:\n  email:\n    host: x\n    from_name: \"A\n"),
+            "DIR/mailcar.yaml:4:16: unterminated quote: the value that starts here has no "
+            "closing \" before the end of the file");
+}
+
+TEST_F(ConfigTest, FilesOverTheLimitAreRefusedNamingFileAndLimit) {
+  std::string big = write("big.yaml", std::string(kMinimal) + "#" + std::string(1024 * 1024, 'x'));
+  auto result = load_config_file(big, test_env);
+  ASSERT_FALSE(result.ok());
+  EXPECT_EQ(result.error().message,
+            "cannot read " + big + ": larger than the limit of 1048576 bytes");
+  write("secret", std::string(64 * 1024 + 1, 'p'));
+  EXPECT_EQ(errors_of("services:\n  email:\n    host: x\n    username: u\n"
+                      "    password_file: secret\n"),
+            "DIR/mailcar.yaml:5:20: services.email.password_file: cannot read DIR/secret: "
+            "larger than the limit of 65536 bytes");
+}

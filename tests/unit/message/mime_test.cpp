@@ -445,5 +445,125 @@ TEST(Build, AttachmentContentTypeKeepsParametersButNotName) {
   EXPECT_EQ(ct->find("evil.exe"), std::string::npos);
 }
 
+// Lines of the top-level header block (up to the first empty line).
+std::vector<std::string_view> header_lines(std::string_view data) {
+  std::vector<std::string_view> lines;
+  size_t end = data.find("\r\n\r\n");
+  for (size_t pos = 0; pos < end;) {
+    size_t eol = data.find("\r\n", pos);
+    lines.push_back(data.substr(pos, eol - pos));
+    pos = eol + 2;
+  }
+  return lines;
+}
+
+// Issue 7: a 5,000-letter from_name used to give a 5,006-octet From line.
+TEST(Build, LongNamesAndSubjectAreFoldedOrEncodedAndDecodeBack) {
+  MessageContent c = basic();
+  c.from.name = std::string(5000, 'a');
+  std::string accented;
+  for (int i = 0; i < 700; ++i) accented += "\xC3\xA9";  // é, 2 octets each
+  c.to = {{"a@example.com", std::string(1200, 'T') + " " + accented},
+          {"b@example.com", "Plain Name"}};
+  c.cc = {{"c@example.com", std::string(90, 'c') + " words after"}};
+  c.reply_to = Mailbox{"r@example.com", "\xE2\x98\x83" + std::string(3000, 'r')};
+  c.subject = std::string(5000, 's') + " \xE2\x9C\x93 tail";
+  auto m = build_ok(c);
+  expect_wire_clean(m.data);
+  expect_headers_folded(m.data);  // every header line <= 78, not only <= 998
+  size_t from_lines = 0;
+  for (std::string_view line : header_lines(m.data)) {
+    if (line.starts_with("From:") || (from_lines > 0 && line.front() == ' ')) {
+      ++from_lines;
+    } else if (from_lines > 0) {
+      break;
+    }
+  }
+  EXPECT_GT(from_lines, 5000u / 75);  // several encoded words, one per line
+  Part p = parse_entity(m.data);
+  EXPECT_EQ(decoded_list(p, "From"), (std::vector<Mailbox>{c.from}));
+  EXPECT_EQ(decoded_list(p, "To"), c.to);
+  EXPECT_EQ(decoded_list(p, "Cc"), c.cc);
+  EXPECT_EQ(decoded_list(p, "Reply-To"), (std::vector<Mailbox>{*c.reply_to}));
+  EXPECT_EQ(decode_2047(*p.header("Subject")), c.subject);
+}
+
+TEST(Build, WordsUpToOneLineStayRawLongerOnesAreEncoded) {
+  MessageContent c = basic();
+  c.from.name = std::string(77, 'f');
+  c.subject = std::string(77, 's') + " and " + std::string(20, 'x');
+  auto m = build_ok(c);
+  expect_headers_folded(m.data);
+  EXPECT_NE(m.data.find("From:\r\n " + std::string(77, 'f') + "\r\n <sender@example.com>\r\n"),
+            std::string::npos)
+      << m.data;
+  Part p = parse_entity(m.data);
+  EXPECT_EQ(*p.header("Subject"), c.subject);  // raw, folded
+  c.from.name += "f";
+  c.subject = std::string(78, 's');
+  m = build_ok(c);
+  expect_headers_folded(m.data);
+  EXPECT_EQ(m.data.find(std::string(78, 'f')), std::string::npos);
+  p = parse_entity(m.data);
+  EXPECT_TRUE(p.header("Subject")->starts_with("=?UTF-8?B?"));
+  EXPECT_EQ(decode_2047(*p.header("Subject")), c.subject);
+  EXPECT_EQ(decoded_list(p, "From"), (std::vector<Mailbox>{c.from}));
+}
+
+// RFC 2047 §5: no encoded word inside a quoted parameter; RFC 2231 instead.
+TEST(Build, NonAsciiFilenameUsesRfc2231ForNameAndFilename) {
+  MessageContent c = basic();
+  std::string long_name;
+  for (int i = 0; i < 60; ++i) long_name += "\xC3\xBC\xC3\xA9 ";  // 300 octets, 900 encoded
+  long_name += ".pdf";
+  std::string short_name = "\xC3\xA9t\xC3\xA9.txt";
+  c.attachments = {{long_name, "application/pdf", "x"}, {short_name, "text/plain", "y"}};
+  auto m = build_ok(c);
+  expect_wire_clean(m.data);
+  for (size_t pos = 0; pos < m.data.size();) {
+    size_t eol = m.data.find("\r\n", pos);
+    EXPECT_LE(eol - pos, 78u) << m.data.substr(pos, eol - pos);
+    pos = eol + 2;
+  }
+  EXPECT_EQ(m.data.find("=?"), std::string::npos) << "encoded word in a parameter";
+  Part p = parse_entity(m.data);
+  ASSERT_EQ(p.children.size(), 3u);
+  const Part& first = p.children[1];
+  const Part& second = p.children[2];
+  EXPECT_NE(first.header("Content-Type")->find("name*0*=utf-8''"), std::string::npos);
+  EXPECT_NE(first.header("Content-Disposition")->find("filename*0*=utf-8''"), std::string::npos);
+  EXPECT_EQ(header_param(*first.header("Content-Type"), "name"), long_name);
+  EXPECT_EQ(header_param(*first.header("Content-Disposition"), "filename"), long_name);
+  EXPECT_NE(second.header("Content-Disposition")->find("filename*=utf-8''%C3%A9t%C3%A9.txt"),
+            std::string::npos);
+  EXPECT_EQ(header_param(*second.header("Content-Type"), "name"), short_name);
+}
+
+TEST(Build, ContentTypeThatCannotBeFoldedIsRefusedNamingTheField) {
+  MessageContent c = basic();
+  c.attachments = {{"a.txt", "text/plain; charset=" + std::string(1000, 'x'), "x"}};
+  auto r = build_message(c, {"id@x", kDate, "h"});
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(r.error().message.starts_with("attachments[0].content_type: too long"))
+      << r.error().message;
+  c.attachments = {{"a.txt", "application/" + std::string(1000, 'y'), "x"}};
+  r = build_message(c, {"id@x", kDate, "h"});
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(r.error().message.starts_with("attachments[0].content_type: too long"));
+  // A long quoted value with spaces folds at them, and unfolds to the same value.
+  std::string note;
+  for (int i = 0; i < 300; ++i) note += "word" + std::to_string(i) + " ";
+  note += "end";
+  c.attachments = {{"a.txt", "text/plain; x-note=\"" + note + "\"", "x"}};
+  auto m = build_ok(c);
+  expect_wire_clean(m.data);
+  Part p = parse_entity(m.data);
+  EXPECT_EQ(header_param(*p.children[1].header("Content-Type"), "x-note"), note);
+  // A token just under the limit is kept: valid, if long.
+  c.attachments = {{"a.txt", "text/plain; charset=" + std::string(900, 'z'), "x"}};
+  m = build_ok(c);
+  expect_wire_clean(m.data);
+}
+
 }  // namespace
 }  // namespace mailcar

@@ -528,6 +528,39 @@ TEST_F(TlsTest, ServerContextLoadErrorsNameTheFile) {
   EXPECT_EQ(key_as_cert.error().message.find("PRIVATE KEY"), std::string::npos);
 }
 
+TEST_F(TlsTest, CheckServerCredentialsParsesBothAndMatchesThePair) {
+  EXPECT_TRUE(check_server_credentials(file("server.crt"), file("server.key")).ok());
+
+  auto mismatched = check_server_credentials(file("server.crt"), file("other.key"));
+  ASSERT_FALSE(mismatched.ok());
+  EXPECT_EQ(mismatched.error().message, "tls_key " + file("other.key") +
+                                            ": does not match the certificate in tls_cert " +
+                                            file("server.crt"));
+
+  auto key_as_cert = check_server_credentials(file("server.key"), file("server.key"));
+  ASSERT_FALSE(key_as_cert.ok());
+  EXPECT_TRUE(key_as_cert.error().message.starts_with("tls_cert " + file("server.key") +
+                                                      ": cannot load certificate chain"));
+
+  auto cert_as_key = check_server_credentials(file("server.crt"), file("server.crt"));
+  ASSERT_FALSE(cert_as_key.ok());
+  EXPECT_TRUE(cert_as_key.error().message.starts_with("tls_key " + file("server.crt") +
+                                                      ": cannot load private key"));
+
+  auto both_missing = check_server_credentials(file("missing.crt"), file("missing.key"));
+  ASSERT_FALSE(both_missing.ok());
+  EXPECT_NE(both_missing.error().message.find("missing.crt"), std::string::npos);
+  EXPECT_NE(both_missing.error().message.find("\ntls_key " + file("missing.key")),
+            std::string::npos);
+
+  auto not_regular = check_server_credentials("/dev/null", file("server.key"));
+  ASSERT_FALSE(not_regular.ok());
+  EXPECT_EQ(not_regular.error().message, "tls_cert /dev/null: not a regular file");
+
+  EXPECT_TRUE(check_ca_file(file("server.crt")).ok());
+  EXPECT_FALSE(check_ca_file(file("server.key")).ok());
+}
+
 TEST_F(TlsTest, VerifiedHandshakeAndEchoBothWays) {
   auto side = std::make_shared<ServerSide>();
   auto listener = tls_echo_server(side);
