@@ -53,6 +53,10 @@ struct RoleConfig {
   std::optional<std::vector<std::string>> senders;   // nullopt: only the services' from_email
   std::vector<Rate> rate_limits;
   std::optional<unsigned> max_recipients;
+  // Queue API (issue 8, SPEC §7.1), YAML `queue: all`: sees, retries and deletes every
+  // spooled message; otherwise a role sees only the messages it submitted and may not change
+  // them.
+  bool queue_all = false;
 };
 
 struct CredentialConfig {

@@ -45,5 +45,7 @@ inline void debug(std::string_view event, std::initializer_list<Field> f = {}) {
 
 // JSON string escaping, shared with the HTTP responses.
 void append_json_string(std::string& out, std::string_view s);
+// RFC 3339 UTC with milliseconds ("2026-12-01T17:01:16.123Z"), as log lines are stamped.
+std::string rfc3339_utc(uint64_t unix_ms);
 
 }  // namespace mailcar::log

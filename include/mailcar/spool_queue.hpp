@@ -44,7 +44,9 @@ struct QueueQuery {
   size_t limit = 100;
 };
 
-enum class QueueOpResult { Done, NotFound, NotDeferred };
+// Failed: the files could not be removed (I/O error, logged); the message left the queue
+// in memory, and what is left on disk comes back at the next start.
+enum class QueueOpResult { Done, NotFound, NotDeferred, Failed };
 
 class SpoolQueue {
  public:
@@ -67,9 +69,12 @@ class SpoolQueue {
   // True while the disk or max_bytes refuses new messages (cleared by the next success).
   bool full() const;
 
-  // Queue API (SPEC §7.1).
+  // Queue API (SPEC §7.1). list() goes in id order from after `query.after`; `next_cursor`
+  // gets the last id returned when more match, else is cleared.
   std::vector<QueuedMessage> list(const QueueQuery& query, std::string* next_cursor) const;
   std::optional<QueuedMessage> find(std::string_view id) const;
+  // A deferred message is due now (the quota may still hold it). NotDeferred for any other
+  // state (queued, held, sending, failed).
   QueueOpResult retry(std::string_view id);
   // Removes a message (logged by the caller with the role that did it); `done` once the files
   // are gone.

@@ -699,7 +699,7 @@ class Loader {
     role.name = entry.key;
     auto s = section(entry);
     if (!s) return role;
-    allow_only(*s, {"services", "senders", "rate_limits", "max_recipients"});
+    allow_only(*s, {"services", "senders", "rate_limits", "max_recipients", "queue"});
     if (const Entry* e = s->get("services")) {
       role.services.emplace();
       for (const auto& item : list(*e).value_or(std::vector<Entry>{})) {
@@ -729,6 +729,16 @@ class Loader {
     }
     if (const Entry* e = s->get("max_recipients")) {
       if (auto n = integer(*e, 1, 100000)) role.max_recipients = static_cast<unsigned>(*n);
+    }
+    // Queue API (issue 8): `queue: all` manages every spooled message.
+    if (const Entry* e = s->get("queue")) {
+      if (auto v = text(*e)) {
+        if (*v == "all") {
+          role.queue_all = true;
+        } else {
+          error(*e, "must be 'all' (leave it out for a role that sees only its own messages)");
+        }
+      }
     }
     return role;
   }

@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "http/queue_api.hpp"
 #include "mailcar/address.hpp"
 #include "mailcar/log.hpp"
 #include "mailcar/metrics.hpp"
@@ -274,19 +275,6 @@ bool is_json_content_type(std::optional<std::string_view> content_type) {
   return text::iequals_ascii(text::trim(media), "application/json");
 }
 
-HttpResponse json_response(int status, std::string body) {
-  HttpResponse r;
-  r.status = status;
-  r.body = std::move(body);
-  return r;
-}
-
-HttpResponse method_not_allowed(const char* allow) {
-  auto r = error_response(405, "Method not allowed.");
-  r.headers.emplace_back("Allow", allow);
-  return r;
-}
-
 uint64_t ceil_seconds(uint64_t ms) {
   return (ms + 999) / 1000;
 }
@@ -434,6 +422,45 @@ std::string expand_template(std::string_view text,
   return out;
 }
 
+ApiCaller authenticate(const HttpRequest& request, const Config& config,
+                       std::optional<std::string_view> body_key) {
+  ApiCaller caller;
+  if (auto q = request.query_param("api_key"); q && !q->empty()) {
+    caller.key = q;
+  } else if (auto h = request.header("x-dreamfactory-api-key"); h && !h->empty()) {
+    caller.key = h;
+  } else if (body_key && !body_key->empty()) {
+    caller.key = body_key;
+  } else if (auto a = request.header("authorization");
+             a && text::istarts_with_ascii(*a, "bearer ")) {
+    std::string_view bearer = text::trim(a->substr(7));
+    if (!bearer.empty()) caller.key = bearer;
+  }
+  if (!caller.key) return caller;
+  // Every configured key is compared, match or not, so timing does not tell which matched.
+  for (size_t i = 0; i < config.credentials.size(); ++i) {
+    const auto& c = config.credentials[i];
+    bool equal = text::constant_time_equal(c.api_key, *caller.key);
+    equal = equal && !c.api_key.empty();
+    if (equal && caller.credential == nullptr) {
+      caller.credential = &c;
+      caller.index = i + 1;
+    }
+  }
+  return caller;
+}
+
+HttpResponse unauthorized(const ApiCaller& caller, const std::string& remote, std::string_view path,
+                          std::string_view service) {
+  const char* reason = caller.key ? "unknown API key" : "no API key";
+  if (service.empty()) {
+    log::warn("http_auth_failed", {{"remote", remote}, {"path", path}, {"reason", reason}});
+  } else {
+    log::warn("http_auth_failed", {{"remote", remote}, {"service", service}, {"reason", reason}});
+  }
+  return error_response(401, caller.key ? "Invalid API key." : "No API key provided.");
+}
+
 ApiHandler::ApiHandler(WallClock now_ms)
     : now_ms_(std::move(now_ms)), json_(std::make_unique<simdjson::dom::parser>()) {}
 
@@ -455,6 +482,14 @@ void ApiHandler::handle(const HttpRequest& request, std::shared_ptr<Runtime> run
     } else {
       respond(error_response(503, "Not ready."));
     }
+    return;
+  }
+  if (path == "/ready/upstream") {
+    respond(get ? ready_upstream(runtime.get()) : method_not_allowed("GET"));
+    return;
+  }
+  if (is_queue_path(path)) {
+    handle_queue(request, runtime, std::move(respond), remote);
     return;
   }
   if (path == "/metrics") {
@@ -520,50 +555,22 @@ void ApiHandler::handle_send(const HttpRequest& request, std::string_view servic
   bool have_object =
       json_error == simdjson::SUCCESS && root.get_object().get(root_object) == simdjson::SUCCESS;
 
-  // Authentication: first key found wins (query, header, body, Bearer).
-  std::optional<std::string_view> key;
-  if (auto q = request.query_param("api_key"); q && !q->empty()) {
-    key = q;
-  } else if (auto h = request.header("x-dreamfactory-api-key"); h && !h->empty()) {
-    key = h;
-  } else if (std::string_view body_key;
-             have_object &&
-             root_object.at_key("api_key").get_string().get(body_key) == simdjson::SUCCESS &&
-             !body_key.empty()) {
-    key = body_key;
-  } else if (auto a = request.header("authorization");
-             a && text::istarts_with_ascii(*a, "bearer ")) {
-    std::string_view bearer = text::trim(a->substr(7));
-    if (!bearer.empty()) key = bearer;
+  std::optional<std::string_view> body_key;
+  if (std::string_view k;
+      have_object && root_object.at_key("api_key").get_string().get(k) == simdjson::SUCCESS) {
+    body_key = k;
   }
-  const CredentialConfig* credential = nullptr;
-  size_t credential_index = 0;
-  if (key) {
-    // Every configured key is compared, match or not, so timing does not tell which matched.
-    for (size_t i = 0; i < config.credentials.size(); ++i) {
-      const auto& c = config.credentials[i];
-      bool equal = text::constant_time_equal(c.api_key, *key);
-      equal = equal && !c.api_key.empty();
-      if (equal && credential == nullptr) {
-        credential = &c;
-        credential_index = i + 1;
-      }
-    }
-  }
-  if (credential == nullptr && request.body_over_limit && !key) {
+  const ApiCaller caller = authenticate(request, config, body_key);
+  if (caller.credential == nullptr && request.body_over_limit && !caller.key) {
     // The key may be in the body that was never read: too large is all that is known.
     respond(error_response(413, "Request body too large."));
     return;
   }
-  if (credential == nullptr) {
-    // Who tried, never what they tried: the key itself stays out of the log.
-    log::warn("http_auth_failed", {{"remote", remote},
-                                   {"service", service.name},
-                                   {"reason", key ? "unknown API key" : "no API key"}});
-    respond(error_response(401, key ? "Invalid API key." : "No API key provided."));
+  if (caller.credential == nullptr) {
+    respond(unauthorized(caller, remote, request.path, service.name));
     return;
   }
-  const std::string& role = credential->role;
+  const std::string& role = caller.credential->role;
 
   if (!json_type) {
     respond(error_response(415, "Content-Type must be application/json."));
@@ -680,8 +687,7 @@ void ApiHandler::handle_send(const HttpRequest& request, std::string_view servic
   }
 
   Submission submission;
-  submission.submitter = {Ingress::Http, role, "api_key#" + std::to_string(credential_index),
-                          remote};
+  submission.submitter = {Ingress::Http, role, caller.identity(), remote};
   submission.service = service.name;
   submission.header_from = {content.from.address};
   submission.message = std::move(message);

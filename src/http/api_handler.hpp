@@ -30,6 +30,23 @@ uint64_t system_now_ms();
 std::string expand_template(std::string_view text,
                             const std::function<const std::string*(std::string_view)>& lookup);
 
+// Who calls the API (SPEC §4). The first key found wins: ?api_key=, X-DreamFactory-API-Key,
+// the JSON body's "api_key" (`body_key`, when the route reads a body), Authorization: Bearer.
+// Every configured key is compared in constant time, match or not.
+struct ApiCaller {
+  std::optional<std::string_view> key;           // the key given, if any (into the request)
+  const CredentialConfig* credential = nullptr;  // null: no key, or an unknown one
+  size_t index = 0;                              // 1-based position in `credentials`
+  // For logs and the spool: which key, never the key itself.
+  std::string identity() const { return "api_key#" + std::to_string(index); }
+};
+ApiCaller authenticate(const HttpRequest& request, const Config& config,
+                       std::optional<std::string_view> body_key = std::nullopt);
+// The 401 for a caller without a credential; logs http_auth_failed (who tried and where,
+// never the key). `service` empty: a route that is not a service's.
+HttpResponse unauthorized(const ApiCaller& caller, const std::string& remote, std::string_view path,
+                          std::string_view service);
+
 class ApiHandler {
  public:
   explicit ApiHandler(WallClock now_ms = system_now_ms);

@@ -1,5 +1,7 @@
 #include "http/response.hpp"
 
+#include <utility>
+
 #include "mailcar/log.hpp"
 
 namespace mailcar::http {
@@ -31,6 +33,8 @@ const char* reason_phrase(int status) {
       return "Method Not Allowed";
     case 408:
       return "Request Timeout";
+    case 409:
+      return "Conflict";
     case 413:
       return "Payload Too Large";
     case 414:
@@ -96,6 +100,19 @@ std::string field_context(std::string_view field) {
   log::append_json_string(out, field);
   out.push_back('}');
   return out;
+}
+
+HttpResponse json_response(int status, std::string body) {
+  HttpResponse r;
+  r.status = status;
+  r.body = std::move(body);
+  return r;
+}
+
+HttpResponse method_not_allowed(const char* allow) {
+  auto r = error_response(405, "Method not allowed.");
+  r.headers.emplace_back("Allow", allow);
+  return r;
 }
 
 }  // namespace mailcar::http

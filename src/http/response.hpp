@@ -32,5 +32,9 @@ HttpResponse error_response(int status, std::string_view message,
                             std::string_view context_json = "null");
 // {"field":"<name>"} for error contexts.
 std::string field_context(std::string_view field);
+// A response with this status and JSON body.
+HttpResponse json_response(int status, std::string body);
+// 405 with the Allow header ("GET", "GET, DELETE", ...).
+HttpResponse method_not_allowed(const char* allow);
 
 }  // namespace mailcar::http

@@ -84,6 +84,7 @@ SpoolRecord record_of(const Submission& s, std::string id, uint64_t now) {
   r.smtputf8 = s.message.smtputf8;
   r.eight_bit = s.message.eight_bit;
   r.queued_at_ms = now;
+  r.data_size = s.message.data.size();  // the queue API's `size` (put() sets its own copy)
   return r;
 }
 
@@ -555,22 +556,21 @@ bool SpoolQueue::full() const {
 std::vector<QueuedMessage> SpoolQueue::list(const QueueQuery& query,
                                             std::string* next_cursor) const {
   std::vector<QueuedMessage> out;
-  uint64_t now = wall_ms();
+  if (next_cursor) next_cursor->clear();
   auto it = query.after.empty() ? impl_->entries.begin() : impl_->entries.upper_bound(query.after);
   for (; it != impl_->entries.end(); ++it) {
+    const SpoolRecord& record = it->second.record;
+    if (!query.role.empty() && record.role != query.role) continue;
+    if (!query.service.empty() && record.service != query.service) continue;
     std::optional<QueuedMessage> m = find(it->first);
     if (!m) continue;
-    if (!query.role.empty() && m->record.role != query.role) continue;
-    if (!query.service.empty() && m->record.service != query.service) continue;
     if (query.state && m->shown != *query.state) continue;
     if (out.size() == query.limit) {
-      if (next_cursor) *next_cursor = out.back().record.id;
+      if (next_cursor && !out.empty()) *next_cursor = out.back().record.id;
       return out;
     }
     out.push_back(std::move(*m));
   }
-  (void)now;
-  if (next_cursor) next_cursor->clear();
   return out;
 }
 
@@ -592,8 +592,11 @@ std::optional<QueuedMessage> SpoolQueue::find(std::string_view id) const {
 }
 
 QueueOpResult SpoolQueue::retry(std::string_view id) {
-  if (!impl_->entries.contains(id)) return QueueOpResult::NotFound;
-  if (!impl_->scheduler->retry_now(id, wall_ms())) return QueueOpResult::NotDeferred;
+  std::optional<QueuedMessage> m = find(id);
+  if (!m) return QueueOpResult::NotFound;
+  if (m->shown != MessageState::Deferred || !impl_->scheduler->retry_now(id, wall_ms())) {
+    return QueueOpResult::NotDeferred;
+  }
   impl_->arm(wall_ms());
   return QueueOpResult::Done;
 }
@@ -604,9 +607,10 @@ void SpoolQueue::remove(std::string_view id, std::function<void(QueueOpResult)> 
   std::string key(id);
   impl_->scheduler->forget(key);
   impl_->entries.erase(it);
-  impl_->store->remove(key, [done = std::move(done)](SpoolStatus status) {
-    done(status.ok() || status.code == SpoolErrc::NotFound ? QueueOpResult::Done
-                                                           : QueueOpResult::NotFound);
+  impl_->store->remove(key, [key, done = std::move(done)](SpoolStatus status) {
+    if (status.ok() || status.code == SpoolErrc::NotFound) return done(QueueOpResult::Done);
+    log::error("spool_remove_failed", {{"id", key}, {"error", status.detail}});
+    done(QueueOpResult::Failed);
   });
 }
 

@@ -542,6 +542,17 @@ TEST_F(ConfigTest, SpoolDeliveryKeysRejectBadValues) {
   EXPECT_EQ(std::count(errors.begin(), errors.end(), '\n'), 3) << errors;  // 4 lines
 }
 
+// Queue API roles (issue 8, SPEC §7.1).
+TEST_F(ConfigTest, RoleQueueAllOnlyTakesAll) {
+  auto config = load(std::string(kMinimal) + "roles:\n  ops: {queue: all}\n  app: {}\n");
+  ASSERT_TRUE(config.ok()) << config.error().message;
+  EXPECT_TRUE(config->find_role("ops")->queue_all);
+  EXPECT_FALSE(config->find_role("app")->queue_all);
+  EXPECT_EQ(errors_of(std::string(kMinimal) + "roles:\n  ops:\n    queue: own\n"),
+            "DIR/mailcar.yaml:5:12: roles.ops.queue: must be 'all' (leave it out for a role "
+            "that sees only its own messages)");
+}
+
 TEST_F(ConfigTest, FileDriverRules) {
   EXPECT_EQ(errors_of("services:\n  outbox:\n    driver: file\n    path: out\n    host: x\n"
                       "    port: 25\n"),
