@@ -549,7 +549,7 @@ TEST_F(ConfigTest, RoleQueueAllOnlyTakesAll) {
   EXPECT_TRUE(config->find_role("ops")->queue_all);
   EXPECT_FALSE(config->find_role("app")->queue_all);
   EXPECT_EQ(errors_of(std::string(kMinimal) + "roles:\n  ops:\n    queue: own\n"),
-            "DIR/mailcar.yaml:5:12: roles.ops.queue: must be 'all' (leave it out for a role "
+            "DIR/mailcar.yaml:6:12: roles.ops.queue: must be 'all' (leave it out for a role "
             "that sees only its own messages)");
 }
 
