@@ -1,5 +1,6 @@
-// The HTTP API as request -> response logic (SPEC §4). No I/O: delivery completes through the
-// runtime's Transport, whose callback produces the response later on the loop thread.
+// The HTTP API as request -> response logic (SPEC §4; the queue API of §7.1 is in
+// queue_api.hpp). No I/O: delivery completes through the runtime's Transport, whose
+// callback produces the response later on the loop thread.
 #pragma once
 
 #include <cstdint>
@@ -55,7 +56,8 @@ class ApiHandler {
   ApiHandler& operator=(const ApiHandler&) = delete;
 
   // Answers `request`. `respond` is called exactly once: synchronously for everything except
-  // a send that reaches the transport, whose result answers later. `runtime` null: not ready.
+  // a send that reaches the transport (or the spool) and a queue DELETE (queue_api.hpp),
+  // which answer later on the loop thread. `runtime` null: not ready.
   // Nothing of `this` is used after handle() returns, so the handler may go away while a
   // delivery is in flight.
   void handle(const HttpRequest& request, std::shared_ptr<Runtime> runtime, Respond respond,
