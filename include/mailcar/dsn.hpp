@@ -5,7 +5,9 @@
 // refuses afterwards are reported with the same DSN. Pure functions, no I/O.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -26,6 +28,43 @@ inline constexpr uint8_t kNever = 8;
 
 // MAIL FROM ... RET= (RFC 3461 §4.3).
 enum class DsnRet : uint8_t { Unspecified, Full, Headers };
+
+// What an SMTP client asked for with the DSN extension (RFC 3461), carried from the SMTP door
+// to the delivery mode. Empty for the HTTP door.
+struct DsnRecipientRequest {
+  uint8_t notify = 0;  // dsn_notify bits; 0: NOTIFY not given
+  std::string orcpt;   // ORCPT as "type;address" (xtext decoded); empty: not given
+  bool operator==(const DsnRecipientRequest&) const = default;
+};
+
+struct DsnRequest {
+  DsnRet ret = DsnRet::Unspecified;
+  std::string envid;  // ENVID (xtext decoded); empty: not given
+  // Parallel to the envelope recipients, or empty when no recipient gave NOTIFY or ORCPT.
+  std::vector<DsnRecipientRequest> recipients;
+  // The request of recipient `index` (defaults when none was given).
+  DsnRecipientRequest recipient(size_t index) const {
+    return index < recipients.size() ? recipients[index] : DsnRecipientRequest{};
+  }
+};
+
+// RFC 3461 §4 xtext: '!'..'~' except '+' and '=', and "+XX" (upper-case hex) for any byte.
+// nullopt: not xtext.
+std::optional<std::string> xtext_decode(std::string_view xtext);
+
+// The DSN parameters of MAIL FROM (RET, ENVID) and RCPT TO (NOTIFY, ORCPT). `key` is
+// compared case-insensitively. NotDsn: not one of them (the caller judges it). Bad: wrong
+// syntax, given twice, or too long (RFC 3461: ENVID 100, ORCPT 500 characters); decoded
+// values must be printable ASCII.
+enum class DsnParamResult : uint8_t { NotDsn, Ok, Bad };
+DsnParamResult parse_dsn_mail_param(std::string_view key, std::string_view value,
+                                    DsnRequest& request);
+DsnParamResult parse_dsn_rcpt_param(std::string_view key, std::string_view value,
+                                    DsnRecipientRequest& request);
+
+// The header block of a message (CRLF lines, up to and including the CRLF before the empty
+// line; all of it when it has no body): what a DSN without RET=FULL quotes.
+std::string_view dsn_header_block(std::string_view message);
 
 // Whether a DSN for a recipient that failed for good is wanted: never for the null sender
 // (a DSN is never bounced), never for NOTIFY=NEVER, never when NOTIFY lists other events

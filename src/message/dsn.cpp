@@ -2,6 +2,7 @@
 #include "mailcar/dsn.hpp"
 
 #include <cstddef>
+#include <utility>
 
 #include "mailcar/mime.hpp"
 #include "mailcar/text.hpp"
@@ -48,11 +49,50 @@ std::string one_line(std::string_view s) {
   return out;
 }
 
-// The original's header block (up to and including the CRLF before the empty line).
-std::string_view header_block(std::string_view message) {
-  if (message.starts_with("\r\n")) return {};
-  size_t end = message.find("\r\n\r\n");
-  return end == std::string_view::npos ? message : message.substr(0, end + 2);
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;  // RFC 3461 §4: upper-case hex only
+}
+
+bool printable_ascii(std::string_view s) {
+  for (char c : s) {
+    if (c < 0x20 || c > 0x7e) return false;
+  }
+  return true;
+}
+
+// An RFC 5322 atom (atext only), e.g. "rfc822".
+bool is_atom(std::string_view s) {
+  if (s.empty()) return false;
+  for (char c : s) {
+    bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || is_digit(c);
+    if (!alnum && std::string_view("!#$%&'*+-/=?^_`{|}~").find(c) == std::string_view::npos) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// NEVER, or a comma list of SUCCESS, FAILURE, DELAY (RFC 3461 §4.1); 0: bad syntax.
+uint8_t parse_notify(std::string_view value) {
+  if (text::iequals_ascii(value, "NEVER")) return dsn_notify::kNever;
+  uint8_t bits = 0;
+  while (true) {
+    size_t comma = value.find(',');
+    std::string_view word = value.substr(0, comma);
+    if (text::iequals_ascii(word, "SUCCESS")) {
+      bits |= dsn_notify::kSuccess;
+    } else if (text::iequals_ascii(word, "FAILURE")) {
+      bits |= dsn_notify::kFailure;
+    } else if (text::iequals_ascii(word, "DELAY")) {
+      bits |= dsn_notify::kDelay;
+    } else {
+      return 0;
+    }
+    if (comma == std::string_view::npos) return bits;
+    value.remove_prefix(comma + 1);
+  }
 }
 
 std::string with_crlf(std::string_view s) {
@@ -111,6 +151,72 @@ std::string part_header(std::string_view boundary, std::string_view content_type
 
 }  // namespace
 
+std::optional<std::string> xtext_decode(std::string_view xtext) {
+  std::string out;
+  out.reserve(xtext.size());
+  for (size_t i = 0; i < xtext.size(); ++i) {
+    char c = xtext[i];
+    if (c == '+') {
+      int hi = i + 2 < xtext.size() ? hex_value(xtext[i + 1]) : -1;
+      int lo = hi < 0 ? -1 : hex_value(xtext[i + 2]);
+      if (lo < 0) return std::nullopt;
+      out.push_back(static_cast<char>(hi * 16 + lo));
+      i += 2;
+    } else if (c < '!' || c > '~' || c == '=') {
+      return std::nullopt;
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
+DsnParamResult parse_dsn_mail_param(std::string_view key, std::string_view value,
+                                    DsnRequest& request) {
+  if (text::iequals_ascii(key, "RET")) {
+    if (request.ret != DsnRet::Unspecified) return DsnParamResult::Bad;
+    if (text::iequals_ascii(value, "FULL")) {
+      request.ret = DsnRet::Full;
+    } else if (text::iequals_ascii(value, "HDRS")) {
+      request.ret = DsnRet::Headers;
+    } else {
+      return DsnParamResult::Bad;
+    }
+    return DsnParamResult::Ok;
+  }
+  if (!text::iequals_ascii(key, "ENVID")) return DsnParamResult::NotDsn;
+  if (!request.envid.empty() || value.size() > 100) return DsnParamResult::Bad;
+  std::optional<std::string> envid = xtext_decode(value);
+  if (!envid || envid->empty() || !printable_ascii(*envid)) return DsnParamResult::Bad;
+  request.envid = std::move(*envid);
+  return DsnParamResult::Ok;
+}
+
+DsnParamResult parse_dsn_rcpt_param(std::string_view key, std::string_view value,
+                                    DsnRecipientRequest& request) {
+  if (text::iequals_ascii(key, "NOTIFY")) {
+    if (request.notify != 0) return DsnParamResult::Bad;
+    request.notify = parse_notify(value);
+    return request.notify != 0 ? DsnParamResult::Ok : DsnParamResult::Bad;
+  }
+  if (!text::iequals_ascii(key, "ORCPT")) return DsnParamResult::NotDsn;
+  size_t semi = value.find(';');
+  if (!request.orcpt.empty() || value.size() > 500 || semi == std::string_view::npos ||
+      !is_atom(value.substr(0, semi))) {
+    return DsnParamResult::Bad;
+  }
+  std::optional<std::string> address = xtext_decode(value.substr(semi + 1));
+  if (!address || address->empty() || !printable_ascii(*address)) return DsnParamResult::Bad;
+  request.orcpt = std::string(value.substr(0, semi)) + ";" + *address;
+  return DsnParamResult::Ok;
+}
+
+std::string_view dsn_header_block(std::string_view message) {
+  if (message.starts_with("\r\n")) return {};
+  size_t end = message.find("\r\n\r\n");
+  return end == std::string_view::npos ? message : message.substr(0, end + 2);
+}
+
 bool dsn_wanted_for_failure(std::string_view envelope_from, uint8_t notify) {
   if (envelope_from.empty()) return false;
   if (notify == 0) return true;
@@ -166,7 +272,7 @@ Result<OutboundMessage> build_dsn(const DsnInput& in) {
     d += with_crlf(in.original);
   } else {
     d += "\r\n" + part_header(boundary, "text/rfc822-headers");
-    d += with_crlf(header_block(in.original));
+    d += with_crlf(dsn_header_block(in.original));
   }
   d += "\r\n--" + boundary + "--\r\n";
   out.eight_bit = !text::is_ascii(d);

@@ -169,5 +169,42 @@ TEST(Dsn, StatusCodes) {
   EXPECT_EQ(dsn_status_for(550, "5.1234.1 bad"), "5.0.0");
 }
 
+TEST(Dsn, XtextDecoding) {
+  EXPECT_EQ(xtext_decode(""), "");
+  EXPECT_EQ(xtext_decode("abc!~"), "abc!~");
+  EXPECT_EQ(xtext_decode("a+2Bb+3Dc+20"), "a+b=c ");
+  EXPECT_EQ(xtext_decode("+C3+A9"), "\xC3\xA9");  // any byte may be encoded
+  EXPECT_FALSE(xtext_decode("a+2b"));             // upper-case hex only
+  EXPECT_FALSE(xtext_decode("a+2"));
+  EXPECT_FALSE(xtext_decode("a+"));
+  EXPECT_FALSE(xtext_decode("a=b"));
+  EXPECT_FALSE(xtext_decode("a b"));
+  EXPECT_FALSE(xtext_decode("\xC3\xA9"));  // raw 8-bit is not xtext
+}
+
+TEST(Dsn, RequestParameters) {
+  DsnRequest mail;
+  EXPECT_EQ(parse_dsn_mail_param("SIZE", "1", mail), DsnParamResult::NotDsn);
+  EXPECT_EQ(parse_dsn_mail_param("Ret", "Hdrs", mail), DsnParamResult::Ok);
+  EXPECT_EQ(mail.ret, DsnRet::Headers);
+  EXPECT_EQ(parse_dsn_mail_param("RET", "HDRS", mail), DsnParamResult::Bad);  // twice
+  EXPECT_EQ(parse_dsn_mail_param("ENVID", "x+2By", mail), DsnParamResult::Ok);
+  EXPECT_EQ(mail.envid, "x+y");
+  DsnRecipientRequest rcpt;
+  EXPECT_EQ(parse_dsn_rcpt_param("NOTIFY", "delay,Success", rcpt), DsnParamResult::Ok);
+  EXPECT_EQ(rcpt.notify, dsn_notify::kDelay | dsn_notify::kSuccess);
+  EXPECT_EQ(parse_dsn_rcpt_param("ORCPT", "rfc822;a+40b", rcpt), DsnParamResult::Ok);
+  EXPECT_EQ(rcpt.orcpt, "rfc822;a@b");
+  EXPECT_EQ(parse_dsn_rcpt_param("ORCPT", "rfc822;" + std::string(494, 'a'), rcpt),
+            DsnParamResult::Bad);  // twice, and over 500
+  DsnRecipientRequest other;
+  EXPECT_EQ(parse_dsn_rcpt_param("ORCPT", "rfc822;" + std::string(494, 'a'), other),
+            DsnParamResult::Bad);
+  EXPECT_EQ(parse_dsn_rcpt_param("ORCPT", "rfc822;" + std::string(493, 'a'), other),
+            DsnParamResult::Ok);
+  EXPECT_EQ(dsn_header_block("A: 1\r\nB: 2\r\n\r\nbody\r\n"), "A: 1\r\nB: 2\r\n");
+  EXPECT_EQ(dsn_header_block("A: 1\r\n"), "A: 1\r\n");
+}
+
 }  // namespace
 }  // namespace mailcar
