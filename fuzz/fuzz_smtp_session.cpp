@@ -1,6 +1,6 @@
 // Arbitrary client bytes into an SMTP server session. The first input byte picks the setup
-// (AUTH in clear or not, anonymous role or not, STARTTLS, small limits) and how the rest is
-// split into reads; deliveries complete at once with varying replies.
+// (AUTH in clear or not, anonymous role or not, STARTTLS, small limits, DSN offered) and how
+// the rest is split into reads; deliveries complete at once with varying replies.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -41,6 +41,11 @@ void check_output(const smtp::SessionOutput& out) {
     start = end + 2;
   }
   if ((out.event == smtp::SessionEvent::Deliver) != out.submission.has_value()) __builtin_trap();
+  // DSN requests are parallel to the recipients, or absent.
+  if (out.submission && !out.submission->dsn.recipients.empty() &&
+      out.submission->dsn.recipients.size() != out.submission->recipients.size()) {
+    __builtin_trap();
+  }
 }
 
 }  // namespace
@@ -56,6 +61,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   options.auth_in_clear = setup & 0x02;
   if (setup & 0x04) options.anonymous_role = "anon";
   options.tls_available = setup & 0x08;
+  options.dsn = setup & 0x10;  // also one bit of the read size below
   options.max_data_line = 200;
   options.max_pending_input = 256;
   options.now_ms = [] { return uint64_t{0}; };

@@ -16,7 +16,9 @@ for target in "$BUILD_DIR"/fuzz/fuzz_*; do
   seeds=fuzz/corpus/$name
   [ -d "$seeds" ] && cp -r "$seeds"/. "$work"/ 2>/dev/null || true
   echo "== fuzz_$name for ${seconds}s"
-  if ! "$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
+  dict=()
+  [ -f "fuzz/$name.dict" ] && dict=(-dict="fuzz/$name.dict")
+  if ! "$target" "${dict[@]}" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
        -print_final_stats=1 "$work" >"$work.log" 2>&1; then
     echo "fuzz_$name FAILED:"; tail -50 "$work.log"; status=1
   else

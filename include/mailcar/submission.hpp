@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "mailcar/delivery.hpp"
+#include "mailcar/dsn.hpp"
 #include "mailcar/message.hpp"
 #include "mailcar/policy.hpp"
 #include "mailcar/runtime.hpp"
@@ -28,6 +29,9 @@ struct Submission {
   std::string service;
   std::vector<std::string> header_from;  // addresses of the From header, judged by the policy
   OutboundMessage message;
+  // The SMTP client's DSN parameters (RFC 3461; the SMTP door in spool mode only);
+  // dsn.recipients is empty or parallel to message.envelope_rcpts.
+  DsnRequest dsn;
 };
 
 // The closed set of answers a submission can get.

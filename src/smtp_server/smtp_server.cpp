@@ -107,6 +107,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     options.max_message_bytes = config.limits.max_message_bytes;
     options.tls_available = server->tls != nullptr;
     options.auth_in_clear = server->listener && server->listener->is_loopback();
+    options.dsn = runtime_->spool != nullptr;  // honoured in spool mode only
     options.anonymous_role = config.smtp.anonymous_role;
     options.service = config.smtp.service;
     options.validate_address = [](std::string_view a) { return validate_address(a).ok(); };
@@ -310,6 +311,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     outbound.id = message.message_id;
     outbound.envelope_from = std::move(data.envelope_from);
     outbound.envelope_rcpts = std::move(data.recipients);
+    submission.dsn = std::move(data.dsn);
     outbound.smtputf8 = data.smtputf8;
     outbound.eight_bit = message.eight_bit || data.eight_bit;
     outbound.data = std::move(message.data);

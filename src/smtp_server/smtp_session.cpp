@@ -426,6 +426,7 @@ void SmtpServerSession::cmd_helo(std::string_view arg, bool extended, SessionOut
       "8BITMIME",        "SMTPUTF8",   "ENHANCEDSTATUSCODES"};
   if (auth_offered()) lines.emplace_back("AUTH PLAIN LOGIN");
   if (options_.tls_available && !tls_active_) lines.emplace_back("STARTTLS");
+  if (options_.dsn) lines.emplace_back("DSN");
   for (size_t i = 0; i < lines.size(); ++i) {
     out.reply += i + 1 < lines.size() ? "250-" : "250 ";
     out.reply += lines[i];
@@ -443,6 +444,7 @@ void SmtpServerSession::cmd_mail(std::string_view arg, SessionOutput& out) {
   }
   bool eight_bit = false;
   bool smtputf8 = false;
+  DsnRequest dsn;
   for (std::string_view param : split_params(params)) {
     size_t eq = param.find('=');
     std::string_view key = param.substr(0, eq);
@@ -465,7 +467,12 @@ void SmtpServerSession::cmd_mail(std::string_view arg, SessionOutput& out) {
     } else if (text::iequals_ascii(key, "AUTH") && eq != std::string_view::npos) {
       // RFC 4954 5: the submitter's identity claim; we know who authenticated.
     } else {
-      return error(out, 555, "5.5.4", "Unsupported MAIL parameter");
+      DsnParamResult r =
+          options_.dsn ? parse_dsn_mail_param(key, value, dsn) : DsnParamResult::NotDsn;
+      if (r == DsnParamResult::Bad) return error(out, 501, "5.5.4", "Bad DSN parameter");
+      if (r == DsnParamResult::NotDsn) {
+        return error(out, 555, "5.5.4", "Unsupported MAIL parameter");
+      }
     }
   }
   if (!address.empty()) {
@@ -489,6 +496,7 @@ void SmtpServerSession::cmd_mail(std::string_view arg, SessionOutput& out) {
   message_.envelope_from = std::move(from);
   message_.eight_bit = eight_bit;
   message_.smtputf8 = !text::is_ascii(address);
+  message_.dsn = std::move(dsn);
   reply(out, 250, "2.1.0", "Ok");
 }
 
@@ -498,7 +506,16 @@ void SmtpServerSession::cmd_rcpt(std::string_view arg, SessionOutput& out) {
   if (!text::istarts_with_ascii(arg, "TO:") || !parse_path(arg.substr(3), address, params)) {
     return error(out, 501, "5.5.4", "Syntax: RCPT TO:<address>");
   }
-  if (!params.empty()) return error(out, 555, "5.5.4", "Unsupported RCPT parameter");
+  DsnRecipientRequest dsn;
+  for (std::string_view param : split_params(params)) {
+    size_t eq = param.find('=');
+    std::string_view value =
+        eq == std::string_view::npos ? std::string_view() : param.substr(eq + 1);
+    DsnParamResult r = options_.dsn ? parse_dsn_rcpt_param(param.substr(0, eq), value, dsn)
+                                    : DsnParamResult::NotDsn;
+    if (r == DsnParamResult::Bad) return error(out, 501, "5.5.4", "Bad DSN parameter");
+    if (r == DsnParamResult::NotDsn) return error(out, 555, "5.5.4", "Unsupported RCPT parameter");
+  }
   if (address.empty() || !address_ok(address)) {
     return error(out, 501, "5.1.3", "Bad recipient address syntax");
   }
@@ -519,6 +536,7 @@ void SmtpServerSession::cmd_rcpt(std::string_view arg, SessionOutput& out) {
     }
   }
   message_.recipients.emplace_back(address);
+  if (options_.dsn) message_.dsn.recipients.push_back(std::move(dsn));
   if (!text::is_ascii(address)) message_.smtputf8 = true;
   reply(out, 250, "2.1.5", "Ok");
 }

@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "mailcar/dsn.hpp"
 #include "mailcar/policy.hpp"
 
 namespace mailcar::smtp {
@@ -28,6 +29,9 @@ struct SessionOptions {
   uint64_t max_message_bytes = 26'214'400;
   bool tls_available = false;  // STARTTLS configured
   bool auth_in_clear = false;  // AUTH may be offered without TLS (loopback listener)
+  // Offer the DSN extension (RFC 3461: RET, ENVID, NOTIFY, ORCPT): only in spool mode, where
+  // the parameters are honoured. Without it they get 555 like any unknown parameter.
+  bool dsn = false;
   std::optional<std::string> anonymous_role;
   std::string service;            // the service SMTP mail is relayed through (for policy checks)
   size_t max_recipients = 1000;   // hard cap, whatever the role says
@@ -70,6 +74,9 @@ struct Submission {
   std::string data;
   bool smtputf8 = false;   // an envelope address is non-ASCII
   bool eight_bit = false;  // BODY=8BITMIME or 8-bit bytes in the data
+  // RET, ENVID and per recipient NOTIFY, ORCPT; dsn.recipients is parallel to `recipients`
+  // (always filled, defaults where nothing was given). Empty unless options.dsn.
+  DsnRequest dsn;
 };
 
 // A policy refusal at MAIL FROM (the whole message) or RCPT TO (one recipient), for the

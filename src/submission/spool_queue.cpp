@@ -80,7 +80,12 @@ SpoolRecord record_of(const Submission& s, std::string id, uint64_t now) {
   r.ingress = s.submitter.ingress;
   r.remote = s.submitter.remote;
   r.envelope_from = s.message.envelope_from;
-  for (const std::string& rcpt : s.message.envelope_rcpts) r.recipients.push_back({rcpt, 0, {}});
+  for (size_t i = 0; i < s.message.envelope_rcpts.size(); ++i) {
+    DsnRecipientRequest asked = s.dsn.recipient(i);
+    r.recipients.push_back({s.message.envelope_rcpts[i], asked.notify, std::move(asked.orcpt)});
+  }
+  r.ret = s.dsn.ret;
+  r.envid = s.dsn.envid;
   r.smtputf8 = s.message.smtputf8;
   r.eight_bit = s.message.eight_bit;
   r.queued_at_ms = now;

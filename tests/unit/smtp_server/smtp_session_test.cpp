@@ -653,5 +653,128 @@ TEST_F(SessionTest, LargeMessageInChunks) {
   EXPECT_EQ(last.submission->data, expected);
 }
 
+// ---- DSN (RFC 3461): offered and honoured in spool mode only ----
+
+TEST_F(SessionTest, DsnOfferedOnlyWhenEnabled) {
+  open();
+  EXPECT_EQ(say("EHLO c\r\n").find("DSN"), std::string::npos);
+  options.dsn = true;
+  open();
+  EXPECT_EQ(say("EHLO c\r\n"),
+            "250-mx.test\r\n" + kCapsTail + "250-ENHANCEDSTATUSCODES\r\n250 DSN\r\n");
+  // HELO gets no extensions.
+  EXPECT_EQ(say("HELO c\r\n"), "250 mx.test\r\n");
+}
+
+TEST_F(SessionTest, DsnParametersWithoutDsnGet555) {
+  open();
+  say("EHLO c\r\n");
+  EXPECT_EQ(say("MAIL FROM:<a@example.com> RET=HDRS\r\n"),
+            "555 5.5.4 Unsupported MAIL parameter\r\n");
+  EXPECT_EQ(say("MAIL FROM:<a@example.com> ENVID=abc\r\n"),
+            "555 5.5.4 Unsupported MAIL parameter\r\n");
+  EXPECT_EQ(say("MAIL FROM:<a@example.com>\r\n"), "250 2.1.0 Ok\r\n");
+  EXPECT_EQ(say("RCPT TO:<b@example.org> NOTIFY=FAILURE\r\n"),
+            "555 5.5.4 Unsupported RCPT parameter\r\n");
+  EXPECT_EQ(say("RCPT TO:<b@example.org> ORCPT=rfc822;b@example.org\r\n"),
+            "555 5.5.4 Unsupported RCPT parameter\r\n");
+  EXPECT_EQ(say("RCPT TO:<b@example.org>\r\nDATA\r\n.\r\n"),
+            "250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n");
+  ASSERT_EQ(last.event, SessionEvent::Deliver);
+  EXPECT_TRUE(last.submission->dsn.recipients.empty());
+}
+
+// The whole dialogue fed in two pieces cut at every byte, and byte by byte.
+TEST_F(SessionTest, DsnParametersCarriedIntoTheSubmissionSplitAtEveryByte) {
+  options.dsn = true;
+  const std::string dialogue =
+      "EHLO c\r\n"
+      "MAIL FROM:<a@example.com> ret=full ENVID=QQ+2Bid+3D1 SIZE=10\r\n"
+      "RCPT TO:<b@example.org> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;B+2Bx@example.org\r\n"
+      "RCPT TO:<c@example.org>\r\n"
+      "RCPT TO:<d@example.org> notify=never\r\n"
+      "RCPT TO:<b@EXAMPLE.org> NOTIFY=DELAY\r\n"  // a duplicate keeps its first parameters
+      "DATA\r\nSubject: x\r\n\r\nbody\r\n.\r\n";
+  auto check = [&](size_t cut) {
+    ASSERT_EQ(last.event, SessionEvent::Deliver) << cut;
+    const Submission& got = *last.submission;
+    EXPECT_EQ(got.dsn.ret, DsnRet::Full) << cut;
+    EXPECT_EQ(got.dsn.envid, "QQ+id=1") << cut;
+    ASSERT_EQ(got.recipients.size(), 3u) << cut;
+    ASSERT_EQ(got.dsn.recipients.size(), 3u) << cut;
+    EXPECT_EQ(got.dsn.recipients[0].notify, dsn_notify::kSuccess | dsn_notify::kFailure) << cut;
+    EXPECT_EQ(got.dsn.recipients[0].orcpt, "rfc822;B+x@example.org") << cut;
+    EXPECT_EQ(got.dsn.recipients[1], DsnRecipientRequest{}) << cut;
+    EXPECT_EQ(got.dsn.recipients[2].notify, dsn_notify::kNever) << cut;
+    EXPECT_EQ(got.dsn.recipients[2].orcpt, "") << cut;
+  };
+  for (size_t cut = 0; cut <= dialogue.size(); ++cut) {
+    open();
+    std::string replies = say(dialogue.substr(0, cut));
+    if (cut < dialogue.size()) replies += say(dialogue.substr(cut));
+    EXPECT_EQ(replies.find(" 5."), std::string::npos) << cut << ": " << replies;
+    check(cut);
+  }
+  open();
+  for (size_t i = 0; i < dialogue.size(); ++i) say(dialogue.substr(i, 1));
+  check(dialogue.size());
+}
+
+TEST_F(SessionTest, DsnParameterSyntaxErrorsGet501) {
+  options.dsn = true;
+  options.max_errors = 100;  // every refusal below counts as an error
+  open();
+  say("EHLO c\r\n");
+  const char* bad_mail[] = {"RET=BOTH",  "RET=",           "RET",        "RET=FULL RET=HDRS",
+                            "ENVID=",    "ENVID=a+2",      "ENVID=a+2g", "ENVID=a+0D+0Ab",
+                            "ENVID=a=b", "ENVID=x ENVID=y"};
+  for (const char* p : bad_mail) {
+    EXPECT_EQ(say(std::string("MAIL FROM:<a@example.com> ") + p + "\r\n"),
+              "501 5.5.4 Bad DSN parameter\r\n")
+        << p;
+  }
+  EXPECT_EQ(say("MAIL FROM:<a@example.com> ENVID=" + std::string(101, 'x') + "\r\n"),
+            "501 5.5.4 Bad DSN parameter\r\n");
+  EXPECT_EQ(say("MAIL FROM:<a@example.com> ENVID=" + std::string(100, 'x') + "\r\n"),
+            "250 2.1.0 Ok\r\n");
+  const char* bad_rcpt[] = {"NOTIFY=",
+                            "NOTIFY=NEVER,FAILURE",
+                            "NOTIFY=FAILURE,",
+                            "NOTIFY=SOMETIMES",
+                            "NOTIFY=FAILURE NOTIFY=DELAY",
+                            "ORCPT=b@example.org",
+                            "ORCPT=;b@example.org",
+                            "ORCPT=rfc822;",
+                            "ORCPT=rfc 822;b@example.org",
+                            "ORCPT=rfc822;b+40example.org+",
+                            "ORCPT=rfc822;a@b ORCPT=rfc822;c@d"};
+  for (const char* p : bad_rcpt) {
+    EXPECT_EQ(say(std::string("RCPT TO:<b@example.org> ") + p + "\r\n"),
+              "501 5.5.4 Bad DSN parameter\r\n")
+        << p;
+  }
+  // Unknown parameters stay 555 with DSN offered.
+  EXPECT_EQ(say("RCPT TO:<b@example.org> FOO=BAR\r\n"), "555 5.5.4 Unsupported RCPT parameter\r\n");
+  EXPECT_EQ(say("RCPT TO:<b@example.org> NOTIFY=FAILURE,DELAY ORCPT=RFC822;b+40example.org\r\n"),
+            "250 2.1.5 Ok\r\n");
+  say("DATA\r\n.\r\n");
+  ASSERT_EQ(last.event, SessionEvent::Deliver);
+  ASSERT_EQ(last.submission->dsn.recipients.size(), 1u);
+  EXPECT_EQ(last.submission->dsn.recipients[0].orcpt, "RFC822;b@example.org");
+  EXPECT_EQ(last.submission->dsn.envid, std::string(100, 'x'));
+}
+
+TEST_F(SessionTest, DsnParametersForgottenAfterRset) {
+  options.dsn = true;
+  open();
+  say("EHLO c\r\nMAIL FROM:<a@example.com> RET=HDRS ENVID=one\r\nRSET\r\n");
+  say("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n.\r\n");
+  ASSERT_EQ(last.event, SessionEvent::Deliver);
+  EXPECT_EQ(last.submission->dsn.ret, DsnRet::Unspecified);
+  EXPECT_EQ(last.submission->dsn.envid, "");
+  ASSERT_EQ(last.submission->dsn.recipients.size(), 1u);
+  EXPECT_EQ(last.submission->dsn.recipients[0], DsnRecipientRequest{});
+}
+
 }  // namespace
 }  // namespace mailcar::smtp
