@@ -1,5 +1,9 @@
 #include "mailcar/submission.hpp"
 
+#include <algorithm>
+#include <chrono>
+#include <memory>
+#include <optional>
 #include <utility>
 
 #include "mailcar/log.hpp"
@@ -102,6 +106,113 @@ void count_delivery(const Delivered& s, const SubmissionResult& result) {
   }
 }
 
+// ---- Direct mode DSN ------------------------------------------------------------------------
+// After a 250 at end of DATA mailcar owns the message (RFC 5321 §6.1): recipients the upstream
+// refused are reported to the sender with a DSN, sent once through the same transport.
+
+constexpr std::string_view kDirectNoRetryNote =
+    "mailcar relays in direct mode and does not retry temporary failures (4xx); spool mode "
+    "would retry them.";
+
+// What a direct-mode DSN needs once the message itself has gone to the transport.
+struct DirectDsn {
+  std::string envelope_from;
+  std::vector<std::string> rcpts;
+  DsnRequest request;
+  std::string original;  // the header block; the whole message for RET=FULL
+  uint64_t arrival_ms = 0;
+};
+
+// Only for the SMTP door (the HTTP door lists refused recipients in its answer), a sender to
+// report to, and at least one recipient that did not opt out with NOTIFY.
+std::unique_ptr<DirectDsn> direct_dsn_context(const Submission& s, uint64_t now_ms) {
+  if (s.submitter.ingress != Ingress::Smtp || s.message.envelope_from.empty()) return nullptr;
+  bool wanted = false;
+  for (size_t i = 0; i < s.message.envelope_rcpts.size() && !wanted; ++i) {
+    wanted = dsn_wanted_for_failure(s.message.envelope_from, s.dsn.recipient(i).notify);
+  }
+  if (!wanted) return nullptr;
+  auto ctx = std::make_unique<DirectDsn>();
+  ctx->envelope_from = s.message.envelope_from;
+  ctx->rcpts = s.message.envelope_rcpts;
+  ctx->request = s.dsn;
+  ctx->original =
+      s.dsn.ret == DsnRet::Full ? s.message.data : std::string(dsn_header_block(s.message.data));
+  ctx->arrival_ms = now_ms;
+  return ctx;
+}
+
+uint64_t wall_ms() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count());
+}
+
+// The report for the refused recipients that want one; nullopt when none does.
+std::optional<DsnInput> direct_dsn_input(const Runtime& rt, const DirectDsn& ctx,
+                                         const std::vector<RecipientOutcome>& refused,
+                                         uint64_t now_ms) {
+  DsnInput in;
+  in.reporting_mta = rt.hostname.empty() ? std::string("localhost") : rt.hostname;
+  in.from = Mailbox{"MAILER-DAEMON@" + in.reporting_mta, "Mail Delivery System"};
+  in.to = ctx.envelope_from;
+  in.envid = ctx.request.envid;
+  in.arrival_unix = static_cast<int64_t>(ctx.arrival_ms / 1000);
+  in.now_unix = static_cast<int64_t>(now_ms / 1000);
+  in.ret = ctx.request.ret;
+  in.original = ctx.original;
+  bool temporary = false;
+  for (const RecipientOutcome& r : refused) {
+    auto it = std::find(ctx.rcpts.begin(), ctx.rcpts.end(), r.address);
+    size_t index = static_cast<size_t>(it - ctx.rcpts.begin());
+    DsnRecipientRequest asked = ctx.request.recipient(index);
+    if (!dsn_wanted_for_failure(ctx.envelope_from, asked.notify)) continue;
+    temporary = temporary || r.smtp_code / 100 == 4;
+    in.recipients.push_back({r.address, asked.orcpt, r.smtp_code, r.smtp_reply, {}, {}});
+  }
+  if (in.recipients.empty()) return std::nullopt;
+  if (temporary) in.note = std::string(kDirectNoRetryNote);
+  return in;
+}
+
+// Builds and sends the DSN, once: logged as dsn_sent or dsn_failed, never retried. It counts
+// against the service quota (the provider counts it), not against a role's limits.
+void send_direct_dsn(std::shared_ptr<Runtime> runtime, const std::string& service,
+                     const std::string& original_id, const DirectDsn& ctx,
+                     const std::vector<RecipientOutcome>& refused) {
+  uint64_t now = wall_ms();
+  std::optional<DsnInput> in = direct_dsn_input(*runtime, ctx, refused, now);
+  if (!in) return;
+  auto fail = [&](std::string_view why) {
+    log::error("dsn_failed", {{"original", original_id}, {"service", service}, {"error", why}});
+  };
+  Result<OutboundMessage> dsn = build_dsn(*in);
+  if (!dsn.ok()) return fail(dsn.error().message);
+  Transport* transport = runtime->transport(service);
+  if (transport == nullptr) return fail("no transport for the service");
+  if (runtime->policy && !runtime->policy->take_quota(service, 1, now).allowed) {
+    return fail("service quota exhausted");
+  }
+  std::string id = dsn.value().id;
+  transport->deliver(std::move(dsn.value()), [runtime, service, original_id, id](DeliveryResult r) {
+    bool ok = r.status == DeliveryStatus::Sent && !r.accepted.empty();
+    std::string reply = r.smtp_reply.empty() ? r.message : r.smtp_reply;
+    if (!ok && !r.rejected.empty()) reply = r.rejected.front().smtp_reply;
+    log::Field code("upstream_code", r.smtp_code ? std::to_string(*r.smtp_code) : "null");
+    code.quoted = false;
+    if (ok) {
+      log::info("dsn_sent", {{"id", id}, {"original", original_id}, {"service", service}, code});
+    } else {
+      log::error("dsn_failed", {{"id", id},
+                                {"original", original_id},
+                                {"service", service},
+                                code,
+                                {"upstream_reply", reply},
+                                {"error", delivery_status_name(r.status)}});
+    }
+  });
+}
+
 SubmissionResult unavailable(std::string id, std::string why) {
   SubmissionResult r;
   r.status = SubmissionStatus::Unavailable;
@@ -112,21 +223,27 @@ SubmissionResult unavailable(std::string id, std::string why) {
 
 // The delivery mode: today the service's transport (SMTP relay or file driver).
 void deliver_direct(Transport& transport, std::shared_ptr<Runtime> runtime, Submission submission,
-                    SubmissionDone done) {
+                    uint64_t now_ms, SubmissionDone done) {
+  std::shared_ptr<const DirectDsn> dsn = direct_dsn_context(submission, now_ms);
   Delivered context{std::move(submission.submitter), std::move(submission.service),
                     submission.message.envelope_rcpts.size(), submission.message.data.size()};
   std::string id = submission.message.id;
-  transport.deliver(std::move(submission.message),
-                    [runtime = std::move(runtime), context = std::move(context), id = std::move(id),
-                     done = std::move(done)](DeliveryResult delivery) {
-                      SubmissionResult result;
-                      result.id = id;
-                      result.delivery = std::move(delivery);
-                      result.status = classify(result.delivery);
-                      count_delivery(context, result);
-                      log_delivery(context, result);
-                      done(std::move(result));
-                    });
+  transport.deliver(
+      std::move(submission.message),
+      [runtime = std::move(runtime), context = std::move(context), id = std::move(id),
+       dsn = std::move(dsn), done = std::move(done)](DeliveryResult delivery) {
+        SubmissionResult result;
+        result.id = id;
+        result.delivery = std::move(delivery);
+        result.status = classify(result.delivery);
+        count_delivery(context, result);
+        log_delivery(context, result);
+        // The client is told 250 (Sent): the refused recipients are reported to the sender.
+        if (dsn && result.status == SubmissionStatus::Sent && !result.delivery.rejected.empty()) {
+          send_direct_dsn(runtime, context.service, id, *dsn, result.delivery.rejected);
+        }
+        done(std::move(result));
+      });
 }
 
 // Spool mode: acknowledged once on stable storage; delivery and its log lines come later.
@@ -234,7 +351,7 @@ void submit(std::shared_ptr<Runtime> runtime, Submission submission, uint64_t no
                            submission.service, "failed");
     return done(unavailable(std::move(id), "Service " + submission.service + " not available"));
   }
-  deliver_direct(*transport, std::move(runtime), std::move(submission), std::move(done));
+  deliver_direct(*transport, std::move(runtime), std::move(submission), now_ms, std::move(done));
 }
 
 }  // namespace mailcar

@@ -84,7 +84,9 @@ bool has_line(const std::string& text, const std::string& line) {
 
 TEST(Submission, SentCountsAcceptedAndRejectedRecipients) {
   Fixture f;
-  auto r = f.run(f.submission(), sent({"a@example.com"}, {{"b@example.com", 550, "no"}}));
+  Submission s = f.submission();
+  s.submitter.ingress = Ingress::Http;  // no DSN follows (see the direct mode DSN tests)
+  auto r = f.run(std::move(s), sent({"a@example.com"}, {{"b@example.com", 550, "no"}}));
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, SubmissionStatus::Sent);
   EXPECT_EQ(r->id, "id1@test");
@@ -189,6 +191,102 @@ TEST(Submission, NoTransportOrPolicyIsUnavailable) {
   r = f.run(f.submission(), std::nullopt);
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, SubmissionStatus::Unavailable);
+}
+
+// ---- Direct mode DSN: recipients refused after the client was told 250 ----
+
+// The first delivery answered; returns the message the transport got next (the DSN), if any.
+std::optional<OutboundMessage> dsn_after(Fixture& f, Submission s, DeliveryResult answer) {
+  f.runtime->hostname = "mailcar.test";
+  auto r = f.run(std::move(s), std::move(answer));
+  EXPECT_TRUE(r && r->status == SubmissionStatus::Sent);
+  if (!f.transport->pending) return std::nullopt;
+  std::optional<OutboundMessage> dsn = std::move(f.transport->delivered);
+  f.transport->answer(sent({"app@example.com"}));  // fire and forget: nobody waits for it
+  return dsn;
+}
+
+TEST(Submission, DirectPartialRejectionOverSmtpSendsADsnToTheSender) {
+  Fixture f;
+  Submission s = f.submission();
+  s.message.data = "Subject: x\r\n\r\nthe body\r\n";
+  s.dsn.envid = "env-1";
+  s.dsn.recipients = {{}, {dsn_notify::kFailure, "rfc822;orig-b@example.com"}};
+  auto dsn = dsn_after(f, std::move(s),
+                       sent({"a@example.com"}, {{"b@example.com", 550, "5.1.1 no such user"}}));
+  ASSERT_TRUE(dsn);
+  EXPECT_EQ(dsn->envelope_from, "");
+  EXPECT_EQ(dsn->envelope_rcpts, std::vector<std::string>{"app@example.com"});
+  const std::string& d = dsn->data;
+  EXPECT_TRUE(has_line(d, "From: Mail Delivery System <MAILER-DAEMON@mailcar.test>")) << d;
+  EXPECT_TRUE(has_line(d, "report-type=delivery-status")) << d;
+  EXPECT_TRUE(has_line(d, "Original-Envelope-Id: env-1\r\n")) << d;
+  EXPECT_TRUE(has_line(d, "Original-Recipient: rfc822;orig-b@example.com\r\n")) << d;
+  EXPECT_TRUE(has_line(d, "Final-Recipient: rfc822; b@example.com\r\n")) << d;
+  EXPECT_FALSE(has_line(d, "Final-Recipient: rfc822; a@example.com")) << d;
+  EXPECT_TRUE(has_line(d, "Status: 5.1.1\r\n")) << d;
+  EXPECT_TRUE(has_line(d, "Content-Type: text/rfc822-headers\r\n\r\nSubject: x\r\n")) << d;
+  EXPECT_FALSE(has_line(d, "the body")) << d;  // headers only without RET=FULL
+  EXPECT_FALSE(has_line(d, "does not retry")) << d;
+  EXPECT_FALSE(f.transport->pending);  // sent once
+}
+
+TEST(Submission, DirectDsnForATemporaryRefusalSaysDirectModeDoesNotRetry) {
+  Fixture f;
+  Submission s = f.submission();
+  s.message.data = "Subject: x\r\n\r\nthe body\r\n";
+  s.dsn.ret = DsnRet::Full;
+  auto dsn =
+      dsn_after(f, std::move(s), sent({"a@example.com"}, {{"b@example.com", 451, "4.2.0 busy"}}));
+  ASSERT_TRUE(dsn);
+  EXPECT_TRUE(has_line(dsn->data, "Status: 4.2.0\r\n")) << dsn->data;
+  EXPECT_TRUE(has_line(dsn->data, "does not retry")) << dsn->data;
+  EXPECT_TRUE(has_line(dsn->data, "spool mode would retry")) << dsn->data;
+  EXPECT_TRUE(has_line(dsn->data, "message/rfc822\r\n\r\nSubject: x\r\n\r\nthe body\r\n"))
+      << dsn->data;
+}
+
+TEST(Submission, NoDirectDsnForHttpNotifyNeverOrAWholeFailure) {
+  {
+    Fixture f;  // the HTTP door lists the refused recipients in its answer
+    Submission s = f.submission();
+    s.submitter.ingress = Ingress::Http;
+    EXPECT_FALSE(
+        dsn_after(f, std::move(s), sent({"a@example.com"}, {{"b@example.com", 550, "no"}})));
+  }
+  {
+    Fixture f;  // the refused recipient opted out; the other one was delivered
+    Submission s = f.submission();
+    s.dsn.recipients = {{dsn_notify::kFailure, ""}, {dsn_notify::kNever, ""}};
+    EXPECT_FALSE(
+        dsn_after(f, std::move(s), sent({"a@example.com"}, {{"b@example.com", 550, "no"}})));
+  }
+  {
+    Fixture f;  // NOTIFY without FAILURE
+    Submission s = f.submission();
+    s.dsn.recipients = {{}, {dsn_notify::kSuccess | dsn_notify::kDelay, ""}};
+    EXPECT_FALSE(
+        dsn_after(f, std::move(s), sent({"a@example.com"}, {{"b@example.com", 550, "no"}})));
+  }
+  {
+    Fixture f;  // nobody took it: the client gets the refusal itself, not a 250
+    auto r = f.run(f.submission(),
+                   sent({}, {{"a@example.com", 550, "no"}, {"b@example.com", 550, "no"}}));
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, SubmissionStatus::Rejected);
+    EXPECT_FALSE(f.transport->pending);
+  }
+}
+
+TEST(Submission, NoDirectDsnForTheNullSender) {
+  Fixture f;
+  auto config = std::make_shared<Config>(*f.runtime->config);
+  config->roles[0].senders = std::vector<std::string>{"*"};  // may use <>
+  f.runtime->config = config;
+  f.runtime->policy = make_policy(*config);
+  Submission s = f.submission("");
+  s.header_from = {"app@example.com"};
+  EXPECT_FALSE(dsn_after(f, std::move(s), sent({"a@example.com"}, {{"b@example.com", 550, "no"}})));
 }
 
 }  // namespace
