@@ -195,20 +195,18 @@ void send_direct_dsn(std::shared_ptr<Runtime> runtime, const std::string& servic
   }
   std::string id = dsn.value().id;
   transport->deliver(std::move(dsn.value()), [runtime, service, original_id, id](DeliveryResult r) {
-    bool ok = r.status == DeliveryStatus::Sent && !r.accepted.empty();
-    std::string reply = r.smtp_reply.empty() ? r.message : r.smtp_reply;
-    if (!ok && !r.rejected.empty()) reply = r.rejected.front().smtp_reply;
+    SubmissionStatus status = classify(r);  // the same reading as for any message
     log::Field code("upstream_code", r.smtp_code ? std::to_string(*r.smtp_code) : "null");
     code.quoted = false;
-    if (ok) {
+    if (status == SubmissionStatus::Sent) {
       log::info("dsn_sent", {{"id", id}, {"original", original_id}, {"service", service}, code});
     } else {
       log::error("dsn_failed", {{"id", id},
                                 {"original", original_id},
                                 {"service", service},
                                 code,
-                                {"upstream_reply", reply},
-                                {"error", delivery_status_name(r.status)}});
+                                {"upstream_reply", r.smtp_code ? r.smtp_reply : r.message},
+                                {"outcome", outcome_label(status)}});
     }
   });
 }

@@ -246,6 +246,22 @@ TEST(Submission, DirectDsnForATemporaryRefusalSaysDirectModeDoesNotRetry) {
       << dsn->data;
 }
 
+TEST(Submission, ARefusedDirectDsnIsLoggedOnceAndNeverRetried) {
+  Fixture f;
+  f.runtime->hostname = "mailcar.test";
+  testing::internal::CaptureStdout();
+  f.run(f.submission(), sent({"a@example.com"}, {{"b@example.com", 550, "5.1.1 no"}}));
+  ASSERT_TRUE(f.transport->pending);  // the DSN
+  f.transport->answer(sent({}, {{"app@example.com", 550, "5.7.1 no bounces here"}}));
+  std::string log = testing::internal::GetCapturedStdout();
+  EXPECT_TRUE(has_line(log, R"("event":"dsn_failed")")) << log;
+  EXPECT_TRUE(has_line(log, R"("upstream_code":550,"upstream_reply":"5.7.1 no bounces here")"))
+      << log;
+  EXPECT_TRUE(has_line(log, R"("outcome":"rejected")")) << log;
+  EXPECT_FALSE(has_line(log, R"("event":"dsn_sent")")) << log;
+  EXPECT_FALSE(f.transport->pending);  // not tried again
+}
+
 TEST(Submission, NoDirectDsnForHttpNotifyNeverOrAWholeFailure) {
   {
     Fixture f;  // the HTTP door lists the refused recipients in its answer
