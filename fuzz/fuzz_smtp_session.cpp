@@ -30,6 +30,7 @@ class AllowPolicy : public Policy {
     if (r.envelope_from == "deny@x.y") d.verdict = Verdict::SenderNotAllowed;
     return d;
   }
+  QuotaVerdict take_quota(std::string_view, uint64_t, uint64_t) override { return {}; }
 };
 
 void check_output(const smtp::SessionOutput& out) {
