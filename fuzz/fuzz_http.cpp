@@ -21,6 +21,7 @@ class FuzzPolicy : public Policy {
  public:
   PolicyDecision admit(const PolicyRequest&, uint64_t) override { return next; }
   PolicyDecision check(const PolicyRequest&, uint64_t) const override { return next; }
+  QuotaVerdict take_quota(std::string_view, uint64_t, uint64_t) override { return {}; }
   PolicyDecision next;
 };
 
