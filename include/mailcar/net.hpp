@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 
 #include <uv.h>
 
@@ -158,6 +159,48 @@ class Timer {
  private:
   struct Handle;
   Handle* handle_;
+};
+
+// A deadline on the loop's clock (uv_now), checked when its timer fires. Moving it later costs
+// no timer restart (a timer that fires early sleeps again for the rest), so a connection may
+// move it on every read; moving it earlier re-arms the timer. `on_expired` runs once per
+// expiry, from the loop; it may set, clear or destroy the Deadline.
+class Deadline {
+ public:
+  Deadline(uv_loop_t* loop, std::function<void()> on_expired);
+  Deadline(const Deadline&) = delete;
+  Deadline& operator=(const Deadline&) = delete;
+  void set(uint64_t at_ms);  // absolute, on now()'s clock
+  void clear();
+  bool armed() const { return armed_; }
+  uint64_t at() const { return at_; }
+  uint64_t now() const;
+
+ private:
+  void arm(uint64_t at_ms);
+  void fired();
+
+  uv_loop_t* loop_;
+  std::function<void()> on_expired_;
+  Timer timer_;
+  uint64_t at_ = 0;
+  uint64_t timer_at_ = 0;  // when the uv timer fires, if it runs
+  bool armed_ = false;
+};
+
+// "1.2.3.4:25" -> "1.2.3.4", "[::1]:25" -> "::1" (Stream::peer_address() without the port).
+std::string host_of(std::string_view peer_address);
+
+// Open connections per client address, for a listener's limits.max_connections_per_client.
+class ConnectionsPerClient {
+ public:
+  unsigned count(const std::string& host) const;  // open now
+  void add(const void* connection, const std::string& host);
+  void remove(const void* connection);  // unknown connections are ignored
+
+ private:
+  std::unordered_map<const void*, std::string> host_of_;
+  std::unordered_map<std::string, unsigned> open_;
 };
 
 }  // namespace mailcar::net

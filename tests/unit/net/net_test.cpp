@@ -451,6 +451,93 @@ TEST_F(NetTest, TimerCanRestartOrDestroyItselfFromItsCallback) {
   EXPECT_EQ(fired, 3);
 }
 
+// ---------------------------------------------------------------- deadlines
+
+TEST_F(NetTest, DeadlineFiresAtTheLatestTimeItWasMovedTo) {
+  uint64_t fired_at = 0;
+  int fired = 0;
+  Deadline deadline(&loop_, [&] {
+    ++fired;
+    fired_at = uv_now(&loop_);
+  });
+  uint64_t start = deadline.now();
+  deadline.set(start + 30);
+  // Moved later many times (as every read of a trickling client would): no restart needed,
+  // and the expiry follows the last move, not the first.
+  for (int i = 1; i <= 100; ++i) deadline.set(start + 30 + static_cast<uint64_t>(i));
+  EXPECT_TRUE(deadline.armed());
+  EXPECT_TRUE(run_until([&] { return fired == 1; }));
+  EXPECT_GE(fired_at, start + 130);
+  EXPECT_FALSE(deadline.armed());
+  run_until([] { return false; }, 20);
+  EXPECT_EQ(fired, 1);
+}
+
+TEST_F(NetTest, DeadlineMovedEarlierFiresEarlier) {
+  bool fired = false;
+  Deadline deadline(&loop_, [&] { fired = true; });
+  uint64_t start = deadline.now();
+  deadline.set(start + 60'000);
+  deadline.set(start + 5);
+  EXPECT_TRUE(run_until([&] { return fired; }, 2000));
+}
+
+TEST_F(NetTest, ClearedOrDestroyedDeadlineNeverCallsBack) {
+  bool cleared_fired = false;
+  Deadline cleared(&loop_, [&] { cleared_fired = true; });
+  cleared.set(cleared.now() + 1);
+  cleared.clear();
+  EXPECT_FALSE(cleared.armed());
+
+  bool destroyed_fired = false;
+  auto destroyed = std::make_unique<Deadline>(&loop_, [&] { destroyed_fired = true; });
+  destroyed->set(destroyed->now() + 1);
+  destroyed.reset();
+
+  run_until([] { return false; }, 30);
+  EXPECT_FALSE(cleared_fired);
+  EXPECT_FALSE(destroyed_fired);
+}
+
+TEST_F(NetTest, DeadlineCanBeSetAgainFromItsCallback) {
+  int fired = 0;
+  std::unique_ptr<Deadline> deadline;
+  deadline = std::make_unique<Deadline>(&loop_, [&] {
+    if (++fired < 3) deadline->set(deadline->now() + 1);
+  });
+  deadline->set(deadline->now() + 1);
+  EXPECT_TRUE(run_until([&] { return fired == 3; }));
+  EXPECT_FALSE(deadline->armed());
+}
+
+// ---------------------------------------------------------------- connections per client
+
+TEST(HostOf, DropsThePort) {
+  EXPECT_EQ(host_of("127.0.0.1:2525"), "127.0.0.1");
+  EXPECT_EQ(host_of("[::1]:2525"), "::1");
+  EXPECT_EQ(host_of("[::ffff:10.0.0.1]:80"), "::ffff:10.0.0.1");
+  EXPECT_EQ(host_of("unknown"), "unknown");
+}
+
+TEST(ConnectionsPerClient, CountsOpenConnectionsPerHost) {
+  ConnectionsPerClient per_client;
+  int a = 0, b = 0, c = 0;
+  per_client.add(&a, "127.0.0.1");
+  per_client.add(&b, "127.0.0.1");
+  per_client.add(&b, "127.0.0.1");  // the same connection twice counts once
+  per_client.add(&c, "10.0.0.2");
+  EXPECT_EQ(per_client.count("127.0.0.1"), 2u);
+  EXPECT_EQ(per_client.count("10.0.0.2"), 1u);
+  EXPECT_EQ(per_client.count("10.0.0.3"), 0u);
+  per_client.remove(&a);
+  per_client.remove(&a);  // already gone: ignored
+  EXPECT_EQ(per_client.count("127.0.0.1"), 1u);
+  per_client.remove(&b);
+  per_client.remove(&c);
+  EXPECT_EQ(per_client.count("127.0.0.1"), 0u);
+  EXPECT_EQ(per_client.count("10.0.0.2"), 0u);
+}
+
 // ---------------------------------------------------------------- TLS
 
 class TlsTest : public NetTest {
