@@ -98,6 +98,12 @@ struct LimitsConfig {
   // (including the wait for a free connection) to the upstream's final reply. At least every
   // service's connect_timeout and command_timeout.
   uint64_t delivery_timeout_ms = 120'000;
+  // Slow SMTP clients and per-client connections (issue 7): deadlines, not idle timers.
+  uint64_t smtp_idle_timeout_ms = 300'000;    // from a reply to the next command's line end
+  uint64_t smtp_command_timeout_ms = 60'000;  // a command line from its first byte; DATA stall
+  uint64_t smtp_min_data_rate = 1024;         // bytes/s that DATA must average (past the stall)
+  unsigned smtp_junk_command_limit = 100;     // commands without a message accepted, then 421
+  unsigned max_connections_per_client = 100;  // per listener and peer IP address
 };
 
 enum class LogFormat { Json, Text };

@@ -916,7 +916,10 @@ class Loader {
     auto s = section(entry);
     if (!s) return;
     allow_only(*s, {"max_message_bytes", "max_connections", "idle_timeout", "shutdown_grace",
-                    "delivery_timeout"});
+                    "delivery_timeout",
+                    // slow SMTP clients and per-client connections
+                    "smtp_idle_timeout", "smtp_command_timeout", "smtp_min_data_rate",
+                    "smtp_junk_command_limit", "max_connections_per_client"});
     LimitsConfig& limits = config_.limits;
     if (const Entry* e = s->get("max_message_bytes")) {
       limits.max_message_bytes = size(*e).value_or(limits.max_message_bytes);
@@ -938,6 +941,7 @@ class Loader {
         delivery_timeout_entry_ = *e;
       }
     }
+    load_client_limits(*s);
   }
 
   // Upstream deadlines (issue 7): a delivery must be able to wait out at least one connect and
@@ -971,6 +975,28 @@ class Loader {
     if (ms % 60'000 == 0) return std::to_string(ms / 60'000) + "m";
     if (ms % 1'000 == 0) return std::to_string(ms / 1'000) + "s";
     return std::to_string(ms) + "ms";
+  }
+
+  // Slow SMTP clients and per-client connections: deadlines instead of idle timers.
+  void load_client_limits(const Section& s) {
+    LimitsConfig& limits = config_.limits;
+    if (const Entry* e = s.get("smtp_idle_timeout")) {
+      limits.smtp_idle_timeout_ms = duration(*e, false).value_or(limits.smtp_idle_timeout_ms);
+    }
+    if (const Entry* e = s.get("smtp_command_timeout")) {
+      limits.smtp_command_timeout_ms = duration(*e, false).value_or(limits.smtp_command_timeout_ms);
+    }
+    if (const Entry* e = s.get("smtp_min_data_rate")) {
+      limits.smtp_min_data_rate = size(*e).value_or(limits.smtp_min_data_rate);
+    }
+    if (const Entry* e = s.get("smtp_junk_command_limit")) {
+      limits.smtp_junk_command_limit =
+          static_cast<unsigned>(integer(*e, 1, 1'000'000).value_or(limits.smtp_junk_command_limit));
+    }
+    if (const Entry* e = s.get("max_connections_per_client")) {
+      limits.max_connections_per_client = static_cast<unsigned>(
+          integer(*e, 1, 1'000'000).value_or(limits.max_connections_per_client));
+    }
   }
 
   void load_log(const Entry& entry) {

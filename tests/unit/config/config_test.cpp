@@ -701,6 +701,44 @@ credentials:
   EXPECT_EQ(errors.find("dup-key"), std::string::npos);
 }
 
+// Slow SMTP clients and per-client connections (issue 7).
+TEST_F(ConfigTest, ClientLimits) {
+  auto defaults = load(kMinimal);
+  ASSERT_TRUE(defaults.ok()) << defaults.error().message;
+  EXPECT_EQ(defaults->limits.smtp_idle_timeout_ms, 300'000u);  // RFC 5321 4.5.3.2.7
+  EXPECT_EQ(defaults->limits.smtp_command_timeout_ms, 60'000u);
+  EXPECT_EQ(defaults->limits.smtp_min_data_rate, 1024u);
+  EXPECT_EQ(defaults->limits.smtp_junk_command_limit, 100u);
+  EXPECT_EQ(defaults->limits.max_connections_per_client, 100u);
+  EXPECT_EQ(defaults->limits.idle_timeout_ms, 60'000u);  // HTTP keeps its own
+
+  auto set = load(std::string(kMinimal) +
+                  "limits:\n  smtp_idle_timeout: 10m\n  smtp_command_timeout: 30s\n"
+                  "  smtp_min_data_rate: 4KB\n  smtp_junk_command_limit: 20\n"
+                  "  max_connections_per_client: 8\n");
+  ASSERT_TRUE(set.ok()) << set.error().message;
+  EXPECT_EQ(set->limits.smtp_idle_timeout_ms, 600'000u);
+  EXPECT_EQ(set->limits.smtp_command_timeout_ms, 30'000u);
+  EXPECT_EQ(set->limits.smtp_min_data_rate, 4096u);
+  EXPECT_EQ(set->limits.smtp_junk_command_limit, 20u);
+  EXPECT_EQ(set->limits.max_connections_per_client, 8u);
+
+  std::string errors = errors_of(std::string(kMinimal) +
+                                 "limits:\n  smtp_idle_timeout: 0s\n  smtp_command_timeout: 5\n"
+                                 "  smtp_min_data_rate: 0\n  smtp_junk_command_limit: 0\n"
+                                 "  max_connections_per_client: 0\n");
+  EXPECT_THAT(errors, HasLine("DIR/mailcar.yaml:5:22: limits.smtp_idle_timeout: must be longer "
+                              "than zero"));
+  EXPECT_THAT(errors, HasLine("DIR/mailcar.yaml:6:25: limits.smtp_command_timeout: is not a "
+                              "duration: write a number with a unit, e.g. 250ms, 30s, 5m, 2h, 3d"));
+  EXPECT_THAT(errors, HasLine("DIR/mailcar.yaml:7:23: limits.smtp_min_data_rate: is not a size: "
+                              "write bytes (26214400) or e.g. 512KB, 25MB, 1GB (1024-based)"));
+  EXPECT_THAT(errors, HasLine("DIR/mailcar.yaml:8:28: limits.smtp_junk_command_limit: must be a "
+                              "whole number from 1 to 1000000"));
+  EXPECT_THAT(errors, HasLine("DIR/mailcar.yaml:9:31: limits.max_connections_per_client: must "
+                              "be a whole number from 1 to 1000000"));
+}
+
 TEST_F(ConfigTest, LoadsFromFile) {
   std::string path = write("etc/mailcar.yaml", std::string(kMinimal) + "spool: {path: q}\n");
   auto config = load_config_file(path, test_env);
