@@ -156,6 +156,7 @@ SessionOutput SmtpServerSession::delivery_finished(int code, std::string_view en
   SessionOutput out;
   if (state_ != SessionState::AwaitingDelivery) return out;
   state_ = SessionState::Command;
+  if (code >= 200 && code < 300) junk_ = 0;  // a message got through: the session does work
   reply(out, code, enhanced, one_line(reply_text));
   if (pending_overflow_) {
     close(out, 421, "4.7.0", "Too much pipelined input");
@@ -165,10 +166,27 @@ SessionOutput SmtpServerSession::delivery_finished(int code, std::string_view en
   return out;
 }
 
-SessionOutput SmtpServerSession::timeout() {
+SessionOutput SmtpServerSession::timeout(Timeout kind) {
   SessionOutput out;
-  if (state_ != SessionState::Closed) close(out, 421, "4.4.2", "Idle timeout, closing connection");
+  if (state_ == SessionState::Closed) return out;
+  switch (kind) {
+    case Timeout::Idle:
+      close(out, 421, "4.4.2", "Idle timeout, closing connection");
+      break;
+    case Timeout::CommandLine:
+      close(out, 421, "4.4.2", "Command line not received in time, closing connection");
+      break;
+    case Timeout::DataRate:
+      close(out, 421, "4.4.2", "Message data too slow, closing connection");
+      break;
+  }
   return out;
+}
+
+bool SmtpServerSession::line_pending() const {
+  bool line_state = state_ == SessionState::Command || state_ == SessionState::AuthPlainResponse ||
+                    state_ == SessionState::AuthLoginUser || state_ == SessionState::AuthLoginPass;
+  return line_state && (pos_ < input_.size() || discarding_line_);
 }
 
 SessionOutput SmtpServerSession::shutdown() {
@@ -191,6 +209,8 @@ void SmtpServerSession::run(SessionOutput& out) {
     std::string_view line;
     bool too_long = false;
     if (!take_line(line, too_long)) break;
+    size_t reply_from = out.reply.size();
+    junk_command_ = false;
     if (too_long) {
       if (state_ == SessionState::Command) {
         error(out, 500, "5.5.2", "Line too long");
@@ -199,9 +219,10 @@ void SmtpServerSession::run(SessionOutput& out) {
         pending_login_user_.clear();
         error(out, 501, "5.5.2", "Authentication line too long");
       }
-      continue;
+    } else {
+      command(line, out);
     }
-    command(line, out);
+    count_junk(junk_command_, reply_from, out);
   }
   if (state_ == SessionState::StartTlsPending || state_ == SessionState::Closed) {
     input_.clear();  // STARTTLS: what followed it in the same read is never executed
@@ -387,16 +408,20 @@ void SmtpServerSession::command(std::string_view line, SessionOutput& out) {
     cmd_data(arg, out);
   } else if (is("RSET")) {
     if (!arg.empty()) return error(out, 501, "5.5.4", "Syntax: RSET");
+    junk_command_ = true;
     reset_transaction();
     reply(out, 250, "2.0.0", "Ok");
   } else if (is("NOOP")) {
+    junk_command_ = true;
     reply(out, 250, "2.0.0", "Ok");
   } else if (is("QUIT")) {
     close(out, 221, "2.0.0", "Bye");
   } else if (is("VRFY")) {
     if (arg.empty()) return error(out, 501, "5.5.4", "Syntax: VRFY address");
+    junk_command_ = true;
     reply(out, 252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery");
   } else if (is("HELP")) {
+    junk_command_ = true;
     reply(out, 214, "2.0.0",
           options_.tls_available
               ? "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP AUTH STARTTLS"
@@ -414,6 +439,7 @@ void SmtpServerSession::cmd_helo(std::string_view arg, bool extended, SessionOut
   if (arg.empty()) {
     return error(out, 501, "5.5.4", extended ? "Syntax: EHLO hostname" : "Syntax: HELO hostname");
   }
+  junk_command_ = true;  // a client needs one or two; a loop of them holds the session
   reset_transaction();
   helo_ = std::string(arg.substr(0, arg.find(' ')));
   esmtp_ = extended;
@@ -523,7 +549,10 @@ void SmtpServerSession::cmd_rcpt(std::string_view arg, SessionOutput& out) {
     return reply(out, 553, "5.6.7", "Non-ASCII recipient address requires SMTPUTF8");
   }
   for (const auto& existing : message_.recipients) {
-    if (same_address(existing, address)) return reply(out, 250, "2.1.5", "Ok");
+    if (same_address(existing, address)) {
+      junk_command_ = true;
+      return reply(out, 250, "2.1.5", "Ok");
+    }
   }
   if (message_.recipients.size() >= options_.max_recipients) {
     return reply(out, 452, "4.5.3", "Too many recipients");
@@ -662,6 +691,18 @@ void SmtpServerSession::auth_check(std::string_view user, std::string_view passw
   reply(out, 535, "5.7.8", "Authentication credentials invalid");
   if (auth_failures_ >= options_.max_auth_failures) {
     close(out, 421, "4.7.0", "Too many authentication failures");
+  }
+}
+
+// After each command line: junk (see SessionOptions::max_junk_commands) is counted, and the
+// session ends when there has been too much of it since the last accepted message.
+void SmtpServerSession::count_junk(bool junk, size_t reply_from, SessionOutput& out) {
+  if (state_ == SessionState::Closed) return;
+  bool refused = reply_from < out.reply.size() &&
+                 (out.reply[reply_from] == '4' || out.reply[reply_from] == '5');
+  if (!junk && !refused) return;
+  if (++junk_ > options_.max_junk_commands) {
+    close(out, 421, "4.7.0", "Too many commands without a message, closing connection");
   }
 }
 

@@ -40,6 +40,9 @@ struct SessionOptions {
   size_t max_data_line = 65'536;  // generous; RFC 5322 says 998
   size_t max_pending_input = 262'144;  // pipelined bytes held while a delivery is pending
   unsigned max_errors = 10;
+  // Commands that do not move a message forward (NOOP, RSET, VRFY, HELP, EHLO/HELO, a repeated
+  // RCPT, anything refused with 4xx/5xx) allowed between accepted messages; then 421 4.7.0.
+  unsigned max_junk_commands = 100;
   unsigned max_auth_failures = 3;
   // Syntax check for envelope addresses; empty: the built-in basic check.
   std::function<bool(std::string_view)> validate_address;
@@ -58,6 +61,13 @@ enum class SessionState {
   AwaitingDelivery,   // end of data seen; waiting for delivery_finished()
   StartTlsPending,    // 220 sent for STARTTLS; waiting for tls_started()
   Closed,             // QUIT, limits or timeout: nothing more is read
+};
+
+// Which time limit the glue found broken; each has its own 421 4.4.2 text.
+enum class Timeout {
+  Idle,         // no complete command within limits.smtp_idle_timeout of the last reply
+  CommandLine,  // a command line not completed within limits.smtp_command_timeout
+  DataRate,     // message data slower than limits.smtp_min_data_rate allows
 };
 
 enum class SessionEvent {
@@ -116,14 +126,17 @@ class SmtpServerSession {
   void tls_started();
   // The final reply to the end of data, e.g. (250, "2.0.0", "Ok: queued as <id>").
   SessionOutput delivery_finished(int code, std::string_view enhanced, std::string_view text);
-  // Idle timeout: 421 4.4.2 and Close.
-  SessionOutput timeout();
+  // A time limit ran out: 421 4.4.2 and Close.
+  SessionOutput timeout(Timeout kind = Timeout::Idle);
   // Server stopping: 421 4.3.2 and Close.
   SessionOutput shutdown();
 
   SessionState state() const { return state_; }
   // A message is being received or delivered: shutdown should wait for it.
   bool busy() const;
+  // Part of a command (or AUTH response) line has arrived without its line end: the glue's
+  // per-line deadline runs.
+  bool line_pending() const;
   bool tls_active() const { return tls_active_; }
   bool authenticated() const { return !auth_user_.empty(); }
   const std::string& auth_user() const { return auth_user_; }
@@ -152,6 +165,7 @@ class SmtpServerSession {
   void auth_plain(std::string_view base64, SessionOutput& out);
   void auth_check(std::string_view user, std::string_view password, SessionOutput& out);
 
+  void count_junk(bool junk, size_t reply_from, SessionOutput& out);
   void reply(SessionOutput& out, int code, std::string_view enhanced, std::string_view text);
   void error(SessionOutput& out, int code, std::string_view enhanced, std::string_view text);
   void close(SessionOutput& out, int code, std::string_view enhanced, std::string_view text);
@@ -178,6 +192,8 @@ class SmtpServerSession {
   std::string pending_login_user_;
   unsigned errors_ = 0;
   unsigned auth_failures_ = 0;
+  unsigned junk_ = 0;          // junk commands since the last accepted message
+  bool junk_command_ = false;  // the command just run is junk even though it succeeded
 
   bool in_transaction_ = false;
   Submission message_;

@@ -624,6 +624,153 @@ TEST_F(SessionTest, IdleTimeoutAndShutdown) {
   EXPECT_EQ(out.event, SessionEvent::Close);
 }
 
+TEST_F(SessionTest, TimeoutKindsSaySo) {
+  open();
+  EXPECT_EQ(session->timeout(Timeout::CommandLine).reply,
+            "421 4.4.2 Command line not received in time, closing connection\r\n");
+  EXPECT_EQ(session->state(), SessionState::Closed);
+  open();
+  begin_data();
+  auto out = session->timeout(Timeout::DataRate);
+  EXPECT_EQ(out.reply, "421 4.4.2 Message data too slow, closing connection\r\n");
+  EXPECT_EQ(out.event, SessionEvent::Close);
+  EXPECT_FALSE(out.submission.has_value());
+}
+
+// ---------------------------------------------------------------- junk commands (issue 7)
+
+const std::string kJunkClose =
+    "421 4.7.0 Too many commands without a message, closing connection\r\n";
+
+TEST_F(SessionTest, JunkCommandLimitCloses) {
+  options.max_junk_commands = 5;
+  open();
+  EXPECT_EQ(say("EHLO c\r\n").substr(0, 4), "250-");  // 1
+  EXPECT_EQ(say("NOOP\r\n"), "250 2.0.0 Ok\r\n");     // 2
+  EXPECT_EQ(say("RSET\r\n"), "250 2.0.0 Ok\r\n");     // 3
+  EXPECT_EQ(say("VRFY x\r\n").substr(0, 4), "252 ");  // 4
+  EXPECT_EQ(say("HELP\r\n").substr(0, 4), "214 ");    // 5
+  EXPECT_EQ(last.event, SessionEvent::None);
+  EXPECT_EQ(say("NOOP\r\nNOOP\r\n"), "250 2.0.0 Ok\r\n" + kJunkClose);  // 6: over
+  EXPECT_EQ(last.event, SessionEvent::Close);
+  EXPECT_EQ(session->state(), SessionState::Closed);
+  EXPECT_EQ(say("NOOP\r\n"), "");
+}
+
+// Whatever is refused counts too, policy refusals included (they do not count as errors).
+TEST_F(SessionTest, RefusedAndRepeatedCommandsAreJunk) {
+  options.max_junk_commands = 4;
+  policy.judge = [](const PolicyRequest& r) {
+    PolicyDecision d;
+    if (r.envelope_from == "bad@example.com") d.verdict = Verdict::SenderNotAllowed;
+    return d;
+  };
+  open();
+  say("EHLO c\r\n");  // junk 1
+  EXPECT_EQ(say("BOGUS\r\n"), "500 5.5.1 Command unrecognized\r\n");
+  EXPECT_EQ(say("MAIL FROM:<bad@example.com>\r\n").substr(0, 4), "550 ");  // junk 3
+  // Not junk: the transaction moves forward.
+  EXPECT_EQ(say("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\n"),
+            "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n");
+  // Junk 4 and 5: the same recipient again.
+  EXPECT_EQ(say("RCPT TO:<b@example.org>\r\n"), "250 2.1.5 Ok\r\n");
+  EXPECT_EQ(say("RCPT TO:<b@EXAMPLE.ORG>\r\n"), "250 2.1.5 Ok\r\n" + kJunkClose);
+}
+
+TEST_F(SessionTest, TransactionCommandsAreNotJunk) {
+  options.max_junk_commands = 1;
+  open();
+  say("EHLO c\r\n");  // 1
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(say("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\n"
+                  "RCPT TO:<c@example.org>\r\nDATA\r\nx\r\n.\r\n"),
+              "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n"
+              "354 End data with <CR><LF>.<CR><LF>\r\n");
+    ASSERT_EQ(last.event, SessionEvent::Deliver) << i;
+    // A failed delivery does not reset the count, but it is not the client's junk either.
+    EXPECT_EQ(session->delivery_finished(451, "4.4.1", "later").reply, "451 4.4.1 later\r\n");
+  }
+  EXPECT_EQ(say("NOOP\r\n"), "250 2.0.0 Ok\r\n" + kJunkClose);  // 2: over
+}
+
+TEST_F(SessionTest, AcceptedMessageResetsTheJunkCount) {
+  options.max_junk_commands = 3;
+  open();
+  say("EHLO c\r\nNOOP\r\nNOOP\r\n");  // 3
+  EXPECT_EQ(last.event, SessionEvent::None);
+  say("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\nx\r\n.\r\n");
+  ASSERT_EQ(last.event, SessionEvent::Deliver);
+  session->delivery_finished(250, "2.0.0", "Ok: queued as 1");
+  EXPECT_EQ(say("NOOP\r\nRSET\r\nNOOP\r\n"), "250 2.0.0 Ok\r\n250 2.0.0 Ok\r\n250 2.0.0 Ok\r\n");
+  EXPECT_EQ(last.event, SessionEvent::None);
+  EXPECT_EQ(say("NOOP\r\n"), "250 2.0.0 Ok\r\n" + kJunkClose);
+}
+
+// The limit applies the same wherever the reads split a pipelined batch.
+TEST_F(SessionTest, JunkLimitSplitAtEveryByteBoundary) {
+  options.max_junk_commands = 3;
+  const std::string batch = "NOOP\r\nRSET\r\nVRFY a\r\nNOOP\r\nNOOP\r\n";
+  const std::string expected =
+      "250 2.0.0 Ok\r\n250 2.0.0 Ok\r\n"
+      "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery\r\n"
+      "250 2.0.0 Ok\r\n" +
+      kJunkClose;
+  for (size_t cut = 0; cut <= batch.size(); ++cut) {
+    open();
+    std::string replies = say(batch.substr(0, cut));
+    replies += say(batch.substr(cut));
+    EXPECT_EQ(replies, expected) << cut;
+    EXPECT_EQ(session->state(), SessionState::Closed) << cut;
+  }
+  open();
+  std::string replies;
+  for (char c : batch) replies += say(std::string(1, c));
+  EXPECT_EQ(replies, expected);
+  EXPECT_EQ(session->state(), SessionState::Closed);
+}
+
+// ---------------------------------------------------------------- partial lines (glue deadlines)
+
+TEST_F(SessionTest, LinePendingWhileALineIsIncomplete) {
+  options.auth_in_clear = true;
+  open();
+  EXPECT_FALSE(session->line_pending());
+  const std::string line = "EHLO client.example\r\n";
+  for (size_t i = 0; i < line.size(); ++i) {
+    say(line.substr(i, 1));
+    EXPECT_EQ(session->line_pending(), i + 1 < line.size()) << i;
+  }
+  EXPECT_EQ(say("NOOP\r\nNO"), "250 2.0.0 Ok\r\n");  // a complete line, then part of one
+  EXPECT_TRUE(session->line_pending());
+  say("OP\r\n");
+  EXPECT_FALSE(session->line_pending());
+
+  say(std::string(600, 'x'));  // too long: skipped to its end, still one pending line
+  EXPECT_TRUE(session->line_pending());
+  EXPECT_EQ(say("\r\n"), "500 5.5.2 Line too long\r\n");
+  EXPECT_FALSE(session->line_pending());
+
+  EXPECT_EQ(say("AUTH PLAIN\r\n"), "334 \r\n");
+  EXPECT_FALSE(session->line_pending());
+  say("AGxl");
+  EXPECT_TRUE(session->line_pending());
+  say("\r\n");
+  EXPECT_FALSE(session->line_pending());
+}
+
+TEST_F(SessionTest, MessageDataIsNotALinePending) {
+  open();
+  begin_data();
+  say("Subject: x");  // the data deadline is the glue's, not the line deadline
+  EXPECT_FALSE(session->line_pending());
+  say("\r\n.\r\n");
+  ASSERT_EQ(last.event, SessionEvent::Deliver);
+  say("NOOP");  // pipelined behind the delivery: the client is waiting for us
+  EXPECT_FALSE(session->line_pending());
+  session->delivery_finished(250, "2.0.0", "Ok");
+  EXPECT_TRUE(session->line_pending());
+}
+
 TEST_F(SessionTest, PipelinedInputWhileAwaitingDeliveryIsBounded) {
   options.max_pending_input = 100;
   open();
