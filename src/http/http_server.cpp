@@ -48,6 +48,7 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
   RuntimeSource runtime_source;
   std::unique_ptr<net::Listener> listener;
   std::unordered_map<HttpConnection*, std::shared_ptr<HttpConnection>> connections;
+  net::ConnectionsPerClient per_client;  // limits.max_connections_per_client
   bool stopping = false;
   std::function<void()> shutdown_done;
   std::unique_ptr<net::Timer> grace_timer;
@@ -273,8 +274,18 @@ void HttpServer::Impl::accept(net::StreamPtr stream) {
     stream->close();
     return;
   }
+  std::string host = net::host_of(stream->peer_address());
+  if (per_client.count(host) >= limits.max_connections_per_client) {
+    log::warn("http_connection_refused",
+              {{"reason", "max_connections_per_client"}, {"remote", stream->peer_address()}});
+    stream->write(http::serialize_response(
+        http::error_response(503, "Too many connections from your address."), false));
+    stream->close();
+    return;
+  }
   auto connection = std::make_shared<HttpConnection>(weak_from_this(), stream, loop, limits);
   connections.emplace(connection.get(), connection);
+  per_client.add(connection.get(), host);
   metrics::connection_opened("http");
   connection->start();
 }
@@ -284,6 +295,7 @@ void HttpServer::Impl::remove(HttpConnection* connection) {
   if (it == connections.end()) return;
   auto keep = std::move(it->second);  // destroyed after the map no longer names it
   connections.erase(it);
+  per_client.remove(connection);
   metrics::connection_closed("http");
   maybe_finish_shutdown();
 }

@@ -2,6 +2,7 @@
 // path of a submitted message through normalization, policy and transport.
 #include "mailcar/smtp_server.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <optional>
@@ -78,6 +79,7 @@ struct SmtpServer::Impl {
   std::unique_ptr<net::Listener> listener;
   std::shared_ptr<net::TlsServerContext> tls;
   std::map<Connection*, std::shared_ptr<Connection>> connections;
+  net::ConnectionsPerClient per_client;  // limits.max_connections_per_client
   bool stopping = false;
   std::function<void()> shutdown_done;
   std::unique_ptr<net::Timer> grace_timer;
@@ -96,7 +98,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
         stream_(std::move(stream)),
         runtime_(std::move(runtime)),
         remote_(stream_->peer_address()),
-        idle_timer_(server->loop),
+        deadline_(server->loop, [this] { on_deadline(); }),
         delay_timer_(server->loop) {
     const Config& config = *runtime_->config;
     if (ConfigCredentials::any(config)) {
@@ -112,7 +114,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     options.service = config.smtp.service;
     options.validate_address = [](std::string_view a) { return validate_address(a).ok(); };
     options.now_ms = wall_ms;
-    idle_timeout_ms_ = config.limits.idle_timeout_ms;
+    options.max_junk_commands = config.limits.smtp_junk_command_limit;
     session_ = std::make_unique<smtp::SmtpServerSession>(std::move(options), credentials_.get(),
                                                          runtime_->policy.get());
   }
@@ -144,7 +146,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // The owner is going away: drop the socket without callbacks.
   void abandon() {
     closing_ = true;
-    idle_timer_.stop();
+    deadline_.clear();
     delay_timer_.stop();
     stream_->on_data(nullptr);
     stream_->on_close(nullptr);
@@ -154,8 +156,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
  private:
   void on_data(std::string_view bytes) {
     if (closing_) return;
-    touch();
     refresh_runtime();
+    if (wait_ == Wait::Data) earn_data_time(bytes.size());
     if (delaying_) {  // replies must stay in order behind a delayed 535
       held_.append(bytes);
       return;
@@ -209,7 +211,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   void apply(smtp::SessionOutput out) {
     if (closing_) return;
-    if (!out.reply.empty()) stream_->write(std::move(out.reply));
+    if (!out.reply.empty()) {
+      replied_ = true;
+      stream_->write(std::move(out.reply));
+    }
     if (stream_->write_backlog() > kMaxWriteBacklog) {
       log::warn("smtp_client_not_reading", {{"remote", remote_}});
       closing_ = true;
@@ -231,33 +236,119 @@ class Connection : public std::enable_shared_from_this<Connection> {
             return;
           }
           self->session_->tls_started();
-          self->touch();
+          self->touch();  // the handshake is the STARTTLS reply: the next command is awaited
         });
         break;
       }
       case smtp::SessionEvent::Deliver:
-        refresh_runtime();  // a message uses the runtime current at its end of data
-        delivering_ = true;
-        idle_timer_.stop();        // the client is waiting for us, not idle
+        refresh_runtime();   // a message uses the runtime current at its end of data
+        delivering_ = true;  // the client is waiting for us: no deadline runs
+        update_deadline();
         stream_->pause_reading();  // backpressure while the upstream works
         deliver(std::move(*out.submission));
-        break;
+        return;
       case smtp::SessionEvent::Close:
         closing_ = true;
-        idle_timer_.stop();
         stream_->close();
         break;
     }
+    update_deadline();
   }
 
+  // Time limits (SPEC §5): reads never restart a timer, they only move deadlines.
+  //  * Command: the next command line must be complete within smtp_idle_timeout of our last
+  //    reply (RFC 5321 4.5.3.2.7), whatever arrives in between;
+  //  * Line: once part of a line is here, also within smtp_command_timeout of its first byte;
+  //  * Data: at most smtp_command_timeout ahead, plus 1 s earned per smtp_min_data_rate bytes
+  //    (up to max_message_bytes), so a trickle runs out and all of DATA is bounded;
+  //  * Tls: the STARTTLS handshake within smtp_command_timeout.
+  enum class Wait { None, Command, Line, Data, Tls };
+
+  // We answered (or greeted, or finished TLS): the wait for the next command starts now.
   void touch() {
-    std::weak_ptr<Connection> weak = weak_from_this();
-    idle_timer_.start(idle_timeout_ms_, [weak] {
-      if (auto self = weak.lock()) {
-        log::debug("smtp_idle_timeout", {{"remote", self->remote_}});
-        self->apply(self->session_->timeout());
+    replied_ = true;
+    update_deadline();
+  }
+
+  // Which wait the session is in follows from its state; called after every output.
+  void update_deadline() {
+    if (closing_ || delivering_) {
+      wait_ = Wait::None;
+      deadline_.clear();
+      return;
+    }
+    const LimitsConfig& limits = runtime_->config->limits;
+    uint64_t now = deadline_.now();
+    smtp::SessionState state = session_->state();
+    if (state == smtp::SessionState::Data || state == smtp::SessionState::DataDraining) {
+      if (wait_ != Wait::Data) {
+        wait_ = Wait::Data;
+        data_deadline_ = now + limits.smtp_command_timeout_ms;
+        data_bytes_ = 0;
+        data_carry_ = 0;
       }
-    });
+      return deadline_.set(data_deadline_);
+    }
+    if (state == smtp::SessionState::StartTlsPending) {
+      if (wait_ != Wait::Tls) deadline_.set(now + limits.smtp_command_timeout_ms);
+      wait_ = Wait::Tls;
+      return;
+    }
+    if (replied_ || wait_ == Wait::None || wait_ == Wait::Data || wait_ == Wait::Tls) {
+      idle_deadline_ = now + limits.smtp_idle_timeout_ms;
+      wait_ = Wait::Command;
+    }
+    replied_ = false;
+    if (!session_->line_pending()) {
+      wait_ = Wait::Command;
+      return deadline_.set(idle_deadline_);
+    }
+    if (wait_ != Wait::Line) {
+      wait_ = Wait::Line;
+      line_deadline_ = now + limits.smtp_command_timeout_ms;
+    }
+    deadline_.set(std::min(idle_deadline_, line_deadline_));
+  }
+
+  // `n` bytes of message data arrived: they buy n / smtp_min_data_rate seconds, never more
+  // than smtp_command_timeout ahead, and nothing past max_message_bytes.
+  void earn_data_time(size_t n) {
+    const LimitsConfig& limits = runtime_->config->limits;
+    if (data_bytes_ >= limits.max_message_bytes) return;
+    data_bytes_ += n;
+    data_carry_ += static_cast<uint64_t>(n) * 1000;
+    uint64_t rate = std::max<uint64_t>(limits.smtp_min_data_rate, 1);
+    uint64_t earned_ms = data_carry_ / rate;
+    data_carry_ %= rate;
+    data_deadline_ =
+        std::min(data_deadline_ + earned_ms, deadline_.now() + limits.smtp_command_timeout_ms);
+  }
+
+  void on_deadline() {
+    if (closing_ || delivering_) return;
+    auto self = shared_from_this();  // the reply may end the connection
+    switch (wait_) {
+      case Wait::Tls:  // nothing can be said in the middle of a handshake
+        log::info("smtp_client_too_slow", {{"remote", remote_}, {"wait", "tls_handshake"}});
+        closing_ = true;
+        deadline_.clear();
+        stream_->abort();
+        return;
+      case Wait::Data:
+        log::info("smtp_client_too_slow", {{"remote", remote_}, {"wait", "data"}});
+        return apply(session_->timeout(smtp::Timeout::DataRate));
+      case Wait::Line:
+        if (deadline_.now() < idle_deadline_) {
+          log::info("smtp_client_too_slow", {{"remote", remote_}, {"wait", "command_line"}});
+          return apply(session_->timeout(smtp::Timeout::CommandLine));
+        }
+        break;
+      case Wait::None:
+      case Wait::Command:
+        break;
+    }
+    log::debug("smtp_idle_timeout", {{"remote", remote_}});
+    apply(session_->timeout(smtp::Timeout::Idle));
   }
 
   // Who this session's client is, for the submission path and its log lines.
@@ -336,7 +427,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   void closed() {
     closing_ = true;
-    idle_timer_.stop();
+    deadline_.clear();
     delay_timer_.stop();
     server_->closed(this);  // may destroy *this: nothing after it
   }
@@ -347,9 +438,15 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::string remote_;
   std::unique_ptr<ConfigCredentials> credentials_;
   std::unique_ptr<smtp::SmtpServerSession> session_;
-  net::Timer idle_timer_;
+  net::Deadline deadline_;
   net::Timer delay_timer_;
-  uint64_t idle_timeout_ms_ = 60'000;
+  Wait wait_ = Wait::None;
+  bool replied_ = false;        // a reply went out since the deadline was last worked out
+  uint64_t idle_deadline_ = 0;  // loop-clock ms
+  uint64_t line_deadline_ = 0;
+  uint64_t data_deadline_ = 0;
+  uint64_t data_bytes_ = 0;  // message data bytes that earned time
+  uint64_t data_carry_ = 0;  // bytes x 1000 not yet worth a whole millisecond
   std::string held_;
   bool delaying_ = false;
   bool delivering_ = false;
@@ -375,8 +472,17 @@ void SmtpServer::Impl::accept(net::StreamPtr stream) {
     stream->close();
     return;
   }
+  std::string host = net::host_of(stream->peer_address());
+  if (per_client.count(host) >= rt->config->limits.max_connections_per_client) {
+    log::warn("smtp_connection_refused",
+              {{"remote", stream->peer_address()}, {"reason", "max_connections_per_client"}});
+    stream->write("421 4.7.0 " + rt->hostname + " Too many connections from your address\r\n");
+    stream->close();
+    return;
+  }
   auto connection = std::make_shared<Connection>(this, stream, rt);
   connections.emplace(connection.get(), connection);
+  per_client.add(connection.get(), host);
   metrics::connection_opened("smtp");
   log::debug("smtp_connect", {{"remote", stream->peer_address()}});
   connection->begin();
@@ -386,6 +492,7 @@ void SmtpServer::Impl::closed(Connection* connection) {
   auto it = connections.find(connection);
   if (it == connections.end()) return;
   // The stream's close callback holds its own reference while it runs.
+  per_client.remove(connection);
   connections.erase(it);
   metrics::connection_closed("smtp");
   maybe_done();

@@ -41,6 +41,7 @@ smtp:
         cfg += f"  tls_cert: {tls.cert}\n  tls_key: {tls.key}\n"
     cfg += f"""limits:
   idle_timeout: 3s
+  smtp_idle_timeout: 3s
   shutdown_grace: 5s
 {extra_limits}log:
   format: json
