@@ -7,6 +7,8 @@
 // 408 and are closed; reads do not extend it); while a request is with the handler/upstream
 // no client timeout runs (the relay has its own). Pipelining: at most kMaxQueuedRequests
 // parsed requests wait behind the one in flight; beyond that reading pauses.
+// Connections: limits.max_connections per listener, limits.max_connections_per_client per
+// peer IP address; a connection over either gets 503 with Connection: close.
 #pragma once
 
 #include <cstddef>

@@ -2,6 +2,12 @@
 // (src/smtp_server/smtp_session.hpp) over a net::Stream. Submitted messages are normalized,
 // judged by the policy and handed to the transport of `smtp.service`; the client's final dot
 // is answered only with the transport's outcome (direct mode, SPEC §7).
+//
+// Time limits are deadlines that reads do not extend (docs/smtp.md): smtp_idle_timeout from
+// each reply to the next command's line end, smtp_command_timeout from a line's first byte,
+// smtp_min_data_rate in DATA; none runs while the upstream works. Connections:
+// limits.max_connections per listener, limits.max_connections_per_client per peer IP address
+// (421 4.7.0 either way).
 #pragma once
 
 #include <cstdint>
