@@ -126,7 +126,9 @@ smtp:
   anonymous_role: {key_role}
 limits:
   max_connections: 5000
+  max_connections_per_client: 5000  # every bench client is 127.0.0.1
   idle_timeout: 120s
+  smtp_idle_timeout: 120s
 log:
   format: json
   level: warn
