@@ -60,15 +60,6 @@ class ConfigCredentials : public smtp::CredentialStore {
   std::shared_ptr<const Config> config_;
 };
 
-// "1.2.3.4:25" -> "1.2.3.4", "[::1]:25" -> "::1".
-std::string peer_ip(const std::string& peer) {
-  if (!peer.empty() && peer.front() == '[') {
-    size_t close = peer.find(']');
-    return peer.substr(1, close == std::string::npos ? std::string::npos : close - 1);
-  }
-  return peer.substr(0, peer.rfind(':'));
-}
-
 class Connection;
 
 }  // namespace
@@ -375,7 +366,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     if (service != nullptr && !service->from_email.empty()) {
       input.default_from = Mailbox{service->from_email, service->from_name};
     }
-    input.received_header = make_received_header(session_->helo(), peer_ip(remote_), rt.hostname,
+    input.received_header = make_received_header(session_->helo(), net::host_of(remote_), rt.hostname,
                                                  protocol, trace_id, now_unix);
     input.hostname = rt.hostname;
     input.now_unix = now_unix;
