@@ -104,6 +104,10 @@ struct LimitsConfig {
   uint64_t smtp_min_data_rate = 1024;         // bytes/s that DATA must average (past the stall)
   unsigned smtp_junk_command_limit = 100;     // commands without a message accepted, then 421
   unsigned max_connections_per_client = 100;  // per listener and peer IP address
+  // Memory budgets (hostile input must not grow the process): HTTP bodies held before their
+  // request is authenticated, all connections together; message data in flight, both doors.
+  uint64_t unauthenticated_body_bytes = 8 * 1024 * 1024;
+  uint64_t max_inflight_bytes = 256 * 1024 * 1024;
 };
 
 enum class LogFormat { Json, Text };

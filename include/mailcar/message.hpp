@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "mailcar/memory_budget.hpp"
+
 namespace mailcar {
 
 // A validated mailbox. `address` is an RFC 5321 addr-spec (local@domain) as given, domain
@@ -44,6 +46,9 @@ struct OutboundMessage {
   std::string data;
   bool smtputf8 = false;   // an envelope address is non-ASCII: needs SMTPUTF8 upstream
   bool eight_bit = false;  // data holds 8-bit bytes: send BODY=8BITMIME when offered
+  // The message's share of the in-flight budget (inflight_budget()), given back when the
+  // message is destroyed after its delivery. Empty for messages nobody counted.
+  MemoryLease memory;
 };
 
 enum class Ingress { Http, Smtp };

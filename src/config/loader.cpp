@@ -919,7 +919,9 @@ class Loader {
                     "delivery_timeout",
                     // slow SMTP clients and per-client connections
                     "smtp_idle_timeout", "smtp_command_timeout", "smtp_min_data_rate",
-                    "smtp_junk_command_limit", "max_connections_per_client"});
+                    "smtp_junk_command_limit", "max_connections_per_client",
+                    // memory budgets
+                    "unauthenticated_body_bytes", "max_inflight_bytes"});
     LimitsConfig& limits = config_.limits;
     if (const Entry* e = s->get("max_message_bytes")) {
       limits.max_message_bytes = size(*e).value_or(limits.max_message_bytes);
@@ -942,6 +944,7 @@ class Loader {
       }
     }
     load_client_limits(*s);
+    load_memory_budgets(*s);
   }
 
   // Upstream deadlines (issue 7): a delivery must be able to wait out at least one connect and
@@ -996,6 +999,17 @@ class Loader {
     if (const Entry* e = s.get("max_connections_per_client")) {
       limits.max_connections_per_client = static_cast<unsigned>(
           integer(*e, 1, 1'000'000).value_or(limits.max_connections_per_client));
+    }
+  }
+
+  // Memory budgets: what unauthenticated bodies and message data in flight may hold.
+  void load_memory_budgets(const Section& s) {
+    LimitsConfig& limits = config_.limits;
+    if (const Entry* e = s.get("unauthenticated_body_bytes")) {
+      limits.unauthenticated_body_bytes = size(*e).value_or(limits.unauthenticated_body_bytes);
+    }
+    if (const Entry* e = s.get("max_inflight_bytes")) {
+      limits.max_inflight_bytes = size(*e).value_or(limits.max_inflight_bytes);
     }
   }
 
