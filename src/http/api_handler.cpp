@@ -135,7 +135,7 @@ std::optional<FieldError> read_attachments(element value, std::vector<Attachment
       return FieldError{"attachments", type_error(label, "an object")};
     }
     Attachment attachment;
-    std::string content;
+    std::string_view content;  // base64, decoded straight from the document
     element e;
     if (obj.at_key("name").get(e) != simdjson::SUCCESS || e.type() != element_type::STRING) {
       return FieldError{"attachments", label + ".name: must be a string"};
@@ -144,7 +144,7 @@ std::optional<FieldError> read_attachments(element value, std::vector<Attachment
     if (obj.at_key("content").get(e) != simdjson::SUCCESS || e.type() != element_type::STRING) {
       return FieldError{"attachments", label + ".content: must be a base64 string"};
     }
-    content.assign(string_of(e));
+    content = string_of(e);
     if (obj.at_key("content_type").get(e) == simdjson::SUCCESS) {
       if (auto err = read_string(e, label + ".content_type", attachment.content_type)) {
         err->field = "attachments";
@@ -240,6 +240,61 @@ std::optional<FieldError> read_fields(object root, SendFields& f) {
     }
   }
   return std::nullopt;
+}
+
+// Templates: template_data first, then top-level string fields; one pass. Subject and bodies
+// together may hold `max_bytes` once expanded; false as soon as they would hold more.
+bool expand_templates(const SendFields& f, size_t max_bytes, MessageContent& content) {
+  auto lookup = [&f](std::string_view k) -> const std::string* {
+    if (auto it = f.template_data.find(k); it != f.template_data.end()) return &it->second;
+    if (auto it = f.top_level_strings.find(k); it != f.top_level_strings.end()) {
+      return &it->second;
+    }
+    return nullptr;
+  };
+  auto subject = expand_template(f.subject, lookup, max_bytes);
+  if (!subject) return false;
+  content.subject = std::move(*subject);
+  max_bytes -= content.subject.size();
+  for (auto [in, out] :
+       {std::pair{&f.body_text, &content.body_text}, std::pair{&f.body_html, &content.body_html}}) {
+    if (in->empty()) continue;
+    auto body = expand_template(*in, lookup, max_bytes);
+    if (!body) return false;
+    max_bytes -= body->size();
+    *out = std::move(*body);
+  }
+  return true;
+}
+
+// The credential whose API key is `key` (index counted from 1 for logs), or null. Every
+// configured key is compared, match or not, so timing does not tell which matched.
+const CredentialConfig* find_credential(const Config& config, std::string_view key, size_t& index) {
+  const CredentialConfig* found = nullptr;
+  for (size_t i = 0; i < config.credentials.size(); ++i) {
+    const auto& c = config.credentials[i];
+    bool equal = text::constant_time_equal(c.api_key, key);
+    equal = equal && !c.api_key.empty();
+    if (equal && found == nullptr) {
+      found = &c;
+      index = i + 1;
+    }
+  }
+  return found;
+}
+
+// Parses `body`, in place when the request parser left room for simdjson's padding (no copy).
+simdjson::error_code parse_json(simdjson::dom::parser& parser, const std::string& body,
+                                element& root) {
+  static_assert(kBodyPadding >= simdjson::SIMDJSON_PADDING);
+  bool padded = body.capacity() - body.size() >= simdjson::SIMDJSON_PADDING;
+  return parser.parse(body.data(), body.size(), !padded).get(root);
+}
+
+// A parser that grew past kKeepJsonCapacity for one big body is replaced by a fresh one, so
+// neither the document nor an idle keep-alive connection holds a large buffer.
+void drop_grown_parser(std::unique_ptr<simdjson::dom::parser>& parser) {
+  if (parser->capacity() > kKeepJsonCapacity) parser = std::make_unique<simdjson::dom::parser>();
 }
 
 // Validates each address in place (trimmed form) and refuses CR/LF in names.
@@ -387,21 +442,33 @@ HttpResponse response_for(const SubmissionResult& result) {
 
 }  // namespace
 
+bool head_authenticates(const HttpRequest& request, const Config& config) {
+  // Without a body key: the query or header key (which wins whatever the body says), else a
+  // Bearer token (used only when the body has no key, but it proves the client holds one).
+  return authenticate(request, config).credential != nullptr;
+}
+
 uint64_t system_now_ms() {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                    std::chrono::system_clock::now().time_since_epoch())
                                    .count());
 }
 
-std::string expand_template(std::string_view text,
-                            const std::function<const std::string*(std::string_view)>& lookup) {
+std::optional<std::string> expand_template(
+    std::string_view text, const std::function<const std::string*(std::string_view)>& lookup,
+    size_t max_bytes) {
   std::string out;
-  out.reserve(text.size());
+  auto append = [&out, max_bytes](std::string_view part) {
+    if (part.size() > max_bytes - out.size()) return false;
+    out.append(part);
+    return true;
+  };
+  if (text.size() <= max_bytes) out.reserve(text.size());
   size_t i = 0;
   while (i < text.size()) {
     size_t open = text.find('{', i);
     if (open == std::string_view::npos) break;
-    out.append(text.substr(i, open - i));
+    if (!append(text.substr(i, open - i))) return std::nullopt;
     size_t close = text.find('}', open + 1);
     if (close == std::string_view::npos) {
       i = open;
@@ -410,15 +477,15 @@ std::string expand_template(std::string_view text,
     std::string_view key = text.substr(open + 1, close - open - 1);
     const std::string* value = key.find('{') == std::string_view::npos ? lookup(key) : nullptr;
     if (value != nullptr) {
-      out.append(*value);
+      if (!append(*value)) return std::nullopt;
       i = close + 1;
     } else {
       // Not a known placeholder: keep the brace and rescan after it ("{{name}" works).
-      out.push_back('{');
+      if (!append("{")) return std::nullopt;
       i = open + 1;
     }
   }
-  out.append(text.substr(i));
+  if (!append(text.substr(i))) return std::nullopt;
   return out;
 }
 
@@ -436,17 +503,7 @@ ApiCaller authenticate(const HttpRequest& request, const Config& config,
     std::string_view bearer = text::trim(a->substr(7));
     if (!bearer.empty()) caller.key = bearer;
   }
-  if (!caller.key) return caller;
-  // Every configured key is compared, match or not, so timing does not tell which matched.
-  for (size_t i = 0; i < config.credentials.size(); ++i) {
-    const auto& c = config.credentials[i];
-    bool equal = text::constant_time_equal(c.api_key, *caller.key);
-    equal = equal && !c.api_key.empty();
-    if (equal && caller.credential == nullptr) {
-      caller.credential = &c;
-      caller.index = i + 1;
-    }
-  }
+  if (caller.key) caller.credential = find_credential(config, *caller.key, caller.index);
   return caller;
 }
 
@@ -466,8 +523,8 @@ ApiHandler::ApiHandler(WallClock now_ms)
 
 ApiHandler::~ApiHandler() = default;
 
-void ApiHandler::handle(const HttpRequest& request, std::shared_ptr<Runtime> runtime,
-                        Respond respond, const std::string& remote) {
+void ApiHandler::handle(HttpRequest& request, std::shared_ptr<Runtime> runtime, Respond respond,
+                        const std::string& remote) {
   std::string_view path = request.path;
   bool get = request.method == "GET";
   if (path == "/health") {
@@ -528,7 +585,7 @@ void ApiHandler::handle(const HttpRequest& request, std::shared_ptr<Runtime> run
   respond(error_response(404, "Resource not found."));
 }
 
-void ApiHandler::handle_send(const HttpRequest& request, std::string_view service_name,
+void ApiHandler::handle_send(HttpRequest& request, std::string_view service_name,
                              std::shared_ptr<Runtime> runtime, Respond& respond,
                              const std::string& remote) {
   const Config& config = *runtime->config;
@@ -540,16 +597,15 @@ void ApiHandler::handle_send(const HttpRequest& request, std::string_view servic
   // parse failure means is decided after 401 and 415.
   element root;
   simdjson::error_code json_error = simdjson::UNINITIALIZED;
-  if (json_type && request.body.size() <= body_limit) {
-    json_error = json_->parse(request.body.data(), request.body.size()).get(root);
+  const size_t body_size = request.body.size();
+  if (json_type && body_size <= body_limit) {
+    json_error = parse_json(*json_, request.body, root);
+    // The document holds copies of the strings it needs: the body is not needed any more.
+    std::string().swap(request.body);
   }
   struct ParserReset {  // drop a grown parser once this request is done with it
     std::unique_ptr<simdjson::dom::parser>& parser;
-    ~ParserReset() {
-      if (parser->capacity() > kKeepJsonCapacity) {
-        parser = std::make_unique<simdjson::dom::parser>();
-      }
-    }
+    ~ParserReset() { drop_grown_parser(parser); }
   } parser_reset{json_};
   object root_object;
   bool have_object =
@@ -571,12 +627,13 @@ void ApiHandler::handle_send(const HttpRequest& request, std::string_view servic
     return;
   }
   const std::string& role = caller.credential->role;
+  request.unauthenticated_lease.release();  // authenticated: the body is the caller's now
 
   if (!json_type) {
     respond(error_response(415, "Content-Type must be application/json."));
     return;
   }
-  if (request.body_over_limit || request.body.size() > body_limit) {
+  if (request.body_over_limit || body_size > body_limit) {
     respond(error_response(413, "Request body too large."));
     return;
   }
@@ -595,6 +652,7 @@ void ApiHandler::handle_send(const HttpRequest& request, std::string_view servic
   };
   SendFields f;
   if (auto e = read_fields(root_object, f)) return bad_request(*e);
+  drop_grown_parser(json_);  // f holds what is needed; `root` must not be used from here on
   // 413 ranks above 400: what the message must hold at least (bodies before templates,
   // attachments decoded, i.e. before base64 grows them) already over the limit is a 413
   // whatever else is wrong.
@@ -606,18 +664,14 @@ void ApiHandler::handle_send(const HttpRequest& request, std::string_view servic
     return;
   }
 
-  // Templates: template_data first, then top-level string fields; one pass.
-  auto lookup = [&f](std::string_view k) -> const std::string* {
-    if (auto it = f.template_data.find(k); it != f.template_data.end()) return &it->second;
-    if (auto it = f.top_level_strings.find(k); it != f.top_level_strings.end()) {
-      return &it->second;
-    }
-    return nullptr;
-  };
   MessageContent content;
-  content.subject = expand_template(f.subject, lookup);
-  if (!f.body_text.empty()) content.body_text = expand_template(f.body_text, lookup);
-  if (!f.body_html.empty()) content.body_html = expand_template(f.body_html, lookup);
+  if (!expand_templates(
+          f, config.limits.max_message_bytes - at_least + f.body_text.size() + f.body_html.size(),
+          content)) {
+    respond(error_response(413, "Message too large after template expansion: the limit is " +
+                                    std::to_string(config.limits.max_message_bytes) + " bytes."));
+    return;
+  }
   if (has_cr_or_lf(content.subject)) {
     return bad_request({"subject", "subject: must not contain CR or LF"});
   }
@@ -679,6 +733,12 @@ void ApiHandler::handle_send(const HttpRequest& request, std::string_view servic
     return;
   }
   OutboundMessage message = std::move(*built);
+  // The parts are in the message now: only the envelope and header fields are needed further.
+  std::vector<Attachment>().swap(content.attachments);
+  content.body_text.reset();
+  content.body_html.reset();
+  message.memory = std::move(request.inflight_lease);  // travels with the message
+  message.memory.resize(message.data.size());
   if (message.data.size() > config.limits.max_message_bytes) {
     respond(error_response(413, "Message too large: " + std::to_string(message.data.size()) +
                                     " bytes, the limit is " +

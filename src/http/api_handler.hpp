@@ -27,9 +27,17 @@ using WallClock = std::function<uint64_t()>;  // milliseconds since the Unix epo
 uint64_t system_now_ms();
 
 // Replaces every "{key}" for which lookup gives a value, in one left-to-right pass: inserted
-// values are not scanned again, unknown placeholders stay as they are.
-std::string expand_template(std::string_view text,
-                            const std::function<const std::string*(std::string_view)>& lookup);
+// values are not scanned again, unknown placeholders stay as they are. nullopt as soon as the
+// output would pass `max_bytes` (nothing larger is ever allocated: a short template with a
+// large value repeated must not grow the process).
+std::optional<std::string> expand_template(
+    std::string_view text, const std::function<const std::string*(std::string_view)>& lookup,
+    size_t max_bytes);
+
+// True when the request's head (query api_key, X-DreamFactory-API-Key or a Bearer token)
+// carries a configured API key: its body is then read as an authenticated one. The body is
+// not looked at (it has not been read yet).
+bool head_authenticates(const HttpRequest& request, const Config& config);
 
 // Who calls the API (SPEC §4). The first key found wins: ?api_key=, X-DreamFactory-API-Key,
 // the JSON body's "api_key" (`body_key`, when the route reads a body), Authorization: Bearer.
@@ -59,13 +67,14 @@ class ApiHandler {
   // a send that reaches the transport (or the spool) and a queue DELETE (queue_api.hpp),
   // which answer later on the loop thread. `runtime` null: not ready.
   // Nothing of `this` is used after handle() returns, so the handler may go away while a
-  // delivery is in flight.
-  void handle(const HttpRequest& request, std::shared_ptr<Runtime> runtime, Respond respond,
+  // delivery is in flight. The request's body and leases may be taken (a built message keeps
+  // the in-flight lease; the body is freed as soon as the message is built).
+  void handle(HttpRequest& request, std::shared_ptr<Runtime> runtime, Respond respond,
               const std::string& remote);
 
  private:
-  void handle_send(const HttpRequest& request, std::string_view service,
-                   std::shared_ptr<Runtime> runtime, Respond& respond, const std::string& remote);
+  void handle_send(HttpRequest& request, std::string_view service, std::shared_ptr<Runtime> runtime,
+                   Respond& respond, const std::string& remote);
 
   WallClock now_ms_;
   std::unique_ptr<simdjson::dom::parser> json_;  // reused across requests

@@ -1,6 +1,7 @@
 #include "mailcar/http_server.hpp"
 
 #include <deque>
+#include <new>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -10,6 +11,7 @@
 #include "http/request_parser.hpp"
 #include "http/response.hpp"
 #include "mailcar/log.hpp"
+#include "mailcar/memory_budget.hpp"
 #include "mailcar/metrics.hpp"
 #include "mailcar/net.hpp"
 
@@ -18,6 +20,8 @@ namespace {
 
 using http::HttpRequest;
 using http::HttpResponse;
+
+constexpr int kBusyRetryAfterSeconds = 5;  // memory budget spent: bodies drain in seconds
 
 // What a connection owes the client, in order: a parsed request, or the parse error that
 // ends the connection after everything before it was answered.
@@ -34,9 +38,19 @@ const char* error_message_for(int status) {
       return "Request target too long.";
     case 431:
       return "Request header fields too large.";
+    case 500:
+      return "Internal error: out of memory.";
+    case 503:
+      return "Too much request data in flight: try again later.";
     default:
       return "Bad request.";
   }
+}
+
+HttpResponse parse_error_response(int status) {
+  HttpResponse r = http::error_response(status, error_message_for(status));
+  if (status == 503) r.headers.emplace_back("Retry-After", std::to_string(kBusyRetryAfterSeconds));
+  return r;
 }
 
 }  // namespace
@@ -65,7 +79,9 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
                  const LimitsConfig& limits)
       : server_(std::move(server)),
         stream_(std::move(stream)),
-        parser_(http::body_limit_for(limits.max_message_bytes)),
+        parser_(
+            http::body_limit_for(limits.max_message_bytes),
+            [this](HttpRequest& request, uint64_t total) { return admit_body(request, total); }),
         timer_(loop),
         idle_timeout_ms_(limits.idle_timeout_ms),
         peer_(stream_->peer_address()) {}
@@ -118,7 +134,52 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
 
   void on_data(std::string_view bytes) {
     if (closing_ || parser_.failed()) return;
-    auto out = parser_.feed(bytes);
+    try {
+      take(parser_.feed(bytes));
+    } catch (const std::bad_alloc&) {
+      out_of_memory("http_read");
+    }
+  }
+
+  // Memory ran out on this connection: it ends with a 500, the process goes on.
+  void out_of_memory(const char* where) {
+    log::error("out_of_memory", {{"where", where}, {"remote", peer_}});
+    queue_.clear();
+    in_flight_ = false;
+    ++request_seq_;  // an answer still under way for the old request is dropped
+    write(http::error_response(500, error_message_for(500)), false);
+    close();
+  }
+
+  // Body admission (see http::BodyAdmission): every body counts against the in-flight budget;
+  // one whose request is not authenticated by its head also against the small budget for
+  // unauthenticated bodies.
+  int admit_body(HttpRequest& request, uint64_t total) {
+    auto server = server_.lock();
+    auto runtime = server ? server->runtime() : nullptr;
+    LimitsConfig limits = runtime && runtime->config ? runtime->config->limits : LimitsConfig{};
+    if (!request.inflight_lease.attached()) {
+      request.inflight_lease = MemoryLease(inflight_budget());
+      bool head_ok =
+          runtime && runtime->config && http::head_authenticates(request, *runtime->config);
+      if (!head_ok) request.unauthenticated_lease = MemoryLease(unauthenticated_budget());
+    }
+    if (request.unauthenticated_lease.attached()) {
+      if (total > limits.unauthenticated_body_bytes) return 413;
+      if (!request.unauthenticated_lease.grow_to(total, limits.unauthenticated_body_bytes)) {
+        log::warn("http_body_refused",
+                  {{"reason", "unauthenticated_body_bytes"}, {"remote", peer_}});
+        return 503;
+      }
+    }
+    if (!request.inflight_lease.grow_to(total, limits.max_inflight_bytes)) {
+      log::warn("http_body_refused", {{"reason", "max_inflight_bytes"}, {"remote", peer_}});
+      return 503;
+    }
+    return 0;
+  }
+
+  void take(http::HttpRequestParser::Output out) {
     if (!out.requests.empty()) timer_mode_ = TimerMode::Off;  // a new request starts afresh
     for (auto& request : out.requests) queue_.push_back(QueueItem{std::move(request), 0});
     if (out.error_status) {
@@ -144,7 +205,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
       QueueItem item = std::move(queue_.front());
       queue_.pop_front();
       if (!item.request) {
-        write(http::error_response(item.error_status, error_message_for(item.error_status)), false);
+        write(parse_error_response(item.error_status), false);
         close();
         break;
       }
@@ -158,12 +219,22 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
       bool keep_alive = item.request->keep_alive;
       std::weak_ptr<HttpConnection> weak = self;
       auto server = server_.lock();
-      handler_.handle(
-          *item.request, server ? server->runtime() : nullptr,
-          [weak, keep_alive](HttpResponse response) {
-            if (auto connection = weak.lock()) connection->finish(std::move(response), keep_alive);
-          },
-          peer_);
+      uint64_t seq = ++request_seq_;
+      try {
+        handler_.handle(
+            *item.request, server ? server->runtime() : nullptr,
+            [weak, keep_alive, seq](HttpResponse response) {
+              auto connection = weak.lock();
+              if (connection && connection->request_seq_ == seq) {
+                connection->finish(std::move(response), keep_alive);
+              }
+            },
+            peer_);
+      } catch (const std::bad_alloc&) {
+        item.request.reset();  // give its memory back before answering
+        out_of_memory("http_request");
+        break;
+      }
     }
     processing_ = false;
     if (closing_) return;
@@ -257,6 +328,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   bool closing_ = false;
   bool reading_paused_ = false;
   bool continue_owed_ = false;
+  uint64_t request_seq_ = 0;  // which request an asynchronous answer belongs to
 };
 
 void HttpServer::Impl::accept(net::StreamPtr stream) {

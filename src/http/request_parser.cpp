@@ -1,5 +1,7 @@
 #include "http/request_parser.hpp"
 
+#include <algorithm>
+
 #include "mailcar/text.hpp"
 
 namespace mailcar::http {
@@ -74,7 +76,8 @@ std::optional<std::vector<std::pair<std::string, std::string>>> parse_query(std:
   return out;
 }
 
-HttpRequestParser::HttpRequestParser(uint64_t body_limit) : body_limit_(body_limit) {
+HttpRequestParser::HttpRequestParser(uint64_t body_limit, BodyAdmission admit)
+    : body_limit_(body_limit), admit_(std::move(admit)) {
   llhttp_settings_init(&settings_);
   settings_.on_message_begin = &HttpRequestParser::on_message_begin;
   settings_.on_url = &HttpRequestParser::on_url;
@@ -174,9 +177,32 @@ int HttpRequestParser::on_headers_complete(llhttp_t* p) {
     if (body_expected && s->out_ != nullptr) s->out_->continue_requested = true;
   }
   if (body_expected && (p->flags & F_CONTENT_LENGTH) != 0) {
-    r.body.reserve(p->content_length);
+    // Granted first, then reserved: the pages are touched only as the body arrives.
+    if (int status = s->admit_body(p->content_length)) return status;
+    r.body.reserve(p->content_length + kBodyPadding);
   }
   s->state_ = State::Body;
+  return 0;
+}
+
+int HttpRequestParser::admit_body(uint64_t total) {
+  int status = admit_ ? admit_(current_, total) : 0;
+  if (status == 0) return 0;
+  return fail(status, status == 413 ? "body over what an unauthenticated request may hold"
+                                    : "memory budget for request bodies spent");
+}
+
+// Room for `more` bytes: a body of unknown length (chunked) grows geometrically, each step
+// granted before it is allocated.
+int HttpRequestParser::grow_body(size_t more) {
+  std::string& body = current_.body;
+  size_t needed = body.size() + more + kBodyPadding;
+  if (needed <= body.capacity()) return 0;
+  constexpr size_t kFirstStep = 64 * 1024;
+  size_t capacity = std::max({needed, body.capacity() * 2, kFirstStep});
+  capacity = std::min<uint64_t>(capacity, std::max<uint64_t>(needed, body_limit_ + kBodyPadding));
+  if (admit_body(capacity) != 0) return -1;
+  body.reserve(capacity);
   return 0;
 }
 
@@ -185,6 +211,7 @@ int HttpRequestParser::on_body(llhttp_t* p, const char* at, size_t length) {
   if (s->current_.body.size() + length > s->body_limit_) {
     return s->fail(413, "body over the body limit");
   }
+  if (s->grow_body(length) != 0) return -1;
   s->current_.body.append(at, length);
   return 0;
 }
@@ -240,11 +267,14 @@ HttpRequestParser::Output HttpRequestParser::feed(std::string_view bytes) {
   if (error_status_ != 0) {
     if (error_status_ == 413 && !current_.method.empty() && !current_.path.empty()) {
       HttpRequest head = std::move(current_);
-      head.body.clear();
+      std::string().swap(head.body);  // what was read of it is never used
+      head.inflight_lease.release();
+      head.unauthenticated_lease.release();
       head.body_over_limit = true;
       head.keep_alive = false;  // the rest of the body is never read: the connection ends
       out.rejected_head = std::move(head);
     }
+    current_ = HttpRequest{};  // a failed stream holds no partial body
     state_ = State::Failed;
     out.error_status = error_status_;
     out.error_reason = error_reason_;

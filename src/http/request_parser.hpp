@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -11,10 +12,15 @@
 
 #include <llhttp.h>
 
+#include "mailcar/memory_budget.hpp"
+
 namespace mailcar::http {
 
 constexpr size_t kMaxHeaderBytes = 64 * 1024;  // request line + header block; over: 431
 constexpr size_t kMaxUrlBytes = 8 * 1024;      // over: 414
+// Spare capacity kept after a body so that a JSON parser may read it in place
+// (simdjson::SIMDJSON_PADDING).
+constexpr size_t kBodyPadding = 64;
 
 // The body limit for a given limits.max_message_bytes: a JSON request carries attachments
 // as base64 (4/3 of the bytes), plus field names and quoting; 64 KiB covers the envelope.
@@ -32,6 +38,9 @@ struct HttpRequest {
   bool expect_continue = false;  // "Expect: 100-continue" was sent
   // The body was over the limit and was not read (`body` is empty): only the head is known.
   bool body_over_limit = false;
+  // What the body holds of the memory budgets (see BodyAdmission); given back with the body.
+  MemoryLease inflight_lease;
+  MemoryLease unauthenticated_lease;
 
   // First header / query parameter with that (lower-case) name.
   std::optional<std::string_view> header(std::string_view lower_name) const;
@@ -42,6 +51,12 @@ struct HttpRequest {
 std::optional<std::vector<std::pair<std::string, std::string>>> parse_query(std::string_view q);
 // %XX decoding; `plus_is_space` for query strings. nullopt on a malformed escape.
 std::optional<std::string> percent_decode(std::string_view s, bool plus_is_space);
+
+// Asked before a request's body may hold `total` bytes: once at the head with the announced
+// Content-Length, and as a chunked body grows. 0: go on; otherwise the status that refuses the
+// request (413: it can never fit; 503: not now). It may keep leases in `request` for what it
+// grants. The parser only reserves body memory that was granted.
+using BodyAdmission = std::function<int(HttpRequest& request, uint64_t total)>;
 
 class HttpRequestParser {
  public:
@@ -54,11 +69,12 @@ class HttpRequestParser {
     std::optional<int> error_status;
     std::string error_reason;  // for logs only
     // With a 413: the refused request's head (body_over_limit set), so that route and
-    // authentication errors, which rank above 413, can still be answered.
+    // authentication errors, which rank above 413, can still be answered. Not with a 503:
+    // that ranks first (the server is out of room, whatever the request is).
     std::optional<HttpRequest> rejected_head;
   };
 
-  explicit HttpRequestParser(uint64_t body_limit);
+  explicit HttpRequestParser(uint64_t body_limit, BodyAdmission admit = nullptr);
   HttpRequestParser(const HttpRequestParser&) = delete;
   HttpRequestParser& operator=(const HttpRequestParser&) = delete;
 
@@ -83,10 +99,13 @@ class HttpRequestParser {
   int fail(int status, std::string reason);
   bool head_over_limit(const char* span_end);
   void finish_header();
+  int admit_body(uint64_t total);
+  int grow_body(size_t more);
 
   llhttp_settings_t settings_{};
   llhttp_t parser_{};
   uint64_t body_limit_;
+  BodyAdmission admit_;
   State state_ = State::Idle;
   HttpRequest current_;
   std::string field_, value_;

@@ -87,7 +87,7 @@ class ApiHandlerTest : public ::testing::Test {
   }
 
   // Handles one request; a delivery that reached the transport is completed with `result`.
-  Reply call(const HttpRequest& req, DeliveryResult result = {}) {
+  Reply call(HttpRequest req, DeliveryResult result = {}) {
     std::optional<HttpResponse> got;
     handler_.handle(
         req, runtime_,
@@ -138,9 +138,9 @@ TEST_F(ApiHandlerTest, HealthReadyMetrics) {
 
   EXPECT_EQ(call(request("GET", "/ready", "", "")).status(), 200);
   std::optional<HttpResponse> not_ready;
+  HttpRequest ready = request("GET", "/ready", "", "");
   handler_.handle(
-      request("GET", "/ready", "", ""), nullptr, [&](HttpResponse r) { not_ready = std::move(r); },
-      "");
+      ready, nullptr, [&](HttpResponse r) { not_ready = std::move(r); }, "");
   ASSERT_TRUE(not_ready);
   EXPECT_EQ(not_ready->status, 503);
 
@@ -248,14 +248,36 @@ TEST(ExpandTemplate, OnePassUnknownStay) {
     auto it = values.find(k);
     return it == values.end() ? nullptr : &it->second;
   };
-  EXPECT_EQ(expand_template("x{a}y", lookup), "x1y");
-  EXPECT_EQ(expand_template("{b}", lookup), "{a}");  // not re-expanded
-  EXPECT_EQ(expand_template("{c} {a}", lookup), "{c} 1");
-  EXPECT_EQ(expand_template("{{a}}", lookup), "{1}");
-  EXPECT_EQ(expand_template("{a", lookup), "{a");
-  EXPECT_EQ(expand_template("a}{", lookup), "a}{");
-  EXPECT_EQ(expand_template("{}", lookup), "empty");
-  EXPECT_EQ(expand_template("", lookup), "");
+  auto expand = [&](std::string_view t) { return expand_template(t, lookup, 1000).value(); };
+  EXPECT_EQ(expand("x{a}y"), "x1y");
+  EXPECT_EQ(expand("{b}"), "{a}");  // not re-expanded
+  EXPECT_EQ(expand("{c} {a}"), "{c} 1");
+  EXPECT_EQ(expand("{{a}}"), "{1}");
+  EXPECT_EQ(expand("{a"), "{a");
+  EXPECT_EQ(expand("a}{"), "a}{");
+  EXPECT_EQ(expand("{}"), "empty");
+  EXPECT_EQ(expand(""), "");
+}
+
+TEST(ExpandTemplate, StopsAsSoonAsTheOutputPassesTheLimit) {
+  const std::string big(1000, 'v');
+  size_t lookups = 0;
+  auto lookup = [&](std::string_view k) -> const std::string* {
+    ++lookups;
+    return k == "a" ? &big : nullptr;
+  };
+  std::string repeated;
+  for (int i = 0; i < 4000; ++i) repeated += "{a}";
+  EXPECT_EQ(expand_template(repeated, lookup, 10'000), std::nullopt);
+  EXPECT_LE(lookups, 11u);  // gave up at the 11th value, not after all 4,000
+  // Exactly at the limit is fine; one byte more is not, wherever that byte comes from.
+  EXPECT_EQ(expand_template("{a}{a}", lookup, 2000)->size(), 2000u);
+  EXPECT_EQ(expand_template("{a}{a}x", lookup, 2000), std::nullopt);
+  EXPECT_EQ(expand_template("x{a}{a}", lookup, 2000), std::nullopt);
+  EXPECT_EQ(expand_template("{a}{a}{", lookup, 2000), std::nullopt);
+  EXPECT_EQ(expand_template("{b}", lookup, 2), std::nullopt);  // kept text counts too
+  EXPECT_EQ(expand_template("{b}", lookup, 3), "{b}");
+  EXPECT_EQ(expand_template("", lookup, 0), "");
 }
 
 TEST_F(ApiHandlerTest, TemplatesWithFallbackAndNoReexpansion) {
@@ -681,11 +703,11 @@ TEST_F(ApiHandlerTest, HandlerMayGoAwayWhileADeliveryIsInFlight) {
   std::optional<HttpResponse> got;
   {
     ApiHandler temporary([] { return kNow; });
+    HttpRequest send = request(
+        "POST", "/api/v2/email", kMinimal,
+        std::string("Content-Type: application/json\r\nX-DreamFactory-API-Key: ") + kKey + "\r\n");
     temporary.handle(
-        request("POST", "/api/v2/email", kMinimal,
-                std::string("Content-Type: application/json\r\nX-DreamFactory-API-Key: ") + kKey +
-                    "\r\n"),
-        runtime_, [&](HttpResponse r) { got = std::move(r); }, "peer");
+        send, runtime_, [&](HttpResponse r) { got = std::move(r); }, "peer");
   }
   runtime_.reset();  // the callback keeps its own snapshot
   ASSERT_EQ(transport_->pending.size(), 1u);
