@@ -34,6 +34,10 @@ struct NormalizedMessage {
 // prepended. Errors: NUL byte, a header line over 998 octets, more than one From field, an
 // unparsable From, no From and no default_from.
 Result<NormalizedMessage> normalize_message(const NormalizeInput& input);
+// The same for a message the caller gives up (input.raw is ignored): when its line ends are
+// all CRLF already, the result is made in `raw`'s own buffer, so a large message is not
+// copied (the header block is rewritten in place; spare capacity avoids a reallocation).
+Result<NormalizedMessage> normalize_message(const NormalizeInput& input, std::string&& raw);
 
 // "Received: from <helo> ([<peer_ip>])\r\n\tby <hostname> (mailcar) with <protocol> id <id>;
 // \r\n\t<date>\r\n". Client-supplied text (helo) is reduced to safe printable characters.

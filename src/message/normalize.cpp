@@ -66,11 +66,24 @@ std::string safe_token(std::string_view s, std::string_view fallback) {
   return out.empty() ? std::string(fallback) : out;
 }
 
+bool all_crlf(std::string_view s) {
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\n' && (i == 0 || s[i - 1] != '\r')) return false;
+    if (s[i] == '\r' && (i + 1 == s.size() || s[i + 1] != '\n')) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 Result<NormalizedMessage> normalize_message(const NormalizeInput& input) {
-  if (input.raw.find('\0') != std::string_view::npos) return make_error("NUL byte in message");
-  std::string text = normalize_line_ends(input.raw);
+  return normalize_message(input, std::string(input.raw));
+}
+
+Result<NormalizedMessage> normalize_message(const NormalizeInput& input, std::string&& raw) {
+  if (raw.find('\0') != std::string::npos) return make_error("NUL byte in message");
+  std::string text = all_crlf(raw) ? std::move(raw) : normalize_line_ends(raw);
+  std::string().swap(raw);
   if (!text.empty() && !text.ends_with("\r\n")) text += "\r\n";
 
   // Header block: up to the empty line, or up to the first line that is neither a field nor
@@ -151,15 +164,18 @@ Result<NormalizedMessage> normalize_message(const NormalizeInput& input) {
     headers += "Message-ID: <" + out.message_id + ">\r\n";
   }
 
-  std::string& d = out.data;
-  d.reserve(input.received_header.size() + headers.size() + text.size() - body_start + 4);
+  // The new header block replaces the old one in front of the body, in the same buffer.
+  std::string head;
+  head.reserve(input.received_header.size() + headers.size() + 4);
   if (!input.received_header.empty()) {
-    d += input.received_header;
-    if (!d.ends_with("\r\n")) d += "\r\n";
+    head += input.received_header;
+    if (!head.ends_with("\r\n")) head += "\r\n";
   }
-  d += headers;
-  if (separator || body_start < text.size()) d += "\r\n";
-  d.append(text, body_start, std::string::npos);
+  head += headers;
+  if (separator || body_start < text.size()) head += "\r\n";
+  text.replace(0, body_start, head);
+  out.data = std::move(text);
+  const std::string& d = out.data;
   for (unsigned char c : d) {
     if (c >= 0x80) {
       out.eight_bit = true;

@@ -5,12 +5,14 @@
 #include <algorithm>
 #include <chrono>
 #include <map>
+#include <new>
 #include <optional>
 #include <string>
 #include <utility>
 
 #include "mailcar/address.hpp"
 #include "mailcar/log.hpp"
+#include "mailcar/memory_budget.hpp"
 #include "mailcar/metrics.hpp"
 #include "mailcar/net.hpp"
 #include "mailcar/normalize.hpp"
@@ -106,6 +108,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
     options.validate_address = [](std::string_view a) { return validate_address(a).ok(); };
     options.now_ms = wall_ms;
     options.max_junk_commands = config.limits.smtp_junk_command_limit;
+    options.reserve_data = [this](uint64_t total) {
+      return data_lease_.grow_to(total, runtime_->config->limits.max_inflight_bytes);
+    };
     session_ = std::make_unique<smtp::SmtpServerSession>(std::move(options), credentials_.get(),
                                                          runtime_->policy.get());
   }
@@ -153,7 +158,20 @@ class Connection : public std::enable_shared_from_this<Connection> {
       held_.append(bytes);
       return;
     }
-    handle(session_->feed(bytes));
+    try {
+      handle(session_->feed(bytes));
+    } catch (const std::bad_alloc&) {
+      // The session's state is unknown after this: it ends, the process goes on.
+      log::error("out_of_memory", {{"where", "smtp_read"}, {"remote", remote_}});
+      data_lease_.release();
+      stream_->write("421 4.3.0 Temporary local problem, closing connection\r\n");
+      closing_ = true;
+      deadline_.clear();
+      stream_->close();
+      return;
+    }
+    // The DATA buffer's share of the budget ends with it (a delivered message took it along).
+    if (!session_->busy() && !delivering_) data_lease_.release();
     // Message data comes in whole chunks (the session finds the end marker and keeps any
     // STARTTLS that follows from taking effect); commands come line by line.
     if (!closing_) stream_->set_line_delivery(session_->state() != smtp::SessionState::Data);
@@ -236,7 +254,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
         delivering_ = true;  // the client is waiting for us: no deadline runs
         update_deadline();
         stream_->pause_reading();  // backpressure while the upstream works
-        deliver(std::move(*out.submission));
+        try {
+          deliver(std::move(*out.submission));
+        } catch (const std::bad_alloc&) {
+          log::error("out_of_memory", {{"where", "smtp_submission"}, {"remote", remote_}});
+          data_lease_.release();
+          finish_delivery({451, "4.3.0", "Temporary local problem, try again later"});
+        }
         return;
       case smtp::SessionEvent::Close:
         closing_ = true;
@@ -355,13 +379,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
 
   // The submitted data as a normalized message (RFC 5322 checks, trace header, defaults).
-  Result<NormalizedMessage> normalize(const Runtime& rt, const smtp::Submission& submission,
+  // Normalized in the DATA buffer itself (taken from `submission`: no copy of the message).
+  Result<NormalizedMessage> normalize(const Runtime& rt, smtp::Submission& submission,
                                       const std::string& trace_id, int64_t now_unix) const {
     std::string protocol = session_->esmtp() ? "ESMTP" : "SMTP";
     if (session_->esmtp() && session_->tls_active()) protocol += "S";
     if (session_->esmtp() && session_->authenticated()) protocol += "A";
     NormalizeInput input;
-    input.raw = submission.data;
     const ServiceConfig* service = rt.config->find_service(rt.config->smtp.service);
     if (service != nullptr && !service->from_email.empty()) {
       input.default_from = Mailbox{service->from_email, service->from_name};
@@ -370,7 +394,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
                                                  protocol, trace_id, now_unix);
     input.hostname = rt.hostname;
     input.now_unix = now_unix;
-    return normalize_message(input);
+    return normalize_message(input, std::move(submission.data));
   }
 
   void deliver(smtp::Submission data) {
@@ -380,10 +404,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
     Submission submission;
     submission.submitter = submitter();
     submission.service = rt->config->smtp.service;
+    const size_t submitted_size = data.data.size();
     Result<NormalizedMessage> normalized =
         normalize(*rt, data, trace_id, static_cast<int64_t>(now / 1000));
     if (!normalized.ok()) {
-      record_invalid_message(submission.submitter, submission.service, trace_id, data.data.size(),
+      record_invalid_message(submission.submitter, submission.service, trace_id, submitted_size,
                              data.recipients.size(), normalized.error().message);
       return finish_delivery({554, "5.6.0", "Message refused: " + normalized.error().message});
     }
@@ -397,6 +422,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
     outbound.smtputf8 = data.smtputf8;
     outbound.eight_bit = message.eight_bit || data.eight_bit;
     outbound.data = std::move(message.data);
+    // The budget's share goes with the message; the next DATA starts a lease of its own.
+    outbound.memory = std::exchange(data_lease_, MemoryLease(inflight_budget()));
+    outbound.memory.resize(outbound.data.size());
     std::weak_ptr<Connection> weak = weak_from_this();
     submit(std::move(rt), std::move(submission), now, [weak](SubmissionResult result) {
       if (auto self = weak.lock()) self->finish_delivery(smtp::reply_for_submission(result));
@@ -439,6 +467,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   uint64_t data_bytes_ = 0;  // message data bytes that earned time
   uint64_t data_carry_ = 0;  // bytes x 1000 not yet worth a whole millisecond
   std::string held_;
+  MemoryLease data_lease_{inflight_budget()};  // the DATA buffer's share of the in-flight budget
   bool delaying_ = false;
   bool delivering_ = false;
   bool closing_ = false;

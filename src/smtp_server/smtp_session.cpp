@@ -1,6 +1,8 @@
 #include "smtp_server/smtp_session.hpp"
 
+#include <algorithm>
 #include <chrono>
+#include <new>
 #include <utility>
 
 #include "mailcar/text.hpp"
@@ -346,6 +348,11 @@ void SmtpServerSession::append_data(std::string_view bytes) {
     std::string().swap(message_.data);
     return;
   }
+  if (!make_room(bytes.size())) {
+    state_ = SessionState::DataDraining;
+    std::string().swap(message_.data);
+    return;
+  }
   if (!message_.eight_bit) {
     for (char c : bytes) {
       if (static_cast<unsigned char>(c) >= 0x80) {
@@ -355,6 +362,30 @@ void SmtpServerSession::append_data(std::string_view bytes) {
     }
   }
   message_.data.append(bytes);
+}
+
+// Room in the DATA buffer for `more` bytes, asked of the budget before it is allocated. The
+// buffer grows geometrically and keeps spare room for the header fields normalization adds.
+// false: no room (data_no_budget_ or data_no_memory_ set).
+bool SmtpServerSession::make_room(size_t more) {
+  constexpr size_t kFirstStep = 64 * 1024;
+  constexpr size_t kHeaderRoom = 4 * 1024;
+  std::string& data = message_.data;
+  size_t needed = data.size() + more;
+  if (needed <= data.capacity()) return true;
+  size_t capacity = std::max({needed, data.capacity() * 2, kFirstStep});
+  capacity = std::min(capacity, std::max<size_t>(needed, options_.max_message_bytes)) + kHeaderRoom;
+  if (options_.reserve_data && !options_.reserve_data(capacity)) {
+    data_no_budget_ = true;
+    return false;
+  }
+  try {
+    data.reserve(capacity);
+  } catch (const std::bad_alloc&) {
+    data_no_memory_ = true;
+    return false;
+  }
+  return true;
 }
 
 void SmtpServerSession::end_data_line(bool crlf) {
@@ -377,6 +408,16 @@ void SmtpServerSession::finish_data(SessionOutput& out) {
     state_ = SessionState::Command;
     reset_transaction();
     reply(out, 552, "5.3.4", "Message size exceeds fixed maximum message size");
+    return;
+  }
+  if (data_no_budget_ || data_no_memory_) {
+    state_ = SessionState::Command;
+    reset_transaction();
+    if (data_no_budget_) {
+      reply(out, 451, "4.3.1", "Insufficient system storage, try again later");
+    } else {
+      reply(out, 451, "4.3.0", "Temporary local problem, try again later");
+    }
     return;
   }
   state_ = SessionState::AwaitingDelivery;
@@ -471,6 +512,7 @@ void SmtpServerSession::cmd_mail(std::string_view arg, SessionOutput& out) {
   bool eight_bit = false;
   bool smtputf8 = false;
   DsnRequest dsn;
+  uint64_t declared = 0;
   for (std::string_view param : split_params(params)) {
     size_t eq = param.find('=');
     std::string_view key = param.substr(0, eq);
@@ -482,6 +524,7 @@ void SmtpServerSession::cmd_mail(std::string_view arg, SessionOutput& out) {
       if (*size > options_.max_message_bytes) {
         return reply(out, 552, "5.3.4", "Message size exceeds fixed maximum message size");
       }
+      declared = *size;
     } else if (text::iequals_ascii(key, "BODY") && eq != std::string_view::npos) {
       if (text::iequals_ascii(value, "8BITMIME")) {
         eight_bit = true;
@@ -518,6 +561,7 @@ void SmtpServerSession::cmd_mail(std::string_view arg, SessionOutput& out) {
   }
   in_transaction_ = true;
   smtputf8_param_ = smtputf8;
+  declared_size_ = declared;
   message_ = Submission{};
   message_.envelope_from = std::move(from);
   message_.eight_bit = eight_bit;
@@ -580,6 +624,16 @@ void SmtpServerSession::cmd_data(std::string_view arg, SessionOutput& out) {
   data_line_length_ = 0;
   data_too_big_ = false;
   data_line_too_long_ = false;
+  data_no_budget_ = false;
+  data_no_memory_ = false;
+  // The first buffer: the declared size (so the message is not copied as it grows), or a step.
+  if (!make_room(declared_size_ > 0 ? declared_size_ : 1)) {
+    state_ = SessionState::Command;
+    bool budget = data_no_budget_;
+    reset_transaction();
+    return budget ? reply(out, 451, "4.3.1", "Insufficient system storage, try again later")
+                  : reply(out, 451, "4.3.0", "Temporary local problem, try again later");
+  }
   reply(out, 354, "", "End data with <CR><LF>.<CR><LF>");
 }
 
@@ -761,6 +815,7 @@ std::optional<PolicyDecision> SmtpServerSession::check_policy(const std::string&
 void SmtpServerSession::reset_transaction() {
   in_transaction_ = false;
   smtputf8_param_ = false;
+  declared_size_ = 0;
   message_ = Submission{};
 }
 

@@ -48,6 +48,10 @@ struct SessionOptions {
   std::function<bool(std::string_view)> validate_address;
   // Wall clock in ms for policy checks; empty: std::chrono::system_clock.
   std::function<uint64_t()> now_ms;
+  // Asked before the DATA buffer is allocated or grown to `total` bytes (the memory budget
+  // for message data in flight). false: no room now; the message is refused with 451 4.3.1
+  // (at DATA when even the first buffer does not fit). Empty: always room.
+  std::function<bool(uint64_t total)> reserve_data;
 };
 
 enum class SessionState {
@@ -152,6 +156,7 @@ class SmtpServerSession {
   void consume_data(SessionOutput& out);
   void finish_data(SessionOutput& out);
   void append_data(std::string_view bytes);
+  bool make_room(size_t more);
   void end_data_line(bool crlf);
 
   void command(std::string_view line, SessionOutput& out);
@@ -204,6 +209,10 @@ class SmtpServerSession {
   size_t data_line_length_ = 0;
   bool data_too_big_ = false;
   bool data_line_too_long_ = false;
+  // No memory for the message: 451 4.3.1 (budget spent) / 4.3.0 (allocation failed) at its end.
+  bool data_no_budget_ = false;
+  bool data_no_memory_ = false;
+  uint64_t declared_size_ = 0;  // MAIL FROM SIZE=, 0 when not given
   bool pending_overflow_ = false;
 };
 
