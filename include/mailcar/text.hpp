@@ -10,6 +10,8 @@
 namespace mailcar::text {
 
 std::string base64_encode(std::string_view bytes);
+// The same, appended to `out` (no temporary: for large data written into a final buffer).
+void base64_encode_append(std::string& out, std::string_view bytes);
 // Strict RFC 4648 decoding; whitespace (SP, TAB, CR, LF) is skipped. nullopt on any other
 // non-alphabet byte, bad padding or a truncated quantum.
 std::optional<std::string> base64_decode(std::string_view text);

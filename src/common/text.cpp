@@ -23,14 +23,18 @@ constexpr auto kDecode = make_decode_table();
 std::string base64_encode(std::string_view bytes) {
   std::string out;
   out.reserve((bytes.size() + 2) / 3 * 4);
+  base64_encode_append(out, bytes);
+  return out;
+}
+
+void base64_encode_append(std::string& out, std::string_view bytes) {
   size_t i = 0;
   const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
   for (; i + 3 <= bytes.size(); i += 3) {
     uint32_t v = (uint32_t{p[i]} << 16) | (uint32_t{p[i + 1]} << 8) | p[i + 2];
-    out.push_back(kAlphabet[(v >> 18) & 63]);
-    out.push_back(kAlphabet[(v >> 12) & 63]);
-    out.push_back(kAlphabet[(v >> 6) & 63]);
-    out.push_back(kAlphabet[v & 63]);
+    char quad[4] = {kAlphabet[(v >> 18) & 63], kAlphabet[(v >> 12) & 63], kAlphabet[(v >> 6) & 63],
+                    kAlphabet[v & 63]};
+    out.append(quad, 4);
   }
   size_t rest = bytes.size() - i;
   if (rest == 1) {
@@ -45,7 +49,6 @@ std::string base64_encode(std::string_view bytes) {
     out.push_back(kAlphabet[(v >> 6) & 63]);
     out.push_back('=');
   }
-  return out;
 }
 
 std::optional<std::string> base64_decode(std::string_view text) {

@@ -654,10 +654,10 @@ void ApiHandler::handle_send(HttpRequest& request, std::string_view service_name
   if (auto e = read_fields(root_object, f)) return bad_request(*e);
   drop_grown_parser(json_);  // f holds what is needed; `root` must not be used from here on
   // 413 ranks above 400: what the message must hold at least (bodies before templates,
-  // attachments decoded, i.e. before base64 grows them) already over the limit is a 413
-  // whatever else is wrong.
+  // attachments as base64 without line breaks, which they always become) already over the
+  // limit is a 413 whatever else is wrong, and nothing is built for it.
   uint64_t at_least = f.body_text.size() + f.body_html.size();
-  for (const auto& attachment : f.attachments) at_least += attachment.data.size();
+  for (const auto& attachment : f.attachments) at_least += (attachment.data.size() + 2) / 3 * 4;
   if (at_least > config.limits.max_message_bytes) {
     respond(error_response(413, "Message too large: the limit is " +
                                     std::to_string(config.limits.max_message_bytes) + " bytes."));

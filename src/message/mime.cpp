@@ -185,14 +185,24 @@ bool is_7bit_clean(std::string_view s) {
   return true;
 }
 
-std::string base64_lines(std::string_view data) {
-  std::string b64 = text::base64_encode(data);
-  std::string out;
-  out.reserve(b64.size() + b64.size() / kBase64LineChars * 2 + 2);
-  for (size_t i = 0; i < b64.size(); i += kBase64LineChars) {
-    out.append(b64, i, kBase64LineChars);
+// Base64 in lines of kBase64LineChars, each CRLF-terminated, appended to `out`.
+void append_base64_lines(std::string& out, std::string_view data) {
+  constexpr size_t kLineBytes = kBase64LineChars / 4 * 3;
+  for (size_t i = 0; i < data.size(); i += kLineBytes) {
+    text::base64_encode_append(out, data.substr(i, kLineBytes));
     out += "\r\n";
   }
+}
+
+size_t base64_lines_size(size_t bytes) {
+  size_t chars = (bytes + 2) / 3 * 4;
+  return chars + (chars + kBase64LineChars - 1) / kBase64LineChars * 2;
+}
+
+std::string base64_lines(std::string_view data) {
+  std::string out;
+  out.reserve(base64_lines_size(data.size()));
+  append_base64_lines(out, data);
   return out;
 }
 
@@ -230,13 +240,43 @@ std::string quoted_printable(std::string_view s) {
   return out;
 }
 
+// A MIME entity before it is written. Large content is not copied into it: an attachment
+// refers to its bytes (base64_of) and a multipart to its children, and everything is written
+// once, into the message's final buffer, by render_into.
 struct Entity {
-  std::string headers;  // CRLF-terminated header lines
-  std::string body;     // CRLF-terminated (or empty)
+  std::string headers;         // CRLF-terminated header lines
+  std::string body;            // CRLF-terminated (or empty); unused when one of the below is set
+  std::string_view base64_of;  // the body is these bytes in base64 lines (they must outlive e)
+  std::string boundary;        // multipart: the children, each behind the boundary
+  std::vector<Entity> children;
 };
 
-std::string render(const Entity& e) {
-  return e.headers + "\r\n" + e.body;
+size_t rendered_size(const Entity& e) {
+  size_t size = e.headers.size() + 2;
+  if (!e.base64_of.empty()) return size + base64_lines_size(e.base64_of.size());
+  if (e.children.empty()) return size + e.body.size();
+  for (const auto& c : e.children) size += 2 + e.boundary.size() + 2 + rendered_size(c) + 2;
+  return size + 2 + e.boundary.size() + 4;
+}
+
+void render_into(std::string& out, const Entity& e) {
+  out += e.headers;
+  out += "\r\n";
+  if (!e.base64_of.empty()) return append_base64_lines(out, e.base64_of);
+  if (e.children.empty()) {
+    out += e.body;
+    return;
+  }
+  for (const auto& c : e.children) {
+    out += "--";
+    out += e.boundary;
+    out += "\r\n";
+    render_into(out, c);
+    out += "\r\n";
+  }
+  out += "--";
+  out += e.boundary;
+  out += "--\r\n";
 }
 
 Entity text_entity(std::string_view subtype, std::string_view content) {
@@ -399,36 +439,35 @@ Result<Entity> attachment_entity(const Attachment& a, size_t index) {
   if (!disposition_header) return disposition_header.error();
   Entity e;
   e.headers = *type_header + *disposition_header + "Content-Transfer-Encoding: base64\r\n";
-  e.body = base64_lines(a.data);
+  e.base64_of = a.data;  // encoded when the message is written, straight into it
   return e;
 }
 
+bool entity_contains(const Entity& e, std::string_view s) {
+  // Base64 content cannot hold a boundary: "=_mc_" has '_', which is not in its alphabet.
+  if (e.headers.find(s) != std::string::npos || e.body.find(s) != std::string::npos) return true;
+  for (const auto& c : e.children) {
+    if (entity_contains(c, s)) return true;
+  }
+  return false;
+}
+
 // Random boundary that none of the parts contains (content is checked, not assumed).
-std::string make_boundary(const std::vector<std::string>& parts) {
+std::string make_boundary(const std::vector<Entity>& parts) {
   while (true) {
     std::string b = "=_mc_" + text::random_token(30);
     bool clash = false;
-    for (const auto& p : parts) {
-      if (p.find(b) != std::string::npos) clash = true;
-    }
+    for (const auto& p : parts) clash = clash || entity_contains(p, b);
     if (!clash) return b;
   }
 }
 
-Entity multipart_entity(std::string_view subtype, const std::vector<Entity>& children) {
-  std::vector<std::string> rendered;
-  rendered.reserve(children.size());
-  for (const auto& c : children) rendered.push_back(render(c));
-  std::string boundary = make_boundary(rendered);
+Entity multipart_entity(std::string_view subtype, std::vector<Entity> children) {
   Entity e;
-  e.headers = fold_header("Content-Type",
-                          "multipart/" + std::string(subtype) + "; boundary=\"" + boundary + "\"");
-  for (const auto& r : rendered) {
-    e.body += "--" + boundary + "\r\n";
-    e.body += r;
-    e.body += "\r\n";
-  }
-  e.body += "--" + boundary + "--\r\n";
+  e.boundary = make_boundary(children);
+  e.headers = fold_header(
+      "Content-Type", "multipart/" + std::string(subtype) + "; boundary=\"" + e.boundary + "\"");
+  e.children = std::move(children);
   return e;
 }
 
@@ -703,7 +742,7 @@ Result<OutboundMessage> build_message(const MessageContent& content, const Build
   if (content.body_html) body_parts.push_back(text_entity("html", *content.body_html));
   if (body_parts.empty()) body_parts.push_back(text_entity("plain", ""));
   Entity body = body_parts.size() == 1 ? std::move(body_parts[0])
-                                       : multipart_entity("alternative", body_parts);
+                                       : multipart_entity("alternative", std::move(body_parts));
   if (!content.attachments.empty()) {
     std::vector<Entity> parts;
     parts.push_back(std::move(body));
@@ -712,9 +751,10 @@ Result<OutboundMessage> build_message(const MessageContent& content, const Build
       if (!a) return a.error();
       parts.push_back(std::move(*a));
     }
-    body = multipart_entity("mixed", parts);
+    body = multipart_entity("mixed", std::move(parts));
   }
-  d += render(body);
+  d.reserve(d.size() + rendered_size(body));  // one allocation for the whole message
+  render_into(d, body);
   for (unsigned char c : d) {
     if (c >= 0x80) {
       msg.eight_bit = true;
