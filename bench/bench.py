@@ -6,6 +6,8 @@ Measured:  HTTP JSON → mailcar → smtp-sink   (wrk, keep-alive, 1 KB and 100 
            SMTP      → mailcar → smtp-sink   (smtp-source, 1/10/50 sessions)
            policy cost: 1,000 roles / 10,000 sender patterns / 3 windows vs one role, `*`, no limits
            memory: idle RSS, peak RSS under load, RSS per idle SMTP connection (1,000 open)
+           peak:   peak RSS (VmHWM) of a fresh daemon for one message with a 1/5/17/24 MB
+                   attachment, through HTTP and SMTP (file driver: no upstream needed)
 Nothing here asserts: it reports. Usage: bench/run.sh  (or bench/bench.py --mailcar build/mailcar)
 """
 import argparse
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -353,6 +356,82 @@ def measure_spool(sink, folder, args, row):
         mc.stop()
 
 
+PEAK_CONFIG = """listen:
+  http: 127.0.0.1:{HTTP}
+  smtp: 127.0.0.1:{SMTP}
+services:
+  out:
+    driver: file
+    path: %s
+    from_email: bench@example.com
+roles:
+  bench:
+    senders: ["*"]
+credentials:
+  - api_key: bench-key
+    role: bench
+smtp:
+  service: out
+  anonymous_role: bench
+log:
+  level: error
+"""
+
+
+def peak_send_http(port, attachment):
+    body = json.dumps({"to": "sink@example.com", "subject": "peak", "body_text": "x",
+                       "attachments": [{"name": "a.bin", "content": attachment}]}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v2/out", data=body, method="POST",
+                                 headers={"Content-Type": "application/json",
+                                          "X-DreamFactory-API-Key": "bench-key"})
+    try:
+        return urllib.request.urlopen(req, timeout=300).status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def peak_send_smtp(port, attachment):
+    import smtplib
+    boundary = "peak-boundary"
+    lines = [attachment[i:i + 76] for i in range(0, len(attachment), 76)]
+    msg = ("From: bench@example.com\r\nTo: sink@example.com\r\nSubject: peak\r\n"
+           f"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary={boundary}\r\n\r\n"
+           f"--{boundary}\r\nContent-Type: text/plain\r\n\r\nx\r\n--{boundary}\r\n"
+           "Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           + "\r\n".join(lines) + f"\r\n--{boundary}--\r\n").encode()
+    with smtplib.SMTP("127.0.0.1", port, timeout=300) as s:
+        try:
+            s.sendmail("bench@example.com", ["sink@example.com"], msg)
+            return 250
+        except smtplib.SMTPResponseException as e:
+            return e.smtp_code
+        except smtplib.SMTPRecipientsRefused as e:
+            return list(e.recipients.values())[0][0]
+
+
+def measure_peak(args, folder, row):
+    """Peak RSS of a fresh daemon for one message: what one large message costs."""
+    import base64
+    for door, send in (("HTTP", peak_send_http), ("SMTP", peak_send_smtp)):
+        for mb in (1, 5, 17, 24):
+            work = folder / f"peak-{door}-{mb}"
+            (work / "out").mkdir(parents=True)
+            attachment = base64.b64encode(os.urandom(mb * 1000 * 1000)).decode()
+            mc = Mailcar(args.mailcar, PEAK_CONFIG % (work / "out"), work)
+            try:
+                time.sleep(0.3)
+                idle = rss_kb(mc.proc.pid, "VmHWM")
+                code = send(mc.http_port if door == "HTTP" else mc.smtp_port, attachment)
+                time.sleep(0.3)  # the file driver writes on a worker thread
+                peak = rss_kb(mc.proc.pid, "VmHWM")
+            finally:
+                mc.stop()
+            row(f"peak RSS, {door}, {mb} MB attachment (answer {code}), idle {idle / 1024:.1f} MB",
+                peak / 1024, unit="MB")
+            row(f"  growth / attachment size, {door}, {mb} MB", (peak - idle) * 1024 / (mb * 1e6),
+                unit="x")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mailcar", default="build-bench/mailcar")
@@ -360,8 +439,8 @@ def main():
     ap.add_argument("--messages", type=int, default=4000)
     ap.add_argument("--out", default="bench/results/latest.md")
     ap.add_argument("--policy-rounds", type=int, default=5)
-    ap.add_argument("--only", default="http,smtp,memory,policy,spool",
-                    help="comma-separated parts: http, smtp, memory, policy, spool")
+    ap.add_argument("--only", default="http,smtp,memory,policy,spool,peak",
+                    help="comma-separated parts: http, smtp, memory, policy, spool, peak")
     args = ap.parse_args()
     parts = set(args.only.split(","))
     folder = Path(tempfile.mkdtemp(prefix="mailcar-bench-"))
@@ -375,7 +454,7 @@ def main():
         base_text = f"base {baseline:,.1f}" if baseline else ""
         print(f"{name:62} {value:12,.1f} {unit:6} {base_text:>18} {ratio}", flush=True)
 
-    sink = Sink()
+    sink = Sink() if parts & {"http", "smtp", "memory", "policy", "spool"} else None
     try:
         if parts & {"http", "smtp", "memory"}:
             base = measure_baseline(sink, args, row)
@@ -396,8 +475,11 @@ def main():
             measure_policy(sink, folder, args, row)
         if "spool" in parts:
             measure_spool(sink, folder, args, row)
+        if "peak" in parts:
+            measure_peak(args, folder, row)
     finally:
-        sink.stop()
+        if sink:
+            sink.stop()
         shutil.rmtree(folder, ignore_errors=True)
 
     out = Path(args.out)
