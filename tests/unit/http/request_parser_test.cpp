@@ -245,3 +245,68 @@ TEST(HttpRequestParser, RequestsBeforeAnErrorAreStillHandedOut) {
   EXPECT_EQ(out.requests[0].path, "/a");
   EXPECT_EQ(out.error_status, 400);
 }
+
+TEST(HttpRequestParser, BodyIsAdmittedBeforeItIsAllocated) {
+  std::vector<uint64_t> asked;
+  int verdict = 0;
+  HttpRequestParser p(1'000'000, [&](HttpRequest& request, uint64_t total) {
+    EXPECT_EQ(request.path, "/api/v2/email");  // the head is known when it is asked
+    asked.push_back(total);
+    return verdict;
+  });
+  std::string body(5000, 'b');
+  auto requests = feed_all(p, post("/api/v2/email", body));
+  ASSERT_EQ(requests.size(), 1u);
+  EXPECT_EQ(requests[0].body, body);
+  ASSERT_EQ(asked.size(), 1u);  // once, for the announced length
+  EXPECT_EQ(asked[0], 5000u);
+  // Spare room after the body so that a JSON parser can read it in place.
+  EXPECT_GE(requests[0].body.capacity(), body.size() + mailcar::http::kBodyPadding);
+}
+
+TEST(HttpRequestParser, BodyRefusedByAdmission) {
+  // 503: out of room now; answered first, whatever the request (no head handed out).
+  HttpRequestParser busy(1'000'000, [](HttpRequest&, uint64_t) { return 503; });
+  auto out = busy.feed(post("/api/v2/email", std::string(100, 'x')));
+  ASSERT_EQ(out.error_status, 503);
+  EXPECT_FALSE(out.rejected_head.has_value());
+  EXPECT_TRUE(busy.failed());
+  // 413: it can never fit; the head is handed out so that 404/405/401/415 still rank first.
+  HttpRequestParser big(1'000'000, [](HttpRequest&, uint64_t) { return 413; });
+  out = big.feed(post("/api/v2/email", std::string(100, 'x')));
+  ASSERT_EQ(out.error_status, 413);
+  ASSERT_TRUE(out.rejected_head.has_value());
+  EXPECT_TRUE(out.rejected_head->body_over_limit);
+  EXPECT_TRUE(out.rejected_head->body.empty());
+}
+
+TEST(HttpRequestParser, ChunkedBodyIsAdmittedInGrowingSteps) {
+  std::vector<uint64_t> asked;
+  uint64_t room = 1'000'000;
+  HttpRequestParser p(10'000'000, [&](HttpRequest&, uint64_t total) {
+    asked.push_back(total);
+    return total <= room ? 0 : 503;
+  });
+  std::string head = "POST /api/v2/email HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+  std::string chunk(10'000, 'c');
+  std::string framed = "2710\r\n" + chunk + "\r\n";
+  auto out = p.feed(head);
+  for (int i = 0; i < 50; ++i) {
+    out = p.feed(framed);
+    ASSERT_FALSE(out.error_status.has_value()) << i;
+  }
+  out = p.feed("0\r\n\r\n");
+  ASSERT_EQ(out.requests.size(), 1u);
+  EXPECT_EQ(out.requests[0].body.size(), 500'000u);
+  // Geometric steps, each asked before it was allocated; never far above what arrived.
+  ASSERT_GE(asked.size(), 2u);
+  ASSERT_LE(asked.size(), 10u);
+  for (size_t i = 1; i < asked.size(); ++i) EXPECT_GT(asked[i], asked[i - 1]);
+  EXPECT_LE(asked.back(), 2 * 500'000u + 2 * mailcar::http::kBodyPadding);
+  EXPECT_GE(out.requests[0].body.capacity(), 500'000u + mailcar::http::kBodyPadding);
+  // A chunked body that outgrows the room is refused mid-way.
+  room = 100'000;
+  out = p.feed(head);
+  for (int i = 0; i < 50 && !out.error_status; ++i) out = p.feed(framed);
+  EXPECT_EQ(out.error_status, 503);
+}

@@ -163,4 +163,33 @@ TEST(ReceivedHeader, FormatAndSanitizedClientText) {
 }
 
 }  // namespace
+TEST(Normalize, InPlaceGivesTheSameMessageWithoutACopy) {
+  for (std::string raw :
+       {std::string("From: a@example.com\r\nBcc: x@example.com\r\nSubject: s\r\n"
+                    "\r\nbody\r\n.line\r\n"),
+        std::string("From: a@example.com\nSubject: s\n\nbare lf\nbody"),
+        std::string("Subject: only headers"), std::string("no header at all\r\n"), std::string()}) {
+    NormalizeInput in = input(raw);
+    auto copied = normalize_message(in);
+    std::string owned = raw;
+    owned.reserve(owned.size() + 4096);  // as the SMTP session leaves room for the header block
+    const char* buffer = owned.data();
+    bool crlf_already =
+        raw.find('\n') == std::string::npos || raw.find("\r\n") != std::string::npos;
+    auto in_place = normalize_message(in, std::move(owned));
+    ASSERT_EQ(copied.ok(), in_place.ok()) << raw;
+    if (!copied.ok()) continue;
+    // The same but for a generated Message-ID (random).
+    std::string expected = copied->data;
+    if (size_t at = expected.find(copied->message_id); at != std::string::npos) {
+      expected.replace(at, copied->message_id.size(), in_place->message_id);
+    }
+    EXPECT_EQ(expected, in_place->data) << raw;
+    EXPECT_EQ(copied->from, in_place->from);
+    if (crlf_already && !raw.empty()) {
+      EXPECT_EQ(in_place->data.data(), buffer) << "copied: " << raw;
+    }
+  }
+}
+
 }  // namespace mailcar

@@ -286,6 +286,49 @@ TEST_F(SessionTest, ExactlyMaxSizeIsAccepted) {
   EXPECT_EQ(last.submission->data.size(), 1000u);
 }
 
+TEST_F(SessionTest, DataBufferIsGrantedBeforeItIsAllocated) {
+  options.max_message_bytes = 1'000'000;
+  std::vector<uint64_t> asked;
+  uint64_t room = 300'000;
+  options.reserve_data = [&](uint64_t total) {
+    asked.push_back(total);
+    return total <= room;
+  };
+  open();
+  say("EHLO c\r\n");
+  // SIZE= sizes the first buffer (plus room for the header fields normalization adds).
+  say("MAIL FROM:<a@example.com> SIZE=200000\r\nRCPT TO:<b@example.org>\r\n");
+  EXPECT_EQ(say("DATA\r\n"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+  ASSERT_EQ(asked.size(), 1u);
+  EXPECT_GE(asked[0], 200'000u);
+  EXPECT_LE(asked[0], 210'000u);
+  std::string line(98, 'x');
+  line += "\r\n";
+  std::string chunk;
+  for (int i = 0; i < 1000; ++i) chunk += line;  // 100 KB per feed
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(say(chunk), "");
+  // Growth past the budget: the rest is drained, then 451 4.3.1; the session goes on.
+  EXPECT_EQ(session->state(), SessionState::DataDraining);
+  EXPECT_EQ(say(".\r\n"), "451 4.3.1 Insufficient system storage, try again later\r\n");
+  EXPECT_EQ(last.event, SessionEvent::None);
+  for (uint64_t total : asked) EXPECT_LE(total, 1'000'000u + 8192) << "never more than the limit";
+  // A message announced bigger than the room left: refused at DATA, before any data.
+  room = 1000;
+  say("MAIL FROM:<a@example.com> SIZE=5000\r\nRCPT TO:<b@example.org>\r\n");
+  EXPECT_EQ(say("DATA\r\n"), "451 4.3.1 Insufficient system storage, try again later\r\n");
+  EXPECT_EQ(session->state(), SessionState::Command);
+  EXPECT_EQ(say("RCPT TO:<b@example.org>\r\n"), "503 5.5.1 Need MAIL command\r\n");
+  // Room again: a message without SIZE= asks for a first step when data comes, and goes through.
+  room = 1'000'000;
+  size_t asked_before = asked.size();
+  std::string text(200, 'm');
+  say("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n" + text + "\r\n.\r\n");
+  ASSERT_EQ(last.event, SessionEvent::Deliver);
+  EXPECT_EQ(last.submission->data, text + "\r\n");
+  ASSERT_EQ(asked.size(), asked_before + 1);
+  EXPECT_GE(last.submission->data.capacity(), asked.back());
+}
+
 TEST_F(SessionTest, SizeParameterOverLimit) {
   open();
   say("EHLO c\r\n");
