@@ -6,6 +6,8 @@
 #include <map>
 #include <vector>
 
+#include "mailcar/memory_budget.hpp"
+
 namespace mailcar::metrics {
 namespace {
 
@@ -213,6 +215,13 @@ std::string render_prometheus() {
   for (const auto& [listener, n] : s.connections) {
     append_sample(out, "mailcar_connections", {"listener"}, {listener}, std::to_string(n));
   }
+  // Memory budgets (limits.max_inflight_bytes, limits.unauthenticated_body_bytes).
+  append_header(out, "mailcar_memory_budget_used_bytes", "gauge",
+                "Bytes held against each memory budget.");
+  append_sample(out, "mailcar_memory_budget_used_bytes", {"budget"}, {"inflight"},
+                std::to_string(inflight_budget().used()));
+  append_sample(out, "mailcar_memory_budget_used_bytes", {"budget"}, {"unauthenticated"},
+                std::to_string(unauthenticated_budget().used()));
   return out;
 }
 

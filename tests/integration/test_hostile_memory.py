@@ -220,6 +220,10 @@ def test_inflight_budget_refuses_new_messages_on_both_doors(upstream_factory, ma
     assert answer is not None and answer[0] == 503, answer
     assert int(answer[1]["retry-after"]) >= 1
     refused.close()
+    metrics = mc.request("GET", "/metrics")[2].decode()
+    held_bytes = int(metrics.split('mailcar_memory_budget_used_bytes{budget="inflight"} ')[1]
+                     .split()[0])
+    assert held_bytes == 2 * len(payload), metrics
 
     # SMTP: a message announced with SIZE= does not fit now: 451 4.3.1 at DATA.
     message = (b"From: app@example.com\r\nTo: b@example.com\r\nSubject: big\r\n\r\n" +
