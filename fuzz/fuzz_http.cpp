@@ -104,7 +104,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   while (!input.empty() && !parser.failed()) {
     auto out = parser.feed(input.substr(0, step));
     input.remove_prefix(std::min(step, input.size()));
-    for (const auto& request : out.requests) {
+    for (auto& request : out.requests) {
       bool keep_alive = request.keep_alive;
       handler.handle(
           request, runtime,

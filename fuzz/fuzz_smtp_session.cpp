@@ -68,6 +68,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   options.max_pending_input = 256;
   options.max_junk_commands = 8;
   options.now_ms = [] { return uint64_t{0}; };
+  // The in-flight budget: with bit 4 of the chunk selector, room for 2,000 bytes only.
+  uint64_t room = (setup & 0x10) ? 2000 : UINT64_MAX;
+  options.reserve_data = [room, limit = options.max_message_bytes](uint64_t total) {
+    if (total > limit + 4096) __builtin_trap();  // never more than the message limit allows
+    return total <= room;
+  };
   size_t chunk = (setup >> 4) + 1;
 
   AnyCredentials credentials;
