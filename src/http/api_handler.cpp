@@ -454,21 +454,18 @@ uint64_t system_now_ms() {
                                    .count());
 }
 
-std::optional<std::string> expand_template(
-    std::string_view text, const std::function<const std::string*(std::string_view)>& lookup,
-    size_t max_bytes) {
-  std::string out;
-  auto append = [&out, max_bytes](std::string_view part) {
-    if (part.size() > max_bytes - out.size()) return false;
-    out.append(part);
-    return true;
-  };
-  if (text.size() <= max_bytes) out.reserve(text.size());
+namespace {
+
+// One left-to-right pass over a template: `emit` gets each piece of the output in order and
+// returns false to stop (then so does the pass).
+template <typename Emit>
+bool walk_template(std::string_view text,
+                   const std::function<const std::string*(std::string_view)>& lookup, Emit&& emit) {
   size_t i = 0;
   while (i < text.size()) {
     size_t open = text.find('{', i);
     if (open == std::string_view::npos) break;
-    if (!append(text.substr(i, open - i))) return std::nullopt;
+    if (!emit(text.substr(i, open - i))) return false;
     size_t close = text.find('}', open + 1);
     if (close == std::string_view::npos) {
       i = open;
@@ -477,15 +474,37 @@ std::optional<std::string> expand_template(
     std::string_view key = text.substr(open + 1, close - open - 1);
     const std::string* value = key.find('{') == std::string_view::npos ? lookup(key) : nullptr;
     if (value != nullptr) {
-      if (!append(*value)) return std::nullopt;
+      if (!emit(*value)) return false;
       i = close + 1;
     } else {
       // Not a known placeholder: keep the brace and rescan after it ("{{name}" works).
-      if (!append("{")) return std::nullopt;
+      if (!emit("{")) return false;
       i = open + 1;
     }
   }
-  if (!append(text.substr(i))) return std::nullopt;
+  return emit(text.substr(i));
+}
+
+}  // namespace
+
+std::optional<std::string> expand_template(
+    std::string_view text, const std::function<const std::string*(std::string_view)>& lookup,
+    size_t max_bytes) {
+  // Measured first, so nothing is allocated for an output over the limit and the output is
+  // allocated once, at its size.
+  size_t size = 0;
+  bool fits = walk_template(text, lookup, [&size, max_bytes](std::string_view piece) {
+    if (piece.size() > max_bytes - size) return false;
+    size += piece.size();
+    return true;
+  });
+  if (!fits) return std::nullopt;
+  std::string out;
+  out.reserve(size);
+  walk_template(text, lookup, [&out](std::string_view piece) {
+    out.append(piece);
+    return true;
+  });
   return out;
 }
 
