@@ -12,6 +12,9 @@ namespace mailcar::smtp {
 namespace {
 
 constexpr std::string_view kCrlf = "\r\n";
+// Spare room at the end of a message buffer for the header fields normalization adds, so
+// that they are written in place (see normalize_message).
+constexpr size_t kHeaderRoom = 4 * 1024;
 
 // Envelope address syntax when the glue supplies nothing better: local@domain, no controls,
 // no unquoted spaces, RFC 5321 length limits. UTF-8 bytes pass (SMTPUTF8 is checked apart).
@@ -342,15 +345,15 @@ void SmtpServerSession::append_data(std::string_view bytes) {
     state_ = SessionState::DataDraining;
   }
   if (state_ != SessionState::Data) return;
-  if (message_.data.size() + bytes.size() > options_.max_message_bytes) {
+  if (data_bytes_ + bytes.size() > options_.max_message_bytes) {
     data_too_big_ = true;
     state_ = SessionState::DataDraining;
-    std::string().swap(message_.data);
+    drop_data();
     return;
   }
   if (!make_room(bytes.size())) {
     state_ = SessionState::DataDraining;
-    std::string().swap(message_.data);
+    drop_data();
     return;
   }
   if (!message_.eight_bit) {
@@ -361,31 +364,83 @@ void SmtpServerSession::append_data(std::string_view bytes) {
       }
     }
   }
-  message_.data.append(bytes);
+  (blocks_.empty() ? message_.data : blocks_.back()).append(bytes);
+  data_bytes_ += bytes.size();
 }
 
-// Room in the DATA buffer for `more` bytes, asked of the budget before it is allocated. The
-// buffer grows geometrically and keeps spare room for the header fields normalization adds.
-// false: no room (data_no_budget_ or data_no_memory_ set).
-bool SmtpServerSession::make_room(size_t more) {
-  constexpr size_t kFirstStep = 64 * 1024;
-  constexpr size_t kHeaderRoom = 4 * 1024;
-  std::string& data = message_.data;
-  size_t needed = data.size() + more;
-  if (needed <= data.capacity()) return true;
-  size_t capacity = std::max({needed, data.capacity() * 2, kFirstStep});
-  capacity = std::min(capacity, std::max<size_t>(needed, options_.max_message_bytes)) + kHeaderRoom;
+// The buffer for a message announced with SIZE=: the data goes straight into it.
+bool SmtpServerSession::reserve_declared(uint64_t declared) {
+  if (declared == 0) return true;
+  uint64_t capacity = declared + kHeaderRoom;
   if (options_.reserve_data && !options_.reserve_data(capacity)) {
     data_no_budget_ = true;
     return false;
   }
   try {
-    data.reserve(capacity);
+    message_.data.reserve(capacity);
   } catch (const std::bad_alloc&) {
     data_no_memory_ = true;
     return false;
   }
   return true;
+}
+
+// Room for `more` bytes, asked of the budget before it is allocated. Data that does not fit
+// the declared buffer goes into blocks of growing size (64 KiB up to 1 MiB), never copied as
+// they fill; join_blocks() makes them one buffer at the end. false: no room (data_no_budget_
+// or data_no_memory_ set).
+bool SmtpServerSession::make_room(size_t more) {
+  constexpr size_t kFirstBlock = 64 * 1024;
+  constexpr size_t kLargestBlock = 1024 * 1024;
+  std::string& data = message_.data;
+  if (blocks_.empty() && data.size() + more <= data.capacity()) return true;
+  if (!blocks_.empty() && blocks_.back().size() + more <= blocks_.back().capacity()) return true;
+  size_t last = blocks_.empty() ? 0 : blocks_.back().capacity();
+  size_t block = std::max({more, std::min(last * 2, kLargestBlock), kFirstBlock});
+  block = std::min(block, std::max<size_t>(more, options_.max_message_bytes));
+  if (options_.reserve_data && !options_.reserve_data(data.capacity() + blocks_capacity_ + block)) {
+    data_no_budget_ = true;
+    return false;
+  }
+  try {
+    std::string fresh;
+    fresh.reserve(block);
+    blocks_.push_back(std::move(fresh));
+  } catch (const std::bad_alloc&) {
+    data_no_memory_ = true;
+    return false;
+  }
+  blocks_capacity_ += block;
+  return true;
+}
+
+// The blocks become one buffer (with room for the header fields normalization adds), each
+// freed as soon as it is copied: the message is held about once, plus one block.
+bool SmtpServerSession::join_blocks() {
+  if (blocks_.empty()) return true;
+  std::string joined;
+  try {
+    joined.reserve(data_bytes_ + kHeaderRoom);
+  } catch (const std::bad_alloc&) {
+    data_no_memory_ = true;
+    return false;
+  }
+  joined.append(message_.data);
+  std::string().swap(message_.data);
+  for (std::string& block : blocks_) {
+    joined.append(block);
+    std::string().swap(block);
+  }
+  blocks_.clear();
+  blocks_capacity_ = 0;
+  message_.data = std::move(joined);
+  return true;
+}
+
+void SmtpServerSession::drop_data() {
+  std::string().swap(message_.data);
+  std::vector<std::string>().swap(blocks_);
+  blocks_capacity_ = 0;
 }
 
 void SmtpServerSession::end_data_line(bool crlf) {
@@ -410,6 +465,7 @@ void SmtpServerSession::finish_data(SessionOutput& out) {
     reply(out, 552, "5.3.4", "Message size exceeds fixed maximum message size");
     return;
   }
+  if (!data_no_budget_ && !data_no_memory_) join_blocks();
   if (data_no_budget_ || data_no_memory_) {
     state_ = SessionState::Command;
     reset_transaction();
@@ -626,8 +682,9 @@ void SmtpServerSession::cmd_data(std::string_view arg, SessionOutput& out) {
   data_line_too_long_ = false;
   data_no_budget_ = false;
   data_no_memory_ = false;
-  // The first buffer: the declared size (so the message is not copied as it grows), or a step.
-  if (!make_room(declared_size_ > 0 ? declared_size_ : 1)) {
+  data_bytes_ = 0;
+  // SIZE= given: one buffer of that size, so the message is never copied as it arrives.
+  if (!reserve_declared(declared_size_)) {
     state_ = SessionState::Command;
     bool budget = data_no_budget_;
     reset_transaction();
@@ -817,6 +874,7 @@ void SmtpServerSession::reset_transaction() {
   smtputf8_param_ = false;
   declared_size_ = 0;
   message_ = Submission{};
+  drop_data();
 }
 
 std::string SmtpServerSession::current_role() const {

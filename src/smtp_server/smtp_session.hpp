@@ -157,6 +157,9 @@ class SmtpServerSession {
   void finish_data(SessionOutput& out);
   void append_data(std::string_view bytes);
   bool make_room(size_t more);
+  bool reserve_declared(uint64_t declared);
+  bool join_blocks();
+  void drop_data();
   void end_data_line(bool crlf);
 
   void command(std::string_view line, SessionOutput& out);
@@ -213,6 +216,10 @@ class SmtpServerSession {
   bool data_no_budget_ = false;
   bool data_no_memory_ = false;
   uint64_t declared_size_ = 0;  // MAIL FROM SIZE=, 0 when not given
+  // Message data past the declared buffer (message_.data), in blocks joined at the end.
+  std::vector<std::string> blocks_;
+  size_t blocks_capacity_ = 0;
+  size_t data_bytes_ = 0;  // in message_.data and blocks_ together
   bool pending_overflow_ = false;
 };
 

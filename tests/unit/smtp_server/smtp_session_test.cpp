@@ -326,7 +326,9 @@ TEST_F(SessionTest, DataBufferIsGrantedBeforeItIsAllocated) {
   ASSERT_EQ(last.event, SessionEvent::Deliver);
   EXPECT_EQ(last.submission->data, text + "\r\n");
   ASSERT_EQ(asked.size(), asked_before + 1);
-  EXPECT_GE(last.submission->data.capacity(), asked.back());
+  EXPECT_GE(asked.back(), text.size());
+  // Room for the header fields normalization adds, so that it works in place.
+  EXPECT_GE(last.submission->data.capacity(), text.size() + 2 + 4096);
 }
 
 TEST_F(SessionTest, SizeParameterOverLimit) {
