@@ -604,105 +604,97 @@ void ApiHandler::handle(HttpRequest& request, std::shared_ptr<Runtime> runtime, 
   respond(error_response(404, "Resource not found."));
 }
 
-void ApiHandler::handle_send(HttpRequest& request, std::string_view service_name,
-                             std::shared_ptr<Runtime> runtime, Respond& respond,
-                             const std::string& remote) {
-  const Config& config = *runtime->config;
-  const ServiceConfig& service = *config.find_service(service_name);
-  const uint64_t body_limit = body_limit_for(config.limits.max_message_bytes);
-  const bool json_type = is_json_content_type(request.header("content-type"));
+namespace {
 
-  // The JSON is parsed before authentication because the key may be in the body; what a
-  // parse failure means is decided after 401 and 415.
+// The request body as JSON. Parsed before authentication because the key may be in the body;
+// what a parse failure means is decided after 401 and 415.
+struct ParsedBody {
+  bool json_type = false;
+  size_t size = 0;
+  simdjson::error_code error = simdjson::UNINITIALIZED;
+  object root;
+  bool have_object = false;
+};
+
+ParsedBody parse_body(HttpRequest& request, simdjson::dom::parser& parser, uint64_t body_limit) {
+  ParsedBody b;
+  b.json_type = is_json_content_type(request.header("content-type"));
+  b.size = request.body.size();
   element root;
-  simdjson::error_code json_error = simdjson::UNINITIALIZED;
-  const size_t body_size = request.body.size();
-  if (json_type && body_size <= body_limit) {
-    json_error = parse_json(*json_, request.body, root);
+  if (b.json_type && b.size <= body_limit) {
+    b.error = parse_json(parser, request.body, root);
     // The document holds copies of the strings it needs: the body is not needed any more.
     std::string().swap(request.body);
   }
-  struct ParserReset {  // drop a grown parser once this request is done with it
-    std::unique_ptr<simdjson::dom::parser>& parser;
-    ~ParserReset() { drop_grown_parser(parser); }
-  } parser_reset{json_};
-  object root_object;
-  bool have_object =
-      json_error == simdjson::SUCCESS && root.get_object().get(root_object) == simdjson::SUCCESS;
+  b.have_object =
+      b.error == simdjson::SUCCESS && root.get_object().get(b.root) == simdjson::SUCCESS;
+  return b;
+}
 
+using Answer = std::optional<HttpResponse>;  // set: the request is answered with it
+
+// 413 / 401 / 415 / 413 / 400, in the SPEC's order, for what the head and the JSON say.
+Answer check_caller_and_body(HttpRequest& request, const Config& config, const ParsedBody& body,
+                             const std::string& remote, const ServiceConfig& service,
+                             ApiCaller& caller) {
   std::optional<std::string_view> body_key;
   if (std::string_view k;
-      have_object && root_object.at_key("api_key").get_string().get(k) == simdjson::SUCCESS) {
+      body.have_object && body.root.at_key("api_key").get_string().get(k) == simdjson::SUCCESS) {
     body_key = k;
   }
-  const ApiCaller caller = authenticate(request, config, body_key);
+  caller = authenticate(request, config, body_key);
   if (caller.credential == nullptr && request.body_over_limit && !caller.key) {
     // The key may be in the body that was never read: too large is all that is known.
-    respond(error_response(413, "Request body too large."));
-    return;
+    return error_response(413, "Request body too large.");
   }
-  if (caller.credential == nullptr) {
-    respond(unauthorized(caller, remote, request.path, service.name));
-    return;
-  }
-  const std::string& role = caller.credential->role;
+  if (caller.credential == nullptr) return unauthorized(caller, remote, request.path, service.name);
   request.unauthenticated_lease.release();  // authenticated: the body is the caller's now
+  if (!body.json_type) return error_response(415, "Content-Type must be application/json.");
+  if (request.body_over_limit || body.size > body_limit_for(config.limits.max_message_bytes)) {
+    return error_response(413, "Request body too large.");
+  }
+  if (body.error != simdjson::SUCCESS) {
+    return error_response(400,
+                          std::string("Malformed JSON: ") + simdjson::error_message(body.error));
+  }
+  if (!body.have_object) return error_response(400, "The request body must be a JSON object.");
+  return std::nullopt;
+}
 
-  if (!json_type) {
-    respond(error_response(415, "Content-Type must be application/json."));
-    return;
-  }
-  if (request.body_over_limit || body_size > body_limit) {
-    respond(error_response(413, "Request body too large."));
-    return;
-  }
-  if (json_error != simdjson::SUCCESS) {
-    respond(
-        error_response(400, std::string("Malformed JSON: ") + simdjson::error_message(json_error)));
-    return;
-  }
-  if (!have_object) {
-    respond(error_response(400, "The request body must be a JSON object."));
-    return;
-  }
+HttpResponse bad_request(const FieldError& e) {
+  return error_response(400, e.message, field_context(e.field));
+}
 
-  auto bad_request = [&respond](const FieldError& e) {
-    respond(error_response(400, e.message, field_context(e.field)));
-  };
-  SendFields f;
-  if (auto e = read_fields(root_object, f)) return bad_request(*e);
-  drop_grown_parser(json_);  // f holds what is needed; `root` must not be used from here on
-  // 413 ranks above 400: what the message must hold at least (bodies before templates,
-  // attachments as base64 without line breaks, which they always become) already over the
-  // limit is a 413 whatever else is wrong, and nothing is built for it.
+// Subject and bodies with templates filled in. 413 ranks above 400: what the message must
+// hold at least (bodies before templates, attachments as base64 without line breaks, which
+// they always become) already over the limit is a 413 whatever else is wrong, and nothing is
+// built for it.
+Answer expand_content(const SendFields& f, uint64_t limit, MessageContent& content) {
   uint64_t at_least = f.body_text.size() + f.body_html.size();
   for (const auto& attachment : f.attachments) at_least += (attachment.data.size() + 2) / 3 * 4;
-  if (at_least > config.limits.max_message_bytes) {
-    respond(error_response(413, "Message too large: the limit is " +
-                                    std::to_string(config.limits.max_message_bytes) + " bytes."));
-    return;
+  if (at_least > limit) {
+    return error_response(413,
+                          "Message too large: the limit is " + std::to_string(limit) + " bytes.");
   }
-
-  MessageContent content;
-  if (!expand_templates(
-          f, config.limits.max_message_bytes - at_least + f.body_text.size() + f.body_html.size(),
-          content)) {
-    respond(error_response(413, "Message too large after template expansion: the limit is " +
-                                    std::to_string(config.limits.max_message_bytes) + " bytes."));
-    return;
+  if (!expand_templates(f, limit - at_least + f.body_text.size() + f.body_html.size(), content)) {
+    return error_response(413, "Message too large after template expansion: the limit is " +
+                                   std::to_string(limit) + " bytes.");
   }
   if (has_cr_or_lf(content.subject)) {
     return bad_request({"subject", "subject: must not contain CR or LF"});
   }
-
   if (f.to.empty() && f.cc.empty() && f.bcc.empty()) {
     return bad_request({"to", "No recipient: give at least one of to, cc or bcc."});
   }
   if (!content.body_text && !content.body_html) {
     return bad_request({"body_text", "Give body_text or body_html."});
   }
+  return std::nullopt;
+}
 
-  // Sender defaults, as DreamFactory: the service's pair fills in when the address is missing.
+// Sender defaults, as DreamFactory: the service's pair fills in when the address is missing.
+// Then every address is validated and names are checked for CR/LF.
+Answer check_parties(SendFields& f, const ServiceConfig& service) {
   if (f.from_email.empty()) {
     f.from_email = service.from_email;
     if (f.from_name.empty()) f.from_name = service.from_name;
@@ -727,10 +719,65 @@ void ApiHandler::handle_send(HttpRequest& request, std::string_view service_name
   if (!f.reply_to_email.empty()) {
     if (auto e = check_address_field(f.reply_to_email, "reply_to_email")) return bad_request(*e);
   }
-  if (auto e = check_mailboxes(f.to, "to")) return bad_request(*e);
-  if (auto e = check_mailboxes(f.cc, "cc")) return bad_request(*e);
-  if (auto e = check_mailboxes(f.bcc, "bcc")) return bad_request(*e);
+  for (auto [list, field] :
+       {std::pair{&f.to, "to"}, std::pair{&f.cc, "cc"}, std::pair{&f.bcc, "bcc"}}) {
+    if (auto e = check_mailboxes(*list, field)) return bad_request(*e);
+  }
+  return std::nullopt;
+}
 
+// The wire form, holding the request's in-flight memory share from here on.
+Answer build_outbound(MessageContent& content, const Runtime& runtime, uint64_t now,
+                      HttpRequest& request, uint64_t limit, OutboundMessage& out) {
+  BuildOptions options;
+  options.hostname = runtime.hostname;
+  options.message_id = make_message_id(runtime.hostname, static_cast<int64_t>(now / 1000));
+  options.date_unix = static_cast<int64_t>(now / 1000);
+  auto built = build_message(content, options);
+  if (!built) {
+    const std::string& m = built.error().message;
+    size_t colon = m.find(':');
+    std::string field = colon == std::string::npos ? "" : m.substr(0, colon);
+    return error_response(400, m, field.empty() ? "null" : field_context(field));
+  }
+  out = std::move(*built);
+  // The parts are in the message now: only the envelope and header fields are needed further.
+  std::vector<Attachment>().swap(content.attachments);
+  content.body_text.reset();
+  content.body_html.reset();
+  out.memory = std::move(request.inflight_lease);  // travels with the message
+  out.memory.resize(out.data.size());
+  if (out.data.size() > limit) {
+    return error_response(413, "Message too large: " + std::to_string(out.data.size()) +
+                                   " bytes, the limit is " + std::to_string(limit) + ".");
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+void ApiHandler::handle_send(HttpRequest& request, std::string_view service_name,
+                             std::shared_ptr<Runtime> runtime, Respond& respond,
+                             const std::string& remote) {
+  const Config& config = *runtime->config;
+  const ServiceConfig& service = *config.find_service(service_name);
+  const uint64_t limit = config.limits.max_message_bytes;
+  ParsedBody body = parse_body(request, *json_, body_limit_for(limit));
+  struct ParserReset {  // drop a grown parser once this request is done with it
+    std::unique_ptr<simdjson::dom::parser>& parser;
+    ~ParserReset() { drop_grown_parser(parser); }
+  } parser_reset{json_};
+
+  ApiCaller caller;
+  if (Answer a = check_caller_and_body(request, config, body, remote, service, caller)) {
+    return respond(std::move(*a));
+  }
+  SendFields f;
+  if (auto e = read_fields(body.root, f)) return respond(bad_request(*e));
+  drop_grown_parser(json_);  // f holds what is needed; `body.root` must not be used from here on
+  MessageContent content;
+  if (Answer a = expand_content(f, limit, content)) return respond(std::move(*a));
+  if (Answer a = check_parties(f, service)) return respond(std::move(*a));
   content.from = Mailbox{f.from_email, f.from_name};
   if (!f.reply_to_email.empty()) content.reply_to = Mailbox{f.reply_to_email, f.reply_to_name};
   content.to = std::move(f.to);
@@ -739,37 +786,13 @@ void ApiHandler::handle_send(HttpRequest& request, std::string_view service_name
   content.attachments = std::move(f.attachments);
 
   const uint64_t now = now_ms_();
-  BuildOptions options;
-  options.hostname = runtime->hostname;
-  options.message_id = make_message_id(runtime->hostname, static_cast<int64_t>(now / 1000));
-  options.date_unix = static_cast<int64_t>(now / 1000);
-  auto built = build_message(content, options);
-  if (!built) {
-    const std::string& m = built.error().message;
-    size_t colon = m.find(':');
-    std::string field = colon == std::string::npos ? "" : m.substr(0, colon);
-    respond(error_response(400, m, field.empty() ? "null" : field_context(field)));
-    return;
-  }
-  OutboundMessage message = std::move(*built);
-  // The parts are in the message now: only the envelope and header fields are needed further.
-  std::vector<Attachment>().swap(content.attachments);
-  content.body_text.reset();
-  content.body_html.reset();
-  message.memory = std::move(request.inflight_lease);  // travels with the message
-  message.memory.resize(message.data.size());
-  if (message.data.size() > config.limits.max_message_bytes) {
-    respond(error_response(413, "Message too large: " + std::to_string(message.data.size()) +
-                                    " bytes, the limit is " +
-                                    std::to_string(config.limits.max_message_bytes) + "."));
-    return;
-  }
-
   Submission submission;
-  submission.submitter = {Ingress::Http, role, caller.identity(), remote};
+  if (Answer a = build_outbound(content, *runtime, now, request, limit, submission.message)) {
+    return respond(std::move(*a));
+  }
+  submission.submitter = {Ingress::Http, caller.credential->role, caller.identity(), remote};
   submission.service = service.name;
   submission.header_from = {content.from.address};
-  submission.message = std::move(message);
   // The answer comes later, on the loop thread; `respond` owns everything it needs.
   submit(
       std::move(runtime), std::move(submission), now,
