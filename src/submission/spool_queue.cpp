@@ -22,6 +22,8 @@ namespace {
 
 constexpr uint64_t kGaugeRefreshMs = 1000;
 constexpr std::string_view kDsnIdentity = "dsn";
+// Messages whose records recovery reads at a time (a few MB at most).
+constexpr size_t kRecoverBatch = 4096;
 
 uint64_t wall_ms() {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -122,6 +124,11 @@ struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
   std::set<std::string, std::less<>> pending_ids;  // being put
   net::Timer wake_timer;
   net::Timer gauge_timer;
+  struct Resume {  // counts while recovery's batches come in
+    size_t resumed = 0;
+    size_t failed = 0;
+    std::vector<std::string> finished;
+  } resume;
   bool ready = false;
   bool stopping = false;
   bool draining = false;
@@ -175,34 +182,36 @@ struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
     return m;
   }
 
-  void recovered(std::vector<SpoolEntry> found) {
-    uint64_t now = wall_ms();
-    size_t resumed = 0, failed = 0, done_already = 0;
+  // One batch of what the spool held, in arrival order.
+  void recovered_batch(std::vector<SpoolEntry> found) {
     for (SpoolEntry& e : found) {
       std::string id = e.record.id;
       if (e.state.state == MessageState::Failed) {
         Entry& kept = entries[id] = summary_of(e.record);
         kept.failed = std::make_unique<SpoolState>(std::move(e.state));
-        ++failed;
-        continue;
-      }
-      if (scheduler->add(e.record, std::move(e.state))) {
+        ++resume.failed;
+      } else if (scheduler->add(e.record, std::move(e.state))) {
         entries[id] = summary_of(e.record);
-        e = SpoolEntry{};  // frees its strings now, not with the whole vector
-        ++resumed;
+        ++resume.resumed;
       } else {
-        // Nothing pending: it was delivered just before the crash.
-        ++in_flight;
-        store->remove(id, [weak = weak_from_this()](SpoolStatus) {
-          if (auto self = weak.lock()) self->finished_one();
-        });
-        ++done_already;
+        resume.finished.push_back(id);  // nothing pending: delivered just before the crash
       }
     }
+  }
+
+  void recovered_all() {
+    uint64_t now = wall_ms();
+    for (const std::string& id : resume.finished) {
+      ++in_flight;
+      store->remove(id, [weak = weak_from_this()](SpoolStatus) {
+        if (auto self = weak.lock()) self->finished_one();
+      });
+    }
     log::info("spool_resumed", {{"path", store->path()},
-                                {"messages", static_cast<uint64_t>(resumed)},
-                                {"failed", static_cast<uint64_t>(failed)},
-                                {"finished", static_cast<uint64_t>(done_already)}});
+                                {"messages", static_cast<uint64_t>(resume.resumed)},
+                                {"failed", static_cast<uint64_t>(resume.failed)},
+                                {"finished", static_cast<uint64_t>(resume.finished.size())}});
+    resume = {};
     ready = true;
     refresh_gauges(now);
     arm(now);
@@ -604,16 +613,20 @@ void SpoolQueue::start(std::function<void(SpoolStatus)> done) {
   std::weak_ptr<Impl> weak = impl_;
   ++impl_->in_flight;
   impl_->store->recover(
-      [weak, done = std::move(done)](Result<std::vector<SpoolEntry>> found) mutable {
+      kRecoverBatch,
+      [weak](std::vector<SpoolEntry> batch) {
+        if (auto self = weak.lock()) self->recovered_batch(std::move(batch));
+      },
+      [weak, done = std::move(done)](SpoolStatus status) mutable {
         auto self = weak.lock();
         if (!self) return;
-        if (!found.ok()) {
-          done({SpoolErrc::Io, found.error().message});
+        if (!status.ok()) {
+          done(std::move(status));
         } else {
-          self->recovered(std::move(found.value()));
+          self->recovered_all();
 #ifdef __GLIBC__
-          // Recovery built every record on a pool thread (its own malloc arena) and has
-          // freed them: give those pages back instead of keeping them as the RSS peak.
+          // Recovery read the records on pool threads (their own malloc arenas) and has
+          // freed them: give those pages back rather than keep them as resident memory.
           ::malloc_trim(0);
 #endif
           self->start_gauges();
@@ -661,20 +674,20 @@ void SpoolQueue::read(std::string_view id,
                       std::function<void(std::optional<QueuedMessage>)> done) const {
   if (!impl_->entries.contains(id)) return done(std::nullopt);
   std::weak_ptr<const Impl> weak = impl_;
-  impl_->store->read_data(std::string(id),
-                          [weak, done = std::move(done)](SpoolStatus status, SpoolMessage message) {
-                            auto self = weak.lock();
-                            if (!self) return;
-                            if (!status.ok()) return done(std::nullopt);
-                            // The state as it is now (a delivery may have ended while the file was
-                            // read).
-                            std::optional<QueuedMessage> now = self->find(message.record.id);
-                            if (now) {
-                              now->recipient_count = message.record.recipients.size();
-                              now->record = std::move(message.record);
-                            }
-                            done(std::move(now));
-                          });
+  impl_->store->read_record(
+      std::string(id), [weak, done = std::move(done)](SpoolStatus status, SpoolMessage message) {
+        auto self = weak.lock();
+        if (!self) return;
+        if (!status.ok()) return done(std::nullopt);
+        // The state as it is now (a delivery may have ended while the file was
+        // read).
+        std::optional<QueuedMessage> now = self->find(message.record.id);
+        if (now) {
+          now->recipient_count = message.record.recipients.size();
+          now->record = std::move(message.record);
+        }
+        done(std::move(now));
+      });
 }
 
 QueueOpResult SpoolQueue::retry(std::string_view id) {
