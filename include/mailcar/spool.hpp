@@ -64,8 +64,8 @@ struct SpoolRecipient {
   bool operator==(const SpoolRecipient&) const = default;
 };
 
-// The immutable part: the envelope and who submitted it. Kept in memory for every spooled
-// message (the data is not: read_data() loads it when it is sent).
+// The immutable part: the envelope and who submitted it. Not kept in memory for waiting
+// messages (SpoolQueue keeps a summary): read_data() loads it with the data when it is sent.
 struct SpoolRecord {
   std::string id;  // file name stem; must satisfy is_safe_spool_id()
   std::string service;
@@ -199,6 +199,7 @@ class SpoolStore {
   using Done = std::function<void(SpoolStatus)>;
   using DataDone = std::function<void(SpoolStatus, SpoolMessage)>;
   using RecoverDone = std::function<void(Result<std::vector<SpoolEntry>>)>;
+  using RecoverBatch = std::function<void(std::vector<SpoolEntry>)>;
 
   // Creates `path` (and its parents) and `path`/corrupt (mode 0700) if missing, checks
   // that both are writable folders. Blocking (start-up only).
@@ -217,6 +218,13 @@ class SpoolStore {
   // if it changed anything. Entries come sorted by (queued_at, id); no data is loaded.
   // Call once; every other operation answers NotReady until `done` ran.
   void recover(RecoverDone done);
+  // The same in batches, so that 100,000 messages never have their records in memory at
+  // once: the first pass checks every file and keeps only id, arrival and size; the second
+  // reads header and .state again, `batch` messages at a time, and gives each batch to
+  // `each` (in order, on the loop). `done` after the last batch, or with the first pass's
+  // error (Io; `each` not called). A file that vanished between the passes is left out and
+  // logged ("spool_unreadable").
+  void recover(size_t batch, RecoverBatch each, Done done);
 
   // Writes <id>.msg (record.data_size is set from data): the bytes and then the directory
   // entry are on stable storage when `done` gets Ok. Group commit: puts, updates and removes
@@ -233,6 +241,10 @@ class SpoolStore {
   // caller need not keep records of waiting messages in memory. Corrupt: the file was
   // quarantined (logged) and must be dropped from the queue.
   void read_data(std::string id, DataDone done);
+  // The record of <id>.msg alone (seal and header; the data is neither read nor checked),
+  // for the queue API. NotFound when it is not there; a bad header is Io (read_data() or the
+  // next start finds and quarantines such a file).
+  void read_record(std::string id, DataDone done);
 
   bool full() const;
   bool idle() const;  // no work queued or running

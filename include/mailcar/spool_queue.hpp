@@ -29,9 +29,13 @@ namespace mailcar {
 
 struct Submission;
 
-// One message as the queue API shows it.
+// One message as the queue API shows it. The queue keeps only a summary of each message in
+// memory (100,000 held messages must not cost their envelopes): from list() and find(),
+// `record` has id, service, role, ingress, queued_at_ms and data_size, and no recipients,
+// envelope_from, identity, remote or envid; read() gives all of it, read back from disk.
 struct QueuedMessage {
   SpoolRecord record;
+  size_t recipient_count = 0;
   SpoolState state;
   MessageState shown = MessageState::Queued;  // held while its service waits for the quota
 };
@@ -73,6 +77,10 @@ class SpoolQueue {
   // gets the last id returned when more match, else is cleared.
   std::vector<QueuedMessage> list(const QueueQuery& query, std::string* next_cursor) const;
   std::optional<QueuedMessage> find(std::string_view id) const;
+  // find() with the whole record (recipients' addresses and the rest), read from the spool
+  // on the thread pool. nullopt: unknown, or gone or unreadable meanwhile. Not called when
+  // the queue is destroyed first.
+  void read(std::string_view id, std::function<void(std::optional<QueuedMessage>)> done) const;
   // A deferred message is due now (the quota may still hold it). NotDeferred for any other
   // state (queued, held, sending, failed).
   QueueOpResult retry(std::string_view id);

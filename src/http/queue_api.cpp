@@ -160,6 +160,13 @@ void handle_list(const HttpRequest& request, SpoolQueue& spool, const QueueCalle
   respond(json_response(200, std::move(body)));
 }
 
+// One message in full (its recipients are read back from the spool), answered later.
+void respond_full(SpoolQueue& spool, const std::string& id, Respond respond) {
+  spool.read(id, [id, respond = std::move(respond)](std::optional<QueuedMessage> m) {
+    respond(m ? json_response(200, queued_message_json(*m, true)) : not_found(id));
+  });
+}
+
 void handle_retry(SpoolQueue& spool, const QueuedMessage& m, const QueueCaller& caller,
                   const std::string& remote, Respond& respond) {
   const std::string& id = m.record.id;
@@ -180,8 +187,7 @@ void handle_retry(SpoolQueue& spool, const QueuedMessage& m, const QueueCaller& 
                             {"role", caller.role},
                             {"identity", caller.api.identity()},
                             {"remote", remote}});
-  std::optional<QueuedMessage> now = spool.find(id);
-  respond(now ? json_response(200, queued_message_json(*now, true)) : not_found(id));
+  respond_full(spool, id, std::move(respond));
 }
 
 void handle_delete(SpoolQueue& spool, const QueuedMessage& m, const QueueCaller& caller,
@@ -211,9 +217,7 @@ void handle_message(const HttpRequest& request, SpoolQueue& spool, const QueueTa
                     const QueueCaller& caller, const std::string& remote, Respond& respond) {
   std::optional<QueuedMessage> m = spool.find(target.id);
   if (!m || !caller.may_see(*m)) return respond(not_found(target.id));
-  if (request.method == "GET") {
-    return respond(json_response(200, queued_message_json(*m, true)));
-  }
+  if (request.method == "GET") return respond_full(spool, target.id, std::move(respond));
   if (!caller.all) return respond(forbidden(caller));
   if (target.retry) return handle_retry(spool, *m, caller, remote, respond);
   handle_delete(spool, *m, caller, remote, respond);
@@ -291,7 +295,7 @@ std::string queued_message_json(const QueuedMessage& m, bool recipients) {
     append_recipients(out, m);
   } else {
     out.append(",\"recipient_count\":");
-    out.append(std::to_string(r.recipients.size()));
+    out.append(std::to_string(m.recipient_count));
   }
   out.push_back('}');
   return out;

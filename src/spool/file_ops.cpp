@@ -188,39 +188,72 @@ ReadOutcome read_message(int dirfd, const std::string& id, Tally& tally, std::ve
   return out;
 }
 
+namespace {
+
+// The seal and header of an open .msg, its size checked against the seal.
+struct MsgHead {
+  MsgSeal seal;
+  std::string header;
+  uint64_t file_size = 0;
+};
+
+Result<MsgHead> read_msg_head(int fd) {
+  MsgHead out;
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return make_error(std::string("stat: ") + std::strerror(errno));
+  out.file_size = static_cast<uint64_t>(st.st_size);
+  std::string head(std::min<uint64_t>(kMaxSealLen, out.file_size), '\0');
+  if (read_exact(fd, head.data(), head.size(), 0) != 0) return make_error("read failed");
+  auto seal = parse_msg_seal(head);
+  if (!seal.ok()) return seal.error();
+  out.seal = *seal;
+  if (out.file_size != seal->seal_len + seal->header_len + seal->data_len) {
+    return make_error("size does not match");
+  }
+  out.header.assign(seal->header_len, '\0');
+  if (read_exact(fd, out.header.data(), out.header.size(), seal->seal_len) != 0) {
+    return make_error("read failed");
+  }
+  return out;
+}
+
+Result<SpoolRecord> parse_head(const MsgHead& head, const std::string& id) {
+  auto record = parse_msg_header(head.header, head.seal);
+  if (!record.ok()) return record.error();
+  if (record->id != id) return make_error("id does not match the file name");
+  return record;
+}
+
+}  // namespace
+
 Result<SpoolRecord> verify_message(int dirfd, const std::string& id, uint64_t& file_size) {
   std::string name = id + ".msg";
   Fd fd(::openat(dirfd, name.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return make_error(std::string("open: ") + std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) return make_error(std::string("stat: ") + std::strerror(errno));
-  file_size = static_cast<uint64_t>(st.st_size);
-  std::string head(std::min<uint64_t>(kMaxSealLen, file_size), '\0');
-  if (read_exact(fd.get(), head.data(), head.size(), 0) != 0) return make_error("read failed");
-  auto seal = parse_msg_seal(head);
-  if (!seal.ok()) return seal.error();
-  if (file_size != seal->seal_len + seal->header_len + seal->data_len) {
-    return make_error("size does not match");
-  }
-  std::string header(seal->header_len, '\0');
-  if (read_exact(fd.get(), header.data(), header.size(), seal->seal_len) != 0) {
-    return make_error("read failed");
-  }
-  uint32_t crc = crc32c_update(0, header);
+  auto head = read_msg_head(fd.get());
+  if (!head.ok()) return head.error();
+  file_size = head->file_size;
+  uint32_t crc = crc32c_update(0, head->header);
   std::string chunk(kChunk, '\0');
-  uint64_t offset = seal->seal_len + seal->header_len;
-  for (uint64_t left = seal->data_len; left > 0;) {
+  uint64_t offset = head->seal.seal_len + head->seal.header_len;
+  for (uint64_t left = head->seal.data_len; left > 0;) {
     size_t n = static_cast<size_t>(std::min<uint64_t>(left, kChunk));
     if (read_exact(fd.get(), chunk.data(), n, offset) != 0) return make_error("read failed");
     crc = crc32c_update(crc, std::string_view(chunk.data(), n));
     offset += n;
     left -= n;
   }
-  if (crc != seal->crc) return make_error("checksum does not match");
-  auto record = parse_msg_header(header, *seal);
-  if (!record.ok()) return record.error();
-  if (record->id != id) return make_error("id does not match the file name");
-  return record;
+  if (crc != head->seal.crc) return make_error("checksum does not match");
+  return parse_head(*head, id);
+}
+
+Result<SpoolRecord> read_header(int dirfd, const std::string& id) {
+  std::string name = id + ".msg";
+  Fd fd(::openat(dirfd, name.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) return make_error(name + ": " + std::strerror(errno));
+  auto head = read_msg_head(fd.get());
+  if (!head.ok()) return head.error();
+  return parse_head(*head, id);
 }
 
 }  // namespace mailcar::spool_io

@@ -61,6 +61,10 @@ ReadOutcome read_message(int dirfd, const std::string& id, Tally& tally, std::ve
 // Streams <id>.msg through the checks without keeping the data; the record on success.
 Result<SpoolRecord> verify_message(int dirfd, const std::string& id, uint64_t& file_size);
 
+// Reads the seal and header of <id>.msg, not its data: no checksum, so only for a file that
+// verify_message() passed (recovery's second pass, the queue API).
+Result<SpoolRecord> read_header(int dirfd, const std::string& id);
+
 // Reads a small whole file (at most `limit` bytes); errors as values.
 Result<std::string> read_small(int dirfd, const std::string& name, uint64_t limit);
 

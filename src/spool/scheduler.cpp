@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <set>
 
 #include "mailcar/spool.hpp"
 
@@ -12,22 +13,29 @@ constexpr std::string_view kExpiredReply = "delivery time expired (spool.max_age
 }
 
 struct Scheduler::Impl {
-  enum class Where { Ready, Waiting, Sending };
+  enum class Where : uint8_t { Ready, Waiting, Sending };
+  struct Entry;
+  using Entries = std::map<std::string, Entry, std::less<>>;
+  struct BySeq {
+    bool operator()(const Entry* a, const Entry* b) const { return a->seq < b->seq; }
+  };
+  // One per message, the node of `entries` (stable address; the id is the map key, not a
+  // second copy). A message never attempted has no SpoolState at all: 100,000 held messages
+  // cost a map node and a ready-set node each (SpoolState.state follows `where`).
   struct Entry {
-    std::string id;
-    size_t service = 0;
-    uint64_t seq = 0;
-    uint64_t queued_at = 0;
-    // While no attempt was made, state.recipients stays empty (all `recipients` pending):
-    // 100,000 held messages then cost no per-recipient memory.
-    SpoolState state;
+    uint32_t service = 0;
     uint32_t recipients = 0;
     Where where = Where::Ready;
+    uint64_t seq = 0;
+    uint64_t queued_at = 0;
+    const std::string* id = nullptr;  // the key of this entry's node
     std::multimap<uint64_t, Entry*>::iterator wait_it;
+    // Null while fresh. Its `recipients` stays empty while all of them are untouched.
+    std::unique_ptr<SpoolState> state;
   };
   struct Service {
     std::string name;
-    std::map<uint64_t, Entry*> ready;  // by arrival
+    std::set<Entry*, BySeq> ready;  // by arrival
     unsigned in_flight = 0;
     unsigned limit = 1;
     uint64_t held_until = 0;  // the quota said no until then
@@ -35,10 +43,8 @@ struct Scheduler::Impl {
 
   SchedulerOptions opt;
   std::mt19937_64 rng{std::random_device{}()};
-  // Keys view the entry's own id (stable: entries live on the heap), not a second copy.
-  std::map<std::string_view, std::unique_ptr<Entry>, std::less<>> entries;
-  std::map<std::string_view, std::unique_ptr<Entry>, std::less<>>
-      forgotten;  // deleted while sending
+  Entries entries;
+  Entries forgotten;  // deleted while sending
   std::vector<Service> services;
   std::map<std::string, size_t, std::less<>> service_index;
   std::multimap<uint64_t, Entry*> waiting;  // by next attempt
@@ -58,15 +64,37 @@ struct Scheduler::Impl {
 
   uint64_t expiry(const Entry& e) const { return e.queued_at + opt.max_age_ms; }
 
+  static MessageState state_of_where(Where w) {
+    switch (w) {
+      case Where::Waiting:
+        return MessageState::Deferred;
+      case Where::Sending:
+        return MessageState::Sending;
+      case Where::Ready:
+        break;
+    }
+    return MessageState::Queued;
+  }
+
+  // The entry's state, made real (allocated, recipients filled in) for a change.
   static SpoolState& full_state(Entry& e) {
-    if (e.state.recipients.empty()) e.state.recipients.resize(e.recipients);
-    return e.state;
+    if (!e.state) e.state = std::make_unique<SpoolState>();
+    if (e.state->recipients.empty()) e.state->recipients.resize(e.recipients);
+    e.state->state = state_of_where(e.where);
+    return *e.state;
+  }
+
+  static SpoolState copy_state(const Entry& e) {
+    SpoolState s = e.state ? *e.state : SpoolState{};
+    if (s.recipients.empty()) s.recipients.resize(e.recipients);
+    s.state = state_of_where(e.where);
+    return s;
   }
 
   static size_t pending(const Entry& e) {
-    if (e.state.recipients.empty()) return e.recipients;
+    if (!e.state || e.state->recipients.empty()) return e.recipients;
     return std::count_if(
-        e.state.recipients.begin(), e.state.recipients.end(),
+        e.state->recipients.begin(), e.state->recipients.end(),
         [](const RecipientStatus& r) { return r.state == RecipientState::Pending; });
   }
 
@@ -85,19 +113,17 @@ struct Scheduler::Impl {
 
   void make_ready(Entry& e) {
     e.where = Where::Ready;
-    e.state.state = MessageState::Queued;
-    services[e.service].ready.emplace(e.seq, &e);
+    services[e.service].ready.insert(&e);
   }
 
   void make_waiting(Entry& e, uint64_t at) {
     e.where = Where::Waiting;
-    e.state.state = MessageState::Deferred;
-    e.state.next_attempt_ms = at;
+    full_state(e).next_attempt_ms = at;
     e.wait_it = waiting.emplace(at, &e);
   }
 
   void unlink(Entry& e) {
-    if (e.where == Where::Ready) services[e.service].ready.erase(e.seq);
+    if (e.where == Where::Ready) services[e.service].ready.erase(&e);
     if (e.where == Where::Waiting) waiting.erase(e.wait_it);
   }
 
@@ -117,18 +143,18 @@ struct Scheduler::Impl {
 
   // Expires the heads of a service's queue that are past max_age.
   void expire_heads(Service& s, uint64_t now, Due& out) {
-    while (!s.ready.empty() && now >= expiry(*s.ready.begin()->second)) {
-      Entry* e = s.ready.begin()->second;
+    while (!s.ready.empty() && now >= expiry(**s.ready.begin())) {
+      Entry* e = *s.ready.begin();
       s.ready.erase(s.ready.begin());
-      Expired& x = out.expired.emplace_back(Expired{e->id, std::move(full_state(*e)), {}});
+      Expired& x = out.expired.emplace_back(Expired{*e->id, copy_state(*e), {}});
       fail_pending(x.state, now, x.failed_now);
-      entries.erase(entries.find(std::string_view(e->id)));
+      entries.erase(entries.find(*e->id));
     }
   }
 
   void hand_out(Service& s, uint64_t now, Due& out) {
     while (s.in_flight < s.limit && !s.ready.empty() && now >= s.held_until) {
-      Entry* e = s.ready.begin()->second;
+      Entry* e = *s.ready.begin();
       if (opt.quota) {
         QuotaDecision d = opt.quota(s.name, pending(*e), now);
         if (!d.allowed) {
@@ -138,10 +164,17 @@ struct Scheduler::Impl {
       }
       s.ready.erase(s.ready.begin());
       e->where = Where::Sending;
-      e->state.state = MessageState::Sending;
       ++s.in_flight;
-      out.send.push_back(e->id);
+      out.send.push_back(*e->id);
     }
+  }
+
+  // A state as given to add() that says nothing a fresh message would not: no state kept.
+  static bool is_fresh(const SpoolState& s) {
+    return s.attempts == 0 && s.next_attempt_ms == 0 && s.last_reply.empty() &&
+           s.failed_at_ms == 0 &&
+           std::all_of(s.recipients.begin(), s.recipients.end(),
+                       [](const RecipientStatus& r) { return r == RecipientStatus{}; });
   }
 
   // Applies one attempt's replies; returns whether any recipient is still pending.
@@ -197,23 +230,25 @@ bool Scheduler::add(const SpoolRecord& record, SpoolState state) {
       std::any_of(state.recipients.begin(), state.recipients.end(),
                   [](const RecipientStatus& r) { return r.state == RecipientState::Pending; });
   if (!pending) return false;
-  auto e = std::make_unique<Impl::Entry>();
-  e->id = record.id;
-  e->service = m.service_of(record.service);
-  e->seq = m.next_seq++;
-  e->queued_at = record.queued_at_ms;
-  e->recipients = static_cast<uint32_t>(record.recipients.size());
-  e->state = std::move(state);
-  bool fresh = std::all_of(e->state.recipients.begin(), e->state.recipients.end(),
-                           [](const RecipientStatus& r) { return r == RecipientStatus{}; });
-  if (fresh) std::vector<RecipientStatus>().swap(e->state.recipients);  // frees it
-  if (e->state.next_attempt_ms > 0 && e->state.state == MessageState::Deferred) {
-    m.make_waiting(*e, std::min(e->state.next_attempt_ms, m.expiry(*e)));
-  } else {
-    m.make_ready(*e);
+  auto it = m.entries.try_emplace(record.id).first;
+  Impl::Entry& e = it->second;
+  e.id = &it->first;
+  e.service = static_cast<uint32_t>(m.service_of(record.service));
+  e.seq = m.next_seq++;
+  e.queued_at = record.queued_at_ms;
+  e.recipients = static_cast<uint32_t>(record.recipients.size());
+  bool deferred = state.next_attempt_ms > 0 && state.state == MessageState::Deferred;
+  if (!Impl::is_fresh(state)) {
+    bool untouched = std::all_of(state.recipients.begin(), state.recipients.end(),
+                                 [](const RecipientStatus& r) { return r == RecipientStatus{}; });
+    if (untouched) std::vector<RecipientStatus>().swap(state.recipients);  // frees it
+    e.state = std::make_unique<SpoolState>(std::move(state));
   }
-  std::string_view key = e->id;
-  m.entries.emplace(key, std::move(e));
+  if (deferred) {
+    m.make_waiting(e, std::min(e.state->next_attempt_ms, m.expiry(e)));
+  } else {
+    m.make_ready(e);
+  }
   return true;
 }
 
@@ -239,7 +274,7 @@ std::optional<uint64_t> Scheduler::next_wake(uint64_t now_ms) const {
   if (!m.waiting.empty()) consider(m.waiting.begin()->first);
   for (const Impl::Service& s : m.services) {
     if (s.ready.empty()) continue;
-    consider(m.expiry(*s.ready.begin()->second));
+    consider(m.expiry(**s.ready.begin()));
     if (s.in_flight < s.limit) consider(std::max(now_ms, s.held_until));
   }
   return best;
@@ -251,36 +286,37 @@ Scheduler::Settled Scheduler::on_result(std::string_view id,
   Impl& m = *impl_;
   Settled out;
   auto it = m.entries.find(id);
-  if (it == m.entries.end() || it->second->where != Impl::Where::Sending) {
+  if (it == m.entries.end() || it->second.where != Impl::Where::Sending) {
     if (auto f = m.forgotten.find(id); f != m.forgotten.end()) {
-      --m.services[f->second->service].in_flight;
+      --m.services[f->second.service].in_flight;
       m.forgotten.erase(f);
     }
     return out;
   }
-  Impl::Entry& e = *it->second;
+  Impl::Entry& e = it->second;
   --m.services[e.service].in_flight;
   out.known = true;
-  ++e.state.attempts;
-  bool pending = Impl::apply_attempts(Impl::full_state(e), attempts, out.failed_now);
+  SpoolState& state = Impl::full_state(e);
+  ++state.attempts;
+  bool pending = Impl::apply_attempts(state, attempts, out.failed_now);
   if (pending && now_ms >= m.expiry(e)) {
-    Impl::fail_pending(e.state, now_ms, out.failed_now);
+    Impl::fail_pending(state, now_ms, out.failed_now);
     pending = false;
   }
   if (!pending) {
     out.finished = true;
     bool failed =
-        std::any_of(e.state.recipients.begin(), e.state.recipients.end(),
+        std::any_of(state.recipients.begin(), state.recipients.end(),
                     [](const RecipientStatus& r) { return r.state == RecipientState::Failed; });
-    e.state.state = failed ? MessageState::Failed : MessageState::Queued;
-    if (failed && e.state.failed_at_ms == 0) e.state.failed_at_ms = now_ms;
-    out.state = std::move(e.state);
+    state.state = failed ? MessageState::Failed : MessageState::Queued;
+    if (failed && state.failed_at_ms == 0) state.failed_at_ms = now_ms;
+    out.state = std::move(state);
     m.entries.erase(it);
     return out;
   }
-  uint64_t next = std::min(now_ms + m.retry_delay(e.state.attempts), m.expiry(e));
+  uint64_t next = std::min(now_ms + m.retry_delay(state.attempts), m.expiry(e));
   m.make_waiting(e, next);
-  out.state = e.state;
+  out.state = Impl::copy_state(e);
   return out;
 }
 
@@ -288,11 +324,11 @@ bool Scheduler::retry_now(std::string_view id, uint64_t now_ms) {
   Impl& m = *impl_;
   auto it = m.entries.find(id);
   if (it == m.entries.end()) return false;
-  Impl::Entry& e = *it->second;
+  Impl::Entry& e = it->second;
   if (e.where == Impl::Where::Sending) return false;
   if (e.where == Impl::Where::Waiting) {
     m.waiting.erase(e.wait_it);
-    e.state.next_attempt_ms = now_ms;
+    Impl::full_state(e).next_attempt_ms = now_ms;
     m.make_ready(e);
   }
   return true;
@@ -302,36 +338,27 @@ void Scheduler::forget(std::string_view id) {
   Impl& m = *impl_;
   auto it = m.entries.find(id);
   if (it == m.entries.end()) return;
-  if (it->second->where == Impl::Where::Sending) {
-    m.forgotten.emplace(it->first, std::move(it->second));
+  if (it->second.where == Impl::Where::Sending) {
+    m.forgotten.insert(m.entries.extract(it));  // the node moves, addresses stay
   } else {
-    m.unlink(*it->second);
+    m.unlink(it->second);
+    m.entries.erase(it);
   }
-  m.entries.erase(it);
 }
 
 std::optional<MessageState> Scheduler::state_of(std::string_view id, uint64_t now_ms) const {
   const Impl& m = *impl_;
   auto it = m.entries.find(id);
   if (it == m.entries.end()) return std::nullopt;
-  const Impl::Entry& e = *it->second;
-  switch (e.where) {
-    case Impl::Where::Sending:
-      return MessageState::Sending;
-    case Impl::Where::Waiting:
-      return MessageState::Deferred;
-    case Impl::Where::Ready:
-      break;
-  }
+  const Impl::Entry& e = it->second;
+  if (e.where != Impl::Where::Ready) return Impl::state_of_where(e.where);
   return m.services[e.service].held_until > now_ms ? MessageState::Held : MessageState::Queued;
 }
 
 std::optional<SpoolState> Scheduler::state(std::string_view id) const {
   auto it = impl_->entries.find(id);
   if (it == impl_->entries.end()) return std::nullopt;
-  SpoolState s = it->second->state;
-  if (s.recipients.empty()) s.recipients.resize(it->second->recipients);
-  return s;
+  return Impl::copy_state(it->second);
 }
 
 std::map<MessageState, size_t> Scheduler::counts(uint64_t now_ms) const {

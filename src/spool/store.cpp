@@ -9,6 +9,8 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
+#include <limits>
 #include <set>
 
 #include "mailcar/log.hpp"
@@ -218,38 +220,56 @@ Result<DirListing> list_spool(const std::string& path) {
   return out;
 }
 
+// What recovery's first pass keeps of a message that checked out: enough to sort it and to
+// read its record and state again in the second pass.
+struct Found {
+  uint64_t queued_at = 0;
+  std::string id;
+  uint64_t bytes = 0;      // .msg + .state
+  bool has_state = false;  // a .state that checked out
+};
+
 struct Recovered {
-  std::vector<SpoolEntry> entries;
+  std::vector<Found> found;
   Tally tally;
   std::vector<Note> notes;
   uint64_t temps_removed = 0;
 };
 
-// The state of a message that checked out: its .state, or fresh (a bad one is removed).
-SpoolState recover_state(int dirfd, const SpoolRecord& record, bool has_state, Recovered& r,
-                         bool& changed) {
-  if (!has_state) return fresh_spool_state(record);
-  std::string name = record.id + ".state";
-  auto file = spool_io::read_small(dirfd, name, kMaxHeaderLen);
-  Result<SpoolState> state = file.ok() ? decode_state_file(*file, record.recipients.size())
-                                       : Result<SpoolState>(file.error());
+// A message's .state, decoded; nullopt when missing or bad.
+std::optional<SpoolState> read_state(int dirfd, const std::string& id, size_t recipients,
+                                     std::string* error) {
+  auto file = spool_io::read_small(dirfd, id + ".state", kMaxHeaderLen);
+  Result<SpoolState> state =
+      file.ok() ? decode_state_file(*file, recipients) : Result<SpoolState>(file.error());
   if (state.ok()) return std::move(state).value();
-  r.notes.push_back({"spool_state_rebuilt", record.id, state.error().message});
-  if (::unlinkat(dirfd, name.c_str(), 0) == 0) changed = true;
-  return fresh_spool_state(record);
+  if (error) *error = state.error().message;
+  return std::nullopt;
 }
 
+// Whether a message that checked out has a good .state (a bad one is removed, noted).
+bool check_state(int dirfd, const SpoolRecord& record, bool has_state, Recovered& r,
+                 bool& changed) {
+  if (!has_state) return false;
+  std::string error;
+  if (read_state(dirfd, record.id, record.recipients.size(), &error)) return true;
+  r.notes.push_back({"spool_state_rebuilt", record.id, std::move(error)});
+  if (::unlinkat(dirfd, (record.id + ".state").c_str(), 0) == 0) changed = true;
+  return false;
+}
+
+// The first pass: checks every .msg in full, cleans up, and sorts what is good.
 Result<Recovered> run_recover(const std::string& path) {
   auto listing = list_spool(path);
   if (!listing.ok()) return listing.error();
   int dirfd = open_dir(path);
   if (dirfd < 0) return make_error(path + ": " + std::strerror(errno));
   Recovered r;
-  bool changed = false;
   for (const std::string& tmp : listing->temps) {
     if (::unlinkat(dirfd, tmp.c_str(), 0) == 0) ++r.temps_removed;
   }
-  changed = r.temps_removed > 0;
+  bool changed = r.temps_removed > 0;
+  r.found.reserve(listing->messages.size());
   for (const std::string& id : listing->messages) {
     uint64_t size = 0;
     auto record = is_safe_spool_id(id) ? spool_io::verify_message(dirfd, id, size)
@@ -259,12 +279,9 @@ Result<Recovered> run_recover(const std::string& path) {
       changed = true;
       continue;
     }
-    bool has_state = listing->states.erase(id) > 0;
-    SpoolEntry entry;
-    entry.state = recover_state(dirfd, *record, has_state, r, changed);
-    entry.bytes = size + spool_io::file_size_at(dirfd, id + ".state");
-    entry.record = std::move(record).value();
-    r.entries.push_back(std::move(entry));
+    bool has_state = check_state(dirfd, *record, listing->states.erase(id) > 0, r, changed);
+    uint64_t bytes = size + spool_io::file_size_at(dirfd, id + ".state");
+    r.found.push_back({record->queued_at_ms, id, bytes, has_state});
   }
   for (const std::string& orphan : listing->states) {
     if (::unlinkat(dirfd, (orphan + ".state").c_str(), 0) == 0) changed = true;
@@ -274,13 +291,33 @@ Result<Recovered> run_recover(const std::string& path) {
     ::fsync(dirfd);
   }
   ::close(dirfd);
-  std::sort(r.entries.begin(), r.entries.end(), [](const SpoolEntry& a, const SpoolEntry& b) {
-    if (a.record.queued_at_ms != b.record.queued_at_ms) {
-      return a.record.queued_at_ms < b.record.queued_at_ms;
-    }
-    return a.record.id < b.record.id;
+  std::sort(r.found.begin(), r.found.end(), [](const Found& a, const Found& b) {
+    if (a.queued_at != b.queued_at) return a.queued_at < b.queued_at;
+    return a.id < b.id;
   });
   return r;
+}
+
+// The second pass, a batch at a time: record (header only: checked in the first pass) and
+// state. A file gone or unreadable since is left out with a note.
+std::vector<SpoolEntry> load_entries(int dirfd, const Found* first, const Found* last,
+                                     std::vector<Note>& notes) {
+  std::vector<SpoolEntry> out;
+  out.reserve(static_cast<size_t>(last - first));
+  for (const Found* f = first; f != last; ++f) {
+    auto record = spool_io::read_header(dirfd, f->id);
+    if (!record.ok()) {
+      notes.push_back({"spool_unreadable", f->id, record.error().message});
+      continue;
+    }
+    SpoolEntry& e = out.emplace_back();
+    std::optional<SpoolState> state;
+    if (f->has_state) state = read_state(dirfd, f->id, record->recipients.size(), nullptr);
+    e.state = state ? std::move(*state) : fresh_spool_state(*record);
+    e.record = std::move(record).value();
+    e.bytes = f->bytes;
+  }
+  return out;
 }
 
 }  // namespace
@@ -319,6 +356,7 @@ struct SpoolStore::Impl : std::enable_shared_from_this<SpoolStore::Impl> {
 
   void start_commit();
   void finish_commit(std::vector<Op>& ops, const Tally& t);
+  void read(std::string id, bool header_only, SpoolStore::DataDone done);
 };
 
 namespace {
@@ -345,7 +383,21 @@ struct RecoverJob {
   std::shared_ptr<SpoolStore::Impl> impl;
   std::string path;
   Result<Recovered> result = make_error("not run");
-  SpoolStore::RecoverDone done;
+  size_t batch = 0;
+  size_t next = 0;  // the first entry of `found` not yet loaded
+  SpoolStore::RecoverBatch each;
+  SpoolStore::Done done;
+};
+
+// Recovery's second pass: loads found[first, last), hands it over, queues the next batch.
+struct LoadJob {
+  uv_work_t req{};
+  std::shared_ptr<SpoolStore::Impl> impl;
+  std::shared_ptr<RecoverJob> run;  // path, found, batch, each, done
+  size_t first = 0;
+  size_t last = 0;
+  std::vector<SpoolEntry> entries;
+  std::vector<Note> notes;
 };
 
 struct ReadJob {
@@ -353,11 +405,28 @@ struct ReadJob {
   std::shared_ptr<SpoolStore::Impl> impl;
   std::string path;
   std::string id;
+  bool header_only = false;  // read_record()
   spool_io::ReadOutcome outcome;
   Tally tally;
   std::vector<Note> notes;
   SpoolStore::DataDone done;
 };
+
+// read_record()'s work: the record of <id>.msg, without its data and checksum.
+spool_io::ReadOutcome read_record_at(int dirfd, const std::string& id) {
+  spool_io::ReadOutcome out;
+  if (!spool_io::exists_at(dirfd, id + ".msg")) {
+    out.status = spool_io::status_from_errno(ENOENT, id + ".msg");
+    return out;
+  }
+  auto record = spool_io::read_header(dirfd, id);
+  if (!record.ok()) {
+    out.status = {SpoolErrc::Io, record.error().message};
+    return out;
+  }
+  out.message.record = std::move(record).value();
+  return out;
+}
 
 // Queues `job` (a heap object with a uv_work_t `req` and an `impl`) on the thread pool.
 template <class Job>
@@ -480,9 +549,98 @@ Result<std::unique_ptr<SpoolStore>> SpoolStore::open(uv_loop_t* loop, std::strin
 }
 
 void SpoolStore::recover(RecoverDone done) {
+  auto all = std::make_shared<std::vector<SpoolEntry>>();
+  recover(
+      std::numeric_limits<size_t>::max(),
+      [all](std::vector<SpoolEntry> batch) {
+        if (all->empty()) {
+          *all = std::move(batch);
+        } else {
+          std::move(batch.begin(), batch.end(), std::back_inserter(*all));
+        }
+      },
+      [all, done = std::move(done)](SpoolStatus status) {
+        if (!status.ok()) return done(make_error(status.detail));
+        done(std::move(*all));
+      });
+}
+
+namespace {
+
+void load_next(std::shared_ptr<RecoverJob> run);
+
+void recovered_first_pass(std::unique_ptr<RecoverJob> j) {
+  SpoolStore::Impl& impl = *j->impl;
+  if (!j->result.ok()) {
+    impl.recovering = false;
+    return j->done({SpoolErrc::Io, j->result.error().message});
+  }
+  Recovered& r = *j->result;
+  log_notes(r.notes);
+  impl.stats.messages = r.found.size();
+  impl.stats.bytes = 0;
+  for (const Found& f : r.found) impl.stats.bytes += f.bytes;
+  impl.stats.quarantined += r.tally.quarantined;
+  impl.stats.dir_fsyncs += r.tally.dir_fsyncs;
+  log::info("spool_recovered", {{"path", impl.path},
+                                {"messages", impl.stats.messages},
+                                {"bytes", impl.stats.bytes},
+                                {"quarantined", r.tally.quarantined},
+                                {"temp_files_removed", r.temps_removed}});
+  load_next(std::shared_ptr<RecoverJob>(std::move(j)));
+}
+
+// Queues the load of the next batch, or ends recovery when none is left.
+void load_next(std::shared_ptr<RecoverJob> run) {
+  SpoolStore::Impl& impl = *run->impl;
+  const std::vector<Found>& found = run->result->found;
+  if (run->next >= found.size()) {
+    impl.recovering = false;
+    impl.recovered = true;
+    return run->done({});
+  }
+  auto* job = new LoadJob;
+  job->impl = run->impl;
+  job->first = run->next;
+  job->last = job->first + std::min(run->batch, found.size() - job->first);
+  run->next = job->last;
+  job->run = std::move(run);
+  bool queued = queue_job(
+      job,
+      [](uv_work_t* req) {
+        auto* j = static_cast<LoadJob*>(req->data);
+        const std::vector<Found>& all = j->run->result->found;
+        int dirfd = open_dir(j->run->path);
+        if (dirfd < 0) {
+          j->notes.push_back({"spool_unreadable", "", j->run->path + ": " + std::strerror(errno)});
+          return;
+        }
+        j->entries = load_entries(dirfd, all.data() + j->first, all.data() + j->last, j->notes);
+        ::close(dirfd);
+      },
+      [](uv_work_t* req, int) {
+        std::unique_ptr<LoadJob> j(static_cast<LoadJob*>(req->data));
+        --j->impl->jobs;
+        if (!j->impl->alive) return;
+        log_notes(j->notes);
+        j->run->each(std::move(j->entries));
+        load_next(std::move(j->run));
+      });
+  if (!queued) {
+    std::unique_ptr<LoadJob> j(job);
+    j->impl->recovering = false;
+    j->run->done({SpoolErrc::Io, "the thread pool refused the work"});
+  }
+}
+
+}  // namespace
+
+void SpoolStore::recover(size_t batch, RecoverBatch each, Done done) {
   auto* job = new RecoverJob;
   job->impl = impl_;
   job->path = impl_->path;
+  job->batch = std::max<size_t>(1, batch);
+  job->each = std::move(each);
   job->done = std::move(done);
   impl_->recovering = true;
   bool queued = queue_job(
@@ -493,33 +651,14 @@ void SpoolStore::recover(RecoverDone done) {
       },
       [](uv_work_t* req, int) {
         std::unique_ptr<RecoverJob> j(static_cast<RecoverJob*>(req->data));
-        Impl& impl = *j->impl;
-        --impl.jobs;
-        if (!impl.alive) return;
-        impl.recovering = false;
-        if (!j->result.ok()) {
-          j->done(j->result.error());
-          return;
-        }
-        Recovered& r = *j->result;
-        log_notes(r.notes);
-        impl.recovered = true;
-        impl.stats.messages = r.entries.size();
-        impl.stats.bytes = 0;
-        for (const auto& e : r.entries) impl.stats.bytes += e.bytes;
-        impl.stats.quarantined += r.tally.quarantined;
-        impl.stats.dir_fsyncs += r.tally.dir_fsyncs;
-        log::info("spool_recovered", {{"path", impl.path},
-                                      {"messages", impl.stats.messages},
-                                      {"bytes", impl.stats.bytes},
-                                      {"quarantined", r.tally.quarantined},
-                                      {"temp_files_removed", r.temps_removed}});
-        j->done(std::move(r.entries));
+        --j->impl->jobs;
+        if (!j->impl->alive) return;
+        recovered_first_pass(std::move(j));
       });
   if (!queued) {
     std::unique_ptr<RecoverJob> j(job);
     impl_->recovering = false;
-    j->done(make_error("the thread pool refused the work"));
+    j->done({SpoolErrc::Io, "the thread pool refused the work"});
   }
 }
 
@@ -575,12 +714,21 @@ void SpoolStore::remove(std::string id, Done done) {
 }
 
 void SpoolStore::read_data(std::string id, DataDone done) {
+  impl_->read(std::move(id), false, std::move(done));
+}
+
+void SpoolStore::read_record(std::string id, DataDone done) {
+  impl_->read(std::move(id), true, std::move(done));
+}
+
+void SpoolStore::Impl::read(std::string id, bool header_only, DataDone done) {
   auto* job = new ReadJob;
-  job->impl = impl_;
-  job->path = impl_->path;
+  job->impl = shared_from_this();
+  job->path = path;
   job->id = std::move(id);
+  job->header_only = header_only;
   job->done = std::move(done);
-  if (!impl_->recovered || !is_safe_spool_id(job->id)) {
+  if (!recovered || !is_safe_spool_id(job->id)) {
     job->outcome.status = {SpoolErrc::NotReady, "spool not recovered yet, or a bad id"};
   }
   bool queued = queue_job(
@@ -593,7 +741,8 @@ void SpoolStore::read_data(std::string id, DataDone done) {
           j->outcome.status = spool_io::status_from_errno(errno, j->path);
           return;
         }
-        j->outcome = spool_io::read_message(dirfd, j->id, j->tally, j->notes);
+        j->outcome = j->header_only ? read_record_at(dirfd, j->id)
+                                    : spool_io::read_message(dirfd, j->id, j->tally, j->notes);
         if (j->tally.quarantined > 0) ::fsync(dirfd);
         ::close(dirfd);
       },

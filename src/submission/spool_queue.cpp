@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <chrono>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <map>
 #include <set>
 #include <unordered_map>
@@ -19,6 +22,8 @@ namespace {
 
 constexpr uint64_t kGaugeRefreshMs = 1000;
 constexpr std::string_view kDsnIdentity = "dsn";
+// Messages whose records recovery reads at a time (a few MB at most).
+constexpr size_t kRecoverBatch = 4096;
 
 uint64_t wall_ms() {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -96,9 +101,16 @@ SpoolRecord record_of(const Submission& s, std::string id, uint64_t now) {
 }  // namespace
 
 struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
+  // What stays in memory per spooled message: a summary for the queue API and the gauges.
+  // Delivery and DSNs read the whole record back from disk with the data (read_data).
   struct Entry {
-    SpoolRecord record;
-    std::optional<SpoolState> failed;  // set once it failed for good (kept for keep_failed)
+    uint64_t queued_at_ms = 0;
+    uint64_t data_size = 0;
+    uint32_t recipients = 0;
+    uint32_t service = 0;  // index into `names`
+    uint32_t role = 0;     // index into `names`
+    Ingress ingress = Ingress::Http;
+    std::unique_ptr<SpoolState> failed;  // set once it failed for good (kept for keep_failed)
   };
 
   uv_loop_t* loop = nullptr;
@@ -107,9 +119,16 @@ struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
   std::unique_ptr<SpoolStore> store;
   std::unique_ptr<Scheduler> scheduler;
   std::map<std::string, Entry, std::less<>> entries;  // every message in the spool, by id
-  std::set<std::string, std::less<>> pending_ids;     // being put
+  std::vector<std::string> names;                     // service and role names, interned
+  std::map<std::string, uint32_t, std::less<>> name_index;
+  std::set<std::string, std::less<>> pending_ids;  // being put
   net::Timer wake_timer;
   net::Timer gauge_timer;
+  struct Resume {  // counts while recovery's batches come in
+    size_t resumed = 0;
+    size_t failed = 0;
+    std::vector<std::string> finished;
+  } resume;
   bool ready = false;
   bool stopping = false;
   bool draining = false;
@@ -130,32 +149,69 @@ struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
 
   // ---- intake ----
 
-  void recovered(std::vector<SpoolEntry> found) {
-    uint64_t now = wall_ms();
-    size_t resumed = 0, failed = 0, done_already = 0;
+  uint32_t intern(const std::string& name) {
+    auto it = name_index.find(name);
+    if (it != name_index.end()) return it->second;
+    names.push_back(name);
+    auto index = static_cast<uint32_t>(names.size() - 1);
+    name_index.emplace(name, index);
+    return index;
+  }
+
+  Entry summary_of(const SpoolRecord& record) {
+    Entry e;
+    e.queued_at_ms = record.queued_at_ms;
+    e.data_size = record.data_size;
+    e.recipients = static_cast<uint32_t>(record.recipients.size());
+    e.service = intern(record.service);
+    e.role = intern(record.role);
+    e.ingress = record.ingress;
+    return e;
+  }
+
+  // The summary as a QueuedMessage (no state yet).
+  QueuedMessage queued_message(const std::string& id, const Entry& e) const {
+    QueuedMessage m;
+    m.record.id = id;
+    m.record.service = names[e.service];
+    m.record.role = names[e.role];
+    m.record.ingress = e.ingress;
+    m.record.queued_at_ms = e.queued_at_ms;
+    m.record.data_size = e.data_size;
+    m.recipient_count = e.recipients;
+    return m;
+  }
+
+  // One batch of what the spool held, in arrival order.
+  void recovered_batch(std::vector<SpoolEntry> found) {
     for (SpoolEntry& e : found) {
       std::string id = e.record.id;
       if (e.state.state == MessageState::Failed) {
-        entries[id] = Entry{std::move(e.record), std::move(e.state)};
-        ++failed;
-        continue;
-      }
-      if (scheduler->add(e.record, e.state)) {
-        entries[id] = Entry{std::move(e.record), std::nullopt};
-        ++resumed;
+        Entry& kept = entries[id] = summary_of(e.record);
+        kept.failed = std::make_unique<SpoolState>(std::move(e.state));
+        ++resume.failed;
+      } else if (scheduler->add(e.record, std::move(e.state))) {
+        entries[id] = summary_of(e.record);
+        ++resume.resumed;
       } else {
-        // Nothing pending: it was delivered just before the crash.
-        ++in_flight;
-        store->remove(id, [weak = weak_from_this()](SpoolStatus) {
-          if (auto self = weak.lock()) self->finished_one();
-        });
-        ++done_already;
+        resume.finished.push_back(id);  // nothing pending: delivered just before the crash
       }
     }
+  }
+
+  void recovered_all() {
+    uint64_t now = wall_ms();
+    for (const std::string& id : resume.finished) {
+      ++in_flight;
+      store->remove(id, [weak = weak_from_this()](SpoolStatus) {
+        if (auto self = weak.lock()) self->finished_one();
+      });
+    }
     log::info("spool_resumed", {{"path", store->path()},
-                                {"messages", static_cast<uint64_t>(resumed)},
-                                {"failed", static_cast<uint64_t>(failed)},
-                                {"finished", static_cast<uint64_t>(done_already)}});
+                                {"messages", static_cast<uint64_t>(resume.resumed)},
+                                {"failed", static_cast<uint64_t>(resume.failed)},
+                                {"finished", static_cast<uint64_t>(resume.finished.size())}});
+    resume = {};
     ready = true;
     refresh_gauges(now);
     arm(now);
@@ -195,8 +251,25 @@ struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
     std::string id = record.id;
     SpoolState state = fresh_spool_state(record);
     if (!scheduler->add(record, state)) return;
-    entries[id] = Entry{std::move(record), std::nullopt};
+    entries[id] = summary_of(record);
     if (!stopping || draining) arm(wall_ms());
+  }
+
+  // The summary and the current state; see SpoolQueue::find().
+  std::optional<QueuedMessage> find(std::string_view id) const {
+    auto it = entries.find(id);
+    if (it == entries.end()) return std::nullopt;
+    QueuedMessage m = queued_message(it->first, it->second);
+    if (it->second.failed) {
+      m.state = *it->second.failed;
+      m.shown = MessageState::Failed;
+      return m;
+    }
+    std::optional<SpoolState> state = scheduler->state(id);
+    if (!state) return std::nullopt;
+    m.state = std::move(*state);
+    m.shown = scheduler->state_of(id, wall_ms()).value_or(m.state.state);
+    return m;
   }
 
   // ---- sending ----
@@ -227,7 +300,7 @@ struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
       auto self = weak.lock();
       if (!self) return;
       if (!status.ok()) return self->unreadable(id, status);
-      self->deliver(id, std::move(message.data));
+      self->deliver(id, std::move(message));
     });
   }
 
@@ -239,42 +312,45 @@ struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
     finished_one();
   }
 
-  void deliver(const std::string& id, std::string data) {
-    auto it = entries.find(id);
+  void deliver(const std::string& id, SpoolMessage spooled) {
     std::optional<SpoolState> state = scheduler->state(id);
-    if (it == entries.end() || !state) return finished_one();  // deleted meanwhile
-    const SpoolRecord& record = it->second.record;
+    if (!entries.contains(id) || !state) return finished_one();  // deleted meanwhile
+    if (state->recipients.size() != spooled.record.recipients.size()) {
+      return unreadable(id, {SpoolErrc::Corrupt, "recipient count changed on disk"});
+    }
+    auto record = std::make_shared<const SpoolRecord>(std::move(spooled.record));
     OutboundMessage message;
     message.id = id;
-    message.envelope_from = record.envelope_from;
-    message.smtputf8 = record.smtputf8;
-    message.eight_bit = record.eight_bit;
+    message.envelope_from = record->envelope_from;
+    message.smtputf8 = record->smtputf8;
+    message.eight_bit = record->eight_bit;
     std::vector<size_t> tried;
-    for (size_t i = 0; i < record.recipients.size(); ++i) {
+    for (size_t i = 0; i < record->recipients.size(); ++i) {
       if (state->recipients[i].state != RecipientState::Pending) continue;
       tried.push_back(i);
-      message.envelope_rcpts.push_back(record.recipients[i].address);
+      message.envelope_rcpts.push_back(record->recipients[i].address);
     }
     std::shared_ptr<Runtime> rt = runtime ? runtime() : nullptr;
-    Transport* transport = rt ? rt->transport(record.service) : nullptr;
+    Transport* transport = rt ? rt->transport(record->service) : nullptr;
     if (transport == nullptr) {
-      DeliveryResult none = delivery_failure(DeliveryStatus::ConnectionRefused,
-                                             "service " + record.service + " not configured", true);
-      return delivered(id, std::move(tried), none);
+      DeliveryResult none =
+          delivery_failure(DeliveryStatus::ConnectionRefused,
+                           "service " + record->service + " not configured", true);
+      return delivered(*record, std::move(tried), none);
     }
-    message.data = std::move(data);
+    message.data = std::move(spooled.data);
     std::weak_ptr<Impl> weak = weak_from_this();
     transport->deliver(std::move(message),
-                       [weak, rt, id, tried = std::move(tried)](DeliveryResult r) mutable {
-                         if (auto self = weak.lock()) self->delivered(id, std::move(tried), r);
+                       [weak, rt, record, tried = std::move(tried)](DeliveryResult r) mutable {
+                         if (auto self = weak.lock()) self->delivered(*record, std::move(tried), r);
                        });
   }
 
-  void delivered(const std::string& id, std::vector<size_t> tried, const DeliveryResult& r) {
-    auto it = entries.find(id);
+  // `record` as read from disk for this delivery.
+  void delivered(const SpoolRecord& record, std::vector<size_t> tried, const DeliveryResult& r) {
+    const std::string& id = record.id;
     std::optional<SpoolState> state = scheduler->state(id);
-    if (it == entries.end() || !state) return finished_one();
-    const SpoolRecord& record = it->second.record;
+    if (!entries.contains(id) || !state) return finished_one();
     std::vector<RecipientAttempt> attempts = attempts_from(r, record, tried, *state);
     uint64_t now = wall_ms();
     Scheduler::Settled settled = scheduler->on_result(id, attempts, now);
@@ -308,7 +384,9 @@ struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
     if (settled.finished) {
       settled.state.state = MessageState::Failed;
       settled.state.failed_at_ms = now;
-      entries[id].failed = settled.state;
+      if (auto it = entries.find(id); it != entries.end()) {
+        it->second.failed = std::make_unique<SpoolState>(settled.state);
+      }
     }
     store->update_state(id, std::move(settled.state), std::move(after));
   }
@@ -347,7 +425,7 @@ struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
     auto it = entries.find(expired.id);
     if (it == entries.end()) return;
     log::warn("spool_expired", {{"id", expired.id},
-                                {"service", it->second.record.service},
+                                {"service", names[it->second.service]},
                                 {"recipients", static_cast<uint64_t>(expired.failed_now.size())}});
     bounce_from_disk(expired.id, expired.state, expired.failed_now, now);
     Scheduler::Settled settled;
@@ -369,9 +447,8 @@ struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
                              SpoolStatus status, SpoolMessage message) {
       auto self = weak.lock();
       if (!self) return;
-      auto it = self->entries.find(id);
-      if (status.ok() && it != self->entries.end()) {
-        self->bounce(it->second.record, state, failed, message.data, now);
+      if (status.ok() && self->entries.contains(id)) {
+        self->bounce(message.record, state, failed, message.data, now);
       } else if (!status.ok()) {
         log::error("dsn_failed", {{"original", id}, {"error", spool_errc_name(status.code)}});
       }
@@ -440,7 +517,7 @@ struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
       if (entry.failed) {
         ++failed;
       } else {
-        oldest = std::min(oldest, entry.record.queued_at_ms);
+        oldest = std::min(oldest, entry.queued_at_ms);
       }
     }
     counts[MessageState::Failed] = failed;
@@ -536,13 +613,22 @@ void SpoolQueue::start(std::function<void(SpoolStatus)> done) {
   std::weak_ptr<Impl> weak = impl_;
   ++impl_->in_flight;
   impl_->store->recover(
-      [weak, done = std::move(done)](Result<std::vector<SpoolEntry>> found) mutable {
+      kRecoverBatch,
+      [weak](std::vector<SpoolEntry> batch) {
+        if (auto self = weak.lock()) self->recovered_batch(std::move(batch));
+      },
+      [weak, done = std::move(done)](SpoolStatus status) mutable {
         auto self = weak.lock();
         if (!self) return;
-        if (!found.ok()) {
-          done({SpoolErrc::Io, found.error().message});
+        if (!status.ok()) {
+          done(std::move(status));
         } else {
-          self->recovered(std::move(found.value()));
+          self->recovered_all();
+#ifdef __GLIBC__
+          // Recovery read the records on pool threads (their own malloc arenas) and has
+          // freed them: give those pages back rather than keep them as resident memory.
+          ::malloc_trim(0);
+#endif
           self->start_gauges();
           done({});
         }
@@ -560,40 +646,48 @@ bool SpoolQueue::full() const {
 
 std::vector<QueuedMessage> SpoolQueue::list(const QueueQuery& query,
                                             std::string* next_cursor) const {
+  const Impl& m = *impl_;
   std::vector<QueuedMessage> out;
   if (next_cursor) next_cursor->clear();
-  auto it = query.after.empty() ? impl_->entries.begin() : impl_->entries.upper_bound(query.after);
-  for (; it != impl_->entries.end(); ++it) {
-    const SpoolRecord& record = it->second.record;
-    if (!query.role.empty() && record.role != query.role) continue;
-    if (!query.service.empty() && record.service != query.service) continue;
-    std::optional<QueuedMessage> m = find(it->first);
-    if (!m) continue;
-    if (query.state && m->shown != *query.state) continue;
+  auto it = query.after.empty() ? m.entries.begin() : m.entries.upper_bound(query.after);
+  for (; it != m.entries.end(); ++it) {
+    const Impl::Entry& e = it->second;
+    if (!query.role.empty() && m.names[e.role] != query.role) continue;
+    if (!query.service.empty() && m.names[e.service] != query.service) continue;
+    std::optional<QueuedMessage> found = find(it->first);
+    if (!found) continue;
+    if (query.state && found->shown != *query.state) continue;
     if (out.size() == query.limit) {
       if (next_cursor && !out.empty()) *next_cursor = out.back().record.id;
       return out;
     }
-    out.push_back(std::move(*m));
+    out.push_back(std::move(*found));
   }
   return out;
 }
 
 std::optional<QueuedMessage> SpoolQueue::find(std::string_view id) const {
-  auto it = impl_->entries.find(id);
-  if (it == impl_->entries.end()) return std::nullopt;
-  QueuedMessage m;
-  m.record = it->second.record;
-  if (it->second.failed) {
-    m.state = *it->second.failed;
-    m.shown = MessageState::Failed;
-    return m;
-  }
-  std::optional<SpoolState> state = impl_->scheduler->state(id);
-  if (!state) return std::nullopt;
-  m.state = *state;
-  m.shown = impl_->scheduler->state_of(id, wall_ms()).value_or(state->state);
-  return m;
+  return impl_->find(id);
+}
+
+void SpoolQueue::read(std::string_view id,
+                      std::function<void(std::optional<QueuedMessage>)> done) const {
+  if (!impl_->entries.contains(id)) return done(std::nullopt);
+  std::weak_ptr<const Impl> weak = impl_;
+  impl_->store->read_record(
+      std::string(id), [weak, done = std::move(done)](SpoolStatus status, SpoolMessage message) {
+        auto self = weak.lock();
+        if (!self) return;
+        if (!status.ok()) return done(std::nullopt);
+        // The state as it is now (a delivery may have ended while the file was
+        // read).
+        std::optional<QueuedMessage> now = self->find(message.record.id);
+        if (now) {
+          now->recipient_count = message.record.recipients.size();
+          now->record = std::move(message.record);
+        }
+        done(std::move(now));
+      });
 }
 
 QueueOpResult SpoolQueue::retry(std::string_view id) {

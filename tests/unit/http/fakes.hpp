@@ -20,9 +20,10 @@ class FakePolicy : public Policy {
     return next;
   }
   PolicyDecision check(const PolicyRequest&, uint64_t) const override { return next; }
-  QuotaVerdict take_quota(std::string_view, uint64_t, uint64_t) override { return {}; }
+  QuotaVerdict take_quota(std::string_view, uint64_t, uint64_t) override { return quota; }
 
   PolicyDecision next;
+  QuotaVerdict quota;  // what every take_quota() answers
   std::vector<PolicyRequest> admitted;
   uint64_t last_now_ms = 0;
 };

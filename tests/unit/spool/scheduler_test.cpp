@@ -1,11 +1,14 @@
 #include <gtest/gtest.h>
 
+#include <iostream>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "mailcar/rate_limiter.hpp"
 #include "mailcar/spool.hpp"
 #include "spool/spool_test_support.hpp"
+#include "support/heap_bytes.hpp"
 
 namespace mailcar {
 namespace {
@@ -301,6 +304,30 @@ TEST(Scheduler, RetryNowForgetAndRecoveredStates) {
   auto counts = s.counts(kT0);
   EXPECT_EQ(counts.at(MessageState::Sending), 1u);
   EXPECT_EQ(counts.at(MessageState::Deferred), 1u);
+}
+
+// Issue 8: a message held by the quota and never attempted costs the scheduler a map node
+// and a set node, no SpoolState (it was 352 bytes before).
+TEST(Scheduler, HeldMessagesCostLittleMemory) {
+  constexpr size_t kMessages = 20'000;
+  constexpr size_t kMaxBytesPerMessage = 256;
+  std::vector<SpoolRecord> records;
+  for (size_t i = 0; i < kMessages; ++i) {
+    records.push_back(record("held-" + std::to_string(100'000'000'000'000'000 + i)));
+  }
+  SchedulerOptions o = options(1);
+  o.quota = [](std::string_view, size_t, uint64_t) { return QuotaDecision{false, kMinute}; };
+  std::optional<size_t> before = testing::heap_bytes();
+  if (!before) GTEST_SKIP() << "this allocator does not report through mallinfo2";
+  Scheduler s(o);
+  for (const SpoolRecord& r : records) ASSERT_TRUE(s.add(r, fresh_spool_state(r)));
+  EXPECT_TRUE(s.due(kT0).send.empty());
+  size_t after = *testing::heap_bytes();
+  size_t per_message = (after > *before ? after - *before : 0) / kMessages;
+  EXPECT_LT(per_message, kMaxBytesPerMessage);
+  std::cout << "scheduler heap bytes per held message: " << per_message << "\n";
+  EXPECT_EQ(s.state_of(records[7].id, kT0), MessageState::Held);
+  EXPECT_EQ(s.state(records[7].id), fresh_spool_state(records[7]));
 }
 
 }  // namespace

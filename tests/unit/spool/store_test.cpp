@@ -101,6 +101,63 @@ TEST_F(SpoolStoreTest, PutRecoverReadRoundTrip) {
   EXPECT_EQ(msg->record, r);
 }
 
+// Recovery in batches: arrival order across batches, no batch over its size, states kept,
+// and operations wait until the last batch is in. read_record() gives the record alone.
+TEST_F(SpoolStoreTest, RecoveryInBatchesKeepsArrivalOrder) {
+  open_store();
+  std::vector<std::string> order;
+  for (int i = 0; i < 7; ++i) {
+    SpoolRecord r = sample_record("b" + std::to_string(9 - i));  // ids against arrival
+    r.queued_at_ms = 1'700'000'000'000 + static_cast<uint64_t>(i);
+    ASSERT_TRUE(put(r, kData).ok());
+    order.push_back(r.id);
+  }
+  SpoolState s = fresh_spool_state(sample_record("b5"));
+  s.state = MessageState::Deferred;
+  s.attempts = 1;
+  s.next_attempt_ms = 1'700'000'999'000;
+  ASSERT_TRUE(wait([&](auto cb) { store_->update_state("b5", s, cb); }).ok());
+
+  store_.reset();
+  store_ = std::move(SpoolStore::open(loop_.get(), dir_.path(), std::nullopt)).value();
+  std::vector<std::string> got;
+  std::vector<size_t> sizes;
+  std::optional<SpoolStatus> done;
+  std::vector<SpoolErrc> early;  // removes asked for while batches came in
+  store_->recover(
+      3,
+      [&](std::vector<SpoolEntry> batch) {
+        EXPECT_FALSE(done.has_value());
+        sizes.push_back(batch.size());
+        for (const SpoolEntry& e : batch) {
+          got.push_back(e.record.id);
+          EXPECT_EQ(e.record.recipients.size(), 3u);
+          EXPECT_EQ(e.state, e.record.id == "b5" ? s : fresh_spool_state(e.record));
+        }
+        store_->remove("b9", [&](SpoolStatus st) { early.push_back(st.code); });
+      },
+      [&](SpoolStatus st) { done = std::move(st); });
+  ASSERT_TRUE(loop_.run_until([&] { return done.has_value(); }));
+  EXPECT_TRUE(done->ok()) << done->detail;
+  EXPECT_EQ(got, order);
+  EXPECT_EQ(sizes, (std::vector<size_t>{3, 3, 1}));
+  ASSERT_TRUE(loop_.run_until([&] { return early.size() == 3; }));
+  EXPECT_EQ(early, std::vector<SpoolErrc>(3, SpoolErrc::NotReady));
+  EXPECT_EQ(store_->stats().messages, 7u);
+
+  std::optional<std::pair<SpoolStatus, SpoolMessage>> one;
+  store_->read_record("b7", [&](SpoolStatus st, SpoolMessage m) { one.emplace(st, m); });
+  ASSERT_TRUE(loop_.run_until([&] { return one.has_value(); }));
+  EXPECT_TRUE(one->first.ok()) << one->first.detail;
+  EXPECT_EQ(one->second.record.id, "b7");
+  EXPECT_EQ(one->second.record.recipients, sample_record("b7").recipients);
+  EXPECT_TRUE(one->second.data.empty());
+  one.reset();
+  store_->read_record("nosuch", [&](SpoolStatus st, SpoolMessage m) { one.emplace(st, m); });
+  ASSERT_TRUE(loop_.run_until([&] { return one.has_value(); }));
+  EXPECT_EQ(one->first.code, SpoolErrc::NotFound);
+}
+
 TEST_F(SpoolStoreTest, StateUpdatesSurviveRestartAndRemoveDeletesBoth) {
   open_store();
   SpoolRecord r = sample_record("s1");
