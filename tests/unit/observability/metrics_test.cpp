@@ -138,7 +138,8 @@ TEST_F(Metrics, EmptyRenderIsValidAndDeclaresEveryFamily) {
                                                  {"mailcar_spool_bytes", "gauge"},
                                                  {"mailcar_spool_oldest_seconds", "gauge"},
                                                  {"mailcar_delivery_attempts_total", "counter"},
-                                                 {"mailcar_spool_fsyncs_total", "counter"}};
+                                                 {"mailcar_spool_fsyncs_total", "counter"},
+                                                 {"mailcar_memory_budget_used_bytes", "gauge"}};
   EXPECT_EQ(e.type, expected);
   for (const auto& [name, type] : expected) EXPECT_FALSE(e.help[name].empty()) << name;
   EXPECT_EQ(e.value("mailcar_upstream_seconds_count", {}), 0);
