@@ -28,6 +28,19 @@ SOURCE_DIR = Path(os.environ.get("MAILCAR_SOURCE_DIR", Path(__file__).resolve().
 MAILCAR_BIN = os.environ.get("MAILCAR_BIN", str(SOURCE_DIR / "build" / "mailcar"))
 
 
+def _sanitized(binary):
+    """True for an ASan build (CI's second pass): its allocator and shadow memory make RSS
+    figures meaningless and it cannot run under an address-space limit."""
+    try:
+        out = subprocess.run(["ldd", binary], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "libasan" in out
+
+
+SANITIZED = _sanitized(MAILCAR_BIN)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
