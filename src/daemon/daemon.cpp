@@ -20,6 +20,7 @@
 #include <uv.h>
 
 #include "daemon/state_file.hpp"
+#include "mailcar/clock.hpp"
 #include "mailcar/config.hpp"
 #include "mailcar/http_server.hpp"
 #include "mailcar/log.hpp"
@@ -125,12 +126,6 @@ Result<Config> load(const ConfigSource& src) {
   if (!cfg.ok()) return cfg;
   if (auto files = check_referenced_files(*cfg); !files.ok()) return files.error();
   return cfg;
-}
-
-uint64_t wall_ms() {
-  using namespace std::chrono;
-  return static_cast<uint64_t>(
-      duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count());
 }
 
 // Where rate-limit state survives restarts: systemd's StateDirectory= when it is set (the
@@ -342,7 +337,7 @@ class Daemon {
     force_timer_->start(grace + kForceExtraMs, [this] {
       log::warn("shutdown_forced", {{"reason", "grace period over"}});
       if (runtime_ && runtime_->policy) {
-        (void)write_state_file(state_path_, serialize_state(*runtime_->policy, wall_ms()));
+        (void)write_state_file(state_path_, serialize_state(*runtime_->policy, wall_clock_ms()));
       }
       std::fflush(stdout);
       _exit(0);
@@ -423,7 +418,7 @@ class Daemon {
   // loop is about to end.
   void save_state(bool final_save = false) {
     if (!runtime_ || !runtime_->policy) return;
-    std::string state = serialize_state(*runtime_->policy, wall_ms());
+    std::string state = serialize_state(*runtime_->policy, wall_clock_ms());
     if (state == last_saved_state_) return;
     last_saved_state_ = state;
     if (final_save) {

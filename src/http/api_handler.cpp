@@ -448,12 +448,6 @@ bool head_authenticates(const HttpRequest& request, const Config& config) {
   return authenticate(request, config).credential != nullptr;
 }
 
-uint64_t system_now_ms() {
-  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                   std::chrono::system_clock::now().time_since_epoch())
-                                   .count());
-}
-
 namespace {
 
 // One left-to-right pass over a template: `emit` gets each piece of the output in order and

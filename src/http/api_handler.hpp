@@ -13,6 +13,7 @@
 
 #include "http/request_parser.hpp"
 #include "http/response.hpp"
+#include "mailcar/clock.hpp"
 #include "mailcar/runtime.hpp"
 
 namespace simdjson::dom {
@@ -23,8 +24,6 @@ namespace mailcar::http {
 
 using Respond = std::function<void(HttpResponse)>;
 using WallClock = std::function<uint64_t()>;  // milliseconds since the Unix epoch
-
-uint64_t system_now_ms();
 
 // Replaces every "{key}" for which lookup gives a value, in one left-to-right pass: inserted
 // values are not scanned again, unknown placeholders stay as they are. nullopt as soon as the
@@ -58,7 +57,7 @@ HttpResponse unauthorized(const ApiCaller& caller, const std::string& remote, st
 
 class ApiHandler {
  public:
-  explicit ApiHandler(WallClock now_ms = system_now_ms);
+  explicit ApiHandler(WallClock now_ms = wall_clock_ms);
   ~ApiHandler();
   ApiHandler(const ApiHandler&) = delete;
   ApiHandler& operator=(const ApiHandler&) = delete;

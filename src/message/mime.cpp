@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "mailcar/address.hpp"
+#include "mailcar/clock.hpp"
 #include "mailcar/text.hpp"
 #include "message/char_class.hpp"
 #include "message/line_ends.hpp"
@@ -560,9 +561,7 @@ bool valid_message_id(std::string_view id) {
 }
 
 int64_t now_unix() {
-  return std::chrono::duration_cast<std::chrono::seconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
+  return static_cast<int64_t>(wall_clock_ms() / 1000);
 }
 
 }  // namespace

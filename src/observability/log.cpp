@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <ctime>
 
+#include "mailcar/clock.hpp"
+
 namespace mailcar::log {
 namespace {
 
@@ -27,9 +29,7 @@ const char* level_name(LogLevel level) {
 }
 
 std::string timestamp() {
-  using namespace std::chrono;
-  return rfc3339_utc(static_cast<uint64_t>(
-      duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count()));
+  return rfc3339_utc(wall_clock_ms());
 }
 
 // Text format: values with spaces, quotes or control bytes are quoted JSON-style.

@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "mailcar/address.hpp"
+#include "mailcar/clock.hpp"
 #include "mailcar/log.hpp"
 #include "mailcar/memory_budget.hpp"
 #include "mailcar/metrics.hpp"
@@ -26,12 +27,6 @@ namespace {
 
 constexpr uint64_t kAuthFailureDelayMs = 1000;  // slows password guessing per connection
 constexpr size_t kMaxWriteBacklog = 1 << 20;    // a client that never reads its replies
-
-uint64_t wall_ms() {
-  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                   std::chrono::system_clock::now().time_since_epoch())
-                                   .count());
-}
 
 // SMTP AUTH against `credentials`: every entry is compared, in constant time, so the answer
 // time does not tell which user exists.
@@ -106,7 +101,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     options.anonymous_role = config.smtp.anonymous_role;
     options.service = config.smtp.service;
     options.validate_address = [](std::string_view a) { return validate_address(a).ok(); };
-    options.now_ms = wall_ms;
+    options.now_ms = wall_clock_ms;
     options.max_junk_commands = config.limits.smtp_junk_command_limit;
     options.reserve_data = [this](uint64_t total) {
       return data_lease_.grow_to(total, runtime_->config->limits.max_inflight_bytes);
@@ -390,8 +385,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     if (service != nullptr && !service->from_email.empty()) {
       input.default_from = Mailbox{service->from_email, service->from_name};
     }
-    input.received_header = make_received_header(session_->helo(), net::host_of(remote_), rt.hostname,
-                                                 protocol, trace_id, now_unix);
+    input.received_header = make_received_header(session_->helo(), net::host_of(remote_),
+                                                 rt.hostname, protocol, trace_id, now_unix);
     input.hostname = rt.hostname;
     input.now_unix = now_unix;
     return normalize_message(input, std::move(submission.data));
@@ -399,7 +394,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   void deliver(smtp::Submission data) {
     std::shared_ptr<Runtime> rt = runtime_;
-    uint64_t now = wall_ms();
+    uint64_t now = wall_clock_ms();
     std::string trace_id = text::random_token(12);
     Submission submission;
     submission.submitter = submitter();

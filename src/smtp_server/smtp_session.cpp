@@ -5,6 +5,7 @@
 #include <new>
 #include <utility>
 
+#include "mailcar/clock.hpp"
 #include "mailcar/text.hpp"
 #include "smtp_server/delivery_reply.hpp"
 
@@ -860,12 +861,7 @@ std::optional<PolicyDecision> SmtpServerSession::check_policy(const std::string&
   request.service = options_.service;
   request.envelope_from = from;
   request.recipients = recipients;
-  uint64_t now =
-      options_.now_ms
-          ? options_.now_ms()
-          : static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                      std::chrono::system_clock::now().time_since_epoch())
-                                      .count());
+  uint64_t now = options_.now_ms ? options_.now_ms() : wall_clock_ms();
   return policy_->check(request, now);
 }
 

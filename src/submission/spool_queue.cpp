@@ -10,6 +10,7 @@
 #include <unordered_map>
 #include <utility>
 
+#include "mailcar/clock.hpp"
 #include "mailcar/dsn.hpp"
 #include "mailcar/log.hpp"
 #include "mailcar/metrics.hpp"
@@ -24,12 +25,6 @@ constexpr uint64_t kGaugeRefreshMs = 1000;
 constexpr std::string_view kDsnIdentity = "dsn";
 // Messages whose records recovery reads at a time (a few MB at most).
 constexpr size_t kRecoverBatch = 4096;
-
-uint64_t wall_ms() {
-  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                   std::chrono::system_clock::now().time_since_epoch())
-                                   .count());
-}
 
 SchedulerOptions scheduler_options(const Config& config) {
   SchedulerOptions o;
@@ -200,7 +195,7 @@ struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
   }
 
   void recovered_all() {
-    uint64_t now = wall_ms();
+    uint64_t now = wall_clock_ms();
     for (const std::string& id : resume.finished) {
       ++in_flight;
       store->remove(id, [weak = weak_from_this()](SpoolStatus) {
@@ -252,7 +247,7 @@ struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
     SpoolState state = fresh_spool_state(record);
     if (!scheduler->add(record, state)) return;
     entries[id] = summary_of(record);
-    if (!stopping || draining) arm(wall_ms());
+    if (!stopping || draining) arm(wall_clock_ms());
   }
 
   // The summary and the current state; see SpoolQueue::find().
@@ -268,7 +263,7 @@ struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
     std::optional<SpoolState> state = scheduler->state(id);
     if (!state) return std::nullopt;
     m.state = std::move(*state);
-    m.shown = scheduler->state_of(id, wall_ms()).value_or(m.state.state);
+    m.shown = scheduler->state_of(id, wall_clock_ms()).value_or(m.state.state);
     return m;
   }
 
@@ -286,7 +281,7 @@ struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
   }
 
   void wake() {
-    uint64_t now = wall_ms();
+    uint64_t now = wall_clock_ms();
     Scheduler::Due due = scheduler->due(now);
     for (Scheduler::Expired& expired : due.expired) expire(std::move(expired), now);
     for (const std::string& id : due.send) send(id);
@@ -352,7 +347,7 @@ struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
     std::optional<SpoolState> state = scheduler->state(id);
     if (!entries.contains(id) || !state) return finished_one();
     std::vector<RecipientAttempt> attempts = attempts_from(r, record, tried, *state);
-    uint64_t now = wall_ms();
+    uint64_t now = wall_clock_ms();
     Scheduler::Settled settled = scheduler->on_result(id, attempts, now);
     const char* result = attempt_result(attempts);
     metrics::count_delivery_attempt(record.service, result);
@@ -394,7 +389,7 @@ struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
   void finished_one() {
     if (in_flight > 0) --in_flight;
     maybe_shutdown_done();
-    if (!stopping || draining) arm(wall_ms());
+    if (!stopping || draining) arm(wall_clock_ms());
   }
 
   void log_attempt(const SpoolRecord& record, const SpoolState& state, const DeliveryResult& r,
@@ -502,7 +497,7 @@ struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
 
   void enqueue(Submission s, EnqueueDone done) {
     if (!ready) return done({SpoolErrc::NotReady, "spool not recovered yet"}, "");
-    uint64_t now = wall_ms();
+    uint64_t now = wall_clock_ms();
     SpoolRecord record = record_of(s, spool_id_for(s.message.id), now);
     put(std::move(record), std::move(s.message.data), std::move(done));
   }
@@ -552,7 +547,7 @@ struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
     gauge_timer.start(
         kGaugeRefreshMs,
         [weak] {
-          if (auto self = weak.lock()) self->refresh_gauges(wall_ms());
+          if (auto self = weak.lock()) self->refresh_gauges(wall_clock_ms());
         },
         kGaugeRefreshMs);
   }
@@ -568,7 +563,7 @@ struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
   void maybe_shutdown_done() {
     if (!stopping || !shutdown_done || in_flight > 0) return;
     if (draining && waiting() > 0) {
-      uint64_t now = wall_ms();
+      uint64_t now = wall_clock_ms();
       std::optional<uint64_t> at = scheduler->next_wake(now);
       if (at && *at <= now) return;  // more to send right now
     }
@@ -693,10 +688,10 @@ void SpoolQueue::read(std::string_view id,
 QueueOpResult SpoolQueue::retry(std::string_view id) {
   std::optional<QueuedMessage> m = find(id);
   if (!m) return QueueOpResult::NotFound;
-  if (m->shown != MessageState::Deferred || !impl_->scheduler->retry_now(id, wall_ms())) {
+  if (m->shown != MessageState::Deferred || !impl_->scheduler->retry_now(id, wall_clock_ms())) {
     return QueueOpResult::NotDeferred;
   }
-  impl_->arm(wall_ms());
+  impl_->arm(wall_clock_ms());
   return QueueOpResult::Done;
 }
 
@@ -719,7 +714,7 @@ void SpoolQueue::shutdown(bool drain, std::function<void()> done) {
   impl_->shutdown_done = std::move(done);
   if (impl_->draining) {
     // Deliver what can be delivered now: deferred messages get one more try.
-    uint64_t now = wall_ms();
+    uint64_t now = wall_clock_ms();
     for (const auto& [id, entry] : impl_->entries) {
       if (!entry.failed) impl_->scheduler->retry_now(id, now);
     }

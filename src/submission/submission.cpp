@@ -6,6 +6,7 @@
 #include <optional>
 #include <utility>
 
+#include "mailcar/clock.hpp"
 #include "mailcar/log.hpp"
 #include "mailcar/metrics.hpp"
 #include "mailcar/spool_queue.hpp"
@@ -142,12 +143,6 @@ std::unique_ptr<DirectDsn> direct_dsn_context(const Submission& s, uint64_t now_
   return ctx;
 }
 
-uint64_t wall_ms() {
-  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                   std::chrono::system_clock::now().time_since_epoch())
-                                   .count());
-}
-
 // The report for the refused recipients that want one; nullopt when none does.
 std::optional<DsnInput> direct_dsn_input(const Runtime& rt, const DirectDsn& ctx,
                                          const std::vector<RecipientOutcome>& refused,
@@ -180,7 +175,7 @@ std::optional<DsnInput> direct_dsn_input(const Runtime& rt, const DirectDsn& ctx
 void send_direct_dsn(std::shared_ptr<Runtime> runtime, const std::string& service,
                      const std::string& original_id, const DirectDsn& ctx,
                      const std::vector<RecipientOutcome>& refused) {
-  uint64_t now = wall_ms();
+  uint64_t now = wall_clock_ms();
   std::optional<DsnInput> in = direct_dsn_input(*runtime, ctx, refused, now);
   if (!in) return;
   auto fail = [&](std::string_view why) {

@@ -32,7 +32,7 @@ constexpr const char* kWebKey = "key-web-000000000000";     // role web: its own
 constexpr const char* kOtherKey = "key-other-00000000000";  // role other: its own messages
 constexpr const char* kAdminKey = "key-admin-00000000000";  // role ops: queue: all
 constexpr uint64_t kQueuedAt = 1'700'000'000'123;           // 2023-11-14T22:13:20.123Z
-const uint64_t kLater = system_now_ms() + 3'600'000;        // a deferred message's next try
+const uint64_t kLater = wall_clock_ms() + 3'600'000;        // a deferred message's next try
 
 struct Reply {
   HttpResponse response;
@@ -145,7 +145,7 @@ class QueueApiTest : public mailcar::testing::LoopFixture {
       s.recipients[1] = {RecipientState::Pending, 421, "4.3.0 try later"};
     }
     if (state == MessageState::Failed) {
-      s.failed_at_ms = system_now_ms();
+      s.failed_at_ms = wall_clock_ms();
       s.recipients[1] = {RecipientState::Failed, 550, "5.1.1 no such user"};
     }
     if (state != MessageState::Queued) {
