@@ -9,6 +9,8 @@ packages=(
   libgtest-dev libgmock-dev
   # integration tests: real upstream servers and real clients
   python3 python3-aiosmtpd python3-pytest python3-prometheus-client openssl curl swaks
+  # DKIM (issue 10): an independent verifier for the signed messages
+  python3-dkim
 )
 if [ "${1:-}" = "--with-fuzz" ]; then
   packages+=(clang libclang-rt-14-dev)

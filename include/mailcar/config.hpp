@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -11,6 +12,10 @@
 #include "mailcar/result.hpp"
 
 namespace mailcar {
+
+namespace crypto {
+class RsaKey;
+}
 
 // "N/second|minute|hour|day" (also s|m|h|d).
 struct Rate {
@@ -124,6 +129,36 @@ struct ListenAddress {
   std::string text;  // as written
 };
 
+// ---- Message features (issue 10, SPEC §10.1, §10.2): named templates, DKIM, attachment URLs ----
+
+// A named template (YAML `templates.<name>`). Bodies given as *_file are read when the
+// configuration is loaded (start, SIGHUP, --check); a request's own fields win over these.
+struct TemplateConfig {
+  std::string name;
+  std::optional<std::string> subject;
+  std::optional<std::string> body_text;
+  std::optional<std::string> body_html;
+  std::string from_name, from_email, reply_to_name, reply_to_email;  // empty: not given
+};
+
+// One DKIM signing domain (YAML `dkim[]`). The key is parsed when the configuration is loaded
+// (a bad key is a configuration error) and is never logged.
+struct DkimConfig {
+  std::string domain;  // lower-case
+  std::string selector;
+  std::string key_file;  // absolute
+  bool subdomains = false;
+  std::shared_ptr<crypto::RsaKey> key;
+};
+
+// YAML `attachment_fetch`: which `attachment` URLs of a request may be fetched (https only).
+// Absent: fetching is off and every `attachment` URL is a 400.
+struct AttachmentFetchConfig {
+  std::vector<std::string> allow;  // URL prefixes, each https://host/...
+  uint64_t max_bytes = 10 * 1024 * 1024;
+  uint64_t timeout_ms = 30'000;
+};
+
 struct Config {
   std::string file;  // where it came from ("<environment>" for the zero-file setup)
   std::optional<ListenAddress> listen_http;
@@ -135,6 +170,10 @@ struct Config {
   std::optional<SpoolConfig> spool;
   LimitsConfig limits;
   LogConfig log;
+  // Message features (issue 10).
+  std::map<std::string, TemplateConfig, std::less<>> templates;
+  std::vector<DkimConfig> dkim;
+  std::optional<AttachmentFetchConfig> attachment_fetch;
 
   const ServiceConfig* find_service(std::string_view name) const;
   const RoleConfig* find_role(std::string_view name) const;

@@ -14,6 +14,7 @@
 
 #include "config/config_internal.hpp"
 #include "mailcar/config.hpp"
+#include "mailcar/crypto.hpp"
 #include "mailcar/text.hpp"
 
 namespace mailcar {
@@ -536,8 +537,8 @@ class Loader {
     YAML::Mark start;  // 1:1 for an empty document
     auto top = section(root, start, "");
     if (!top) return;
-    allow_only(*top,
-               {"listen", "services", "roles", "credentials", "smtp", "spool", "limits", "log"});
+    allow_only(*top, {"listen", "services", "roles", "credentials", "smtp", "spool", "limits",
+                      "log", "templates", "dkim", "attachment_fetch"});
 
     if (const Entry* e = top->get("listen")) {
       load_listen(*e);
@@ -555,6 +556,7 @@ class Loader {
     if (const Entry* e = top->get("limits")) load_limits(*e);
     if (const Entry* e = top->get("log")) load_log(*e);
     check_delivery_timeout(top->get("limits"), top->mark);
+    load_message_features(*top);
   }
 
   void load_listen(const Entry& entry) {
@@ -1043,6 +1045,132 @@ class Loader {
         }
       }
     }
+  }
+
+  // ---- Message features (issue 10): templates, dkim, attachment_fetch ---------------------
+
+  void load_message_features(const Section& top) {
+    if (const Entry* e = top.get("templates")) load_templates(*e);
+    if (const Entry* e = top.get("dkim")) load_dkim(*e);
+    if (const Entry* e = top.get("attachment_fetch")) load_attachment_fetch(*e);
+  }
+
+  // `key` inline or `key_file` (read now, relative to the configuration file), not both.
+  std::optional<std::string> template_text(const Section& s, const std::string& key) {
+    const Entry* inline_entry = s.get(key);
+    const Entry* file_entry = s.get(key + "_file");
+    if (inline_entry != nullptr && file_entry != nullptr) {
+      error_key(*file_entry, "give either " + key + " or " + key + "_file, not both");
+      return std::nullopt;
+    }
+    if (inline_entry != nullptr) return text(*inline_entry);
+    if (file_entry == nullptr) return std::nullopt;
+    auto file = path(*file_entry);
+    if (!file) return std::nullopt;
+    auto content = config_detail::read_small_file(*file, config_detail::kMaxConfigFileBytes);
+    if (!content) {
+      error_key(*file_entry, content.error().message);
+      return std::nullopt;
+    }
+    return std::move(content).value();
+  }
+
+  void load_templates(const Entry& entry) {
+    auto s = section(entry);
+    if (!s) return;
+    for (const auto& e : s->entries) {
+      if (auto problem = check_name(e.key)) error_key(e, "template name " + *problem);
+      auto t = section(e);
+      if (!t) continue;
+      allow_only(*t, {"subject", "body_text", "body_text_file", "body_html", "body_html_file",
+                      "from_name", "from_email", "reply_to_name", "reply_to_email"});
+      TemplateConfig tpl;
+      tpl.name = e.key;
+      if (const Entry* v = t->get("subject")) tpl.subject = line_text(*v);
+      tpl.body_text = template_text(*t, "body_text");
+      tpl.body_html = template_text(*t, "body_html");
+      if (const Entry* v = t->get("from_name")) tpl.from_name = line_text(*v).value_or("");
+      if (const Entry* v = t->get("from_email")) tpl.from_email = address(*v).value_or("");
+      if (const Entry* v = t->get("reply_to_name")) tpl.reply_to_name = line_text(*v).value_or("");
+      if (const Entry* v = t->get("reply_to_email")) {
+        tpl.reply_to_email = address(*v).value_or("");
+      }
+      config_.templates.insert_or_assign(tpl.name, std::move(tpl));
+    }
+  }
+
+  void load_dkim(const Entry& entry) {
+    for (const Entry& item : list(entry).value_or(std::vector<Entry>{})) {
+      auto s = section(item);
+      if (!s) continue;
+      allow_only(*s, {"domain", "selector", "key_file", "subdomains"});
+      DkimConfig d;
+      if (const Entry* e = s->get("domain")) {
+        d.domain = text::lower_ascii(nonempty_text(*e).value_or(""));
+        if (d.domain.find_first_of(" \t;=@") != std::string::npos) error(*e, "is not a domain");
+      } else {
+        error_at(s->mark, s->path + ".domain", "is required");
+      }
+      if (const Entry* e = s->get("selector")) {
+        d.selector = nonempty_text(*e).value_or("");
+        if (d.selector.find_first_of(" \t;=@") != std::string::npos) {
+          error(*e, "is not a selector");
+        }
+      } else {
+        error_at(s->mark, s->path + ".selector", "is required");
+      }
+      if (const Entry* e = s->get("subdomains")) d.subdomains = boolean(*e).value_or(false);
+      if (const Entry* e = s->get("key_file")) {
+        d.key_file = path(*e).value_or("");
+        if (!d.key_file.empty()) d.key = load_dkim_key(*e, d.key_file);
+      } else {
+        error_at(s->mark, s->path + ".key_file", "is required (a PEM RSA private key)");
+      }
+      config_.dkim.push_back(std::move(d));
+    }
+  }
+
+  std::shared_ptr<crypto::RsaKey> load_dkim_key(const Entry& entry, const std::string& file) {
+    auto pem = config_detail::read_small_file(file, config_detail::kMaxSecretFileBytes);
+    if (!pem) {
+      error_key(entry, pem.error().message);
+      return nullptr;
+    }
+    auto key = crypto::RsaKey::load_pem(pem.value());
+    std::fill(pem.value().begin(), pem.value().end(), '\0');
+    if (!key) {
+      error_key(entry, file + ": " + key.error().message);
+      return nullptr;
+    }
+    return std::make_shared<crypto::RsaKey>(std::move(key).value());
+  }
+
+  void load_attachment_fetch(const Entry& entry) {
+    auto s = section(entry);
+    if (!s) return;
+    allow_only(*s, {"allow", "max_bytes", "timeout"});
+    AttachmentFetchConfig fetch;
+    if (const Entry* e = s->get("allow")) {
+      for (const Entry& item : list(*e).value_or(std::vector<Entry>{})) {
+        auto prefix = nonempty_text(item);
+        if (!prefix) continue;
+        // A prefix must end its host part, or "https://files.example.com" would allow
+        // "https://files.example.com.evil.test/".
+        size_t host_end = prefix->find('/', 8);
+        if (!text::istarts_with_ascii(*prefix, "https://") || host_end == std::string::npos ||
+            host_end == 8) {
+          error(item, "must be an https:// URL prefix with a host and a path (at least \"/\")");
+          continue;
+        }
+        fetch.allow.push_back(std::move(*prefix));
+      }
+    }
+    if (fetch.allow.empty()) error_at(s->mark, s->path + ".allow", "needs at least one prefix");
+    if (const Entry* e = s->get("max_bytes")) fetch.max_bytes = size(*e).value_or(fetch.max_bytes);
+    if (const Entry* e = s->get("timeout")) {
+      fetch.timeout_ms = duration(*e, false).value_or(fetch.timeout_ms);
+    }
+    config_.attachment_fetch = std::move(fetch);
   }
 
   std::string file_;

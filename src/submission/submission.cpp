@@ -10,6 +10,7 @@
 #include "mailcar/log.hpp"
 #include "mailcar/metrics.hpp"
 #include "mailcar/spool_queue.hpp"
+#include "submission/dkim_signing.hpp"
 
 namespace mailcar {
 namespace {
@@ -334,6 +335,8 @@ void submit(std::shared_ptr<Runtime> runtime, Submission submission, uint64_t no
     result.decision = std::move(decision);
     return done(std::move(result));
   }
+  // Issue 10 (SPEC §10.2): signed once admitted, before it is spooled or relayed.
+  if (runtime->config) dkim_sign(runtime->config->dkim, submission, now_ms);
   if (SpoolQueue* spool = runtime->spool.get()) {
     return deliver_spooled(*spool, std::move(runtime), std::move(submission), std::move(done));
   }
