@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "http/message_features.hpp"
 #include "http/queue_api.hpp"
 #include "mailcar/address.hpp"
 #include "mailcar/log.hpp"
@@ -46,6 +47,7 @@ struct SendFields {
   std::vector<Attachment> attachments;
   StringMap template_data;
   StringMap top_level_strings;  // template fallback
+  FeatureFields features;       // issue 10: template, template_id, attachment, import_url, file
 };
 
 // The string of an element whose type was already checked.
@@ -201,7 +203,8 @@ std::optional<FieldError> read_template_data(element value, StringMap& out) {
   return std::nullopt;
 }
 
-// Type-checks every known field; unknown fields are ignored (DreamFactory compatibility).
+// Type-checks every known field; unknown fields are ignored (DreamFactory compatibility), except
+// those DreamFactory reads and mailcar cannot honour (message_features.hpp).
 std::optional<FieldError> read_fields(object root, SendFields& f) {
   for (auto [key, value] : root) {
     std::optional<FieldError> e;
@@ -232,6 +235,8 @@ std::optional<FieldError> read_fields(object root, SendFields& f) {
     } else if (key == "api_key") {
       std::string ignored;
       e = read_string(value, key, ignored);
+    } else if (std::optional<FeatureError> fe; read_feature_field(key, value, f.features, fe)) {
+      if (fe) e = FieldError{std::move(fe->field), std::move(fe->message)};
     }
     if (e) return e;
     // The key itself is never a template value (it would land in a message).
@@ -659,6 +664,22 @@ HttpResponse bad_request(const FieldError& e) {
   return error_response(400, e.message, field_context(e.field));
 }
 
+// Issue 10 (SPEC §10.1): the named template fills what the request left empty; attachment
+// references are judged against attachment_fetch.
+Answer apply_message_features(const HttpRequest& request, const Config& config, SendFields& f) {
+  TemplateChoice choice = choose_template(config, f.features, request.query_param("template"),
+                                          request.query_param("template_id"));
+  if (choice.error) return bad_request({choice.error->field, choice.error->message});
+  if (choice.chosen != nullptr) {
+    apply_template(*choice.chosen, {f.subject, f.body_text, f.body_html, f.from_name, f.from_email,
+                                    f.reply_to_name, f.reply_to_email});
+  }
+  if (auto e = check_attachment_refs(config, f.features, unavailable_fetcher())) {
+    return bad_request({e->field, e->message});
+  }
+  return std::nullopt;
+}
+
 // Subject and bodies with templates filled in. 413 ranks above 400: what the message must
 // hold at least (bodies before templates, attachments as base64 without line breaks, which
 // they always become) already over the limit is a 413 whatever else is wrong, and nothing is
@@ -769,6 +790,7 @@ void ApiHandler::handle_send(HttpRequest& request, std::string_view service_name
   SendFields f;
   if (auto e = read_fields(body.root, f)) return respond(bad_request(*e));
   drop_grown_parser(json_);  // f holds what is needed; `body.root` must not be used from here on
+  if (Answer a = apply_message_features(request, config, f)) return respond(std::move(*a));
   MessageContent content;
   if (Answer a = expand_content(f, limit, content)) return respond(std::move(*a));
   if (Answer a = check_parties(f, service)) return respond(std::move(*a));
