@@ -2,15 +2,13 @@
 // signature checked with the public half of a key made at test time.
 #include <gtest/gtest.h>
 
-#include <mbedtls/ctr_drbg.h>
-#include <mbedtls/entropy.h>
 #include <mbedtls/pk.h>
-#include <mbedtls/rsa.h>
 
 #include <string>
 
 #include "mailcar/dkim.hpp"
 #include "mailcar/text.hpp"
+#include "support/rsa_key.hpp"
 
 namespace mailcar::dkim {
 namespace {
@@ -83,27 +81,6 @@ TEST(DkimFields, InstancesAreTakenFromTheBottom) {
   EXPECT_EQ(canonical_signed_fields(m, {"from", "from", "to"}), "from:f\r\nto:second\r\n");
 }
 
-// A fresh 1024-bit key in PEM, made with mbedTLS (fast enough for a unit test).
-std::string make_key_pem() {
-  mbedtls_entropy_context entropy;
-  mbedtls_ctr_drbg_context drbg;
-  mbedtls_pk_context pk;
-  mbedtls_entropy_init(&entropy);
-  mbedtls_ctr_drbg_init(&drbg);
-  mbedtls_pk_init(&pk);
-  EXPECT_EQ(mbedtls_ctr_drbg_seed(&drbg, mbedtls_entropy_func, &entropy, nullptr, 0), 0);
-  EXPECT_EQ(mbedtls_pk_setup(&pk, mbedtls_pk_info_from_type(MBEDTLS_PK_RSA)), 0);
-  EXPECT_EQ(mbedtls_rsa_gen_key(mbedtls_pk_rsa(pk), mbedtls_ctr_drbg_random, &drbg, 1024, 65537),
-            0);
-  unsigned char buf[4096];
-  EXPECT_EQ(mbedtls_pk_write_key_pem(&pk, buf, sizeof buf), 0);
-  std::string pem(reinterpret_cast<const char*>(buf));
-  mbedtls_pk_free(&pk);
-  mbedtls_ctr_drbg_free(&drbg);
-  mbedtls_entropy_free(&entropy);
-  return pem;
-}
-
 TEST(DkimKey, RejectsWhatIsNotAnRsaKey) {
   EXPECT_FALSE(crypto::RsaKey::load_pem("hello").ok());
   EXPECT_FALSE(crypto::RsaKey::load_pem("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE "
@@ -112,7 +89,7 @@ TEST(DkimKey, RejectsWhatIsNotAnRsaKey) {
 }
 
 TEST(DkimSign, SignatureVerifiesWithThePublicKey) {
-  Result<crypto::RsaKey> key = crypto::RsaKey::load_pem(make_key_pem());
+  Result<crypto::RsaKey> key = crypto::RsaKey::load_pem(test::make_rsa_key_pem());
   ASSERT_TRUE(key.ok()) << key.error().message;
   EXPECT_EQ(key->bits(), 1024u);
   const std::string message =
