@@ -317,7 +317,7 @@ limits:
   max_message_size: 1
 log:
   levle: info
-templates: {}
+template: {}
 )";
   std::string errors = errors_of(yaml);
   EXPECT_THAT(errors, HasLine("DIR/mailcar.yaml:2:3: listen.htp: unknown key"));
@@ -328,7 +328,7 @@ templates: {}
   EXPECT_THAT(errors, HasLine("DIR/mailcar.yaml:18:3: spool.retries: unknown key"));
   EXPECT_THAT(errors, HasLine("DIR/mailcar.yaml:20:3: limits.max_message_size: unknown key"));
   EXPECT_THAT(errors, HasLine("DIR/mailcar.yaml:22:3: log.levle: unknown key"));
-  EXPECT_THAT(errors, HasLine("DIR/mailcar.yaml:23:1: templates: unknown key"));
+  EXPECT_THAT(errors, HasLine("DIR/mailcar.yaml:23:1: template: unknown key"));
   EXPECT_EQ(std::count(errors.begin(), errors.end(), '\n'), 8) << errors;
 }
 
