@@ -40,8 +40,10 @@ void dkim_sign(const std::vector<DkimConfig>& dkim, Submission& submission, uint
         {{"id", submission.message.id}, {"domain", d->domain}, {"error", field.error().message}});
     return;
   }
-  std::string& data = submission.message.data;
-  data.insert(0, field.value());
+  OutboundMessage& message = submission.message;
+  message.data.insert(0, field.value());
+  // The signature is part of the data in flight now.
+  if (message.memory.attached()) message.memory.resize(message.data.size());
 }
 
 }  // namespace mailcar

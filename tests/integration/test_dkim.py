@@ -212,3 +212,18 @@ def test_bad_key_is_a_configuration_error(tmp_path, upstream_factory, keys):
     r = subprocess.run([MAILCAR_BIN, "--check", "-c", str(cfg)], capture_output=True, text=True,
                        timeout=30)
     assert r.returncode == 1 and "512 bits" in r.stderr, r.stderr
+
+
+def test_spool_mode_signs_before_spooling(upstream_factory, mailcar_factory, keys):
+    up = upstream_factory()
+    mc = mailcar_factory(config(up, keys) + "spool:\n  path: ./spool\n  retry: [1s]\n")
+    status, body, _ = mc.send("email", {"to": "a@example.org", "subject": "queued",
+                                        "body_text": "through the spool\n"})
+    assert status == 202, body
+    with smtplib.SMTP("127.0.0.1", mc.smtp_port, timeout=30) as s:
+        s.sendmail("app@example.com", ["r@example.org"],
+                   b"From: app@example.com\r\nTo: r@example.org\r\nSubject: q2\r\n\r\nx\r\n")
+    got = up.wait_for(2, timeout=20)
+    for m in got:
+        assert len(signature_fields(m["data"])) == 1
+        assert verify(m["data"], keys), m["data"][:600]
