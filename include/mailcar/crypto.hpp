@@ -35,8 +35,8 @@ std::string hex(const Sha256Digest& digest);  // lower-case, 64 characters
 
 // An RSA private key for signing (DKIM, SPEC §10.2): RSASSA-PKCS1-v1_5 over SHA-256, with
 // blinding from its own CTR_DRBG. Loaded once (start or reload, off the loop); the key
-// material never leaves this object and nothing here logs it. Not thread-safe: sign() updates
-// the blinding state, so one key is used by one thread (the loop) at a time.
+// material never leaves this object and nothing here logs it. sign_sha256() may be called from
+// any thread: calls on one key take turns (the blinding state is per key).
 class RsaKey {
  public:
   // A PEM (PKCS#1 "RSA PRIVATE KEY" or PKCS#8 "PRIVATE KEY") RSA key of 1024-4096 bits,

@@ -6,6 +6,7 @@
 #include <mbedtls/sha256.h>
 
 #include <algorithm>
+#include <mutex>
 #include <string>
 #include <utility>
 
@@ -60,6 +61,7 @@ std::string hex(const Sha256Digest& digest) {
 namespace mailcar::crypto {
 
 struct RsaKey::Impl {
+  std::mutex mutex;  // sign() runs on libuv's thread pool; the blinding state is per key
   mbedtls_pk_context pk;
   mbedtls_entropy_context entropy;
   mbedtls_ctr_drbg_context drbg;
@@ -117,6 +119,7 @@ size_t RsaKey::bits() const {
 Result<std::string> RsaKey::sign_sha256(const Sha256Digest& digest) {
   unsigned char sig[MBEDTLS_PK_SIGNATURE_MAX_SIZE];
   size_t len = 0;
+  std::lock_guard<std::mutex> lock(impl_->mutex);
   int rc = mbedtls_pk_sign(&impl_->pk, MBEDTLS_MD_SHA256, digest.data(), digest.size(), sig, &len,
                            mbedtls_ctr_drbg_random, &impl_->drbg);
   if (rc != 0) return make_error("RSA signing failed (mbedTLS error " + std::to_string(rc) + ")");

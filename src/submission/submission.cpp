@@ -271,6 +271,23 @@ void deliver_spooled(SpoolQueue& spool, std::shared_ptr<Runtime> runtime, Submis
       });
 }
 
+// The delivery mode of an admitted (and, where configured, signed) message.
+void deliver(std::shared_ptr<Runtime> runtime, Submission submission, uint64_t now_ms,
+             SubmissionDone done) {
+  std::string id = submission.message.id;
+  if (SpoolQueue* spool = runtime->spool.get()) {
+    return deliver_spooled(*spool, std::move(runtime), std::move(submission), std::move(done));
+  }
+  Transport* transport = runtime->transport(submission.service);
+  if (transport == nullptr) {
+    log::error("no_transport", {{"service", submission.service}});
+    metrics::count_message(submission.submitter.ingress, submission.submitter.role,
+                           submission.service, "failed");
+    return done(unavailable(std::move(id), "Service " + submission.service + " not available"));
+  }
+  deliver_direct(*transport, std::move(runtime), std::move(submission), now_ms, std::move(done));
+}
+
 }  // namespace
 
 const char* outcome_label(SubmissionStatus status) {
@@ -336,18 +353,18 @@ void submit(std::shared_ptr<Runtime> runtime, Submission submission, uint64_t no
     return done(std::move(result));
   }
   // Issue 10 (SPEC §10.2): signed once admitted, before it is spooled or relayed.
-  if (runtime->config) dkim_sign(runtime->config->dkim, submission, now_ms);
-  if (SpoolQueue* spool = runtime->spool.get()) {
-    return deliver_spooled(*spool, std::move(runtime), std::move(submission), std::move(done));
+  if (const DkimConfig* domain =
+          runtime->config ? dkim_domain_for(runtime->config->dkim, submission) : nullptr) {
+    uv_loop_t* loop = runtime->loop;
+    std::shared_ptr<const Config> config = runtime->config;
+    return dkim_sign_then(loop, std::move(config), *domain, std::move(submission), now_ms,
+                          [runtime = std::move(runtime), now_ms,
+                           done = std::move(done)](Submission signed_message) mutable {
+                            deliver(std::move(runtime), std::move(signed_message), now_ms,
+                                    std::move(done));
+                          });
   }
-  Transport* transport = runtime->transport(submission.service);
-  if (transport == nullptr) {
-    log::error("no_transport", {{"service", submission.service}});
-    metrics::count_message(submission.submitter.ingress, submission.submitter.role,
-                           submission.service, "failed");
-    return done(unavailable(std::move(id), "Service " + submission.service + " not available"));
-  }
-  deliver_direct(*transport, std::move(runtime), std::move(submission), now_ms, std::move(done));
+  deliver(std::move(runtime), std::move(submission), now_ms, std::move(done));
 }
 
 }  // namespace mailcar
