@@ -36,7 +36,8 @@ std::string hex(const Sha256Digest& digest);  // lower-case, 64 characters
 // An RSA private key for signing (DKIM, SPEC §10.2): RSASSA-PKCS1-v1_5 over SHA-256, with
 // blinding from its own CTR_DRBG. Loaded once (start or reload, off the loop); the key
 // material never leaves this object and nothing here logs it. sign_sha256() may be called from
-// any thread: calls on one key take turns (the blinding state is per key).
+// any thread: up to four calls run at once, each on its own parsed copy of the key (the
+// blinding state is per copy); more wait for one.
 class RsaKey {
  public:
   // A PEM (PKCS#1 "RSA PRIVATE KEY" or PKCS#8 "PRIVATE KEY") RSA key of 1024-4096 bits,

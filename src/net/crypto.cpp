@@ -6,6 +6,8 @@
 #include <mbedtls/sha256.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <mutex>
 #include <string>
 #include <utility>
@@ -60,23 +62,57 @@ std::string hex(const Sha256Digest& digest) {
 
 namespace mailcar::crypto {
 
-struct RsaKey::Impl {
-  std::mutex mutex;  // sign() runs on libuv's thread pool; the blinding state is per key
+namespace {
+
+// One parsed copy of the key with its own random generator (for RSA blinding).
+struct RsaSlot {
+  std::mutex mutex;
   mbedtls_pk_context pk;
   mbedtls_entropy_context entropy;
   mbedtls_ctr_drbg_context drbg;
-  Impl() {
+  RsaSlot() {
     mbedtls_pk_init(&pk);
     mbedtls_entropy_init(&entropy);
     mbedtls_ctr_drbg_init(&drbg);
   }
-  ~Impl() {
+  ~RsaSlot() {
     mbedtls_ctr_drbg_free(&drbg);
     mbedtls_entropy_free(&entropy);
     mbedtls_pk_free(&pk);
   }
-  Impl(const Impl&) = delete;
-  Impl& operator=(const Impl&) = delete;
+  RsaSlot(const RsaSlot&) = delete;
+  RsaSlot& operator=(const RsaSlot&) = delete;
+};
+
+// As many copies as libuv's default thread pool has threads, so signing jobs on the pool do
+// not wait for each other (and do not hold pool threads that spool writes need).
+constexpr size_t kRsaSlots = 4;
+
+// Parses `pem` (NUL-terminated, `size` counting the NUL) into `slot`; "" or what is wrong.
+std::string parse_slot(RsaSlot& slot, const std::string& pem) {
+  int rc = mbedtls_pk_parse_key(&slot.pk, reinterpret_cast<const unsigned char*>(pem.c_str()),
+                                pem.size() + 1, nullptr, 0);
+  if (rc == MBEDTLS_ERR_PK_PASSWORD_REQUIRED) return "the key is encrypted";
+  if (rc != 0) return "not a valid PEM private key";
+  if (mbedtls_pk_get_type(&slot.pk) != MBEDTLS_PK_RSA) return "not an RSA key";
+  size_t bits = mbedtls_pk_get_bitlen(&slot.pk);
+  if (bits < 1024 || bits > 4096) {
+    return "RSA key of " + std::to_string(bits) + " bits (1024-4096 allowed)";
+  }
+  static constexpr char kPersonal[] = "mailcar-dkim";
+  if (mbedtls_ctr_drbg_seed(&slot.drbg, mbedtls_entropy_func, &slot.entropy,
+                            reinterpret_cast<const unsigned char*>(kPersonal),
+                            sizeof kPersonal - 1) != 0) {
+    return "cannot seed the random generator";
+  }
+  return {};
+}
+
+}  // namespace
+
+struct RsaKey::Impl {
+  std::array<RsaSlot, kRsaSlots> slots;
+  std::atomic<size_t> next{0};
 };
 
 RsaKey::RsaKey(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -89,39 +125,39 @@ Result<RsaKey> RsaKey::load_pem(std::string_view pem) {
     return make_error("not a PEM key (no -----BEGIN line)");
   }
   auto impl = std::make_unique<Impl>();
-  // PEM input must be NUL-terminated and the length must count the NUL.
-  std::string text(pem);
-  int rc = mbedtls_pk_parse_key(&impl->pk, reinterpret_cast<const unsigned char*>(text.c_str()),
-                                text.size() + 1, nullptr, 0);
+  std::string text(pem);  // PEM input must be NUL-terminated
+  std::string problem;
+  for (RsaSlot& slot : impl->slots) {
+    problem = parse_slot(slot, text);
+    if (!problem.empty()) break;
+  }
   std::fill(text.begin(), text.end(), '\0');  // no copy of the key left behind
-  if (rc != 0) {
-    if (rc == MBEDTLS_ERR_PK_PASSWORD_REQUIRED) return make_error("the key is encrypted");
-    return make_error("not a valid PEM private key");
-  }
-  if (mbedtls_pk_get_type(&impl->pk) != MBEDTLS_PK_RSA) return make_error("not an RSA key");
-  size_t bits = mbedtls_pk_get_bitlen(&impl->pk);
-  if (bits < 1024 || bits > 4096) {
-    return make_error("RSA key of " + std::to_string(bits) + " bits (1024-4096 allowed)");
-  }
-  static constexpr char kPersonal[] = "mailcar-dkim";
-  if (mbedtls_ctr_drbg_seed(&impl->drbg, mbedtls_entropy_func, &impl->entropy,
-                            reinterpret_cast<const unsigned char*>(kPersonal),
-                            sizeof kPersonal - 1) != 0) {
-    return make_error("cannot seed the random generator");
-  }
+  if (!problem.empty()) return make_error(std::move(problem));
   return RsaKey(std::move(impl));
 }
 
 size_t RsaKey::bits() const {
-  return mbedtls_pk_get_bitlen(&impl_->pk);
+  return mbedtls_pk_get_bitlen(&impl_->slots[0].pk);
 }
 
 Result<std::string> RsaKey::sign_sha256(const Sha256Digest& digest) {
+  // A free slot if there is one, else wait for the one this call was dealt.
+  const size_t start = impl_->next.fetch_add(1, std::memory_order_relaxed);
+  RsaSlot* slot = nullptr;
+  std::unique_lock<std::mutex> lock;
+  for (size_t i = 0; i < kRsaSlots && slot == nullptr; ++i) {
+    RsaSlot& candidate = impl_->slots[(start + i) % kRsaSlots];
+    lock = std::unique_lock<std::mutex>(candidate.mutex, std::try_to_lock);
+    if (lock.owns_lock()) slot = &candidate;
+  }
+  if (slot == nullptr) {
+    slot = &impl_->slots[start % kRsaSlots];
+    lock = std::unique_lock<std::mutex>(slot->mutex);
+  }
   unsigned char sig[MBEDTLS_PK_SIGNATURE_MAX_SIZE];
   size_t len = 0;
-  std::lock_guard<std::mutex> lock(impl_->mutex);
-  int rc = mbedtls_pk_sign(&impl_->pk, MBEDTLS_MD_SHA256, digest.data(), digest.size(), sig, &len,
-                           mbedtls_ctr_drbg_random, &impl_->drbg);
+  int rc = mbedtls_pk_sign(&slot->pk, MBEDTLS_MD_SHA256, digest.data(), digest.size(), sig, &len,
+                           mbedtls_ctr_drbg_random, &slot->drbg);
   if (rc != 0) return make_error("RSA signing failed (mbedTLS error " + std::to_string(rc) + ")");
   return std::string(reinterpret_cast<const char*>(sig), len);
 }
@@ -129,7 +165,7 @@ Result<std::string> RsaKey::sign_sha256(const Sha256Digest& digest) {
 std::string RsaKey::public_der() const {
   unsigned char buf[2048];
   // mbedtls_pk_write_pubkey_der writes at the END of the buffer and returns the length.
-  int len = mbedtls_pk_write_pubkey_der(&impl_->pk, buf, sizeof buf);
+  int len = mbedtls_pk_write_pubkey_der(&impl_->slots[0].pk, buf, sizeof buf);
   if (len <= 0) return {};
   return std::string(reinterpret_cast<const char*>(buf) + sizeof buf - static_cast<size_t>(len),
                      static_cast<size_t>(len));

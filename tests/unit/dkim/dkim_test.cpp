@@ -5,6 +5,8 @@
 #include <mbedtls/pk.h>
 
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "mailcar/dkim.hpp"
 #include "mailcar/text.hpp"
@@ -143,6 +145,27 @@ TEST(DkimSign, SignatureVerifiesWithThePublicKey) {
                               reinterpret_cast<const unsigned char*>(sig.data()), sig.size()),
             0);
   mbedtls_pk_free(&pub);
+}
+
+// PKCS#1 v1.5 signatures are deterministic: every copy of the key, from any thread, gives the
+// same bytes (blinding changes the work, not the result).
+TEST(DkimKey, ConcurrentSigningGivesTheSameSignature) {
+  Result<crypto::RsaKey> key = crypto::RsaKey::load_pem(test::make_rsa_key_pem());
+  ASSERT_TRUE(key.ok());
+  const crypto::Sha256Digest digest = crypto::sha256("concurrent");
+  const std::string expected = key->sign_sha256(digest).value();
+  std::vector<std::string> got(8);
+  std::vector<std::thread> threads;
+  for (size_t t = 0; t < got.size(); ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 5; ++i) {
+        auto sig = key->sign_sha256(digest);
+        got[t] = sig.ok() && (i == 0 || got[t] == sig.value()) ? sig.value() : "mismatch";
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (const std::string& sig : got) EXPECT_EQ(sig, expected);
 }
 
 }  // namespace
