@@ -47,7 +47,7 @@ struct SendFields {
   std::vector<Attachment> attachments;
   StringMap template_data;
   StringMap top_level_strings;  // template fallback
-  FeatureFields features;       // issue 10: template, template_id, attachment, import_url, file
+  FeatureFields features;       // issue 10: template, template_id, attachment, import_url
 };
 
 // The string of an element whose type was already checked.

@@ -99,12 +99,6 @@ bool read_feature_field(std::string_view key, simdjson::dom::element value, Feat
   } else if (key == "attachment" || key == "import_url") {
     if (f.attachment_field.empty()) f.attachment_field = std::string(key);
     error = read_attachment_item(key, value, f, true);
-  } else if (key == "file") {
-    // DreamFactory takes an uploaded file (multipart/form-data) by this name; mailcar reads
-    // JSON only, so a `file` field would be dropped: refuse it instead.
-    error = FeatureError{"file",
-                         "file: file uploads are not supported; send the file base64-encoded in "
-                         "`attachments`."};
   } else {
     return false;
   }

@@ -1,7 +1,8 @@
 // The DreamFactory request fields of issue 10 (SPEC §10.1, §4): named templates (`template`,
 // `template_id`, `?template=`), attachments by URL or storage reference (`attachment`,
-// `import_url`), and the fields DreamFactory reads that mailcar cannot honour (`file`), each
-// a 400 that names the field rather than silence.
+// `import_url`, which DreamFactory reads from the request as attachment URLs too): what mailcar
+// cannot honour is a 400 that names the field rather than silence. (DreamFactory's `file` is a
+// multipart upload, never a JSON field, so a JSON `file` stays an ordinary field.)
 #pragma once
 
 #include <simdjson.h>

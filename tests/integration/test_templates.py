@@ -150,7 +150,6 @@ def test_dreamfactory_fields_mailcar_cannot_honour_are_400s(upstream_factory, ma
          "URL 1 is not https"),
         ({"attachment": "https://files.example.com/shared/a.pdf"}, "attachment",
          "no HTTPS client"),
-        ({"file": "x"}, "file", "file uploads are not supported"),
         ({"template": ["x"]}, "template", "must be a template name"),
     ]
     for extra_fields, field, why in cases:
