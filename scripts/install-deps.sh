@@ -7,6 +7,8 @@ packages=(
   build-essential cmake pkg-config
   libuv1-dev libmbedtls-dev libyaml-cpp-dev node-llhttp libsimdjson-dev
   libgtest-dev libgmock-dev
+  # shared state (issue 11): hiredis to build, a real redis-server for the integration tests
+  libhiredis-dev redis-server
   # integration tests: real upstream servers and real clients
   python3 python3-aiosmtpd python3-pytest python3-prometheus-client openssl curl swaks
   # DKIM (issue 10): an independent verifier for the signed messages

@@ -159,6 +159,23 @@ struct AttachmentFetchConfig {
   uint64_t timeout_ms = 30'000;
 };
 
+// Shared state across replicas (issue 11, SPEC §11): role rate limits and service quotas
+// counted in one Redis (or a server speaking its protocol) by every replica.
+enum class SharedStateOnError { Local, Refuse };
+
+struct SharedStateConfig {
+  std::string redis;      // as written, without the password (for logs)
+  std::string host;       // TCP: host name or literal address; empty for a unix socket
+  uint16_t port = 6379;   // TCP
+  std::string unix_path;  // unix:///path.sock
+  unsigned db = 0;        // SELECT (redis://host:port/DB)
+  std::string username;   // AUTH user (Redis 6 ACL); empty: the default user
+  std::string password;   // AUTH: from the URL, `password` or `password_file`; never logged
+  std::string key_prefix = "mailcar:";
+  SharedStateOnError on_error = SharedStateOnError::Local;
+  uint64_t timeout_ms = 1000;  // connect and every command; then the connection is dropped
+};
+
 struct Config {
   std::string file;  // where it came from ("<environment>" for the zero-file setup)
   std::optional<ListenAddress> listen_http;
@@ -174,6 +191,7 @@ struct Config {
   std::map<std::string, TemplateConfig, std::less<>> templates;
   std::vector<DkimConfig> dkim;
   std::optional<AttachmentFetchConfig> attachment_fetch;
+  std::optional<SharedStateConfig> shared_state;  // issue 11
 
   const ServiceConfig* find_service(std::string_view name) const;
   const RoleConfig* find_role(std::string_view name) const;

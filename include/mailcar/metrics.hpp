@@ -31,6 +31,12 @@ void count_delivery_attempt(std::string_view service, std::string_view result);
 void connection_opened(std::string_view listener);
 void connection_closed(std::string_view listener);
 
+// Shared state (issue 11): one Redis round trip (histogram mailcar_shared_state_seconds), and
+// one failed command (mailcar_shared_state_errors_total{reason}; reason: connection |
+// timeout | reply).
+void observe_shared_state_seconds(double seconds);
+void count_shared_state_error(std::string_view reason);
+
 std::string render_prometheus();
 void reset_for_tests();
 

@@ -4,11 +4,13 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "mailcar/config.hpp"
+#include "mailcar/rate_limiter.hpp"
 
 namespace mailcar {
 
@@ -50,6 +52,16 @@ struct PolicyDecision {
   bool allowed() const { return verdict == Verdict::Allow; }
 };
 
+// Shared state (issue 11): one rate window a request is judged against, for a store that
+// runs the same GCRA elsewhere (Redis). Identified by owner and N/T, so a changed limit is a
+// new window.
+struct PolicyWindow {
+  bool service = false;  // false: a rate limit of role `owner`; true: the quota of service `owner`
+  std::string owner;
+  uint64_t count = 0;
+  uint64_t period_ms = 0;
+};
+
 class Policy {
  public:
   virtual ~Policy() = default;
@@ -64,6 +76,24 @@ class Policy {
   // stuck.
   virtual QuotaVerdict take_quota(std::string_view service, uint64_t recipients,
                                   uint64_t now_ms) = 0;
+
+  // Shared state (issue 11): admit() in two halves for a store that keeps the windows.
+  // check_rules judges all but the rate windows (role, service, senders, max_recipients);
+  // when it allows, `windows` gets the windows admit() would judge, in its order.
+  // The defaults are those of a policy without rate windows.
+  virtual PolicyDecision check_rules(const PolicyRequest& request,
+                                     std::vector<PolicyWindow>& /*windows*/) const {
+    return check(request, 0);
+  }
+  // The decision admit() makes from one judgement per window of check_rules (same order).
+  virtual PolicyDecision decide(const PolicyRequest& request,
+                                const std::vector<RateLimiter::Judgement>& /*judgements*/) const {
+    return check(request, 0);
+  }
+  // The quota window of a service; nullopt when it has none (or is unknown).
+  virtual std::optional<PolicyWindow> quota_window(std::string_view /*service*/) const {
+    return std::nullopt;
+  }
 };
 
 // Build the policy for a configuration. `previous` (may be null) hands over the rate-limit

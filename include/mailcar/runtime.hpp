@@ -18,6 +18,7 @@
 namespace mailcar {
 
 class SpoolQueue;
+class SharedState;
 
 struct Runtime {
   uv_loop_t* loop = nullptr;
@@ -27,6 +28,9 @@ struct Runtime {
   std::string hostname;  // for Message-ID, Received and the SMTP greeting
   // Spool mode: the one queue of the process (it outlives reloads); null in direct mode.
   std::shared_ptr<SpoolQueue> spool;
+  // Shared state (issue 11): the process's Redis link when shared_state is configured; null
+  // otherwise (then the policy counts alone, as before).
+  std::shared_ptr<SharedState> shared_state;
 
   Transport* transport(std::string_view service) const {
     auto it = transports.find(service);

@@ -45,3 +45,13 @@ inline constexpr size_t kMaxConfigFileBytes = 1024 * 1024;
 inline constexpr size_t kMaxSecretFileBytes = 64 * 1024;
 
 }  // namespace mailcar::config_detail
+
+namespace mailcar::config_detail {
+
+// Shared state (issue 11): `redis://[[user]:password@]host[:port][/db]` or
+// `unix:///path.sock[?db=N]` into `out` (host, port, unix_path, db, password; `redis` gets the
+// URL without its password). Percent escapes in the password are decoded. Returns what is
+// wrong, never the password.
+std::optional<std::string> parse_redis_url(std::string_view url, SharedStateConfig& out);
+
+}  // namespace mailcar::config_detail

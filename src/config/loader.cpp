@@ -538,7 +538,7 @@ class Loader {
     auto top = section(root, start, "");
     if (!top) return;
     allow_only(*top, {"listen", "services", "roles", "credentials", "smtp", "spool", "limits",
-                      "log", "templates", "dkim", "attachment_fetch"});
+                      "log", "templates", "dkim", "attachment_fetch", "shared_state"});
 
     if (const Entry* e = top->get("listen")) {
       load_listen(*e);
@@ -555,6 +555,7 @@ class Loader {
     if (const Entry* e = top->get("spool")) load_spool(*e);
     if (const Entry* e = top->get("limits")) load_limits(*e);
     if (const Entry* e = top->get("log")) load_log(*e);
+    if (const Entry* e = top->get("shared_state")) load_shared_state(*e);  // issue 11
     check_delivery_timeout(top->get("limits"), top->mark);
     load_message_features(*top);
   }
@@ -912,6 +913,53 @@ class Loader {
       if (value && *value != "none") spool.max_bytes = size(*e);
     }
     if (const Entry* e = s.get("drain")) spool.drain = boolean(*e).value_or(spool.drain);
+  }
+
+  // ---- shared_state (issue 11, SPEC §11): rate limits and quotas counted in Redis ----------
+
+  void load_shared_state(const Entry& entry) {
+    auto s = section(entry);
+    if (!s) return;
+    allow_only(*s, {"redis", "password", "password_file", "key_prefix", "on_error", "timeout"});
+    SharedStateConfig shared;
+    if (const Entry* e = s->get("redis")) {
+      if (auto url = text(*e)) {
+        if (auto problem = config_detail::parse_redis_url(*url, shared)) error(*e, *problem);
+      }
+    } else {
+      error_at(s->mark, s->path + ".redis", "is required (redis://host:port/db or unix:///path)");
+    }
+    Secret password = secret(*s, "password");
+    if (password.entry != nullptr) {
+      if (!shared.password.empty())
+        error_key(*password.entry, "the redis URL has a password already");
+      shared.password = std::move(password.value);
+    }
+    if (const Entry* e = s->get("key_prefix")) {
+      if (auto prefix = text(*e)) {
+        bool printable = std::all_of(prefix->begin(), prefix->end(), [](char c) {
+          return c > ' ' && c < 0x7f && c != '{' && c != '}';
+        });
+        if (prefix->size() > 64 || !printable) {
+          error(*e, "must be at most 64 printable characters without spaces, { or }");
+        }
+        shared.key_prefix = std::move(*prefix);
+      }
+    }
+    if (const Entry* e = s->get("on_error")) {
+      auto value = text(*e);
+      if (value == "local") {
+        shared.on_error = SharedStateOnError::Local;
+      } else if (value == "refuse") {
+        shared.on_error = SharedStateOnError::Refuse;
+      } else if (value) {
+        error(*e, "must be local or refuse");
+      }
+    }
+    if (const Entry* e = s->get("timeout")) {
+      shared.timeout_ms = duration(*e, false).value_or(shared.timeout_ms);
+    }
+    config_.shared_state = std::move(shared);
   }
 
   void load_limits(const Entry& entry) {

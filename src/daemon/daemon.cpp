@@ -29,6 +29,7 @@
 #include "mailcar/policy_state.hpp"
 #include "mailcar/relay.hpp"
 #include "mailcar/runtime.hpp"
+#include "mailcar/shared_state.hpp"
 #include "mailcar/smtp_server.hpp"
 #include "mailcar/spool_queue.hpp"
 
@@ -172,6 +173,10 @@ class Daemon {
         if (!status.ok()) log::error("spool_recover_failed", {{"error", status.detail}});
       });
     }
+    if (config_->shared_state) {  // issue 11: one Redis link for the process
+      shared_ = std::make_shared<SharedState>(&loop_, *config_->shared_state);
+      shared_->start();
+    }
     runtime_ = build_runtime(*config_, nullptr);
     state_path_ = state_path_for(*config_);
     if (auto saved = read_state_file(state_path_); !saved.ok()) {
@@ -230,6 +235,7 @@ class Daemon {
     rt->hostname = cfg.smtp.hostname;
     rt->policy = make_policy(cfg, previous ? previous->policy.get() : nullptr);
     rt->spool = spool_;
+    rt->shared_state = shared_;
     for (const ServiceConfig& s : cfg.services) {
       rt->transports.emplace(
           s.name, make_transport(&loop_, s, rt->hostname, cfg.limits.delivery_timeout_ms));
@@ -308,6 +314,10 @@ class Daemon {
       log::warn("reload_spool_unchanged",
                 {{"reason", "spool mode and spool.path change only on restart"}});
     }
+    if (shared_state_changed(cfg)) {
+      log::warn("reload_shared_state_unchanged",
+                {{"reason", "shared_state changes only on restart"}});
+    }
     auto old = runtime_;
     runtime_ = build_runtime(cfg, old.get());
     config_ = runtime_->config;
@@ -317,6 +327,16 @@ class Daemon {
       transport->shutdown([keep = old] {});
     }
     log::info("reloaded", {{"config", source_.file}});
+  }
+
+  // Issue 11: the Redis link is the process's; a reload keeps it.
+  bool shared_state_changed(const Config& cfg) const {
+    const auto& a = cfg.shared_state;
+    const auto& b = config_->shared_state;
+    if (static_cast<bool>(a) != static_cast<bool>(b)) return true;
+    return a &&
+           (a->redis != b->redis || a->password != b->password || a->key_prefix != b->key_prefix ||
+            a->on_error != b->on_error || a->timeout_ms != b->timeout_ms);
   }
 
   void shutdown(int sig) {
@@ -412,6 +432,8 @@ class Daemon {
     runtime_.reset();
     spool_grace_.reset();
     spool_.reset();
+    if (shared_) shared_->stop();
+    shared_.reset();
   }
 
   // Periodic saves go to the thread pool; the final one is written directly because the
@@ -447,6 +469,7 @@ class Daemon {
   std::unique_ptr<net::Timer> state_timer_;
   std::unique_ptr<net::Timer> force_timer_;
   std::shared_ptr<SpoolQueue> spool_;
+  std::shared_ptr<SharedState> shared_;  // issue 11; null without shared_state
   std::unique_ptr<net::Timer> spool_grace_;
   bool spool_stopped_ = false;
   uv_signal_t sigterm_{}, sigint_{}, sighup_{};

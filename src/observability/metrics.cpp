@@ -17,6 +17,18 @@ using Labels = std::vector<std::string>;  // label values, in the family's label
 constexpr std::array<double, 12> kBuckets = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                              0.5,   1,    2.5,   5,    10,  30};
 
+// Shared state (issue 11): upper bounds of mailcar_shared_state_seconds (a local Redis answers
+// in well under a millisecond).
+constexpr std::array<double, 11> kSharedBuckets = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                                   0.05,   0.1,   0.25,   0.5,   1};
+
+struct SharedStateMetrics {
+  std::array<uint64_t, kSharedBuckets.size()> bucket_counts{};  // not cumulative
+  uint64_t count = 0;
+  double sum = 0;
+  std::map<Labels, uint64_t> errors;  // reason
+};
+
 struct State {
   std::map<Labels, uint64_t> messages;                    // ingress, role, service, outcome
   std::map<Labels, uint64_t> recipients;                  // service, outcome
@@ -34,6 +46,7 @@ struct State {
   uint64_t spool_fsyncs = 0;
   std::map<Labels, uint64_t> delivery_attempts;  // service, result
   std::map<std::string, int64_t, std::less<>> connections{{"http", 0}, {"smtp", 0}};
+  SharedStateMetrics shared;  // issue 11
 };
 
 State& state() {
@@ -172,6 +185,48 @@ void connection_closed(std::string_view listener) {
   if (it != connections.end() && it->second > 0) --it->second;
 }
 
+// ---- shared state (issue 11) -----------------------------------------------------------------
+
+void observe_shared_state_seconds(double seconds) {
+  if (std::isnan(seconds)) return;
+  if (seconds < 0) seconds = 0;
+  SharedStateMetrics& m = state().shared;
+  for (size_t i = 0; i < kSharedBuckets.size(); ++i) {
+    if (seconds <= kSharedBuckets[i]) {
+      ++m.bucket_counts[i];
+      break;
+    }
+  }
+  ++m.count;
+  m.sum += seconds;
+}
+
+void count_shared_state_error(std::string_view reason) {
+  ++state().shared.errors[{std::string(reason)}];
+}
+
+namespace {
+
+void append_shared_state(std::string& out, const SharedStateMetrics& m) {
+  constexpr std::string_view kHist = "mailcar_shared_state_seconds";
+  append_header(out, kHist, "histogram", "Round trips to the shared state (Redis), per command.");
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < kSharedBuckets.size(); ++i) {
+    cumulative += m.bucket_counts[i];
+    append_sample(out, "mailcar_shared_state_seconds_bucket", {"le"},
+                  {format_double(kSharedBuckets[i])}, std::to_string(cumulative));
+  }
+  append_sample(out, "mailcar_shared_state_seconds_bucket", {"le"}, {"+Inf"},
+                std::to_string(m.count));
+  append_sample(out, "mailcar_shared_state_seconds_sum", {}, {}, format_double(m.sum));
+  append_sample(out, "mailcar_shared_state_seconds_count", {}, {}, std::to_string(m.count));
+  append_counter_family(out, "mailcar_shared_state_errors_total",
+                        "Shared state commands that failed (connection, timeout, error reply).",
+                        {"reason"}, m.errors);
+}
+
+}  // namespace
+
 std::string render_prometheus() {
   const State& s = state();
   std::string out;
@@ -222,6 +277,7 @@ std::string render_prometheus() {
                 std::to_string(inflight_budget().used()));
   append_sample(out, "mailcar_memory_budget_used_bytes", {"budget"}, {"unauthenticated"},
                 std::to_string(unauthenticated_budget().used()));
+  append_shared_state(out, s.shared);
   return out;
 }
 

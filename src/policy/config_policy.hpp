@@ -44,6 +44,11 @@ class ConfigPolicy final : public Policy {
   PolicyDecision admit(const PolicyRequest& request, uint64_t now_ms) override;
   PolicyDecision check(const PolicyRequest& request, uint64_t now_ms) const override;
   QuotaVerdict take_quota(std::string_view service, uint64_t recipients, uint64_t now_ms) override;
+  PolicyDecision check_rules(const PolicyRequest& request,
+                             std::vector<PolicyWindow>& windows) const override;
+  PolicyDecision decide(const PolicyRequest& request,
+                        const std::vector<RateLimiter::Judgement>& judgements) const override;
+  std::optional<PolicyWindow> quota_window(std::string_view service) const override;
 
   enum class LimitKind { Role, Service };
   // Every limit with its owner (role or service name).
@@ -55,8 +60,13 @@ class ConfigPolicy final : public Policy {
 
  private:
   PolicyDecision judge(const PolicyRequest& request, uint64_t now_ms) const;
-  PolicyDecision judge_windows(const RoleRules& role, const ServiceRules& service,
-                               const PolicyRequest& request, uint64_t now_ms) const;
+  // Everything but the windows; on Allow, *role and *service name the rules that apply.
+  PolicyDecision judge_rules(const PolicyRequest& request, const RoleRules** role,
+                             const ServiceRules** service) const;
+  // The windows a request is judged against, in admit() order.
+  static std::vector<const RateWindow*> windows_of(const RoleRules& role,
+                                                   const ServiceRules& service,
+                                                   const PolicyRequest& request);
 
   std::unordered_map<std::string, RoleRules> roles_;
   std::unordered_map<std::string, ServiceRules> services_;

@@ -24,6 +24,46 @@ struct WindowVerdict {
   RateLimiter::Judgement judgement;
 };
 
+// One decision from every window's judgement, whoever judged them (here or a shared store).
+PolicyDecision combine_verdicts(const std::vector<WindowVerdict>& verdicts, uint64_t recipients) {
+  PolicyDecision d;
+  // A message larger than a window's N could never pass: 403, not 429 (SPEC §4).
+  for (const WindowVerdict& v : verdicts) {
+    if (v.judgement.never) {
+      d.verdict = Verdict::TooManyRecipients;
+      d.reason = std::to_string(recipients) + " recipients exceed " + v.window->rule;
+      d.limit_text = v.window->limit_text;
+      d.limit = v.window->rate.count;
+      return d;
+    }
+  }
+
+  // Refused: report the window that makes the client wait longest. Allowed: the tightest.
+  const WindowVerdict* reported = nullptr;
+  for (const WindowVerdict& v : verdicts) {
+    if (!v.judgement.allowed) {
+      if (reported == nullptr || reported->judgement.allowed ||
+          v.judgement.retry_after_ms > reported->judgement.retry_after_ms) {
+        reported = &v;
+      }
+    } else if (reported == nullptr || (reported->judgement.allowed &&
+                                       v.judgement.remaining < reported->judgement.remaining)) {
+      reported = &v;
+    }
+  }
+  if (reported == nullptr) return d;  // no windows at all
+  d.limit_text = reported->window->limit_text;
+  d.limit = reported->window->rate.count;
+  d.remaining = reported->judgement.remaining;
+  d.reset_ms = reported->judgement.reset_ms;
+  if (!reported->judgement.allowed) {
+    d.verdict = Verdict::RateLimited;
+    d.reason = reported->window->rule + " exceeded";
+    d.retry_after_ms = reported->judgement.retry_after_ms;
+  }
+  return d;
+}
+
 }  // namespace
 
 ConfigPolicy::ConfigPolicy(const Config& config, const ConfigPolicy* previous) {
@@ -106,7 +146,8 @@ QuotaVerdict ConfigPolicy::take_quota(std::string_view service, uint64_t recipie
   return {};
 }
 
-PolicyDecision ConfigPolicy::judge(const PolicyRequest& request, uint64_t now_ms) const {
+PolicyDecision ConfigPolicy::judge_rules(const PolicyRequest& request, const RoleRules** role_out,
+                                         const ServiceRules** service_out) const {
   PolicyDecision d;
   auto role_it = roles_.find(request.role);
   if (role_it == roles_.end()) {
@@ -144,57 +185,66 @@ PolicyDecision ConfigPolicy::judge(const PolicyRequest& request, uint64_t now_ms
                std::to_string(*role.max_recipients) + " of role " + role.name;
     return d;
   }
-
-  return judge_windows(role, service_it->second, request, now_ms);
+  *role_out = &role;
+  *service_out = &service_it->second;
+  return d;
 }
 
-PolicyDecision ConfigPolicy::judge_windows(const RoleRules& role, const ServiceRules& service,
-                                           const PolicyRequest& request, uint64_t now_ms) const {
+std::vector<const RateWindow*> ConfigPolicy::windows_of(const RoleRules& role,
+                                                        const ServiceRules& service,
+                                                        const PolicyRequest& request) {
+  std::vector<const RateWindow*> windows;
+  windows.reserve(role.windows.size() + 1);
+  for (const RateWindow& w : role.windows) windows.push_back(&w);
+  if (service.quota && request.service_quota) windows.push_back(&*service.quota);
+  return windows;
+}
+
+PolicyDecision ConfigPolicy::judge(const PolicyRequest& request, uint64_t now_ms) const {
+  const RoleRules* role = nullptr;
+  const ServiceRules* service = nullptr;
+  PolicyDecision d = judge_rules(request, &role, &service);
+  if (!d.allowed()) return d;
   std::vector<WindowVerdict> verdicts;
-  verdicts.reserve(role.windows.size() + 1);
-  for (const RateWindow& w : role.windows) {
-    verdicts.push_back({&w, w.limiter.judge(request.recipients, now_ms)});
+  for (const RateWindow* w : windows_of(*role, *service, request)) {
+    verdicts.push_back({w, w->limiter.judge(request.recipients, now_ms)});
   }
-  if (service.quota && request.service_quota) {
-    verdicts.push_back({&*service.quota, service.quota->limiter.judge(request.recipients, now_ms)});
-  }
+  return combine_verdicts(verdicts, request.recipients);
+}
 
-  PolicyDecision d;
-  // A message larger than a window's N could never pass: 403, not 429 (SPEC §4).
-  for (const WindowVerdict& v : verdicts) {
-    if (v.judgement.never) {
-      d.verdict = Verdict::TooManyRecipients;
-      d.reason = std::to_string(request.recipients) + " recipients exceed " + v.window->rule;
-      d.limit_text = v.window->limit_text;
-      d.limit = v.window->rate.count;
-      return d;
-    }
-  }
-
-  // Refused: report the window that makes the client wait longest. Allowed: the tightest.
-  const WindowVerdict* reported = nullptr;
-  for (const WindowVerdict& v : verdicts) {
-    if (!v.judgement.allowed) {
-      if (reported == nullptr || reported->judgement.allowed ||
-          v.judgement.retry_after_ms > reported->judgement.retry_after_ms) {
-        reported = &v;
-      }
-    } else if (reported == nullptr || (reported->judgement.allowed &&
-                                       v.judgement.remaining < reported->judgement.remaining)) {
-      reported = &v;
-    }
-  }
-  if (reported == nullptr) return d;  // no windows at all
-  d.limit_text = reported->window->limit_text;
-  d.limit = reported->window->rate.count;
-  d.remaining = reported->judgement.remaining;
-  d.reset_ms = reported->judgement.reset_ms;
-  if (!reported->judgement.allowed) {
-    d.verdict = Verdict::RateLimited;
-    d.reason = reported->window->rule + " exceeded";
-    d.retry_after_ms = reported->judgement.retry_after_ms;
+PolicyDecision ConfigPolicy::check_rules(const PolicyRequest& request,
+                                         std::vector<PolicyWindow>& windows) const {
+  const RoleRules* role = nullptr;
+  const ServiceRules* service = nullptr;
+  PolicyDecision d = judge_rules(request, &role, &service);
+  if (!d.allowed()) return d;
+  for (const RateWindow* w : windows_of(*role, *service, request)) {
+    bool is_quota = service->quota && w == &*service->quota;
+    windows.push_back(
+        {is_quota, is_quota ? service->name : role->name, w->rate.count, w->rate.period_ms});
   }
   return d;
+}
+
+PolicyDecision ConfigPolicy::decide(const PolicyRequest& request,
+                                    const std::vector<RateLimiter::Judgement>& judgements) const {
+  const RoleRules* role = nullptr;
+  const ServiceRules* service = nullptr;
+  PolicyDecision d = judge_rules(request, &role, &service);
+  if (!d.allowed()) return d;
+  std::vector<const RateWindow*> windows = windows_of(*role, *service, request);
+  std::vector<WindowVerdict> verdicts;
+  for (size_t i = 0; i < windows.size() && i < judgements.size(); ++i) {
+    verdicts.push_back({windows[i], judgements[i]});
+  }
+  return combine_verdicts(verdicts, request.recipients);
+}
+
+std::optional<PolicyWindow> ConfigPolicy::quota_window(std::string_view service) const {
+  auto it = services_.find(std::string(service));
+  if (it == services_.end() || !it->second.quota) return std::nullopt;
+  const Rate& r = it->second.quota->rate;
+  return PolicyWindow{true, it->second.name, r.count, r.period_ms};
 }
 
 void ConfigPolicy::for_each_limit(

@@ -97,7 +97,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     options.max_message_bytes = config.limits.max_message_bytes;
     options.tls_available = server->tls != nullptr;
     options.auth_in_clear = server->listener && server->listener->is_loopback();
-    options.dsn = runtime_->spool != nullptr;  // honoured in spool mode only
+    options.dsn = runtime_->spool != nullptr;                    // honoured in spool mode only
+    options.shared_windows = runtime_->shared_state != nullptr;  // issue 11
     options.anonymous_role = config.smtp.anonymous_role;
     options.service = config.smtp.service;
     options.validate_address = [](std::string_view a) { return validate_address(a).ok(); };

@@ -861,6 +861,10 @@ std::optional<PolicyDecision> SmtpServerSession::check_policy(const std::string&
   request.service = options_.service;
   request.envelope_from = from;
   request.recipients = recipients;
+  if (options_.shared_windows) {
+    std::vector<PolicyWindow> windows;  // judged in Redis at the end of DATA
+    return policy_->check_rules(request, windows);
+  }
   uint64_t now = options_.now_ms ? options_.now_ms() : wall_clock_ms();
   return policy_->check(request, now);
 }

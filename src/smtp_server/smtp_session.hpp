@@ -26,6 +26,9 @@ class CredentialStore {
 
 struct SessionOptions {
   std::string hostname = "localhost";
+  // Shared state (issue 11): rate windows live in Redis and are judged once, at the end of
+  // DATA; MAIL/RCPT check only the rules (role, service, sender, recipient count).
+  bool shared_windows = false;
   uint64_t max_message_bytes = 26'214'400;
   bool tls_available = false;  // STARTTLS configured
   bool auth_in_clear = false;  // AUTH may be offered without TLS (loopback listener)

@@ -15,11 +15,26 @@
 #include "mailcar/log.hpp"
 #include "mailcar/metrics.hpp"
 #include "mailcar/net.hpp"
+#include "mailcar/shared_state.hpp"
 #include "mailcar/submission.hpp"
 #include "mailcar/text.hpp"
 
 namespace mailcar {
 namespace {
+
+// Shared state (issue 11): with shared_state a held message asks the shared quota (a grant
+// Redis gave); when Redis is unusable, on_error local counts here alone and refuse holds it.
+QuotaVerdict paced_quota(Runtime& rt, std::string_view service, size_t n, uint64_t now) {
+  std::optional<PolicyWindow> window =
+      rt.shared_state ? rt.policy->quota_window(service) : std::nullopt;
+  if (!window) return rt.policy->take_quota(service, n, now);
+  Policy& policy = *rt.policy;
+  bool local = rt.shared_state->config().on_error == SharedStateOnError::Local;
+  return rt.shared_state->pace(*window, n, [&]() -> QuotaVerdict {
+    if (local) return policy.take_quota(service, n, now);
+    return {false, 1000};  // held; asked again in a second
+  });
+}
 
 constexpr uint64_t kGaugeRefreshMs = 1000;
 constexpr std::string_view kDsnIdentity = "dsn";
@@ -136,7 +151,7 @@ struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
     options.quota = [this](std::string_view service, size_t n, uint64_t now) -> QuotaDecision {
       std::shared_ptr<Runtime> rt = runtime ? runtime() : nullptr;
       if (!rt || !rt->policy) return {};
-      QuotaVerdict v = rt->policy->take_quota(service, n, now);
+      QuotaVerdict v = paced_quota(*rt, service, n, now);
       return {v.allowed, v.retry_after_ms};
     };
     scheduler = std::make_unique<Scheduler>(std::move(options));

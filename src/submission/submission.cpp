@@ -9,6 +9,7 @@
 #include "mailcar/clock.hpp"
 #include "mailcar/log.hpp"
 #include "mailcar/metrics.hpp"
+#include "mailcar/shared_state.hpp"
 #include "mailcar/spool_queue.hpp"
 #include "submission/dkim_signing.hpp"
 
@@ -334,15 +335,12 @@ void record_invalid_message(const Submitter& submitter, std::string_view service
   metrics::count_message(submitter.ingress, submitter.role, service, "rejected");
 }
 
-void submit(std::shared_ptr<Runtime> runtime, Submission submission, uint64_t now_ms,
-            SubmissionDone done) {
+namespace {
+
+// After the policy: refuse, or hand the message to its delivery mode.
+void proceed(std::shared_ptr<Runtime> runtime, Submission submission, PolicyDecision decision,
+             uint64_t now_ms, SubmissionDone done) {
   std::string id = submission.message.id;
-  if (!runtime || !runtime->policy) return done(unavailable(std::move(id), "Not ready."));
-  const uint64_t recipients = submission.message.envelope_rcpts.size();
-  PolicyRequest request{submission.submitter.role, submission.service,
-                        submission.message.envelope_from, submission.header_from, recipients};
-  request.service_quota = runtime->spool == nullptr;  // the spool paces to the quota instead
-  PolicyDecision decision = runtime->policy->admit(request, now_ms);
   if (!decision.allowed()) {
     record_policy_refusal(submission.submitter, submission.service, decision, true);
     SubmissionResult result;
@@ -365,6 +363,61 @@ void submit(std::shared_ptr<Runtime> runtime, Submission submission, uint64_t no
                           });
   }
   deliver(std::move(runtime), std::move(submission), now_ms, std::move(done));
+}
+
+// Shared state (issue 11): the windows are judged in Redis, one script per message. When
+// Redis cannot answer, on_error decides: `local` counts this replica alone (the local
+// limiter, as without shared_state), `refuse` answers 503 / 451.
+void admit_shared(std::shared_ptr<Runtime> runtime, Submission submission, PolicyRequest request,
+                  std::vector<PolicyWindow> windows, uint64_t now_ms, SubmissionDone done) {
+  SharedState& shared = *runtime->shared_state;
+  auto held = std::make_shared<Submission>(std::move(submission));
+  auto req = std::make_shared<PolicyRequest>(std::move(request));
+  shared.judge(
+      windows, req->recipients, false,
+      [runtime, held, req, now_ms, done](SharedState::Outcome out) mutable {
+        PolicyDecision decision;
+        if (out.ok) {
+          decision = runtime->policy->decide(*req, out.answer.judgements);
+        } else if (runtime->shared_state->config().on_error == SharedStateOnError::Local) {
+          decision = runtime->policy->admit(*req, wall_clock_ms());
+        } else {
+          log::info("message_refused", {{"id", held->message.id},
+                                        {"ingress", ingress_name(held->submitter.ingress)},
+                                        {"role", held->submitter.role},
+                                        {"service", held->service},
+                                        {"outcome", "failed"},
+                                        {"reason", "shared state unavailable: " + out.error}});
+          metrics::count_message(held->submitter.ingress, held->submitter.role, held->service,
+                                 "failed");
+          return done(unavailable(held->message.id,
+                                  "Rate limits cannot be checked (shared state "
+                                  "unavailable)"));
+        }
+        proceed(std::move(runtime), std::move(*held), std::move(decision), now_ms, std::move(done));
+      });
+}
+
+}  // namespace
+
+void submit(std::shared_ptr<Runtime> runtime, Submission submission, uint64_t now_ms,
+            SubmissionDone done) {
+  std::string id = submission.message.id;
+  if (!runtime || !runtime->policy) return done(unavailable(std::move(id), "Not ready."));
+  const uint64_t recipients = submission.message.envelope_rcpts.size();
+  PolicyRequest request{submission.submitter.role, submission.service,
+                        submission.message.envelope_from, submission.header_from, recipients};
+  request.service_quota = runtime->spool == nullptr;  // the spool paces to the quota instead
+  if (runtime->shared_state) {
+    std::vector<PolicyWindow> windows;
+    PolicyDecision rules = runtime->policy->check_rules(request, windows);
+    if (rules.allowed() && !windows.empty()) {
+      return admit_shared(std::move(runtime), std::move(submission), std::move(request),
+                          std::move(windows), now_ms, std::move(done));
+    }
+  }
+  PolicyDecision decision = runtime->policy->admit(request, now_ms);
+  proceed(std::move(runtime), std::move(submission), std::move(decision), now_ms, std::move(done));
 }
 
 }  // namespace mailcar
