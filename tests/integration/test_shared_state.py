@@ -2,6 +2,7 @@
 through a real redis-server (Debian's package), driven over both doors at once."""
 import os
 import shutil
+import signal
 import smtplib
 import subprocess
 import threading
@@ -276,6 +277,35 @@ def test_redis_stopped_and_restarted_under_load(redis_factory, mailcar_factory, 
     assert redis.cli("EXISTS", key).strip() == "1"
     assert sum(1 for mc in replicas for e in mc.log_events()
                if e.get("event") == "shared_state_unavailable") == 2
+
+
+def test_script_flushed_is_loaded_again(redis_factory, mailcar_factory):
+    redis = redis_factory()
+    mc = start_replicas(mailcar_factory, config(redis.url(), "[3/minute]"), 1)[0]
+    assert http_send(mc) == 200
+    redis.cli("SCRIPT", "FLUSH")  # as after a failover to a server that never saw it
+    assert [http_send(mc), smtp_send(mc), http_send(mc)] == [200, 250, 429]
+    stats = redis.cli("INFO", "commandstats")
+    assert "cmdstat_eval:calls=1," in stats, stats  # NOSCRIPT: once with EVAL, then EVALSHA
+    assert metric(mc, "mailcar_shared_state_errors_total") == 0
+
+
+def test_unresponsive_redis_times_out(redis_factory, mailcar_factory):
+    redis = redis_factory()
+    mc = start_replicas(mailcar_factory, config(redis.url(), "[100/minute]"), 1)[0]
+    assert http_send(mc) == 200
+    os.kill(redis.proc.pid, signal.SIGSTOP)  # accepts nothing, answers nothing
+    try:
+        start = time.monotonic()
+        assert http_send(mc) == 200  # on_error local after the 500 ms timeout
+        took = time.monotonic() - start
+        assert 0.4 <= took < 10, took
+        assert metric(mc, "mailcar_shared_state_errors_total", {"reason": "timeout"}) == 1
+        assert http_send(mc) == 200
+    finally:
+        os.kill(redis.proc.pid, signal.SIGCONT)
+    wait_log(mc, "shared_state_recovered")
+    assert http_send(mc) == 200
 
 
 def test_password_and_unix_socket(redis_factory, mailcar_factory, tmp_path):

@@ -823,3 +823,53 @@ TEST_F(ConfigTest, FilesOverTheLimitAreRefusedNamingFileAndLimit) {
             "DIR/mailcar.yaml:5:20: services.email.password_file: cannot read DIR/secret: "
             "larger than the limit of 65536 bytes");
 }
+
+// ---- shared_state (issue 11) ------------------------------------------------------------
+
+TEST_F(ConfigTest, SharedStateDefaultsAndKeys) {
+  auto plain = load(kMinimal);
+  ASSERT_TRUE(plain.ok()) << plain.error().message;
+  EXPECT_FALSE(plain->shared_state.has_value());
+
+  auto config = load(std::string(kMinimal) + "shared_state:\n  redis: redis://10.0.0.5/1\n");
+  ASSERT_TRUE(config.ok()) << config.error().message;
+  ASSERT_TRUE(config->shared_state.has_value());
+  const SharedStateConfig& s = *config->shared_state;
+  EXPECT_EQ(s.host, "10.0.0.5");
+  EXPECT_EQ(s.port, 6379);
+  EXPECT_EQ(s.db, 1u);
+  EXPECT_EQ(s.key_prefix, "mailcar:");
+  EXPECT_EQ(s.on_error, SharedStateOnError::Local);
+  EXPECT_EQ(s.timeout_ms, 1000u);
+
+  std::string secret = write("redis-pw", "from-file\n");
+  auto full = load(std::string(kMinimal) + "shared_state:\n  redis: unix:///run/r.sock\n" +
+                   "  password_file: " + secret +
+                   "\n  key_prefix: \"prod:\"\n  on_error: refuse\n  timeout: 250ms\n");
+  ASSERT_TRUE(full.ok()) << full.error().message;
+  EXPECT_EQ(full->shared_state->unix_path, "/run/r.sock");
+  EXPECT_EQ(full->shared_state->password, "from-file");
+  EXPECT_EQ(full->shared_state->key_prefix, "prod:");
+  EXPECT_EQ(full->shared_state->on_error, SharedStateOnError::Refuse);
+  EXPECT_EQ(full->shared_state->timeout_ms, 250u);
+}
+
+TEST_F(ConfigTest, SharedStateErrorsNeverShowThePassword) {
+  std::string errors =
+      errors_of(std::string(kMinimal) +
+                "shared_state:\n  redis: redis://:hunter2@h:70000\n  on_error: maybe\n"
+                "  key_prefix: \"a{b}\"\n  password: other\n  bogus: 1\n");
+  EXPECT_THAT(errors, HasLine("DIR/mailcar.yaml:5:10: shared_state.redis: has a port outside "
+                              "1..65535"));
+  EXPECT_THAT(errors, HasLine("DIR/mailcar.yaml:6:13: shared_state.on_error: must be local or "
+                              "refuse"));
+  EXPECT_NE(errors.find("shared_state.key_prefix"), std::string::npos) << errors;
+  EXPECT_NE(errors.find("shared_state.password: the redis URL has a password already"),
+            std::string::npos)
+      << errors;
+  EXPECT_NE(errors.find("shared_state.bogus: unknown key"), std::string::npos) << errors;
+  EXPECT_EQ(errors.find("hunter2"), std::string::npos) << errors;
+  EXPECT_NE(errors_of(std::string(kMinimal) + "shared_state:\n  key_prefix: x\n")
+                .find("shared_state.redis: is required"),
+            std::string::npos);
+}

@@ -186,3 +186,54 @@ TEST(Names, ServiceAndRoleNames) {
   EXPECT_NE(config_detail::check_name("a b"), std::nullopt);
   EXPECT_NE(config_detail::check_name(std::string(65, 'a')), std::nullopt);
 }
+
+// ---- shared_state.redis (issue 11) ------------------------------------------------------
+
+namespace mailcar {
+namespace {
+
+TEST(ParseRedisUrl, TcpWithPasswordPortAndDatabase) {
+  SharedStateConfig c;
+  EXPECT_EQ(config_detail::parse_redis_url("redis://:p%40ss%3Aw@redis.mail.svc:6380/2", c),
+            std::nullopt);
+  EXPECT_EQ(c.host, "redis.mail.svc");
+  EXPECT_EQ(c.port, 6380);
+  EXPECT_EQ(c.db, 2u);
+  EXPECT_EQ(c.password, "p@ss:w");
+  EXPECT_EQ(c.username, "");
+  EXPECT_EQ(c.redis, "redis://:***@redis.mail.svc:6380/2");  // never the password
+}
+
+TEST(ParseRedisUrl, DefaultsUserAndIpv6) {
+  SharedStateConfig c;
+  EXPECT_EQ(config_detail::parse_redis_url("redis://127.0.0.1", c), std::nullopt);
+  EXPECT_EQ(c.port, 6379);
+  EXPECT_EQ(c.db, 0u);
+  SharedStateConfig v6;
+  EXPECT_EQ(config_detail::parse_redis_url("redis://app:pw@[::1]:7000/0", v6), std::nullopt);
+  EXPECT_EQ(v6.host, "::1");
+  EXPECT_EQ(v6.port, 7000);
+  EXPECT_EQ(v6.username, "app");
+  EXPECT_EQ(v6.password, "pw");
+}
+
+TEST(ParseRedisUrl, UnixSocket) {
+  SharedStateConfig c;
+  EXPECT_EQ(config_detail::parse_redis_url("unix:///run/redis/redis.sock?db=3", c), std::nullopt);
+  EXPECT_EQ(c.unix_path, "/run/redis/redis.sock");
+  EXPECT_EQ(c.db, 3u);
+  EXPECT_TRUE(c.host.empty());
+}
+
+TEST(ParseRedisUrl, RejectsMalformed) {
+  for (const char* url :
+       {"http://x", "redis://", "redis://:6379", "redis://h:0", "redis://h:99999", "redis://h:x",
+        "redis://h/db", "redis://pw@h", "redis://:%zz@h", "redis://[::1", "unix://relative.sock",
+        "unix:///s.sock?x=1", "unix:///s.sock?db=x", "redis://h:"}) {
+    SharedStateConfig c;
+    EXPECT_NE(config_detail::parse_redis_url(url, c), std::nullopt) << url;
+  }
+}
+
+}  // namespace
+}  // namespace mailcar

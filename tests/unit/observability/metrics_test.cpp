@@ -139,13 +139,34 @@ TEST_F(Metrics, EmptyRenderIsValidAndDeclaresEveryFamily) {
                                                  {"mailcar_spool_oldest_seconds", "gauge"},
                                                  {"mailcar_delivery_attempts_total", "counter"},
                                                  {"mailcar_spool_fsyncs_total", "counter"},
-                                                 {"mailcar_memory_budget_used_bytes", "gauge"}};
+                                                 {"mailcar_memory_budget_used_bytes", "gauge"},
+                                                 // shared state (issue 11)
+                                                 {"mailcar_shared_state_seconds", "histogram"},
+                                                 {"mailcar_shared_state_errors_total", "counter"}};
   EXPECT_EQ(e.type, expected);
   for (const auto& [name, type] : expected) EXPECT_FALSE(e.help[name].empty()) << name;
   EXPECT_EQ(e.value("mailcar_upstream_seconds_count", {}), 0);
   EXPECT_EQ(e.value("mailcar_spool_messages", {{"state", "held"}}), 0);
   EXPECT_EQ(e.value("mailcar_spool_bytes", {}), 0);
   EXPECT_EQ(e.value("mailcar_connections", {{"listener", "http"}}), 0);
+}
+
+TEST_F(Metrics, SharedStateRoundTripsAndErrors) {
+  metrics::observe_shared_state_seconds(0.0004);
+  metrics::observe_shared_state_seconds(0.003);
+  metrics::observe_shared_state_seconds(2);
+  metrics::count_shared_state_error("timeout");
+  metrics::count_shared_state_error("timeout");
+  metrics::count_shared_state_error("connection");
+  Exposition e = parse(metrics::render_prometheus());
+  EXPECT_TRUE(e.errors.empty()) << e.errors.front();
+  EXPECT_EQ(e.value("mailcar_shared_state_seconds_bucket", {{"le", "5e-04"}}), 1);
+  EXPECT_EQ(e.value("mailcar_shared_state_seconds_bucket", {{"le", "0.005"}}), 2);
+  EXPECT_EQ(e.value("mailcar_shared_state_seconds_bucket", {{"le", "1"}}), 2);
+  EXPECT_EQ(e.value("mailcar_shared_state_seconds_bucket", {{"le", "+Inf"}}), 3);
+  EXPECT_EQ(e.value("mailcar_shared_state_seconds_count", {}), 3);
+  EXPECT_EQ(e.value("mailcar_shared_state_errors_total", {{"reason", "timeout"}}), 2);
+  EXPECT_EQ(e.value("mailcar_shared_state_errors_total", {{"reason", "connection"}}), 1);
 }
 
 TEST_F(Metrics, CountersByLabels) {

@@ -1,0 +1,129 @@
+// Shared state (issue 11): the script's arguments and the parsing of its replies, fed through
+// hiredis's own RESP reader (the bytes a Redis server sends).
+#include <hiredis/hiredis.h>
+
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+
+#include "mailcar/shared_state.hpp"
+
+namespace mailcar {
+namespace {
+
+struct ReplyFree {
+  void operator()(redisReply* r) const { freeReplyObject(r); }
+};
+using ReplyPtr = std::unique_ptr<redisReply, ReplyFree>;
+
+// One reply read from RESP bytes.
+ReplyPtr read_reply(const std::string& resp) {
+  redisReader* reader = redisReaderCreate();
+  EXPECT_EQ(redisReaderFeed(reader, resp.data(), resp.size()), REDIS_OK);
+  void* reply = nullptr;
+  EXPECT_EQ(redisReaderGetReply(reader, &reply), REDIS_OK);
+  redisReaderFree(reader);
+  EXPECT_NE(reply, nullptr);
+  return ReplyPtr(static_cast<redisReply*>(reply));
+}
+
+std::string integers(std::initializer_list<long long> values) {
+  std::string out = "*" + std::to_string(values.size()) + "\r\n";
+  for (long long v : values) out += ":" + std::to_string(v) + "\r\n";
+  return out;
+}
+
+const PolicyWindow kRole{false, "webapp", 50, 1000};
+const PolicyWindow kQuota{true, "email", 500, 86'400'000};
+
+TEST(SharedScript, KeysShareOneHashTagAndNameTheWindow) {
+  EXPECT_EQ(shared_script::window_key("mailcar:", kRole), "mailcar:{limits}:role:webapp:50:1000");
+  EXPECT_EQ(shared_script::window_key("prod:", kQuota), "prod:{limits}:service:email:500:86400000");
+}
+
+TEST(SharedScript, ArgumentsAreKeysThenCostClampAndWindows) {
+  auto args = shared_script::arguments("mailcar:", {kRole, kQuota}, 3, false);
+  std::vector<std::string> expected{"2",
+                                    "mailcar:{limits}:role:webapp:50:1000",
+                                    "mailcar:{limits}:service:email:500:86400000",
+                                    "3",
+                                    "0",
+                                    "50",
+                                    "1000",
+                                    "500",
+                                    "86400000"};
+  EXPECT_EQ(args, expected);
+  auto paced = shared_script::arguments("mailcar:", {kQuota}, 700, true);
+  EXPECT_EQ(paced[3], "1");
+  EXPECT_EQ(paced[2], "700");
+}
+
+TEST(SharedScript, ParsesAnAllowedAnswer) {
+  auto reply = read_reply(integers({1, 1796153541500, 1, 0, 0, 47, 60, 1, 0, 0, 499, 172800}));
+  auto answer = shared_script::parse_reply(*reply, 2);
+  ASSERT_TRUE(answer.ok()) << answer.error().message;
+  EXPECT_TRUE(answer->allowed);
+  EXPECT_EQ(answer->now_ms, 1796153541500u);
+  ASSERT_EQ(answer->judgements.size(), 2u);
+  EXPECT_TRUE(answer->judgements[0].allowed);
+  EXPECT_EQ(answer->judgements[0].remaining, 47u);
+  EXPECT_EQ(answer->judgements[0].reset_ms, 60u);
+  EXPECT_EQ(answer->judgements[1].remaining, 499u);
+  EXPECT_EQ(answer->judgements[1].reset_ms, 172800u);
+}
+
+TEST(SharedScript, ParsesARefusalWithItsWait) {
+  auto reply = read_reply(integers({0, 5, 1, 0, 0, 2, 40, 0, 0, 1500, 0, 86400000}));
+  auto answer = shared_script::parse_reply(*reply, 2);
+  ASSERT_TRUE(answer.ok()) << answer.error().message;
+  EXPECT_FALSE(answer->allowed);
+  EXPECT_FALSE(answer->judgements[1].allowed);
+  EXPECT_FALSE(answer->judgements[1].never);
+  EXPECT_EQ(answer->judgements[1].retry_after_ms, 1500u);
+}
+
+TEST(SharedScript, ParsesNever) {
+  auto reply = read_reply(integers({0, 5, 0, 1, 0, 50, 0}));
+  auto answer = shared_script::parse_reply(*reply, 1);
+  ASSERT_TRUE(answer.ok()) << answer.error().message;
+  EXPECT_TRUE(answer->judgements[0].never);
+}
+
+TEST(SharedScript, RefusesMalformedReplies) {
+  // Wrong element count, negative numbers, a string, flags out of range, a verdict that
+  // disagrees with its windows, an error reply, a nil.
+  const std::string cases[] = {
+      integers({1, 5, 1, 0, 0, 1}),
+      integers({1, 5, 1, 0, 0, -1, 0}),
+      "*7\r\n:1\r\n:5\r\n$1\r\n1\r\n:0\r\n:0\r\n:1\r\n:0\r\n",
+      integers({1, 5, 2, 0, 0, 1, 0}),
+      integers({1, 5, 1, 1, 0, 1, 0}),
+      integers({1, 5, 0, 0, 9, 1, 0}),
+      integers({2, 5, 1, 0, 0, 1, 0}),
+      "-ERR something\r\n",
+      "$-1\r\n",
+      "+OK\r\n",
+  };
+  for (const std::string& resp : cases) {
+    auto reply = read_reply(resp);
+    EXPECT_FALSE(shared_script::parse_reply(*reply, 1).ok()) << resp;
+  }
+}
+
+TEST(SharedScript, RecognisesNoscript) {
+  EXPECT_TRUE(shared_script::is_noscript(
+      *read_reply("-NOSCRIPT No matching script. Please use EVAL.\r\n")));
+  EXPECT_FALSE(shared_script::is_noscript(*read_reply("-ERR other\r\n")));
+  EXPECT_FALSE(shared_script::is_noscript(*read_reply("+NOSCRIPT\r\n")));
+}
+
+TEST(SharedScript, SourceUsesTheServerClockAndWritesOnlyWhenAllPass) {
+  std::string_view src = shared_script::source();
+  EXPECT_NE(src.find("redis.call('TIME')"), std::string_view::npos);
+  EXPECT_NE(src.find("if out[1] == 1 then"), std::string_view::npos);
+  EXPECT_EQ(src.find("ARGV[0]"), std::string_view::npos);
+}
+
+}  // namespace
+}  // namespace mailcar
