@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -65,6 +66,51 @@ bool is_noscript(const redisReply& reply);
 
 }  // namespace shared_script
 
+// ---- Idempotency keys in the shared state (SPEC §10.3, §11; pure) ----------------------------
+// One hash per key, PREFIX idem:{sha256(scope)} (its own cluster slot: every call touches one
+// key), fields state (inflight | done), token (the claim's owner), hash (the request's hash),
+// status and body (the kept answer). The key expires: in flight after `inflight_ttl_ms` (a
+// replica that died never blocks a key for ever), kept answers after the idempotency TTL.
+namespace shared_idempotency {
+
+std::string_view claim_source();
+std::string_view complete_source();
+
+std::string key(std::string_view prefix, std::string_view scope);
+
+// Arguments after the script: 1, the key, the request hash, the claim token, the TTL in flight.
+std::vector<std::string> claim_arguments(std::string_view prefix, std::string_view scope,
+                                         std::string_view request_hash_hex, std::string_view token,
+                                         uint64_t inflight_ttl_ms);
+
+enum class Claim {
+  Fresh,     // the key was free: claimed for `token`
+  Replay,    // answered before: status and body
+  InFlight,  // claimed by someone else, not answered yet (HTTP 409)
+  Mismatch,  // used for a different request (HTTP 422)
+};
+struct ClaimAnswer {
+  Claim verdict = Claim::Fresh;
+  uint16_t status = 0;
+  std::string body;
+};
+// Reply: {"fresh"} | {"inflight"} | {"mismatch"} | {"replay", status, body}.
+Result<ClaimAnswer> parse_claim_reply(const redisReply& reply);
+
+struct Kept {  // the answer to keep
+  uint16_t status = 0;
+  std::string body;
+};
+// Arguments after the script: 1, the key, the token, "keep" status body ttl | "release".
+std::vector<std::string> complete_arguments(std::string_view prefix, std::string_view scope,
+                                            std::string_view token, const std::optional<Kept>& keep,
+                                            uint64_t ttl_ms);
+// Reply: 1 when the claim was the token's (kept or released), 0 when it was not (expired,
+// claimed by another).
+Result<bool> parse_complete_reply(const redisReply& reply);
+
+}  // namespace shared_idempotency
+
 // ---- The connection ------------------------------------------------------------------------
 
 class SharedState {
@@ -100,7 +146,18 @@ class SharedState {
   QuotaVerdict pace(const PolicyWindow& quota, uint64_t recipients,
                     const std::function<QuotaVerdict()>& fallback);
 
-  // Connected and the script loaded.
+  // Idempotency keys (for an IdempotencyStore backed by Redis): claim `scope` for `token`
+  // when free, else say why not; then keep the answer or release the key. One round trip
+  // each; `done` runs exactly once (an Error when Redis is unusable: on_error decides).
+  using ClaimDone = std::function<void(Result<shared_idempotency::ClaimAnswer>)>;
+  using CompleteDone = std::function<void(Result<bool>)>;
+  void idempotency_claim(std::string_view scope, std::string_view request_hash_hex,
+                         std::string_view token, uint64_t inflight_ttl_ms, ClaimDone done);
+  void idempotency_complete(std::string_view scope, std::string_view token,
+                            const std::optional<shared_idempotency::Kept>& keep, uint64_t ttl_ms,
+                            CompleteDone done);
+
+  // Connected and the scripts loaded.
   bool ready() const;
   const SharedStateConfig& config() const;
 

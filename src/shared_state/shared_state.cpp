@@ -26,14 +26,31 @@ constexpr uint64_t kPaceAskAgainMs = 2;
 enum class Link { Stopped, Connecting, Ready, Down };
 
 // One command whose reply (or failure) is still to come; replies arrive in command order.
+// The scripts, loaded on every connection (their order is their index in `shas`).
+enum ScriptId : size_t { kGcra = 0, kIdemClaim = 1, kIdemComplete = 2, kScripts = 3 };
+
+std::string_view script_source(size_t id) {
+  switch (id) {
+    case kGcra:
+      return shared_script::source();
+    case kIdemClaim:
+      return shared_idempotency::claim_source();
+    default:
+      return shared_idempotency::complete_source();
+  }
+}
+
+// What a script call's caller does with the reply; null when the call failed.
+using ReplyFn = std::function<void(const redisReply* reply, const char* error_reason)>;
+
 struct Pending {
   enum class Kind { Auth, Select, Load, Script } kind = Kind::Script;
   uint64_t sent_at_ms = 0;  // loop clock, for the deadline
   uint64_t sent_ns = 0;     // hrtime, for the round-trip histogram
-  size_t windows = 0;
+  size_t script = kGcra;
   std::vector<std::string> args;  // Script: to repeat with EVAL after NOSCRIPT
   bool retried = false;
-  SharedState::Done done;
+  ReplyFn on_reply;
 };
 
 bool is_ip_literal(const std::string& host) {
@@ -65,7 +82,7 @@ struct SharedState::Impl {
   uint64_t backoff_ms = kFirstBackoffMs;
   bool outage = false;  // logged once per outage
   bool ever_ready = false;
-  std::string sha;
+  std::vector<std::string> shas;  // one per ScriptId once loaded
   const char* drop_reason = "connection";
   Resolve* resolving = nullptr;
   std::map<std::string, Pace, std::less<>> paces;
@@ -146,7 +163,10 @@ struct SharedState::Impl {
       }
     }
     if (config.db != 0) send(Pending::Kind::Select, {"SELECT", std::to_string(config.db)}, {});
-    send(Pending::Kind::Load, {"SCRIPT", "LOAD", std::string(shared_script::source())}, {});
+    shas.clear();
+    for (size_t id = 0; id < kScripts; ++id) {
+      send(Pending::Kind::Load, {"SCRIPT", "LOAD", std::string(script_source(id))}, {});
+    }
   }
 
   static void on_connect(const redisAsyncContext* c, int status) noexcept {
@@ -169,7 +189,7 @@ struct SharedState::Impl {
   void failed(const std::string& why) {
     if (link == Link::Stopped) return;
     link = Link::Down;
-    sha.clear();
+    shas.clear();
     if (!outage) {
       outage = true;
       log::warn("shared_state_unavailable", {{"redis", config.redis}, {"error", why}});
@@ -221,8 +241,8 @@ struct SharedState::Impl {
 
   // ---- commands ------------------------------------------------------------------------
 
-  bool send(Pending::Kind kind, const std::vector<std::string>& argv, SharedState::Done done,
-            size_t windows = 0, std::vector<std::string> args = {}, bool retried = false) {
+  bool send(Pending::Kind kind, const std::vector<std::string>& argv, ReplyFn on_reply,
+            size_t script = kGcra, std::vector<std::string> args = {}, bool retried = false) {
     std::vector<const char*> ptrs;
     std::vector<size_t> lens;
     ptrs.reserve(argv.size());
@@ -231,24 +251,25 @@ struct SharedState::Impl {
       ptrs.push_back(a.data());
       lens.push_back(a.size());
     }
-    if (ctx == nullptr || redisAsyncCommandArgv(ctx, on_reply, this, static_cast<int>(argv.size()),
-                                                ptrs.data(), lens.data()) != REDIS_OK) {
+    if (ctx == nullptr ||
+        redisAsyncCommandArgv(ctx, on_reply_cb, this, static_cast<int>(argv.size()), ptrs.data(),
+                              lens.data()) != REDIS_OK) {
       return false;
     }
     Pending p;
     p.kind = kind;
     p.sent_at_ms = now_ms();
     p.sent_ns = uv_hrtime();
-    p.windows = windows;
+    p.script = script;
     p.args = std::move(args);
     p.retried = retried;
-    p.done = std::move(done);
+    p.on_reply = std::move(on_reply);
     pending.push_back(std::move(p));
     if (pending.size() == 1) arm_deadline();
     return true;
   }
 
-  static void on_reply(redisAsyncContext* /*c*/, void* r, void* privdata) noexcept {
+  static void on_reply_cb(redisAsyncContext* /*c*/, void* r, void* privdata) noexcept {
     auto* self = static_cast<Impl*>(privdata);
     if (self->pending.empty()) return;
     Pending p = std::move(self->pending.front());
@@ -269,7 +290,8 @@ struct SharedState::Impl {
     }
     if (p.kind != Pending::Kind::Load) return;
     if (reply->type != REDIS_REPLY_STRING) return drop("SCRIPT LOAD: unexpected reply", "reply");
-    sha.assign(reply->str, reply->len);
+    shas.emplace_back(reply->str, reply->len);
+    if (shas.size() < kScripts) return;
     link = Link::Ready;
     backoff_ms = kFirstBackoffMs;
     if (outage || !ever_ready) {
@@ -281,42 +303,70 @@ struct SharedState::Impl {
   }
 
   void script_reply(Pending& p, const redisReply* reply) {
-    if (reply == nullptr) return fail(p.done, drop_reason, "connection to Redis lost");
+    if (reply == nullptr) {
+      metrics::count_shared_state_error(drop_reason);
+      return p.on_reply(nullptr, drop_reason);
+    }
     metrics::observe_shared_state_seconds(static_cast<double>(uv_hrtime() - p.sent_ns) / 1e9);
     if (shared_script::is_noscript(*reply) && !p.retried) {
       // Redis restarted or failed over: EVAL carries the script and caches it again.
-      std::vector<std::string> argv{"EVAL", std::string(shared_script::source())};
+      std::vector<std::string> argv{"EVAL", std::string(script_source(p.script))};
       argv.insert(argv.end(), p.args.begin(), p.args.end());
-      if (send(Pending::Kind::Script, argv, p.done, p.windows, p.args, true)) return;
-      return fail(p.done, "connection", "connection to Redis lost");
+      if (send(Pending::Kind::Script, argv, p.on_reply, p.script, p.args, true)) return;
+      metrics::count_shared_state_error("connection");
+      return p.on_reply(nullptr, "connection");
     }
-    Result<shared_script::Answer> answer = shared_script::parse_reply(*reply, p.windows);
-    if (!answer.ok()) {
-      log::warn("shared_state_bad_reply", {{"error", answer.error().message}});
-      return fail(p.done, "reply", answer.error().message);
-    }
-    Outcome out;
-    out.ok = true;
-    out.answer = std::move(answer).value();
-    p.done(std::move(out));
+    p.on_reply(reply, nullptr);
   }
 
-  static void fail(const SharedState::Done& done, const char* reason, std::string why) {
-    metrics::count_shared_state_error(reason);
-    Outcome out;
-    out.error = std::move(why);
-    done(std::move(out));
+  // Sends one script call: EVALSHA with the loaded sha. `on_reply` runs exactly once; with a
+  // null reply (counted as an error) when the store is not usable or the call failed.
+  void call(size_t script, std::vector<std::string> args, ReplyFn on_reply) {
+    if (link != Link::Ready) {
+      metrics::count_shared_state_error("unavailable");
+      return on_reply(nullptr, "unavailable");
+    }
+    std::vector<std::string> argv{"EVALSHA", shas[script]};
+    argv.insert(argv.end(), args.begin(), args.end());
+    if (!send(Pending::Kind::Script, argv, on_reply, script, std::move(args))) {
+      metrics::count_shared_state_error("connection");
+      on_reply(nullptr, "connection");
+    }
   }
 
   void judge(const std::vector<PolicyWindow>& windows, uint64_t cost, bool clamp, Done done) {
-    if (link != Link::Ready) return fail(done, "unavailable", "shared state not connected");
-    std::vector<std::string> args =
-        shared_script::arguments(config.key_prefix, windows, cost, clamp);
-    std::vector<std::string> argv{"EVALSHA", sha};
-    argv.insert(argv.end(), args.begin(), args.end());
-    if (!send(Pending::Kind::Script, argv, done, windows.size(), std::move(args))) {
-      fail(done, "connection", "shared state not connected");
-    }
+    const size_t count = windows.size();
+    call(kGcra, shared_script::arguments(config.key_prefix, windows, cost, clamp),
+         [count, done = std::move(done)](const redisReply* reply, const char* reason) {
+           Outcome out;
+           if (reply == nullptr) {
+             out.error = std::string("shared state ") + reason;
+             return done(std::move(out));
+           }
+           Result<shared_script::Answer> answer = shared_script::parse_reply(*reply, count);
+           if (!answer.ok()) {
+             metrics::count_shared_state_error("reply");
+             log::warn("shared_state_bad_reply", {{"error", answer.error().message}});
+             out.error = answer.error().message;
+             return done(std::move(out));
+           }
+           out.ok = true;
+           out.answer = std::move(answer).value();
+           done(std::move(out));
+         });
+  }
+
+  // Idempotency keys: the same call path, their own scripts and replies.
+  template <class T, class Parse>
+  void call_parsed(size_t script, std::vector<std::string> args, Parse parse,
+                   std::function<void(Result<T>)> done) {
+    call(script, std::move(args),
+         [parse, done = std::move(done)](const redisReply* reply, const char* reason) {
+           if (reply == nullptr) return done(Error{std::string("shared state ") + reason});
+           Result<T> r = parse(*reply);
+           if (!r.ok()) metrics::count_shared_state_error("reply");
+           done(std::move(r));
+         });
   }
 
   QuotaVerdict pace(const PolicyWindow& quota, uint64_t recipients,
@@ -360,6 +410,25 @@ struct SharedState::Impl {
     return {false, kPaceAskAgainMs};
   }
 };
+
+void SharedState::idempotency_claim(std::string_view scope, std::string_view request_hash_hex,
+                                    std::string_view token, uint64_t inflight_ttl_ms,
+                                    ClaimDone done) {
+  impl_->call_parsed<shared_idempotency::ClaimAnswer>(
+      kIdemClaim,
+      shared_idempotency::claim_arguments(impl_->config.key_prefix, scope, request_hash_hex, token,
+                                          inflight_ttl_ms),
+      shared_idempotency::parse_claim_reply, std::move(done));
+}
+
+void SharedState::idempotency_complete(std::string_view scope, std::string_view token,
+                                       const std::optional<shared_idempotency::Kept>& keep,
+                                       uint64_t ttl_ms, CompleteDone done) {
+  impl_->call_parsed<bool>(
+      kIdemComplete,
+      shared_idempotency::complete_arguments(impl_->config.key_prefix, scope, token, keep, ttl_ms),
+      shared_idempotency::parse_complete_reply, std::move(done));
+}
 
 SharedState::SharedState(uv_loop_t* loop, SharedStateConfig config)
     : impl_(std::make_unique<Impl>(loop, std::move(config))) {}
