@@ -127,3 +127,54 @@ TEST(SharedScript, SourceUsesTheServerClockAndWritesOnlyWhenAllPass) {
 
 }  // namespace
 }  // namespace mailcar
+
+namespace mailcar {
+namespace {
+
+TEST(SharedIdempotency, KeyHashesTheScopeIntoItsOwnSlot) {
+  std::string k = shared_idempotency::key("mailcar:", "http|app|email|abc");
+  EXPECT_EQ(k.rfind("mailcar:idem:{", 0), 0u);
+  EXPECT_EQ(k.size(), std::string("mailcar:idem:{}").size() + 64);
+  EXPECT_NE(k, shared_idempotency::key("mailcar:", "http|app|email|abd"));
+}
+
+TEST(SharedIdempotency, Arguments) {
+  auto claim = shared_idempotency::claim_arguments("p:", "s", "hh", "tok", 0);
+  ASSERT_EQ(claim.size(), 5u);
+  EXPECT_EQ(claim[0], "1");
+  EXPECT_EQ(claim[2], "hh");
+  EXPECT_EQ(claim[3], "tok");
+  EXPECT_EQ(claim[4], "1");  // never a zero TTL
+  auto keep = shared_idempotency::complete_arguments(
+      "p:", "s", "tok", shared_idempotency::Kept{202, "{}"}, 86'400'000);
+  std::vector<std::string> expected{"1", claim[1], "tok", "keep", "202", "{}", "86400000"};
+  EXPECT_EQ(keep, expected);
+  auto release = shared_idempotency::complete_arguments("p:", "s", "tok", std::nullopt, 5);
+  EXPECT_EQ(release.back(), "release");
+}
+
+TEST(SharedIdempotency, ParsesClaimReplies) {
+  using shared_idempotency::Claim;
+  EXPECT_EQ(shared_idempotency::parse_claim_reply(*read_reply("*1\r\n$5\r\nfresh\r\n"))->verdict,
+            Claim::Fresh);
+  EXPECT_EQ(shared_idempotency::parse_claim_reply(*read_reply("*1\r\n$8\r\ninflight\r\n"))->verdict,
+            Claim::InFlight);
+  auto replay = shared_idempotency::parse_claim_reply(
+      *read_reply("*3\r\n$6\r\nreplay\r\n$3\r\n200\r\n$2\r\n{}\r\n"));
+  ASSERT_TRUE(replay.ok());
+  EXPECT_EQ(replay->verdict, Claim::Replay);
+  EXPECT_EQ(replay->status, 200);
+  EXPECT_EQ(replay->body, "{}");
+  for (const char* bad :
+       {"*3\r\n$6\r\nreplay\r\n$3\r\n20x\r\n$2\r\n{}\r\n",
+        "*3\r\n$6\r\nreplay\r\n$3\r\n999\r\n$2\r\n{}\r\n", "*2\r\n$5\r\nfresh\r\n$1\r\nx\r\n",
+        "*1\r\n$3\r\nodd\r\n", "*0\r\n", ":1\r\n", "-ERR x\r\n"}) {
+    EXPECT_FALSE(shared_idempotency::parse_claim_reply(*read_reply(bad)).ok()) << bad;
+  }
+  EXPECT_TRUE(*shared_idempotency::parse_complete_reply(*read_reply(":1\r\n")));
+  EXPECT_FALSE(*shared_idempotency::parse_complete_reply(*read_reply(":0\r\n")));
+  EXPECT_FALSE(shared_idempotency::parse_complete_reply(*read_reply(":2\r\n")).ok());
+}
+
+}  // namespace
+}  // namespace mailcar
