@@ -1,7 +1,7 @@
 // libFuzzer: what mailcar itself parses of Redis (issue 11). The first byte picks the part:
 // even: RESP bytes read by hiredis, then the GCRA script's reply parsed for (byte/2 % 8)
-// windows; odd: the rest as a shared_state.redis URL. Neither may crash, and what they
-// accept must hold together.
+// windows, and the idempotency scripts' replies; odd: the rest as a shared_state.redis URL.
+// Nothing may crash, and what they accept must hold together.
 #include <hiredis/hiredis.h>
 
 #include <cstddef>
@@ -22,6 +22,11 @@ void reply_part(size_t windows, std::string_view in) {
     while (redisReaderGetReply(reader, &reply) == REDIS_OK && reply != nullptr) {
       const auto& r = *static_cast<redisReply*>(reply);
       (void)mailcar::shared_script::is_noscript(r);
+      if (auto claim = mailcar::shared_idempotency::parse_claim_reply(r); claim.ok()) {
+        bool replay = claim->verdict == mailcar::shared_idempotency::Claim::Replay;
+        if (replay != (claim->status != 0)) std::abort();
+      }
+      (void)mailcar::shared_idempotency::parse_complete_reply(r);
       auto answer = mailcar::shared_script::parse_reply(r, windows);
       if (answer.ok()) {
         if (answer->judgements.size() != windows) std::abort();
