@@ -299,6 +299,62 @@ def measure_dkim(sink, folder, args, row):
         signed.stop()
 
 
+def redis_commands(port):
+    """Total command calls from INFO commandstats, by command."""
+    out = subprocess.run(["redis-cli", "-p", str(port), "INFO", "commandstats"],
+                         capture_output=True, text=True, timeout=10, check=True).stdout
+    calls = {}
+    for m in re.finditer(r"cmdstat_(\S+?):calls=(\d+)", out):
+        calls[m.group(1)] = int(m.group(2))
+    return calls
+
+
+def measure_shared(sink, folder, args, row):
+    """Issue 11: HTTP 1 KB, 10 clients, with shared_state against a local redis-server vs the
+    same role limits counted locally. Both daemons run at once; rounds alternate."""
+    port = free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                              "--save", "", "--appendonly", "no"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    roles = ('  bench:\n    senders: ["*"]\n'
+             "    rate_limits: [100000000/second, 1000000000/day]\n")
+    local_dir, shared_dir = folder / "local", folder / "shared"
+    local_dir.mkdir()
+    shared_dir.mkdir()
+    local = Mailcar(args.mailcar, config(sink.port, 10, roles), local_dir)
+    shared = Mailcar(args.mailcar, config(sink.port, 10, roles) +
+                     f"shared_state:\n  redis: redis://127.0.0.1:{port}/0\n", shared_dir)
+    local_runs, shared_runs = [], []
+    try:
+        time.sleep(0.5)
+        before = redis_commands(port)
+        for _ in range(args.shared_rounds):
+            local_runs.append(wrk(local.http_port, "x" * 1024, args.seconds, 10))
+            shared_runs.append(wrk(shared.http_port, "x" * 1024, args.seconds, 10))
+        after = redis_commands(port)
+    finally:
+        local.stop()
+        shared.stop()
+        redis.terminate()
+        redis.wait(10)
+    sent = sum(r["requests"] for r in shared_runs)
+    row("shared state: HTTP 1KB -c10 msg/s vs local counting (median)",
+        statistics.median(r["rps"] for r in shared_runs),
+        statistics.median(r["rps"] for r in local_runs), "msg/s")
+    p99_local = statistics.median(r["lat_ms"].get("99", 0) for r in local_runs)
+    p99_shared = statistics.median(r["lat_ms"].get("99", 0) for r in shared_runs)
+    row("shared state: p99 at full load (median)", p99_shared, p99_local, "ms")
+    row("shared state: p99 added by the Redis round trip", p99_shared - p99_local, unit="ms")
+    total = sum(after.values()) - sum(before.values())
+    row("shared state: Redis commands per message (INFO commandstats)", total / max(sent, 1))
+    row("shared state: EVALSHA per message",
+        (after.get("evalsha", 0) - before.get("evalsha", 0)) / max(sent, 1))
+    errors = sum(r["errors"] for r in shared_runs)
+    if errors:
+        row("shared state: non-200 responses", errors)
+
+
 POSTFIX_RELAY = Path(__file__).resolve().parents[2] / "shared" / "peers" / "postfix-relay.sh"
 
 
@@ -467,8 +523,10 @@ def main():
     ap.add_argument("--out", default="bench/results/latest.md")
     ap.add_argument("--policy-rounds", type=int, default=5)
     ap.add_argument("--dkim-rounds", type=int, default=3)
+    ap.add_argument("--shared-rounds", type=int, default=3)
     ap.add_argument("--only", default="http,smtp,memory,policy,spool,peak,dkim",
-                    help="comma-separated parts: http, smtp, memory, policy, spool, peak, dkim")
+                    help="comma-separated parts: http, smtp, memory, policy, spool, peak, dkim, "
+                         "shared (issue 11: Redis shared state vs local counting)")
     args = ap.parse_args()
     parts = set(args.only.split(","))
     folder = Path(tempfile.mkdtemp(prefix="mailcar-bench-"))
@@ -482,7 +540,8 @@ def main():
         base_text = f"base {baseline:,.1f}" if baseline else ""
         print(f"{name:62} {value:12,.1f} {unit:6} {base_text:>18} {ratio}", flush=True)
 
-    sink = Sink() if parts & {"http", "smtp", "memory", "policy", "spool", "dkim"} else None
+    sink = (Sink() if parts & {"http", "smtp", "memory", "policy", "spool", "dkim", "shared"}
+            else None)
     try:
         if parts & {"http", "smtp", "memory"}:
             base = measure_baseline(sink, args, row)
@@ -503,6 +562,8 @@ def main():
             measure_policy(sink, folder, args, row)
         if "spool" in parts:
             measure_spool(sink, folder, args, row)
+        if "shared" in parts:
+            measure_shared(sink, folder, args, row)
         if "peak" in parts:
             measure_peak(args, folder, row)
         if "dkim" in parts:
