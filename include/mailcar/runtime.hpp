@@ -18,6 +18,7 @@
 namespace mailcar {
 
 class SpoolQueue;
+class IdempotencyStore;
 
 struct Runtime {
   uv_loop_t* loop = nullptr;
@@ -27,6 +28,9 @@ struct Runtime {
   std::string hostname;  // for Message-ID, Received and the SMTP greeting
   // Spool mode: the one queue of the process (it outlives reloads); null in direct mode.
   std::shared_ptr<SpoolQueue> spool;
+  // Idempotency keys (issue 10, SPEC §10.3): the process's store (it outlives reloads); null:
+  // keys are not honoured (a runtime built by a test without one).
+  std::shared_ptr<IdempotencyStore> idempotency;
 
   Transport* transport(std::string_view service) const {
     auto it = transports.find(service);
