@@ -89,6 +89,7 @@ struct IdempotencyJournalFile::Impl : std::enable_shared_from_this<Impl> {
   bool writing = false;
   uint64_t file_bytes = 0;
   uint64_t live_bytes = 0;  // the file's size at the last compaction
+  uint64_t compact_at = IdempotencyJournalFile::kCompactAtBytes;
 
   ~Impl() {
     if (fd >= 0) ::close(fd);
@@ -155,7 +156,7 @@ void after_write(uv_work_t* req, int) {
 void IdempotencyJournalFile::Impl::kick() {
   if (writing) return;
   auto owner = store.lock();
-  bool compact = owner && file_bytes > std::max(kCompactAtLeast, 4 * live_bytes);
+  bool compact = owner && file_bytes > std::max(compact_at, 4 * live_bytes);
   if (pending.empty() && !compact) return;
   auto job = std::make_unique<WriteJob>();
   job->impl = shared_from_this();
@@ -183,7 +184,7 @@ void IdempotencyJournalFile::append(const IdempotencyRecord& record, Idempotency
 
 Result<std::shared_ptr<IdempotencyJournalFile>> IdempotencyJournalFile::open(
     uv_loop_t* loop, std::string path, const std::shared_ptr<MemoryIdempotencyStore>& store,
-    uint64_t now_ms) {
+    uint64_t now_ms, uint64_t compact_at_bytes) {
   std::string bytes;
   if (std::ifstream in(path, std::ios::binary); in) {
     std::error_code ec;
@@ -210,6 +211,7 @@ Result<std::shared_ptr<IdempotencyJournalFile>> IdempotencyJournalFile::open(
   impl->store = store;
   impl->fd = fd.value();
   impl->file_bytes = impl->live_bytes = compacted.size();
+  impl->compact_at = compact_at_bytes;
   log::info("idempotency_keys_restored",
             {{"path", impl->path}, {"keys", static_cast<uint64_t>(store->size())}});
   auto journal_file =

@@ -22,10 +22,13 @@ namespace mailcar {
 class IdempotencyJournalFile {
  public:
   // Reads `path` (missing: empty) into `store`, compacts it and opens it for appending. The
-  // store's persist hook is set to this journal. Blocking: call before the loop serves.
+  // store's persist hook is set to this journal. Blocking: call before the loop serves. While
+  // running, the file is compacted once it is over `compact_at_bytes` and four times its size
+  // at the last compaction.
+  static constexpr uint64_t kCompactAtBytes = 16ull << 20;
   static Result<std::shared_ptr<IdempotencyJournalFile>> open(
       uv_loop_t* loop, std::string path, const std::shared_ptr<MemoryIdempotencyStore>& store,
-      uint64_t now_ms);
+      uint64_t now_ms, uint64_t compact_at_bytes = kCompactAtBytes);
   ~IdempotencyJournalFile();
 
   // Appends `record`; `done` runs on the loop once it is on disk (or failed: logged).

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "../support/loop_fixture.hpp"
+#include "mailcar/clock.hpp"
 
 namespace mailcar {
 namespace {
@@ -92,6 +93,23 @@ TEST_F(JournalFileTest, StartDropsExpiredAndTornRecords) {
   EXPECT_EQ(s->size(), 1u);
   EXPECT_EQ(read_file(), format_idempotency_record(live));  // compacted
   EXPECT_FALSE(std::filesystem::exists(path_ + ".new"));
+}
+
+TEST_F(JournalFileTest, CompactsWhileRunningOnceItHasGrown) {
+  // Two keys at most: the journal gets ten records, of which two are still live.
+  auto s = std::make_shared<MemoryIdempotencyStore>(IdempotencyLimits{kTtl, 2});
+  auto journal = IdempotencyJournalFile::open(loop(), path_, s, wall_clock_ms(), 300);
+  ASSERT_TRUE(journal.ok()) << journal.error().message;
+  for (int i = 0; i < 10; ++i) {
+    bool stored = false;
+    keep(*s, "k" + std::to_string(i), "{}", stored, wall_clock_ms());
+    ASSERT_TRUE(run_until([&] { return stored; }));
+  }
+  IdempotencyJournal j = parse_idempotency_journal(read_file());
+  EXPECT_FALSE(j.truncated);
+  EXPECT_LT(j.records.size(), 10u) << "never compacted";
+  EXPECT_NE(j.records.front().scope, "k0");  // long gone from the store
+  EXPECT_EQ(j.records.back().scope, "k9");  // the newest is always there
 }
 
 TEST_F(JournalFileTest, UnwritableFolderIsAnError) {
