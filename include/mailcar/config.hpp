@@ -50,6 +50,8 @@ struct ServiceConfig {
   std::string reply_to_name;
   std::string reply_to_email;
   std::optional<Rate> rate_limit;
+  // Capture and mirror (issue 10, SPEC §10.4): added to the envelope of every relayed message.
+  std::vector<std::string> mirror_to;
 };
 
 struct RoleConfig {
@@ -62,6 +64,11 @@ struct RoleConfig {
   // spooled message; otherwise a role sees only the messages it submitted and may not change
   // them.
   bool queue_all = false;
+  // Capture and mirror (issue 10, SPEC §10.4): `capture: SERVICE` (a driver: file service)
+  // writes the role's messages there instead of relaying them; `mirror_to` adds envelope
+  // recipients to every message it relays.
+  std::optional<std::string> capture;
+  std::vector<std::string> mirror_to;
 };
 
 struct CredentialConfig {
@@ -92,6 +99,12 @@ struct SpoolConfig {
   uint64_t keep_failed_ms = 86'400'000;  // failed messages stay visible this long
   std::optional<uint64_t> max_bytes;     // nullopt: only a full disk refuses
   bool drain = false;                    // on SIGTERM, deliver until empty or the grace ends
+};
+
+// Idempotency keys (issue 10, SPEC §10.3).
+struct IdempotencyConfig {
+  uint64_t ttl_ms = 24ull * 3600 * 1000;  // a kept answer is replayed this long
+  uint64_t max_keys = 100'000;            // the store's bound (see mailcar/idempotency.hpp)
 };
 
 struct LimitsConfig {
@@ -192,6 +205,7 @@ struct Config {
   std::vector<DkimConfig> dkim;
   std::optional<AttachmentFetchConfig> attachment_fetch;
   std::optional<SharedStateConfig> shared_state;  // issue 11
+  IdempotencyConfig idempotency;                  // issue 10
 
   const ServiceConfig* find_service(std::string_view name) const;
   const RoleConfig* find_role(std::string_view name) const;

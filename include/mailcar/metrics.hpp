@@ -10,7 +10,8 @@
 
 namespace mailcar::metrics {
 
-// outcome: "sent" | "queued" | "rejected" | "failed" | "rate_limited"
+// outcome: "sent" | "queued" | "rejected" | "failed" | "rate_limited" | "captured" (a role's
+// capture: service wrote it instead of relaying it, SPEC §10.4)
 void count_message(Ingress ingress, std::string_view role, std::string_view service,
                    std::string_view outcome);
 void count_recipients(std::string_view service, std::string_view outcome, uint64_t n);
@@ -27,6 +28,10 @@ void set_spool_fsyncs(uint64_t total);
 // One delivery attempt from the spool; result: sent | deferred | failed (per message: any
 // recipient sent counts as sent).
 void count_delivery_attempt(std::string_view service, std::string_view result);
+// Issue 10. Idempotency keys (SPEC §10.3): result is fresh | replayed | in_flight | mismatch |
+// full | unavailable. Mirror recipients (SPEC §10.4) added to relayed messages, per service.
+void count_idempotency(Ingress ingress, std::string_view result);
+void count_mirrored(std::string_view service, uint64_t n);
 // listener: "http" | "smtp"
 void connection_opened(std::string_view listener);
 void connection_closed(std::string_view listener);

@@ -26,13 +26,16 @@ struct NormalizedMessage {
   std::vector<Mailbox> from;  // addresses of the From header (given or added)
   std::string message_id;     // existing or new, without angle brackets
   bool eight_bit = false;     // data holds bytes >= 0x80
+  // The first Idempotency-Key field's value, trimmed (SPEC §10.3); every such field is removed
+  // from `data` (it is mailcar's, not the recipient's).
+  std::optional<std::string> idempotency_key;
 };
 
 // Line ends become CRLF; the header block (up to the first empty line, or up to the first
-// line that is not a header field, or the whole message) is parsed; Bcc and Resent-Bcc
-// fields are removed; Date, Message-ID and From are added when missing; the Received field is
-// prepended. Errors: NUL byte, a header line over 998 octets, more than one From field, an
-// unparsable From, no From and no default_from.
+// line that is not a header field, or the whole message) is parsed; Bcc, Resent-Bcc and
+// Idempotency-Key fields are removed; Date, Message-ID and From are added when missing; the
+// Received field is prepended. Errors: NUL byte, a header line over 998 octets, more than one From
+// field, an unparsable From, no From and no default_from.
 Result<NormalizedMessage> normalize_message(const NormalizeInput& input);
 // The same for a message the caller gives up (input.raw is ignored): when its line ends are
 // all CRLF already, the result is made in `raw`'s own buffer, so a large message is not

@@ -19,6 +19,7 @@ namespace mailcar {
 
 class SpoolQueue;
 class SharedState;
+class IdempotencyStore;
 
 struct Runtime {
   uv_loop_t* loop = nullptr;
@@ -31,6 +32,9 @@ struct Runtime {
   // Shared state (issue 11): the process's Redis link when shared_state is configured; null
   // otherwise (then the policy counts alone, as before).
   std::shared_ptr<SharedState> shared_state;
+  // Idempotency keys (issue 10, SPEC §10.3): the process's store (it outlives reloads); null:
+  // keys are not honoured (a runtime built by a test without one).
+  std::shared_ptr<IdempotencyStore> idempotency;
 
   Transport* transport(std::string_view service) const {
     auto it = transports.find(service);

@@ -17,6 +17,7 @@
 
 #include "mailcar/delivery.hpp"
 #include "mailcar/dsn.hpp"
+#include "mailcar/idempotency.hpp"
 #include "mailcar/message.hpp"
 #include "mailcar/policy.hpp"
 #include "mailcar/runtime.hpp"
@@ -55,10 +56,13 @@ struct SubmissionResult {
   DeliveryResult delivery;  // Sent, Failed, Rejected, Unavailable: what the transport said;
                             // when nobody took the message, smtp_code/smtp_reply are those of
                             // the first refusal
+  // Capture and mirror (issue 10, SPEC §10.4).
+  bool captured = false;  // Sent: written to the role's capture service, not relayed
+  uint64_t mirrored = 0;  // mirror recipients added to the envelope (not in any count)
 };
 
 // The metric and log label of a status (SPEC §8 outcome): sent | queued | rejected | failed
-// | rate_limited.
+// | rate_limited. (A captured message is labelled "captured" instead of "sent".)
 const char* outcome_label(SubmissionStatus status);
 
 using SubmissionDone = std::function<void(SubmissionResult)>;
@@ -69,6 +73,16 @@ using SubmissionDone = std::function<void(SubmissionResult)>;
 // then. `now_ms` is the wall clock used by the policy.
 void submit(std::shared_ptr<Runtime> runtime, Submission submission, uint64_t now_ms,
             SubmissionDone done);
+
+// Idempotency keys (SPEC §10.3), the part both doors share: looks `key` up in the runtime's
+// store under the submitter's role, the door and `service`, counts the result
+// (mailcar_idempotency_total) and logs a replay, a conflict or a refusal. `done` gets the
+// outcome and, on Fresh, the claim the door completes with its answer. Without a store every
+// key is Fresh with an empty claim. The key must be valid (valid_idempotency_key).
+using IdempotencyDone = std::function<void(IdempotencyOutcome, IdempotencyClaim)>;
+void begin_idempotent(const Runtime& runtime, const Submitter& submitter, std::string_view service,
+                      std::string_view key, const crypto::Sha256Digest& request_hash,
+                      uint64_t now_ms, IdempotencyDone done);
 
 // A policy refusal that an ingress decided before a message existed (SMTP MAIL FROM / RCPT
 // TO checks): the same log line and counters as a refused submission. `whole_message` is

@@ -537,8 +537,9 @@ class Loader {
     YAML::Mark start;  // 1:1 for an empty document
     auto top = section(root, start, "");
     if (!top) return;
-    allow_only(*top, {"listen", "services", "roles", "credentials", "smtp", "spool", "limits",
-                      "log", "templates", "dkim", "attachment_fetch", "shared_state"});
+    allow_only(*top,
+               {"listen", "services", "roles", "credentials", "smtp", "spool", "limits", "log",
+                "templates", "dkim", "attachment_fetch", "shared_state", "idempotency"});
 
     if (const Entry* e = top->get("listen")) {
       load_listen(*e);
@@ -556,6 +557,7 @@ class Loader {
     if (const Entry* e = top->get("limits")) load_limits(*e);
     if (const Entry* e = top->get("log")) load_log(*e);
     if (const Entry* e = top->get("shared_state")) load_shared_state(*e);  // issue 11
+    if (const Entry* e = top->get("idempotency")) load_idempotency(*e);    // issue 10
     check_delivery_timeout(top->get("limits"), top->mark);
     load_message_features(*top);
   }
@@ -591,10 +593,11 @@ class Loader {
         "host",           "port",       "encryption", "username",    "password",
         "password_file",  "tls_verify", "ca_file",    "connections", "connect_timeout",
         "command_timeout"};
-    allow_only(*s,
-               {"driver", "path", "from_name", "from_email", "reply_to_name", "reply_to_email",
-                "rate_limit", "host", "port", "encryption", "username", "password", "password_file",
-                "tls_verify", "ca_file", "connections", "connect_timeout", "command_timeout"});
+    allow_only(*s, {"driver", "path", "from_name", "from_email", "reply_to_name", "reply_to_email",
+                    "rate_limit", "host", "port", "encryption", "username", "password",
+                    "password_file", "tls_verify", "ca_file", "connections", "connect_timeout",
+                    "command_timeout", "mirror_to"});
+    if (const Entry* e = s->get("mirror_to")) service.mirror_to = address_list(*e);  // issue 10
 
     if (const Entry* e = s->get("driver")) {
       if (auto value = text(*e)) {
@@ -702,7 +705,9 @@ class Loader {
     role.name = entry.key;
     auto s = section(entry);
     if (!s) return role;
-    allow_only(*s, {"services", "senders", "rate_limits", "max_recipients", "queue"});
+    allow_only(*s, {"services", "senders", "rate_limits", "max_recipients", "queue", "capture",
+                    "mirror_to"});
+    load_capture_and_mirror(*s, role);  // issue 10
     if (const Entry* e = s->get("services")) {
       role.services.emplace();
       for (const auto& item : list(*e).value_or(std::vector<Entry>{})) {
@@ -744,6 +749,42 @@ class Loader {
       }
     }
     return role;
+  }
+
+  // ---- Capture and mirror (issue 10, SPEC §10.4) ----
+  std::vector<std::string> address_list(const Entry& entry) {
+    std::vector<std::string> out;
+    for (const auto& item : list(entry).value_or(std::vector<Entry>{})) {
+      if (auto a = address(item)) out.push_back(std::move(*a));
+    }
+    return out;
+  }
+
+  void load_capture_and_mirror(const Section& s, RoleConfig& role) {
+    if (const Entry* e = s.get("capture")) {
+      if (auto name = text(*e)) {
+        const ServiceConfig* service = config_.find_service(*name);
+        if (service == nullptr) {
+          error(*e, "no service named '" + *name + "'");
+        } else if (service->driver != ServiceDriver::File) {
+          error(*e, "service '" + *name + "' must be a driver: file service");
+        }
+        role.capture = std::move(*name);
+      }
+    }
+    if (const Entry* e = s.get("mirror_to")) role.mirror_to = address_list(*e);
+  }
+
+  // ---- Idempotency keys (issue 10, SPEC §10.3) ----
+  void load_idempotency(const Entry& entry) {
+    auto s = section(entry);
+    if (!s) return;
+    allow_only(*s, {"ttl", "max_keys"});
+    IdempotencyConfig& idem = config_.idempotency;
+    if (const Entry* e = s->get("ttl")) idem.ttl_ms = duration(*e, false).value_or(idem.ttl_ms);
+    if (const Entry* e = s->get("max_keys")) {
+      idem.max_keys = integer(*e, 1, 100'000'000).value_or(idem.max_keys);
+    }
   }
 
   void role_must_exist(const Entry& entry, const std::string& name) {

@@ -23,6 +23,7 @@
 #include "mailcar/clock.hpp"
 #include "mailcar/config.hpp"
 #include "mailcar/http_server.hpp"
+#include "mailcar/idempotency.hpp"
 #include "mailcar/log.hpp"
 #include "mailcar/net.hpp"
 #include "mailcar/policy.hpp"
@@ -32,6 +33,7 @@
 #include "mailcar/shared_state.hpp"
 #include "mailcar/smtp_server.hpp"
 #include "mailcar/spool_queue.hpp"
+#include "submission/idempotency_journal_file.hpp"
 
 #ifndef MAILCAR_VERSION
 #define MAILCAR_VERSION "0.1.0"
@@ -177,6 +179,7 @@ class Daemon {
       shared_ = std::make_shared<SharedState>(&loop_, *config_->shared_state);
       shared_->start();
     }
+    if (!open_idempotency_store()) return 1;
     runtime_ = build_runtime(*config_, nullptr);
     state_path_ = state_path_for(*config_);
     if (auto saved = read_state_file(state_path_); !saved.ok()) {
@@ -228,6 +231,25 @@ class Daemon {
   static constexpr uint64_t kStateSaveMs = 10'000;
   static constexpr uint64_t kForceExtraMs = 2'000;
 
+  // Idempotency keys (issue 10): in memory, and in spool mode also in the spool's journal,
+  // read back here (before anything is served).
+  bool open_idempotency_store() {
+    const IdempotencyConfig& c = config_->idempotency;
+    idempotency_ =
+        std::make_shared<MemoryIdempotencyStore>(IdempotencyLimits{c.ttl_ms, c.max_keys});
+    if (!config_->spool) return true;
+    std::string path =
+        (std::filesystem::path(config_->spool->path) / "idempotency.journal").string();
+    auto journal = IdempotencyJournalFile::open(&loop_, path, idempotency_, wall_clock_ms());
+    if (!journal.ok()) {
+      log::error("idempotency_journal_failed",
+                 {{"path", path}, {"error", journal.error().message}});
+      return false;
+    }
+    idempotency_journal_ = std::move(journal.value());
+    return true;
+  }
+
   std::shared_ptr<Runtime> build_runtime(const Config& cfg, const Runtime* previous) {
     auto rt = std::make_shared<Runtime>();
     rt->loop = &loop_;
@@ -236,6 +258,14 @@ class Daemon {
     rt->policy = make_policy(cfg, previous ? previous->policy.get() : nullptr);
     rt->spool = spool_;
     rt->shared_state = shared_;
+    // Idempotency keys (issue 10): one store for the process, its limits from each config.
+    IdempotencyLimits limits{cfg.idempotency.ttl_ms, cfg.idempotency.max_keys};
+    if (!idempotency_) {
+      idempotency_ = std::make_shared<MemoryIdempotencyStore>(limits);
+    } else {
+      idempotency_->set_limits(limits, wall_clock_ms());
+    }
+    rt->idempotency = idempotency_;
     for (const ServiceConfig& s : cfg.services) {
       rt->transports.emplace(
           s.name, make_transport(&loop_, s, rt->hostname, cfg.limits.delivery_timeout_ms));
@@ -469,7 +499,9 @@ class Daemon {
   std::unique_ptr<net::Timer> state_timer_;
   std::unique_ptr<net::Timer> force_timer_;
   std::shared_ptr<SpoolQueue> spool_;
-  std::shared_ptr<SharedState> shared_;  // issue 11; null without shared_state
+  std::shared_ptr<SharedState> shared_;                  // issue 11; null without shared_state
+  std::shared_ptr<MemoryIdempotencyStore> idempotency_;  // issue 10
+  std::shared_ptr<IdempotencyJournalFile> idempotency_journal_;
   std::unique_ptr<net::Timer> spool_grace_;
   bool spool_stopped_ = false;
   uv_signal_t sigterm_{}, sigint_{}, sighup_{};

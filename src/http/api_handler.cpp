@@ -10,6 +10,8 @@
 #include "http/message_features.hpp"
 #include "http/queue_api.hpp"
 #include "mailcar/address.hpp"
+#include "mailcar/crypto.hpp"
+#include "mailcar/idempotency.hpp"
 #include "mailcar/log.hpp"
 #include "mailcar/metrics.hpp"
 #include "mailcar/mime.hpp"
@@ -382,9 +384,10 @@ HttpResponse delivery_failure(const DeliveryResult& result) {
   return error_response(status, message, context);
 }
 
-HttpResponse delivery_success(const DeliveryResult& result, const std::string& id) {
+HttpResponse delivery_success(const DeliveryResult& result, const std::string& id, bool captured) {
   std::string body = "{\"count\":" + std::to_string(result.accepted.size()) + ",\"id\":";
   log::append_json_string(body, id);
+  if (captured) body.append(",\"captured\":true");  // SPEC §10.4
   if (!result.rejected.empty()) {
     body.append(",\"rejected\":[");
     bool first = true;
@@ -419,7 +422,7 @@ HttpResponse rate_limited(const PolicyDecision& decision) {
 HttpResponse response_for(const SubmissionResult& result) {
   switch (result.status) {
     case SubmissionStatus::Sent:
-      return delivery_success(result.delivery, result.id);
+      return delivery_success(result.delivery, result.id, result.captured);
     case SubmissionStatus::Queued: {
       std::string body = "{\"count\":" + std::to_string(result.recipients) + ",\"id\":";
       log::append_json_string(body, result.id);
@@ -771,48 +774,161 @@ Answer build_outbound(MessageContent& content, const Runtime& runtime, uint64_t 
 
 }  // namespace
 
-void ApiHandler::handle_send(HttpRequest& request, std::string_view service_name,
-                             std::shared_ptr<Runtime> runtime, Respond& respond,
-                             const std::string& remote) {
-  const Config& config = *runtime->config;
-  const ServiceConfig& service = *config.find_service(service_name);
-  const uint64_t limit = config.limits.max_message_bytes;
-  ParsedBody body = parse_body(request, *json_, body_limit_for(limit));
-  struct ParserReset {  // drop a grown parser once this request is done with it
-    std::unique_ptr<simdjson::dom::parser>& parser;
-    ~ParserReset() { drop_grown_parser(parser); }
-  } parser_reset{json_};
+namespace {
 
-  ApiCaller caller;
-  if (Answer a = check_caller_and_body(request, config, body, remote, service, caller)) {
-    return respond(std::move(*a));
+// ---- Idempotency keys (SPEC §10.3) ------------------------------------------------------------
+
+// What a request is, for comparing a repeat with the first: the body and the query (but the
+// API key: a role's clients may hold different keys). Only this hash is kept, never the body.
+crypto::Sha256Digest request_hash(const HttpRequest& request) {
+  crypto::Sha256 h;
+  for (const auto& [name, value] : request.query) {
+    if (name == "api_key") continue;
+    h.update(name);
+    h.update(std::string_view("\0", 1));
+    h.update(value);
+    h.update(std::string_view("\0", 1));
   }
+  h.update("\n");
+  h.update(request.body);
+  return h.finish();
+}
+
+// 2xx and 4xx answers other than 429 are kept; 429 and 5xx are not (a retry may succeed).
+bool kept_answer(int status) {
+  return (status >= 200 && status < 300) || (status >= 400 && status < 500 && status != 429);
+}
+
+// Answers with `response`, keeping it under the claim first when it is kept (the persistent
+// store answers once the answer is on disk).
+void answer_claimed(IdempotencyClaim claim, HttpResponse response, uint64_t now_ms,
+                    const Respond& respond) {
+  if (!claim) return respond(std::move(response));
+  if (!kept_answer(response.status)) {
+    claim.complete(std::nullopt, now_ms, {});
+    return respond(std::move(response));
+  }
+  IdempotentResponse kept{static_cast<uint16_t>(response.status), response.body};
+  auto held = std::make_shared<HttpResponse>(std::move(response));
+  claim.complete(std::move(kept), now_ms, [held, respond] { respond(std::move(*held)); });
+}
+
+HttpResponse idempotency_answer(const IdempotencyOutcome& out) {
+  switch (out.verdict) {
+    case IdempotencyVerdict::Replay: {
+      HttpResponse r = json_response(out.response.status, out.response.body);
+      r.headers.emplace_back("Idempotent-Replayed", "true");
+      return r;
+    }
+    case IdempotencyVerdict::InFlight:
+      return error_response(409, "A request with this Idempotency-Key is still in progress.");
+    case IdempotencyVerdict::Mismatch:
+      return error_response(422, "This Idempotency-Key was used with a different request.");
+    case IdempotencyVerdict::Fresh:
+    case IdempotencyVerdict::Full:
+    case IdempotencyVerdict::Unavailable:
+      break;
+  }
+  HttpResponse r = error_response(503, "Idempotency keys cannot be kept now; try again later.",
+                                  "{\"retryable\":true}");
+  r.headers.emplace_back("Retry-After", "5");
+  return r;
+}
+
+// A request checked as far as it goes before delivery: its answer already, or its message.
+struct Prepared {
+  Answer answer;
+  Submission submission;
+  uint64_t now = 0;
+};
+
+// Delivers a prepared request (or answers it) under `claim` (empty: no key).
+void send_prepared(std::shared_ptr<Runtime> runtime, Prepared& p, IdempotencyClaim claim,
+                   Respond respond) {
+  if (p.answer) return answer_claimed(std::move(claim), std::move(*p.answer), p.now, respond);
+  auto held = std::make_shared<IdempotencyClaim>(std::move(claim));
+  // The answer comes later, on the loop thread; the callback owns everything it needs.
+  submit(std::move(runtime), std::move(p.submission), p.now,
+         [held, now = p.now, respond = std::move(respond)](SubmissionResult result) {
+           answer_claimed(std::move(*held), response_for(result), now, respond);
+         });
+}
+
+// Fields, templates, parties and the wire form of an authenticated request's JSON body.
+Answer prepare_message(HttpRequest& request, const ParsedBody& body, const ServiceConfig& service,
+                       const Runtime& runtime, std::unique_ptr<simdjson::dom::parser>& json,
+                       Prepared& p) {
+  const uint64_t limit = runtime.config->limits.max_message_bytes;
   SendFields f;
-  if (auto e = read_fields(body.root, f)) return respond(bad_request(*e));
-  drop_grown_parser(json_);  // f holds what is needed; `body.root` must not be used from here on
-  if (Answer a = apply_message_features(request, config, f)) return respond(std::move(*a));
+  if (auto e = read_fields(body.root, f)) return bad_request(*e);
+  drop_grown_parser(json);  // f holds what is needed; `body.root` must not be used from here on
+  if (Answer a = apply_message_features(request, *runtime.config, f)) return a;
   MessageContent content;
-  if (Answer a = expand_content(f, limit, content)) return respond(std::move(*a));
-  if (Answer a = check_parties(f, service)) return respond(std::move(*a));
+  if (Answer a = expand_content(f, limit, content)) return a;
+  if (Answer a = check_parties(f, service)) return a;
   content.from = Mailbox{f.from_email, f.from_name};
   if (!f.reply_to_email.empty()) content.reply_to = Mailbox{f.reply_to_email, f.reply_to_name};
   content.to = std::move(f.to);
   content.cc = std::move(f.cc);
   content.bcc = std::move(f.bcc);
   content.attachments = std::move(f.attachments);
-
-  const uint64_t now = now_ms_();
-  Submission submission;
-  if (Answer a = build_outbound(content, *runtime, now, request, limit, submission.message)) {
-    return respond(std::move(*a));
+  if (Answer a = build_outbound(content, runtime, p.now, request, limit, p.submission.message)) {
+    return a;
   }
+  p.submission.header_from = {content.from.address};
+  return std::nullopt;
+}
+
+}  // namespace
+
+void ApiHandler::handle_send(HttpRequest& request, std::string_view service_name,
+                             std::shared_ptr<Runtime> runtime, Respond& respond,
+                             const std::string& remote) {
+  const Config& config = *runtime->config;
+  const ServiceConfig& service = *config.find_service(service_name);
+  // The key and the request's hash, before parsing frees the body.
+  std::optional<std::string> key;
+  crypto::Sha256Digest hash{};
+  if (auto k = request.header("idempotency-key")) {
+    key.emplace(*k);
+    hash = request_hash(request);
+  }
+  ParsedBody body = parse_body(request, *json_, body_limit_for(config.limits.max_message_bytes));
+  struct ParserReset {  // drop a grown parser once this request is done with it
+    std::unique_ptr<simdjson::dom::parser>& parser;
+    ~ParserReset() { drop_grown_parser(parser); }
+  } parser_reset{json_};
+
+  ApiCaller caller;
+  Answer early = check_caller_and_body(request, config, body, remote, service, caller);
+  // Answers given before the caller is known or the body read are not kept (no scope, or a
+  // body never seen whole), nor those to a request whose key is unusable.
+  bool usable_key = key && valid_idempotency_key(*key);
+  if (early && (!usable_key || caller.credential == nullptr || request.body_over_limit)) {
+    return respond(std::move(*early));
+  }
+  if (key && !usable_key) {
+    return respond(error_response(400,
+                                  "Idempotency-Key: must be 1 to 255 visible ASCII characters.",
+                                  field_context("Idempotency-Key")));
+  }
+  auto prepared = std::make_shared<Prepared>();
+  prepared->now = now_ms_();
+  Submission& submission = prepared->submission;
   submission.submitter = {Ingress::Http, caller.credential->role, caller.identity(), remote};
   submission.service = service.name;
-  submission.header_from = {content.from.address};
-  // The answer comes later, on the loop thread; `respond` owns everything it needs.
-  submit(
-      std::move(runtime), std::move(submission), now,
-      [respond = std::move(respond)](SubmissionResult result) { respond(response_for(result)); });
+  prepared->answer = early ? std::move(early)
+                           : prepare_message(request, body, service, *runtime, json_, *prepared);
+  if (!key) return send_prepared(std::move(runtime), *prepared, {}, std::move(respond));
+  Submitter submitter = submission.submitter;
+  begin_idempotent(*runtime, submitter, service.name, *key, hash, prepared->now,
+                   [runtime, prepared, respond = std::move(respond)](
+                       IdempotencyOutcome out, IdempotencyClaim claim) mutable {
+                     if (out.verdict != IdempotencyVerdict::Fresh)
+                       return respond(idempotency_answer(out));
+                     send_prepared(std::move(runtime), *prepared, std::move(claim),
+                                   std::move(respond));
+                   });
 }
 
 }  // namespace mailcar::http

@@ -83,6 +83,9 @@ HttpRequestParser::HttpRequestParser(uint64_t body_limit, BodyAdmission admit)
   settings_.on_url = &HttpRequestParser::on_url;
   settings_.on_header_field = &HttpRequestParser::on_header_field;
   settings_.on_header_value = &HttpRequestParser::on_header_value;
+  // An empty value gets no on_header_value call: without this its field name ran into the
+  // next one ("Idempotency-Key:" then "Content-Type" read as one field).
+  settings_.on_header_value_complete = &HttpRequestParser::on_header_value_complete;
   settings_.on_headers_complete = &HttpRequestParser::on_headers_complete;
   settings_.on_body = &HttpRequestParser::on_body;
   settings_.on_message_complete = &HttpRequestParser::on_message_complete;
@@ -140,6 +143,13 @@ int HttpRequestParser::on_header_value(llhttp_t* p, const char* at, size_t lengt
   if (s->head_over_limit(at + length)) return s->fail(431, "header block too large");
   s->in_value_ = true;
   s->value_.append(at, length);
+  return 0;
+}
+
+int HttpRequestParser::on_header_value_complete(llhttp_t* p) {
+  auto* s = self(p);
+  s->in_value_ = true;
+  s->finish_header();
   return 0;
 }
 

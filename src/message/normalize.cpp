@@ -127,6 +127,10 @@ Result<NormalizedMessage> normalize_message(const NormalizeInput& input, std::st
   std::string headers;
   for (const auto& f : fields) {
     if (text::iequals_ascii(f.name, "Bcc") || text::iequals_ascii(f.name, "Resent-Bcc")) continue;
+    if (text::iequals_ascii(f.name, "Idempotency-Key")) {  // SPEC §10.3
+      if (!out.idempotency_key) out.idempotency_key.emplace(text::trim(f.value));
+      continue;
+    }
     if (text::iequals_ascii(f.name, "From")) {
       if (from_field) return make_error("more than one From header");
       from_field = &f;

@@ -47,6 +47,9 @@ struct State {
   std::map<Labels, uint64_t> delivery_attempts;  // service, result
   std::map<std::string, int64_t, std::less<>> connections{{"http", 0}, {"smtp", 0}};
   SharedStateMetrics shared;  // issue 11
+  // Issue 10: idempotency keys and mirror recipients.
+  std::map<Labels, uint64_t> idempotency;  // ingress, result
+  std::map<Labels, uint64_t> mirrored;     // service
 };
 
 State& state() {
@@ -128,6 +131,14 @@ void count_message(Ingress ingress, std::string_view role, std::string_view serv
                    std::string_view outcome) {
   ++state().messages[{ingress_name(ingress), std::string(role), std::string(service),
                       std::string(outcome)}];
+}
+
+void count_idempotency(Ingress ingress, std::string_view result) {
+  ++state().idempotency[{ingress_name(ingress), std::string(result)}];
+}
+
+void count_mirrored(std::string_view service, uint64_t n) {
+  state().mirrored[{std::string(service)}] += n;
 }
 
 void count_recipients(std::string_view service, std::string_view outcome, uint64_t n) {
@@ -265,6 +276,13 @@ std::string render_prometheus() {
   append_counter_family(out, "mailcar_delivery_attempts_total",
                         "Delivery attempts from the spool, by result.", {"service", "result"},
                         s.delivery_attempts);
+
+  append_counter_family(out, "mailcar_idempotency_total",
+                        "Requests that carried an idempotency key, by what the key meant.",
+                        {"ingress", "result"}, s.idempotency);
+  append_counter_family(out, "mailcar_mirrored_recipients_total",
+                        "Mirror recipients (mirror_to) added to relayed messages.", {"service"},
+                        s.mirrored);
 
   append_header(out, "mailcar_connections", "gauge", "Open client connections, by listener.");
   for (const auto& [listener, n] : s.connections) {

@@ -12,6 +12,7 @@
 
 #include "mailcar/address.hpp"
 #include "mailcar/clock.hpp"
+#include "mailcar/idempotency.hpp"
 #include "mailcar/log.hpp"
 #include "mailcar/memory_budget.hpp"
 #include "mailcar/metrics.hpp"
@@ -403,10 +404,17 @@ class Connection : public std::enable_shared_from_this<Connection> {
     const size_t submitted_size = data.data.size();
     Result<NormalizedMessage> normalized =
         normalize(*rt, data, trace_id, static_cast<int64_t>(now / 1000));
+    std::string_view refusal;
     if (!normalized.ok()) {
+      refusal = normalized.error().message;
+    } else if (const auto& key = normalized.value().idempotency_key;
+               key && !valid_idempotency_key(*key)) {
+      refusal = "invalid Idempotency-Key header (1 to 255 visible ASCII characters)";
+    }
+    if (!refusal.empty()) {
       record_invalid_message(submission.submitter, submission.service, trace_id, submitted_size,
-                             data.recipients.size(), normalized.error().message);
-      return finish_delivery({554, "5.6.0", "Message refused: " + normalized.error().message});
+                             data.recipients.size(), refusal);
+      return finish_delivery({554, "5.6.0", "Message refused: " + std::string(refusal)});
     }
     NormalizedMessage& message = normalized.value();
     for (const Mailbox& m : message.from) submission.header_from.push_back(m.address);
@@ -421,9 +429,53 @@ class Connection : public std::enable_shared_from_this<Connection> {
     // The budget's share goes with the message; the next DATA starts a lease of its own.
     outbound.memory = std::exchange(data_lease_, MemoryLease(inflight_budget()));
     outbound.memory.resize(outbound.data.size());
+    if (!message.idempotency_key) return submit_now(std::move(rt), std::move(submission), now, {});
+    deliver_once(std::move(rt), std::move(submission), *message.idempotency_key, now);
+  }
+
+  // SPEC §10.3: a message with an Idempotency-Key is accepted once per role within the TTL; a
+  // repeat is answered 250 and not sent. The key says nothing about the message's content (a
+  // resent message differs in Date or Message-ID), so every message of a key is "the same".
+  void deliver_once(std::shared_ptr<Runtime> rt, Submission submission, const std::string& key,
+                    uint64_t now) {
+    auto held = std::make_shared<Submission>(std::move(submission));
+    Submitter who = held->submitter;
     std::weak_ptr<Connection> weak = weak_from_this();
-    submit(std::move(rt), std::move(submission), now, [weak](SubmissionResult result) {
-      if (auto self = weak.lock()) self->finish_delivery(smtp::reply_for_submission(result));
+    begin_idempotent(
+        *rt, who, held->service, key, crypto::Sha256Digest{}, now,
+        [weak, rt, held, now](IdempotencyOutcome out, IdempotencyClaim claim) {
+          auto self = weak.lock();
+          if (!self) return;  // the client left: the claim is released, nothing is sent
+          switch (out.verdict) {
+            case IdempotencyVerdict::Fresh:
+              return self->submit_now(rt, std::move(*held), now, std::move(claim));
+            case IdempotencyVerdict::Replay:
+              return self->finish_delivery(
+                  {250, "2.0.0", "Already accepted as " + out.response.body});
+            case IdempotencyVerdict::InFlight:
+              return self->finish_delivery(
+                  {451, "4.3.0",
+                   "A message with this Idempotency-Key is still being sent; try later"});
+            default:
+              return self->finish_delivery(
+                  {451, "4.3.0", "Idempotency keys cannot be kept now; try again later"});
+          }
+        });
+  }
+
+  // Submits; an accepted message (250) is kept under `claim`, anything else releases it.
+  void submit_now(std::shared_ptr<Runtime> rt, Submission submission, uint64_t now,
+                  IdempotencyClaim claim) {
+    auto held = std::make_shared<IdempotencyClaim>(std::move(claim));
+    std::weak_ptr<Connection> weak = weak_from_this();
+    submit(std::move(rt), std::move(submission), now, [weak, held, now](SubmissionResult result) {
+      smtp::FinalReply reply = smtp::reply_for_submission(result);
+      auto finish = [weak, reply] {
+        if (auto self = weak.lock()) self->finish_delivery(reply);
+      };
+      std::optional<IdempotentResponse> keep;
+      if (reply.code == 250) keep = IdempotentResponse{250, result.id};
+      held->complete(std::move(keep), now, std::move(finish));
     });
   }
 

@@ -64,9 +64,17 @@ void log_refusal(const Submitter& s, std::string_view service, const PolicyDecis
 struct Delivered {
   Submitter submitter;
   std::string service;
-  uint64_t recipients = 0;
+  uint64_t recipients = 0;  // the client's; mirror recipients are not counted
   uint64_t size = 0;
+  bool captured = false;            // written to the role's capture service (SPEC §10.4)
+  std::vector<std::string> mirror;  // mirror recipients added to the envelope
 };
+
+// "captured" for a message the capture service took, else the status's label.
+const char* result_outcome(const SubmissionResult& result) {
+  return result.captured && result.status == SubmissionStatus::Sent ? "captured"
+                                                                    : outcome_label(result.status);
+}
 
 // One "message" line per finished delivery (SPEC §8), plus one "recipient_rejected" line per
 // recipient the upstream refused.
@@ -83,7 +91,8 @@ void log_delivery(const Delivered& s, const SubmissionResult& result) {
                         {"service", s.service},
                         {"recipients", s.recipients},
                         {"size", s.size},
-                        {"outcome", outcome_label(result.status)},
+                        {"outcome", result_outcome(result)},
+                        {"mirrored", static_cast<uint64_t>(s.mirror.size())},
                         {"status", delivery_status_name(r.status)},
                         code,
                         {"upstream_reply", r.smtp_reply},
@@ -97,10 +106,11 @@ void log_delivery(const Delivered& s, const SubmissionResult& result) {
 }
 
 void count_delivery(const Delivered& s, const SubmissionResult& result) {
-  const char* outcome = outcome_label(result.status);
+  const char* outcome = result_outcome(result);
   metrics::count_message(s.submitter.ingress, s.submitter.role, s.service, outcome);
+  if (!s.mirror.empty()) metrics::count_mirrored(s.service, s.mirror.size());
   if (result.status == SubmissionStatus::Sent) {
-    metrics::count_recipients(s.service, "sent", result.delivery.accepted.size());
+    metrics::count_recipients(s.service, outcome, result.delivery.accepted.size());
     if (!result.delivery.rejected.empty()) {
       metrics::count_recipients(s.service, "rejected", result.delivery.rejected.size());
     }
@@ -216,12 +226,30 @@ SubmissionResult unavailable(std::string id, std::string why) {
   return r;
 }
 
-// The delivery mode: today the service's transport (SMTP relay or file driver).
+// Mirror recipients (SPEC §10.4) are the relay's, not the client's: whatever the upstream said
+// about them is logged and left out of the answer, so they never count, never decide the
+// outcome and never appear in a DSN.
+void strip_mirror(DeliveryResult& r, const Delivered& context) {
+  if (context.mirror.empty()) return;
+  auto is_mirror = [&context](const std::string& a) {
+    return std::find(context.mirror.begin(), context.mirror.end(), a) != context.mirror.end();
+  };
+  std::erase_if(r.accepted, is_mirror);
+  std::erase_if(r.rejected, [&](const RecipientOutcome& o) {
+    if (!is_mirror(o.address)) return false;
+    log::warn("mirror_rejected", {{"service", context.service},
+                                  {"recipient", o.address},
+                                  {"upstream_code", o.smtp_code},
+                                  {"upstream_reply", o.smtp_reply}});
+    return true;
+  });
+}
+
+// The delivery mode: the service's transport (SMTP relay or file driver), or the role's
+// capture service.
 void deliver_direct(Transport& transport, std::shared_ptr<Runtime> runtime, Submission submission,
-                    uint64_t now_ms, SubmissionDone done) {
+                    Delivered context, uint64_t now_ms, SubmissionDone done) {
   std::shared_ptr<const DirectDsn> dsn = direct_dsn_context(submission, now_ms);
-  Delivered context{std::move(submission.submitter), std::move(submission.service),
-                    submission.message.envelope_rcpts.size(), submission.message.data.size()};
   std::string id = submission.message.id;
   transport.deliver(
       std::move(submission.message),
@@ -230,7 +258,10 @@ void deliver_direct(Transport& transport, std::shared_ptr<Runtime> runtime, Subm
         SubmissionResult result;
         result.id = id;
         result.delivery = std::move(delivery);
+        strip_mirror(result.delivery, context);
         result.status = classify(result.delivery);
+        result.captured = context.captured;
+        result.mirrored = context.mirror.size();
         count_delivery(context, result);
         log_delivery(context, result);
         // The client is told 250 (Sent): the refused recipients are reported to the sender.
@@ -243,20 +274,22 @@ void deliver_direct(Transport& transport, std::shared_ptr<Runtime> runtime, Subm
 
 // Spool mode: acknowledged once on stable storage; delivery and its log lines come later.
 void deliver_spooled(SpoolQueue& spool, std::shared_ptr<Runtime> runtime, Submission submission,
-                     SubmissionDone done) {
-  Delivered context{submission.submitter, submission.service,
-                    submission.message.envelope_rcpts.size(), submission.message.data.size()};
+                     Delivered context, SubmissionDone done) {
   spool.enqueue(
       std::move(submission), [runtime = std::move(runtime), context = std::move(context),
                               done = std::move(done)](SpoolStatus status, const std::string& id) {
         SubmissionResult result;
         result.id = id;
         result.recipients = context.recipients;
+        result.mirrored = context.mirror.size();
         result.status = status.ok() ? SubmissionStatus::Queued : SubmissionStatus::NoSpace;
         const char* outcome = outcome_label(result.status);
         metrics::count_message(context.submitter.ingress, context.submitter.role, context.service,
                                outcome);
         metrics::count_recipients(context.service, outcome, context.recipients);
+        if (status.ok() && !context.mirror.empty()) {
+          metrics::count_mirrored(context.service, context.mirror.size());
+        }
         log::info("message", {{"id", id},
                               {"ingress", ingress_name(context.submitter.ingress)},
                               {"role", context.submitter.role},
@@ -264,6 +297,7 @@ void deliver_spooled(SpoolQueue& spool, std::shared_ptr<Runtime> runtime, Submis
                               {"remote", context.submitter.remote},
                               {"service", context.service},
                               {"recipients", context.recipients},
+                              {"mirrored", static_cast<uint64_t>(context.mirror.size())},
                               {"size", context.size},
                               {"outcome", outcome},
                               {"reason", status.ok() ? "" : spool_errc_name(status.code)}});
@@ -272,21 +306,60 @@ void deliver_spooled(SpoolQueue& spool, std::shared_ptr<Runtime> runtime, Submis
       });
 }
 
-// The delivery mode of an admitted (and, where configured, signed) message.
+// The role's and the service's mirror_to addresses that the envelope does not hold yet, added
+// to it; a DSN is never asked for them (NOTIFY=NEVER), so no report names them.
+std::vector<std::string> add_mirror(const Config& config, const RoleConfig* role,
+                                    Submission& submission) {
+  std::vector<std::string> added;
+  std::vector<std::string>& rcpts = submission.message.envelope_rcpts;
+  const ServiceConfig* service = config.find_service(submission.service);
+  for (const auto* list :
+       {role ? &role->mirror_to : nullptr, service ? &service->mirror_to : nullptr}) {
+    if (list == nullptr) continue;
+    for (const std::string& a : *list) {
+      if (std::find(rcpts.begin(), rcpts.end(), a) != rcpts.end()) continue;
+      if (std::find(added.begin(), added.end(), a) != added.end()) continue;
+      added.push_back(a);
+    }
+  }
+  if (added.empty()) return added;
+  std::vector<DsnRecipientRequest>& dsn = submission.dsn.recipients;
+  dsn.resize(rcpts.size());
+  for (const std::string& a : added) {
+    rcpts.push_back(a);
+    dsn.push_back(DsnRecipientRequest{dsn_notify::kNever, {}});
+  }
+  return added;
+}
+
+// The delivery mode of an admitted (and, where configured, signed) message: the role's capture
+// service, the spool, or the service's transport; mirror recipients join relayed messages.
 void deliver(std::shared_ptr<Runtime> runtime, Submission submission, uint64_t now_ms,
              SubmissionDone done) {
   std::string id = submission.message.id;
-  if (SpoolQueue* spool = runtime->spool.get()) {
-    return deliver_spooled(*spool, std::move(runtime), std::move(submission), std::move(done));
+  const RoleConfig* role = runtime->config->find_role(submission.submitter.role);
+  Delivered context;
+  context.submitter = submission.submitter;
+  context.service = submission.service;
+  context.recipients = submission.message.envelope_rcpts.size();
+  context.size = submission.message.data.size();
+  context.captured = role != nullptr && role->capture.has_value();
+  // Capture (SPEC §10.4): the role's file service takes the message, in either mode.
+  const std::string via = context.captured ? *role->capture : submission.service;
+  if (!context.captured) context.mirror = add_mirror(*runtime->config, role, submission);
+  if (SpoolQueue* spool = runtime->spool.get(); spool != nullptr && !context.captured) {
+    return deliver_spooled(*spool, std::move(runtime), std::move(submission), std::move(context),
+                           std::move(done));
   }
-  Transport* transport = runtime->transport(submission.service);
+  Transport* transport = runtime->transport(via);
   if (transport == nullptr) {
-    log::error("no_transport", {{"service", submission.service}});
+    log::error("no_transport", {{"service", via}});
     metrics::count_message(submission.submitter.ingress, submission.submitter.role,
                            submission.service, "failed");
-    return done(unavailable(std::move(id), "Service " + submission.service + " not available"));
+    return done(unavailable(std::move(id), "Service " + via + " not available"));
   }
-  deliver_direct(*transport, std::move(runtime), std::move(submission), now_ms, std::move(done));
+  deliver_direct(*transport, std::move(runtime), std::move(submission), std::move(context), now_ms,
+                 std::move(done));
 }
 
 }  // namespace
@@ -333,6 +406,57 @@ void record_invalid_message(const Submitter& submitter, std::string_view service
                         {"outcome", "rejected"},
                         {"reason", reason}});
   metrics::count_message(submitter.ingress, submitter.role, service, "rejected");
+}
+
+namespace {
+
+const char* idempotency_result(IdempotencyVerdict v) {
+  switch (v) {
+    case IdempotencyVerdict::Fresh:
+      return "fresh";
+    case IdempotencyVerdict::Replay:
+      return "replayed";
+    case IdempotencyVerdict::InFlight:
+      return "in_flight";
+    case IdempotencyVerdict::Mismatch:
+      return "mismatch";
+    case IdempotencyVerdict::Full:
+      return "full";
+    case IdempotencyVerdict::Unavailable:
+      return "unavailable";
+  }
+  return "unavailable";
+}
+
+}  // namespace
+
+void begin_idempotent(const Runtime& runtime, const Submitter& submitter, std::string_view service,
+                      std::string_view key, const crypto::Sha256Digest& request_hash,
+                      uint64_t now_ms, IdempotencyDone done) {
+  std::shared_ptr<IdempotencyStore> store = runtime.idempotency;
+  if (!store) {
+    IdempotencyOutcome fresh;
+    fresh.verdict = IdempotencyVerdict::Fresh;
+    return done(std::move(fresh), IdempotencyClaim());
+  }
+  std::string scope = idempotency_scope(submitter.ingress, submitter.role, service, key);
+  auto on_outcome = [store, scope, submitter, service = std::string(service),
+                     key = std::string(key), done = std::move(done)](IdempotencyOutcome out) {
+    metrics::count_idempotency(submitter.ingress, idempotency_result(out.verdict));
+    if (out.verdict != IdempotencyVerdict::Fresh) {
+      log::info("idempotency_key", {{"ingress", ingress_name(submitter.ingress)},
+                                    {"role", submitter.role},
+                                    {"identity", submitter.identity},
+                                    {"remote", submitter.remote},
+                                    {"service", service},
+                                    {"key", key},
+                                    {"result", idempotency_result(out.verdict)}});
+    }
+    IdempotencyClaim claim;
+    if (out.verdict == IdempotencyVerdict::Fresh) claim = IdempotencyClaim(store, scope, out.claim);
+    done(std::move(out), std::move(claim));
+  };
+  store->begin(scope, request_hash, now_ms, std::move(on_outcome));
 }
 
 namespace {
@@ -407,7 +531,10 @@ void submit(std::shared_ptr<Runtime> runtime, Submission submission, uint64_t no
   const uint64_t recipients = submission.message.envelope_rcpts.size();
   PolicyRequest request{submission.submitter.role, submission.service,
                         submission.message.envelope_from, submission.header_from, recipients};
-  request.service_quota = runtime->spool == nullptr;  // the spool paces to the quota instead
+  const RoleConfig* role = runtime->config->find_role(submission.submitter.role);
+  const bool captured = role != nullptr && role->capture.has_value();
+  // The spool paces to the quota instead; a captured message never reaches the provider.
+  request.service_quota = runtime->spool == nullptr && !captured;
   if (runtime->shared_state) {
     std::vector<PolicyWindow> windows;
     PolicyDecision rules = runtime->policy->check_rules(request, windows);

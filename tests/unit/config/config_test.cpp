@@ -553,6 +553,40 @@ TEST_F(ConfigTest, RoleQueueAllOnlyTakesAll) {
             "that sees only its own messages)");
 }
 
+// Idempotency keys, capture and mirror (issue 10, SPEC §10.3, §10.4).
+TEST_F(ConfigTest, IdempotencyDefaultsAndValues) {
+  auto config = load(kMinimal);
+  ASSERT_TRUE(config.ok()) << config.error().message;
+  EXPECT_EQ(config->idempotency.ttl_ms, 24ull * 3600 * 1000);
+  EXPECT_EQ(config->idempotency.max_keys, 100000u);
+  config = load(std::string(kMinimal) + "idempotency:\n  ttl: 10m\n  max_keys: 50\n");
+  ASSERT_TRUE(config.ok()) << config.error().message;
+  EXPECT_EQ(config->idempotency.ttl_ms, 600'000u);
+  EXPECT_EQ(config->idempotency.max_keys, 50u);
+  EXPECT_THAT(errors_of(std::string(kMinimal) + "idempotency:\n  ttl: 1h\n  keys: 5\n"),
+              HasLine("DIR/mailcar.yaml:6:3: idempotency.keys: unknown key"));
+}
+
+TEST_F(ConfigTest, CaptureNeedsAFileServiceAndMirrorToTakesAddresses) {
+  std::string services =
+      "services:\n  email:\n    host: smtp.example.com\n    mirror_to: [svc@example.org]\n"
+      "  outbox:\n    driver: file\n    path: out\n";
+  auto config =
+      load(services + "roles:\n  staging:\n    capture: outbox\n    mirror_to: [a@example.org]\n");
+  ASSERT_TRUE(config.ok()) << config.error().message;
+  EXPECT_EQ(config->find_role("staging")->capture, "outbox");
+  EXPECT_EQ(config->find_role("staging")->mirror_to, std::vector<std::string>{"a@example.org"});
+  EXPECT_EQ(config->find_service("email")->mirror_to, std::vector<std::string>{"svc@example.org"});
+  EXPECT_EQ(errors_of(services + "roles:\n  staging:\n    capture: email\n"),
+            "DIR/mailcar.yaml:10:14: roles.staging.capture: service 'email' must be a driver: "
+            "file service");
+  EXPECT_EQ(errors_of(services + "roles:\n  staging:\n    capture: nope\n"),
+            "DIR/mailcar.yaml:10:14: roles.staging.capture: no service named 'nope'");
+  EXPECT_NE(errors_of(services + "roles:\n  staging:\n    mirror_to: [not an address]\n")
+                .find("DIR/mailcar.yaml:10:17: roles.staging.mirror_to[0]: "),
+            std::string::npos);
+}
+
 TEST_F(ConfigTest, FileDriverRules) {
   EXPECT_EQ(errors_of("services:\n  outbox:\n    driver: file\n    path: out\n    host: x\n"
                       "    port: 25\n"),

@@ -76,6 +76,15 @@ TEST(HttpRequestParser, ParsesOneRequest) {
   EXPECT_FALSE(p.in_message());
 }
 
+TEST(HttpRequestParser, EmptyHeaderValueStaysItsOwnField) {
+  HttpRequestParser p(1000);
+  auto reqs = feed_all(p, post("/api/v2/email", "{}", "Idempotency-Key:\r\nX-Other:  \r\n"));
+  ASSERT_EQ(reqs.size(), 1u);
+  EXPECT_EQ(reqs[0].header("idempotency-key"), "");
+  EXPECT_EQ(reqs[0].header("x-other"), "");
+  EXPECT_EQ(reqs[0].header("content-type"), "application/json");
+}
+
 TEST(HttpRequestParser, PipelinedRequestsInOneFeed) {
   HttpRequestParser p(1000);
   std::string bytes = post("/a", "one") + "GET /health HTTP/1.1\r\nHost: x\r\n\r\n" +

@@ -97,6 +97,21 @@ TEST(Normalize, BccRemovedIncludingFoldedAndResentBcc) {
   EXPECT_EQ(p.body, "Bcc: in body stays\r\n");
 }
 
+// SPEC §10.3: the key is mailcar's, never relayed; the first one counts.
+TEST(Normalize, IdempotencyKeyTakenOutOfTheHeader) {
+  auto n = normalize_ok(
+      input("From: a@example.com\r\nidempotency-key:  order-42 \r\nTo: t@example.com\r\n"
+            "Idempotency-Key: second\r\nSubject: s\r\n\r\nIdempotency-Key: in body stays\r\n"));
+  ASSERT_TRUE(n.idempotency_key.has_value());
+  EXPECT_EQ(*n.idempotency_key, "order-42");
+  Part p = parse_entity(n.data);
+  EXPECT_EQ(p.count("Idempotency-Key"), 0);
+  EXPECT_EQ(n.data.find("order-42"), std::string::npos);
+  EXPECT_EQ(n.data.find("second"), std::string::npos);
+  EXPECT_EQ(p.body, "Idempotency-Key: in body stays\r\n");
+  EXPECT_FALSE(normalize_ok(input("From: a@example.com\r\n\r\nb\r\n")).idempotency_key);
+}
+
 TEST(Normalize, HeaderOnlyMessageWithoutFinalNewline) {
   auto n = normalize_ok(input("From: a@example.com\nSubject: only headers"));
   expect_crlf_only(n.data);

@@ -142,7 +142,10 @@ TEST_F(Metrics, EmptyRenderIsValidAndDeclaresEveryFamily) {
                                                  {"mailcar_memory_budget_used_bytes", "gauge"},
                                                  // shared state (issue 11)
                                                  {"mailcar_shared_state_seconds", "histogram"},
-                                                 {"mailcar_shared_state_errors_total", "counter"}};
+                                                 {"mailcar_shared_state_errors_total", "counter"},
+                                                 // idempotency keys and mirror (issue 10)
+                                                 {"mailcar_idempotency_total", "counter"},
+                                                 {"mailcar_mirrored_recipients_total", "counter"}};
   EXPECT_EQ(e.type, expected);
   for (const auto& [name, type] : expected) EXPECT_FALSE(e.help[name].empty()) << name;
   EXPECT_EQ(e.value("mailcar_upstream_seconds_count", {}), 0);

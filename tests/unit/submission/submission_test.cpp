@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <optional>
 #include <utility>
 
@@ -303,6 +304,100 @@ TEST(Submission, NoDirectDsnForTheNullSender) {
   Submission s = f.submission("");
   s.header_from = {"app@example.com"};
   EXPECT_FALSE(dsn_after(f, std::move(s), sent({"a@example.com"}, {{"b@example.com", 550, "no"}})));
+}
+
+}  // namespace
+}  // namespace mailcar
+
+// ---- Capture and mirror (issue 10, SPEC §10.4) ------------------------------------------------
+
+namespace mailcar {
+namespace {
+
+// The fixture's config with a change (mirror and capture are read per submission).
+void reconfigure(Fixture& f, const std::function<void(Config&)>& change) {
+  auto config = std::make_shared<Config>(*f.runtime->config);
+  change(*config);
+  f.runtime->config = config;
+}
+
+TEST(Submission, MirrorRecipientsJoinTheEnvelopeButNeverTheAnswer) {
+  Fixture f;
+  reconfigure(f, [](Config& c) {
+    c.roles[0].mirror_to = {"audit@example.org", "a@example.com"};  // a@ is a recipient already
+    c.services[0].mirror_to = {"audit@example.org", "svc@example.org"};
+  });
+  Submission s = f.submission();
+  s.submitter.ingress = Ingress::Http;
+  auto r =
+      f.run(std::move(s), sent({"a@example.com", "audit@example.org"},
+                               {{"b@example.com", 550, "no"}, {"svc@example.org", 550, "no"}}));
+  ASSERT_TRUE(r);
+  ASSERT_TRUE(f.transport->delivered);
+  EXPECT_EQ(f.transport->delivered->envelope_rcpts,
+            (std::vector<std::string>{"a@example.com", "b@example.com", "audit@example.org",
+                                      "svc@example.org"}));
+  EXPECT_EQ(r->status, SubmissionStatus::Sent);
+  EXPECT_EQ(r->mirrored, 2u);
+  EXPECT_EQ(r->delivery.accepted, std::vector<std::string>{"a@example.com"});
+  ASSERT_EQ(r->delivery.rejected.size(), 1u);
+  EXPECT_EQ(r->delivery.rejected[0].address, "b@example.com");
+  std::string m = metrics::render_prometheus();
+  EXPECT_TRUE(has_line(m, R"(mailcar_mirrored_recipients_total{service="email"} 2)")) << m;
+  EXPECT_TRUE(has_line(m, R"(mailcar_recipients_total{service="email",outcome="sent"} 1)")) << m;
+}
+
+TEST(Submission, OnlyAMirrorRecipientTakingItIsNotASend) {
+  Fixture f;
+  reconfigure(f, [](Config& c) { c.roles[0].mirror_to = {"audit@example.org"}; });
+  auto r = f.run(f.submission(), sent({"audit@example.org"}, {{"a@example.com", 550, "no"},
+                                                              {"b@example.com", 550, "no"}}));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, SubmissionStatus::Rejected);
+}
+
+TEST(Submission, ARefusedMirrorRecipientIsNeverReportedToTheSender) {
+  Fixture f;
+  reconfigure(f, [](Config& c) { c.roles[0].mirror_to = {"audit@example.org"}; });
+  Submission s = f.submission();  // SMTP, with a sender: a refused recipient would get a DSN
+  s.dsn.recipients = {DsnRecipientRequest{dsn_notify::kFailure, {}}, DsnRecipientRequest{}};
+  auto r = f.run(std::move(s), sent({"a@example.com", "b@example.com"},
+                                    {{"audit@example.org", 550, "no such user"}}));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, SubmissionStatus::Sent);
+  EXPECT_TRUE(r->delivery.rejected.empty());
+  EXPECT_FALSE(f.transport->pending) << "a DSN was sent about a mirror recipient";
+}
+
+TEST(Submission, CaptureWritesToTheFileServiceAndIsCountedAsCaptured) {
+  Fixture f;
+  auto outbox = std::make_shared<ScriptedTransport>();
+  f.runtime->transports.emplace("outbox", outbox);
+  reconfigure(f, [](Config& c) {
+    ServiceConfig file;
+    file.name = "outbox";
+    file.driver = ServiceDriver::File;
+    c.services.push_back(file);
+    c.roles[0].capture = "outbox";
+    c.roles[0].mirror_to = {"audit@example.org"};  // never for a captured message
+  });
+  std::optional<SubmissionResult> got;
+  submit(f.runtime, f.submission(), kNow, [&got](SubmissionResult r) { got = std::move(r); });
+  EXPECT_FALSE(f.transport->pending) << "the relay must not see a captured message";
+  ASSERT_TRUE(outbox->pending);
+  EXPECT_EQ(outbox->delivered->envelope_rcpts.size(), 2u);
+  outbox->answer(sent({"a@example.com", "b@example.com"}));
+  ASSERT_TRUE(got);
+  EXPECT_EQ(got->status, SubmissionStatus::Sent);
+  EXPECT_TRUE(got->captured);
+  EXPECT_EQ(got->mirrored, 0u);
+  std::string m = metrics::render_prometheus();
+  EXPECT_TRUE(has_line(
+      m,
+      R"(mailcar_messages_total{ingress="smtp",role="app",service="email",outcome="captured"} 1)"))
+      << m;
+  EXPECT_TRUE(has_line(m, R"(mailcar_recipients_total{service="email",outcome="captured"} 2)"))
+      << m;
 }
 
 }  // namespace
