@@ -242,30 +242,38 @@ void render_into(std::string& out, const Entity& e) {
 }
 
 Entity text_entity(std::string_view subtype, std::string_view content) {
-  // One pass tells everything the choice needs; line ends do not change line lengths.
+  // One pass tells everything the choice needs; line ends do not change line lengths. The
+  // content is copied only when its line ends need rewriting.
   text::TextSummary sum = text::summarize_text(content);
-  std::string text;
+  std::string normalized;
+  std::string_view src = content;
   if (sum.bare_line_end) {
-    text = normalize_line_ends(content);
-  } else {
-    text.reserve(content.size() + 2);
-    text.assign(content);
+    normalized = normalize_line_ends(content);
+    src = normalized;
   }
-  if (!text.empty() && !text.ends_with("\r\n")) text += "\r\n";
+  bool add_crlf = !src.empty() && !src.ends_with("\r\n");
+  size_t size = src.size() + (add_crlf ? 2 : 0);
   Entity e;
   e.headers = "Content-Type: text/" + std::string(subtype) + "; charset=utf-8\r\n";
-  switch (choose_text_encoding(sum, text.size())) {
+  switch (choose_text_encoding(sum, size)) {
     case TextEncoding::SevenBit:
       e.headers += "Content-Transfer-Encoding: 7bit\r\n";
-      e.body = std::move(text);
+      e.body.reserve(size);
+      e.body.assign(src);
+      if (add_crlf) e.body += "\r\n";
       break;
-    case TextEncoding::Base64:
+    case TextEncoding::Base64: {
       e.headers += "Content-Transfer-Encoding: base64\r\n";
+      std::string text(src);
+      if (add_crlf) text += "\r\n";
       e.body = base64_lines(text);
       break;
+    }
     case TextEncoding::QuotedPrintable:
+      // The last line is encoded alike with or without its CRLF, so it is added after.
       e.headers += "Content-Transfer-Encoding: quoted-printable\r\n";
-      e.body = quoted_printable(text);
+      e.body = quoted_printable(src);
+      if (add_crlf) e.body += "\r\n";
       break;
   }
   return e;
