@@ -23,6 +23,18 @@ TextSummary summarize_text(std::string_view s);
 // First CR or LF in [p, end), or end.
 const char* find_line_end(const char* p, const char* end);
 
+// SMTP DATA in bulk: the end of the longest run of whole lines at the start of [p, end) that
+// need no decision: each ends in CRLF and holds no other CR or LF, the byte after each CRLF
+// is there and is not '.', and no line is longer than max_line (the first one has
+// first_line_length bytes before p already). Looks at 64 bytes at a time and may stop earlier
+// than that run ends (never later); returns p when it finds none.
+const char* plain_crlf_lines(const char* p, const char* end, size_t first_line_length,
+                             size_t max_line);
+
+// Dot-stuffing in bulk: the first '.' in [p, end) that directly follows an LF, or end. The
+// byte before p is not looked at.
+const char* find_dot_after_lf(const char* p, const char* end);
+
 // Whether any byte is >= 0x80.
 bool has_high_byte(std::string_view s);
 

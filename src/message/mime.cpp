@@ -731,12 +731,7 @@ Result<OutboundMessage> build_message(const MessageContent& content, const Build
   }
   d.reserve(d.size() + rendered_size(body));  // one allocation for the whole message
   render_into(d, body);
-  for (unsigned char c : d) {
-    if (c >= 0x80) {
-      msg.eight_bit = true;
-      break;
-    }
-  }
+  msg.eight_bit = text::has_high_byte(d);
   return msg;
 }
 

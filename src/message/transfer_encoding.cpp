@@ -14,24 +14,30 @@ void append_hex(std::string& out, unsigned char c) {
   out.append(piece, 3);
 }
 
-// One line of CRLF text (without its CRLF). Literal runs go in one copy each; only the bytes
-// that need a decision (escapes, the last byte, a line about to be full) go one at a time.
+// One line of CRLF text (without its CRLF). The literal run ahead is measured once and
+// copied in pieces that fill each output line; only the bytes that need a decision (escapes,
+// the last byte, whose limit differs) go one at a time.
 void qp_line(std::string& out, std::string_view line) {
   size_t col = 0;
   size_t i = 0;
+  size_t literal_end = 0;  // line[i, literal_end) is known literal (never the last byte)
   while (i < line.size()) {
-    bool last = i + 1 == line.size();
-    if (!last && col < kQpLineChars - 1) {
-      size_t room = std::min(kQpLineChars - 1 - col, line.size() - 1 - i);
-      size_t n = text::qp_literal_prefix(line.substr(i, room));
-      if (n > 0) {
-        out.append(line.data() + i, n);
-        col += n;
-        i += n;
-        continue;
+    if (i >= literal_end && i + 1 < line.size()) {
+      literal_end = i + text::qp_literal_prefix(line.substr(i, line.size() - 1 - i));
+    }
+    if (i < literal_end) {
+      if (col == kQpLineChars - 1) {
+        out += "=\r\n";
+        col = 0;
       }
+      size_t n = std::min(kQpLineChars - 1 - col, literal_end - i);
+      out.append(line.data() + i, n);
+      col += n;
+      i += n;
+      continue;
     }
     auto c = static_cast<unsigned char>(line[i]);
+    bool last = i + 1 == line.size();
     bool literal = (c >= 33 && c <= 126 && c != '=') || (!last && (c == ' ' || c == '\t'));
     size_t width = literal ? 1 : 3;
     // Leave room for the soft break's '=' unless this byte ends the line.

@@ -2,9 +2,9 @@
 
 #include <algorithm>
 #include <charconv>
-#include <cstring>
 #include <utility>
 
+#include "mailcar/scan.hpp"
 #include "mailcar/text.hpp"
 
 namespace mailcar {
@@ -567,19 +567,11 @@ SmtpClientOutput SmtpClientSession::connection_lost(DeliveryResult why) {
 
 namespace {
 
-// Where in data[from, limit) the next line starting with '.' begins (just past its LF), or
-// limit. data[from] itself is not looked at.
+// Where in data[from, limit) the next line starting with '.' begins (at that '.'), or limit.
+// data[from] itself is not looked at.
 size_t stuffing_point(std::string_view data, size_t from, size_t limit) {
   const char* base = data.data();
-  const char* p = base + from;
-  const char* end = base + limit;
-  while (p < end) {
-    const auto* nl = static_cast<const char*>(std::memchr(p, '\n', static_cast<size_t>(end - p)));
-    if (nl == nullptr) return limit;
-    p = nl + 1;
-    if (p < end && *p == '.') return static_cast<size_t>(p - base);
-  }
-  return limit;
+  return static_cast<size_t>(text::find_dot_after_lf(base + from, base + limit) - base);
 }
 
 }  // namespace

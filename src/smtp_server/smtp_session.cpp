@@ -342,6 +342,7 @@ void SmtpServerSession::consume_data(SessionOutput& out) {
 // rest of the line up to its CR or LF through append_data. Returns where that CR or LF is.
 const char* SmtpServerSession::consume_data_run(const char* p, const char* end) {
   const char* run = p;
+  p = text::plain_crlf_lines(p, end, data_line_length_, options_.max_data_line);
   for (;;) {
     const char* q = text::find_line_end(p, end);
     size_t length = (p == run ? data_line_length_ : 0) + static_cast<size_t>(q - p);

@@ -90,7 +90,7 @@ TEST(Scan, SummaryOfLongLinesAndSplitCrlf) {
 TEST(Scan, FindLineEndHighByteAndQpPrefixMatchReference) {
   std::mt19937 rng(34);
   for (int round = 0; round < 300; ++round) {
-    std::string s = random_text(rng, round % 101);
+    std::string s = random_text(rng, round % 101 + (round % 7 == 0 ? 150 : 0));
     for (size_t from = 0; from <= s.size(); ++from) {
       std::string_view v = std::string_view(s).substr(from);
       size_t eol = v.find_first_of("\r\n");
@@ -104,9 +104,70 @@ TEST(Scan, FindLineEndHighByteAndQpPrefixMatchReference) {
         if (literal == v.size() && (c < 32 || c > 126 || c == '=')) literal = i;
       }
       EXPECT_EQ(has_high_byte(v), high);
+      size_t dot = v.find("\n.");
+      EXPECT_EQ(find_dot_after_lf(v.data(), v.data() + v.size()),
+                dot == std::string_view::npos ? v.data() + v.size() : v.data() + dot + 1);
       EXPECT_EQ(qp_literal_prefix(v), literal) << testing::PrintToString(std::string(v));
     }
   }
+}
+
+// The longest run of whole plain CRLF lines at the start of s (see plain_crlf_lines).
+size_t reference_plain_run(std::string_view s, size_t first_line_length, size_t max_line) {
+  size_t good = 0, pos = 0, line = first_line_length;
+  while (pos < s.size()) {
+    size_t eol = s.find_first_of("\r\n", pos);
+    if (eol == std::string_view::npos) break;
+    line += eol - pos;
+    if (line > max_line || s.substr(eol, 2) != "\r\n" || eol + 2 >= s.size() || s[eol + 2] == '.') {
+      break;
+    }
+    pos = good = eol + 2;
+    line = 0;
+  }
+  return good;
+}
+
+TEST(Scan, PlainCrlfLinesNeverPassesWhatNeedsADecision) {
+  std::mt19937 rng(78);
+  std::uniform_int_distribution<int> len(0, 150), odd(0, 60);
+  for (int round = 0; round < 3000; ++round) {
+    std::string s;
+    while (s.size() < 600) {
+      s += std::string(static_cast<size_t>(len(rng)), 'a');
+      int k = odd(rng);
+      s += k == 0 ? "\n" : k == 1 ? "\r" : k == 2 ? "\r\n." : "\r\n";
+    }
+    size_t first = static_cast<size_t>(round % 3) * 40;
+    size_t max_line = round % 5 == 0 ? 100 : 1000;
+    for (size_t from : {size_t{0}, size_t{1}, size_t{63}, size_t{64}, size_t{65}}) {
+      std::string_view v = std::string_view(s).substr(from);
+      size_t want = reference_plain_run(v, first, max_line);
+      size_t got = static_cast<size_t>(
+          plain_crlf_lines(v.data(), v.data() + v.size(), first, max_line) - v.data());
+      ASSERT_LE(got, want) << round << " " << from;
+      if (got > 0) {
+        ASSERT_EQ(v.substr(got - 2, 2), "\r\n") << round << " " << from;
+      }
+      // Whole blocks of plain lines are taken: it stops at most two blocks and a line early
+      // (the block that needs a decision, the tail shorter than a block).
+      if (want > 0) {
+        ASSERT_GE(got + 2 * 64 + 152 + first, want) << round << " " << from;
+      }
+    }
+  }
+}
+
+TEST(Scan, PlainCrlfLinesTakesLongRuns) {
+  std::string line = std::string(76, 'L') + "\r\n";
+  std::string s;
+  for (int i = 0; i < 100; ++i) s += line;
+  const char* got = plain_crlf_lines(s.data(), s.data() + s.size(), 0, 65536);
+  EXPECT_GE(got - s.data(), static_cast<ptrdiff_t>(s.size() - 64 - line.size()));
+  EXPECT_EQ(plain_crlf_lines(s.data(), s.data() + s.size(), 0, 50), s.data());
+  s[500] = '\n';  // a bare LF: the run stops before the line holding it
+  got = plain_crlf_lines(s.data(), s.data() + s.size(), 0, 65536);
+  EXPECT_LE(got - s.data(), 500);
 }
 
 }  // namespace
