@@ -80,16 +80,16 @@ def smtp_source_rate(port, sessions, messages, size, reuse=True):
 
 
 class Mailcar:
-    def __init__(self, binary, config_text, folder):
+    def __init__(self, binary, config_text, folder, wrapper=(), start_timeout=15):
         self.http_port = free_port()
         self.smtp_port = free_port()
         self.cfg = folder / "bench.yaml"
         self.cfg.write_text(config_text.replace("{HTTP}", str(self.http_port))
                             .replace("{SMTP}", str(self.smtp_port)))
         self.log = open(folder / "mailcar.log", "wb")
-        self.proc = subprocess.Popen([binary, "-c", str(self.cfg)], stdout=self.log,
+        self.proc = subprocess.Popen([*wrapper, binary, "-c", str(self.cfg)], stdout=self.log,
                                      stderr=subprocess.STDOUT)
-        deadline = time.time() + 15
+        deadline = time.time() + start_timeout
         while True:
             try:
                 if urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/ready",
@@ -102,9 +102,9 @@ class Mailcar:
                                    (folder / "mailcar.log").read_text()[-2000:])
             time.sleep(0.05)
 
-    def stop(self):
+    def stop(self, timeout=30):
         self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(30)
+        self.proc.wait(timeout)
         self.log.close()
 
 
@@ -515,6 +515,90 @@ def measure_peak(args, folder, row):
                 unit="x")
 
 
+def smtp_message(size):
+    """A message of about `size` bytes in lines of 78 characters (like smtp-source's)."""
+    head = ("From: bench@example.com\r\nTo: sink@example.com\r\nSubject: bench\r\n"
+            "Message-ID: <bench@example.com>\r\nDate: Tue, 01 Dec 2026 00:00:00 +0000\r\n\r\n")
+    line = "La de da de da 1. La de da de da 2. La de da de da 3. La de da de da 4. La de\r\n"
+    return (head + line * max(1, (size - len(head)) // len(line))).encode()
+
+
+def send_http_messages(port, count, size):
+    import http.client
+    body = json.dumps({"to": [{"email": "sink@example.com"}], "subject": "bench",
+                       "from_email": "bench@example.com", "body_text": "x" * size})
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    for _ in range(count):
+        conn.request("POST", "/api/v2/sink", body, {"Content-Type": "application/json",
+                                                    "X-DreamFactory-API-Key": "bench-key"})
+        resp = conn.getresponse()
+        resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"HTTP answer {resp.status}")
+    conn.close()
+
+
+def send_smtp_messages(port, count, size):
+    import smtplib
+    msg = smtp_message(size)
+    with smtplib.SMTP("127.0.0.1", port, timeout=600) as s:
+        for _ in range(count):
+            s.sendmail("bench@example.com", ["sink@example.com"], msg)
+
+
+def callgrind_run(args, sink, folder, send, count, size):
+    """Total instructions and self cost per function of a daemon that relayed `count` messages
+    (startup and shutdown included)."""
+    work = folder / f"cg-{send.__name__}-{count}-{size}"
+    work.mkdir()
+    out_file = work / "callgrind.out"
+    wrapper = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}"]
+    if not args.callgrind_rep_movsb:
+        # valgrind runs `rep movsb` as one counted instruction per byte, so glibc's memcpy for
+        # blocks over ~2 KB would count 16-32x what its vector loop (used below the threshold)
+        # costs; with the threshold raised, every copy is counted as the vector loop it is.
+        wrapper[:0] = ["env", "GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=1073741824:"
+                       "glibc.cpu.x86_rep_stosb_threshold=1073741824"]
+    mc = Mailcar(args.mailcar, config(sink.port, 1), work, wrapper, start_timeout=120)
+    try:
+        send(mc.smtp_port if send is send_smtp_messages else mc.http_port, count, size)
+    finally:
+        mc.stop(timeout=300)
+    total = 0
+    for line in out_file.read_text(errors="replace").splitlines():
+        if line.startswith("summary:") or line.startswith("totals:"):
+            total = int(line.split()[1])
+    annotate = subprocess.run(["callgrind_annotate", "--threshold=100", str(out_file)],
+                              capture_output=True, text=True).stdout
+    funcs = {}
+    for line in annotate.splitlines():
+        m = re.match(r"^\s*([\d,]+)\s+(?:\([\d.]+%\)\s+)?(\S.*?)(?: \[.*\])?$", line)
+        if m and ":" in m.group(2):
+            name = m.group(2).split(":", 1)[1]
+            funcs[name] = funcs.get(name, 0) + int(m.group(1).replace(",", ""))
+    return total, funcs
+
+
+def measure_callgrind(args, folder, row):
+    """Instructions per message, counted by callgrind (repeatable, unlike wall clock): the
+    daemon relays N messages into smtp-sink; a run with no messages is subtracted."""
+    sink = Sink()
+    try:
+        zero_total, zero_funcs = callgrind_run(args, sink, folder, send_http_messages, 0, 0)
+        for door, send in (("HTTP", send_http_messages), ("SMTP", send_smtp_messages)):
+            for size in (1024, 102400):
+                n = args.callgrind_messages if size == 1024 else max(1, args.callgrind_messages // 5)
+                total, funcs = callgrind_run(args, sink, folder, send, n, size)
+                per = (total - zero_total) / n
+                row(f"callgrind {door} {size // 1024}KB: instructions per message (N={n})", per)
+                row(f"callgrind {door} {size // 1024}KB: instructions per body byte", per / size)
+                diff = {k: (v - zero_funcs.get(k, 0)) / n for k, v in funcs.items()}
+                for name, cost in sorted(diff.items(), key=lambda kv: -kv[1])[:5]:
+                    row(f"    {name[:56]}", cost, unit="/msg")
+    finally:
+        sink.stop()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mailcar", default="build-bench/mailcar")
@@ -524,9 +608,14 @@ def main():
     ap.add_argument("--policy-rounds", type=int, default=5)
     ap.add_argument("--dkim-rounds", type=int, default=3)
     ap.add_argument("--shared-rounds", type=int, default=3)
+    ap.add_argument("--callgrind-rep-movsb", action="store_true",
+                    help="keep glibc's rep movsb memcpy (callgrind counts it once per byte)")
+    ap.add_argument("--callgrind-messages", type=int, default=500,
+                    help="messages per 1 KB callgrind run (100 KB runs send a fifth)")
     ap.add_argument("--only", default="http,smtp,memory,policy,spool,peak,dkim",
                     help="comma-separated parts: http, smtp, memory, policy, spool, peak, dkim, "
-                         "shared (issue 11: Redis shared state vs local counting)")
+                         "shared (issue 11: Redis shared state vs local counting), "
+                         "callgrind (not in the default: slow, needs valgrind)")
     args = ap.parse_args()
     parts = set(args.only.split(","))
     folder = Path(tempfile.mkdtemp(prefix="mailcar-bench-"))
@@ -568,6 +657,8 @@ def main():
             measure_peak(args, folder, row)
         if "dkim" in parts:
             measure_dkim(sink, folder, args, row)
+        if "callgrind" in parts:
+            measure_callgrind(args, folder, row)
     finally:
         if sink:
             sink.stop()

@@ -9,5 +9,8 @@ if ! command -v smtp-sink >/dev/null && [ ! -x /usr/sbin/smtp-sink ] || ! comman
   echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends postfix wrk
 fi
+if [[ " $* " == *callgrind* ]] && ! command -v valgrind >/dev/null; then  # --only callgrind
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends valgrind
+fi
 BUILD_DIR=build-bench BUILD_TYPE=Release scripts/build.sh -DMAILCAR_TESTS=OFF
 exec /usr/bin/python3 bench/bench.py --mailcar build-bench/mailcar "$@"

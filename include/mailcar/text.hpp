@@ -12,6 +12,8 @@ namespace mailcar::text {
 std::string base64_encode(std::string_view bytes);
 // The same, appended to `out` (no temporary: for large data written into a final buffer).
 void base64_encode_append(std::string& out, std::string_view bytes);
+// The same into `out`, which has room for (bytes.size() + 2) / 3 * 4 chars; returns that count.
+size_t base64_encode_into(char* out, std::string_view bytes);
 // Strict RFC 4648 decoding; whitespace (SP, TAB, CR, LF) is skipped. nullopt on any other
 // non-alphabet byte, bad padding or a truncated quantum.
 std::optional<std::string> base64_decode(std::string_view text);

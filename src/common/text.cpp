@@ -28,27 +28,32 @@ std::string base64_encode(std::string_view bytes) {
 }
 
 void base64_encode_append(std::string& out, std::string_view bytes) {
+  // Sized once, then written through a pointer: no per-quantum append.
+  size_t at = out.size();
+  out.resize(at + (bytes.size() + 2) / 3 * 4);
+  base64_encode_into(out.data() + at, bytes);
+}
+
+size_t base64_encode_into(char* o, std::string_view bytes) {
+  char* start = o;
   size_t i = 0;
   const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
-  for (; i + 3 <= bytes.size(); i += 3) {
+  for (; i + 3 <= bytes.size(); i += 3, o += 4) {
     uint32_t v = (uint32_t{p[i]} << 16) | (uint32_t{p[i + 1]} << 8) | p[i + 2];
-    char quad[4] = {kAlphabet[(v >> 18) & 63], kAlphabet[(v >> 12) & 63], kAlphabet[(v >> 6) & 63],
-                    kAlphabet[v & 63]};
-    out.append(quad, 4);
+    o[0] = kAlphabet[(v >> 18) & 63];
+    o[1] = kAlphabet[(v >> 12) & 63];
+    o[2] = kAlphabet[(v >> 6) & 63];
+    o[3] = kAlphabet[v & 63];
   }
   size_t rest = bytes.size() - i;
-  if (rest == 1) {
-    uint32_t v = uint32_t{p[i]} << 16;
-    out.push_back(kAlphabet[(v >> 18) & 63]);
-    out.push_back(kAlphabet[(v >> 12) & 63]);
-    out.append("==");
-  } else if (rest == 2) {
-    uint32_t v = (uint32_t{p[i]} << 16) | (uint32_t{p[i + 1]} << 8);
-    out.push_back(kAlphabet[(v >> 18) & 63]);
-    out.push_back(kAlphabet[(v >> 12) & 63]);
-    out.push_back(kAlphabet[(v >> 6) & 63]);
-    out.push_back('=');
-  }
+  if (rest == 0) return static_cast<size_t>(o - start);
+  uint32_t v = uint32_t{p[i]} << 16;
+  if (rest == 2) v |= uint32_t{p[i + 1]} << 8;
+  o[0] = kAlphabet[(v >> 18) & 63];
+  o[1] = kAlphabet[(v >> 12) & 63];
+  o[2] = rest == 2 ? kAlphabet[(v >> 6) & 63] : '=';
+  o[3] = '=';
+  return static_cast<size_t>(o + 4 - start);
 }
 
 std::optional<std::string> base64_decode(std::string_view text) {

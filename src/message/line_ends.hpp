@@ -6,7 +6,8 @@
 
 namespace mailcar {
 
-// CRLF stays, bare CR and bare LF become CRLF.
+// CRLF stays, bare CR and bare LF become CRLF. Runs between line ends are copied whole.
 std::string normalize_line_ends(std::string_view s);
+void append_normalized_line_ends(std::string& out, std::string_view s);
 
 }  // namespace mailcar

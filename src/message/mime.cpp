@@ -9,9 +9,11 @@
 
 #include "mailcar/address.hpp"
 #include "mailcar/clock.hpp"
+#include "mailcar/scan.hpp"
 #include "mailcar/text.hpp"
 #include "message/char_class.hpp"
 #include "message/line_ends.hpp"
+#include "message/transfer_encoding.hpp"
 
 namespace mailcar {
 namespace {
@@ -25,7 +27,6 @@ constexpr size_t kBase64LineChars = 76;
 // Longest word written as it is in a header: a longer one cannot be folded onto a line of
 // kFoldAt, so the text goes as encoded words (which fold) instead.
 constexpr size_t kMaxRawWord = kFoldAt - 1;
-constexpr size_t kQpLineChars = 76;
 
 bool is_continuation_byte(char c) {
   return (static_cast<unsigned char>(c) & 0xC0) == 0x80;
@@ -154,44 +155,38 @@ std::string encode_unstructured(std::string_view s) {
 
 std::string normalize_line_ends(std::string_view s) {
   std::string out;
-  out.reserve(s.size() + s.size() / 32);
-  for (size_t i = 0; i < s.size(); ++i) {
-    char c = s[i];
-    if (c == '\r') {
-      out += "\r\n";
-      if (i + 1 < s.size() && s[i + 1] == '\n') ++i;
-    } else if (c == '\n') {
-      out += "\r\n";
-    } else {
-      out.push_back(c);
-    }
-  }
+  out.reserve(s.size() + s.size() / 32 + 2);
+  append_normalized_line_ends(out, s);
   return out;
+}
+
+void append_normalized_line_ends(std::string& out, std::string_view s) {
+  const char* p = s.data();
+  const char* end = p + s.size();
+  while (p < end) {  // copy the run up to each CR or LF, then write CRLF for it
+    const char* eol = text::find_line_end(p, end);
+    out.append(p, static_cast<size_t>(eol - p));
+    if (eol == end) break;
+    out += "\r\n";
+    p = eol + 1;
+    if (*eol == '\r' && p < end && *p == '\n') ++p;
+  }
 }
 
 namespace {
 
-// Text with CRLF line ends only: may it go as 7bit?
-bool is_7bit_clean(std::string_view s) {
-  size_t line = 0;
-  for (char ch : s) {
-    auto c = static_cast<unsigned char>(ch);
-    if (c == 0 || c >= 0x80) return false;
-    if (c == '\n') {
-      line = 0;
-    } else if (c != '\r' && ++line > kMaxLine) {
-      return false;
-    }
-  }
-  return true;
-}
+size_t base64_lines_size(size_t bytes);
 
-// Base64 in lines of kBase64LineChars, each CRLF-terminated, appended to `out`.
+// Base64 in lines of kBase64LineChars, each CRLF-terminated, appended to `out` (sized once).
 void append_base64_lines(std::string& out, std::string_view data) {
   constexpr size_t kLineBytes = kBase64LineChars / 4 * 3;
+  size_t at = out.size();
+  out.resize(at + base64_lines_size(data.size()));
+  char* o = out.data() + at;
   for (size_t i = 0; i < data.size(); i += kLineBytes) {
-    text::base64_encode_append(out, data.substr(i, kLineBytes));
-    out += "\r\n";
+    o += text::base64_encode_into(o, data.substr(i, kLineBytes));
+    *o++ = '\r';
+    *o++ = '\n';
   }
 }
 
@@ -204,40 +199,6 @@ std::string base64_lines(std::string_view data) {
   std::string out;
   out.reserve(base64_lines_size(data.size()));
   append_base64_lines(out, data);
-  return out;
-}
-
-// Quoted-printable of CRLF text: hard line breaks stay CRLF, soft breaks keep lines <= 76.
-std::string quoted_printable(std::string_view s) {
-  std::string out;
-  out.reserve(s.size() * 3 / 2);
-  size_t col = 0;
-  for (size_t i = 0; i < s.size(); ++i) {
-    auto c = static_cast<unsigned char>(s[i]);
-    if (c == '\r' && i + 1 < s.size() && s[i + 1] == '\n') {
-      out += "\r\n";
-      col = 0;
-      ++i;
-      continue;
-    }
-    bool line_end = i + 1 == s.size() || (s[i + 1] == '\r' && i + 2 < s.size() && s[i + 2] == '\n');
-    std::string piece;
-    if ((c == ' ' || c == '\t') && !line_end) {
-      piece.assign(1, static_cast<char>(c));
-    } else if (c >= 33 && c <= 126 && c != '=') {
-      piece.assign(1, static_cast<char>(c));
-    } else {
-      piece = hex_escape('=', c);
-    }
-    // Leave room for the soft break's '=' unless this piece ends the line.
-    size_t limit = line_end ? kQpLineChars : kQpLineChars - 1;
-    if (col + piece.size() > limit) {
-      out += "=\r\n";
-      col = 0;
-    }
-    out += piece;
-    col += piece.size();
-  }
   return out;
 }
 
@@ -281,23 +242,39 @@ void render_into(std::string& out, const Entity& e) {
 }
 
 Entity text_entity(std::string_view subtype, std::string_view content) {
-  std::string text = normalize_line_ends(content);
-  if (!text.empty() && !text.ends_with("\r\n")) text += "\r\n";
+  // One pass tells everything the choice needs; line ends do not change line lengths. The
+  // content is copied only when its line ends need rewriting.
+  text::TextSummary sum = text::summarize_text(content);
+  std::string normalized;
+  std::string_view src = content;
+  if (sum.bare_line_end) {
+    normalized = normalize_line_ends(content);
+    src = normalized;
+  }
+  bool add_crlf = !src.empty() && !src.ends_with("\r\n");
+  size_t size = src.size() + (add_crlf ? 2 : 0);
   Entity e;
   e.headers = "Content-Type: text/" + std::string(subtype) + "; charset=utf-8\r\n";
-  if (is_7bit_clean(text)) {
-    e.headers += "Content-Transfer-Encoding: 7bit\r\n";
-    e.body = std::move(text);
-    return e;
-  }
-  size_t high = 0;
-  for (unsigned char c : text) high += c >= 0x80 ? 1 : 0;
-  if (high * 4 > text.size()) {
-    e.headers += "Content-Transfer-Encoding: base64\r\n";
-    e.body = base64_lines(text);
-  } else {
-    e.headers += "Content-Transfer-Encoding: quoted-printable\r\n";
-    e.body = quoted_printable(text);
+  switch (choose_text_encoding(sum, size)) {
+    case TextEncoding::SevenBit:
+      e.headers += "Content-Transfer-Encoding: 7bit\r\n";
+      e.body.reserve(size);
+      e.body.assign(src);
+      if (add_crlf) e.body += "\r\n";
+      break;
+    case TextEncoding::Base64: {
+      e.headers += "Content-Transfer-Encoding: base64\r\n";
+      std::string text(src);
+      if (add_crlf) text += "\r\n";
+      e.body = base64_lines(text);
+      break;
+    }
+    case TextEncoding::QuotedPrintable:
+      // The last line is encoded alike with or without its CRLF, so it is added after.
+      e.headers += "Content-Transfer-Encoding: quoted-printable\r\n";
+      e.body = quoted_printable(src);
+      if (add_crlf) e.body += "\r\n";
+      break;
   }
   return e;
 }
@@ -663,18 +640,18 @@ std::string make_message_id(std::string_view hostname) {
 std::string dot_stuff(std::string_view data) {
   std::string out;
   out.reserve(data.size() + data.size() / 64 + 8);
+  const char* p = data.data();
+  const char* end = p + data.size();
   bool line_start = true;
-  for (size_t i = 0; i < data.size(); ++i) {
-    char c = data[i];
-    if (c == '\r' || c == '\n') {
-      out += "\r\n";
-      if (c == '\r' && i + 1 < data.size() && data[i + 1] == '\n') ++i;
-      line_start = true;
-      continue;
-    }
-    if (line_start && c == '.') out.push_back('.');
-    out.push_back(c);
-    line_start = false;
+  while (p < end) {  // a line at a time: its content in one copy, then CRLF
+    if (line_start && *p == '.') out.push_back('.');
+    const char* eol = text::find_line_end(p, end);
+    out.append(p, static_cast<size_t>(eol - p));
+    line_start = eol < end;
+    if (eol == end) break;
+    out += "\r\n";
+    p = eol + 1;
+    if (*eol == '\r' && p < end && *p == '\n') ++p;
   }
   if (!line_start) out += "\r\n";
   out += ".\r\n";
@@ -754,12 +731,7 @@ Result<OutboundMessage> build_message(const MessageContent& content, const Build
   }
   d.reserve(d.size() + rendered_size(body));  // one allocation for the whole message
   render_into(d, body);
-  for (unsigned char c : d) {
-    if (c >= 0x80) {
-      msg.eight_bit = true;
-      break;
-    }
-  }
+  msg.eight_bit = text::has_high_byte(d);
   return msg;
 }
 

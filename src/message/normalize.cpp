@@ -5,13 +5,14 @@
 
 #include "mailcar/address.hpp"
 #include "mailcar/mime.hpp"
+#include "mailcar/scan.hpp"
 #include "mailcar/text.hpp"
 #include "message/line_ends.hpp"
+#include "message/long_lines.hpp"
+#include "message/transfer_encoding.hpp"
 
 namespace mailcar {
 namespace {
-
-constexpr size_t kMaxLine = 998;
 
 struct HeaderField {
   size_t begin = 0;  // byte range in the normalized text, CRLFs included
@@ -66,14 +67,6 @@ std::string safe_token(std::string_view s, std::string_view fallback) {
   return out.empty() ? std::string(fallback) : out;
 }
 
-bool all_crlf(std::string_view s) {
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '\n' && (i == 0 || s[i - 1] != '\r')) return false;
-    if (s[i] == '\r' && (i + 1 == s.size() || s[i + 1] != '\n')) return false;
-  }
-  return true;
-}
-
 }  // namespace
 
 Result<NormalizedMessage> normalize_message(const NormalizeInput& input) {
@@ -81,8 +74,11 @@ Result<NormalizedMessage> normalize_message(const NormalizeInput& input) {
 }
 
 Result<NormalizedMessage> normalize_message(const NormalizeInput& input, std::string&& raw) {
-  if (raw.find('\0') != std::string::npos) return make_error("NUL byte in message");
-  std::string text = all_crlf(raw) ? std::move(raw) : normalize_line_ends(raw);
+  // One pass over the bytes tells what the rest needs (the SMTP door has made every line end
+  // CRLF already, so usually the message stays in its own buffer).
+  const text::TextSummary sum = text::summarize_text(raw);
+  if (sum.nul) return make_error("NUL byte in message");
+  std::string text = sum.bare_line_end ? normalize_line_ends(raw) : std::move(raw);
   std::string().swap(raw);
   if (!text.empty() && !text.ends_with("\r\n")) text += "\r\n";
 
@@ -116,7 +112,6 @@ Result<NormalizedMessage> normalize_message(const NormalizeInput& input, std::st
       body_start = pos;
       break;
     }
-    if (line.size() > kMaxLine) return make_error("header line longer than 998 octets");
     fields.back().end = eol + 2;
     pos = eol + 2;
   }
@@ -179,13 +174,12 @@ Result<NormalizedMessage> normalize_message(const NormalizeInput& input, std::st
   if (separator || body_start < text.size()) head += "\r\n";
   text.replace(0, body_start, head);
   out.data = std::move(text);
-  const std::string& d = out.data;
-  for (unsigned char c : d) {
-    if (c >= 0x80) {
-      out.eight_bit = true;
-      break;
-    }
+  if (sum.longest_line > kMaxLineOctets) {  // never relayed as it is (RFC 5322 2.1.1)
+    auto fixed = fit_long_lines(out.data);
+    if (!fixed) return fixed.error();
+    out.data = std::move(*fixed);
   }
+  out.eight_bit = sum.high_bytes > 0 && text::has_high_byte(out.data);  // Bcc may have held them
   return out;
 }
 

@@ -1,8 +1,10 @@
 #include "mailcar/smtp_client.hpp"
 
+#include <algorithm>
 #include <charconv>
 #include <utility>
 
+#include "mailcar/scan.hpp"
 #include "mailcar/text.hpp"
 
 namespace mailcar {
@@ -563,6 +565,17 @@ SmtpClientOutput SmtpClientSession::connection_lost(DeliveryResult why) {
   return out;
 }
 
+namespace {
+
+// Where in data[from, limit) the next line starting with '.' begins (at that '.'), or limit.
+// data[from] itself is not looked at.
+size_t stuffing_point(std::string_view data, size_t from, size_t limit) {
+  const char* base = data.data();
+  return static_cast<size_t>(text::find_dot_after_lf(base + from, base + limit) - base);
+}
+
+}  // namespace
+
 bool SmtpClientSession::pull_body(std::string& out, size_t max_bytes) {
   if (state_ != State::Body || message_ == nullptr) return false;
   const std::string& data = message_->data;
@@ -571,13 +584,14 @@ bool SmtpClientSession::pull_body(std::string& out, size_t max_bytes) {
     if (body_at_line_start_ && data[body_pos_] == '.') {
       out += '.';  // RFC 5321 §4.5.2 transparency
     }
-    size_t nl = data.find('\n', body_pos_);
-    size_t line_end = nl == std::string::npos ? data.size() : nl + 1;
-    size_t take = std::min(line_end - body_pos_, budget);
+    // Everything up to the next line that starts with '.' goes in one copy.
+    size_t limit = std::min(data.size(), body_pos_ + budget);
+    size_t run_end = stuffing_point(data, body_pos_, limit);
+    size_t take = run_end - body_pos_;
     out.append(data, body_pos_, take);
     body_pos_ += take;
     budget -= take;
-    body_at_line_start_ = body_pos_ == line_end && nl != std::string::npos;
+    body_at_line_start_ = data[body_pos_ - 1] == '\n';
   }
   if (body_pos_ < data.size()) return true;
   if (!body_at_line_start_ && !data.empty()) out += "\r\n";

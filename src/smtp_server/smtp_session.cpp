@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "mailcar/clock.hpp"
+#include "mailcar/scan.hpp"
 #include "mailcar/text.hpp"
 #include "smtp_server/delivery_reply.hpp"
 
@@ -312,10 +313,7 @@ void SmtpServerSession::consume_data(SessionOutput& out) {
         }
         break;
       case DataScan::InLine: {
-        const char* q = p;
-        while (q < end && *q != '\r' && *q != '\n') ++q;
-        append_data(std::string_view(p, static_cast<size_t>(q - p)));
-        p = q;
+        p = consume_data_run(p, end);
         if (p < end) {
           if (*p == '\n') {
             end_data_line(false);
@@ -339,12 +337,41 @@ void SmtpServerSession::consume_data(SessionOutput& out) {
   pos_ = input_.size();
 }
 
+// Inside a line: takes every following line that needs no decision (CRLF-ended, within
+// max_data_line, the next one not starting with '.') as it is, stored in one piece, then the
+// rest of the line up to its CR or LF through append_data. Returns where that CR or LF is.
+const char* SmtpServerSession::consume_data_run(const char* p, const char* end) {
+  const char* run = p;
+  p = text::plain_crlf_lines(p, end, data_line_length_, options_.max_data_line);
+  for (;;) {
+    const char* q = text::find_line_end(p, end);
+    size_t length = (p == run ? data_line_length_ : 0) + static_cast<size_t>(q - p);
+    bool plain = end - q >= 3 && q[0] == '\r' && q[1] == '\n' && q[2] != '.' &&
+                 length <= options_.max_data_line;
+    if (!plain) {
+      if (p > run) {  // whole lines, each ended by CRLF
+        store_data(std::string_view(run, static_cast<size_t>(p - run)));
+        data_line_length_ = 0;
+        previous_line_crlf_ = true;
+      }
+      append_data(std::string_view(p, static_cast<size_t>(q - p)));
+      return q;
+    }
+    p = q + 2;
+  }
+}
+
 void SmtpServerSession::append_data(std::string_view bytes) {
   data_line_length_ += bytes.size();
   if (data_line_length_ > options_.max_data_line && !data_line_too_long_) {
     data_line_too_long_ = true;
     state_ = SessionState::DataDraining;
   }
+  store_data(bytes);
+}
+
+// Message bytes into the buffer, within the size limit and the memory budget.
+void SmtpServerSession::store_data(std::string_view bytes) {
   if (state_ != SessionState::Data) return;
   if (data_bytes_ + bytes.size() > options_.max_message_bytes) {
     data_too_big_ = true;
@@ -357,14 +384,7 @@ void SmtpServerSession::append_data(std::string_view bytes) {
     drop_data();
     return;
   }
-  if (!message_.eight_bit) {
-    for (char c : bytes) {
-      if (static_cast<unsigned char>(c) >= 0x80) {
-        message_.eight_bit = true;
-        break;
-      }
-    }
-  }
+  if (!message_.eight_bit && text::has_high_byte(bytes)) message_.eight_bit = true;
   (blocks_.empty() ? message_.data : blocks_.back()).append(bytes);
   data_bytes_ += bytes.size();
 }

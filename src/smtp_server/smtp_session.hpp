@@ -158,7 +158,9 @@ class SmtpServerSession {
   bool take_line(std::string_view& line, bool& too_long);
   void consume_data(SessionOutput& out);
   void finish_data(SessionOutput& out);
+  const char* consume_data_run(const char* p, const char* end);
   void append_data(std::string_view bytes);
+  void store_data(std::string_view bytes);
   bool make_room(size_t more);
   bool reserve_declared(uint64_t declared);
   bool join_blocks();

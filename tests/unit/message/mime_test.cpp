@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <random>
 #include <string>
 #include <vector>
 
@@ -285,6 +286,37 @@ TEST(Build, TextAndHtmlAreMultipartAlternativeTextFirst) {
   EXPECT_EQ(p.children[0].header("Content-Transfer-Encoding"), "7bit");
   EXPECT_EQ(p.children[1].header("Content-Transfer-Encoding"), "quoted-printable");
   EXPECT_EQ(decoded_body(p.children[1]), crlf(*c.body_html));
+}
+
+// Random bodies (long lines, bare line ends, spaces before line ends, '=', UTF-8, with or
+// without a final line end) decode back to their CRLF form, whatever encoding was chosen.
+TEST(Build, RandomBodiesRoundTrip) {
+  std::mt19937 rng(3);
+  const std::string pieces[] = {"a",
+                                " ",
+                                "\t",
+                                "=",
+                                "\r\n",
+                                "\n",
+                                "\r",
+                                ".",
+                                "\xC3\xA9",
+                                "\xD0\x9F\xD1\x80",
+                                std::string(300, 'w')};
+  std::uniform_int_distribution<size_t> pick(0, std::size(pieces) - 1);
+  for (int round = 0; round < 200; ++round) {
+    std::string body;
+    for (int n = round % 25; n > 0; --n) body += pieces[pick(rng)];
+    MessageContent c = basic();
+    c.body_text = body;
+    auto m = build_ok(c);
+    expect_wire_clean(m.data);
+    Part p = parse_entity(m.data);
+    std::string want = crlf(body);
+    if (!want.empty() && !want.ends_with("\r\n")) want += "\r\n";
+    ASSERT_EQ(decoded_body(p), want)
+        << round << " " << p.header("Content-Transfer-Encoding").value_or("");
+  }
 }
 
 TEST(Build, TransferEncodingChosenByContent) {

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "mailcar/mime.hpp"
+#include "mailcar/scan.hpp"
 #include "message/mime_reader.hpp"
 
 namespace mailcar {
@@ -155,14 +156,28 @@ TEST(Normalize, Errors) {
     EXPECT_NE(r.error().message.find(part), std::string::npos) << r.error().message;
   };
   expect_error(std::string("From: a@example.com\r\n\r\nx\0y\r\n", 26), "NUL");
-  expect_error("From: a@example.com\r\nX-Long: " + std::string(991, 'a') + "\r\n\r\n", "998");
+  expect_error("From: a@example.com\r\nX-Long:" + std::string(992, 'a') + "\r\n\r\n", "998");
   expect_error("From: a@example.com\r\nFrom: b@example.com\r\n\r\n", "more than one From");
   expect_error("From: not an address\r\n\r\n", "invalid From");
   expect_error("From: undisclosed:;\r\n\r\n", "no address");
-  // 998 octets exactly is fine; long body lines are not the normalizer's business.
+  expect_error("From: a@example.com\r\nDKIM-Signature: v=1\r\n\r\n" + std::string(999, 'b'),
+               "DKIM-signed");
+  // 998 octets exactly is fine.
   auto ok = normalize_message(input("From: a@example.com\r\nX-Long: " + std::string(990, 'a') +
-                                    "\r\n\r\n" + std::string(5000, 'b') + "\r\n"));
-  EXPECT_TRUE(ok.ok());
+                                    "\r\n\r\n" + std::string(998, 'b') + "\r\n"));
+  ASSERT_TRUE(ok.ok());
+  EXPECT_NE(ok->data.find(std::string(998, 'b') + "\r\n"), std::string::npos);
+}
+
+// Lines over 998 octets never leave as they are: the body goes quoted-printable, a header is
+// folded (the details are in long_lines_test.cpp).
+TEST(Normalize, LongLinesAreReencoded) {
+  auto n = normalize_ok(input("From: a@example.com\r\nX-Long: a" + std::string(995, ' ') +
+                              "b\r\n\r\ncaf\xC3\xA9 " + std::string(5000, 'b') + "\r\n"));
+  EXPECT_LE(text::summarize_text(n.data).longest_line, 998u);
+  EXPECT_NE(n.data.find("Content-Transfer-Encoding: quoted-printable\r\n"), std::string::npos);
+  EXPECT_NE(n.data.find("\r\n\r\ncaf=C3=A9 bbb"), std::string::npos) << n.data;
+  EXPECT_FALSE(n.eight_bit);  // the only 8-bit bytes are now encoded
 }
 
 TEST(ReceivedHeader, FormatAndSanitizedClientText) {

@@ -3,9 +3,11 @@
 #include <gtest/gtest.h>
 
 #include <functional>
+#include <random>
 #include <string>
 #include <vector>
 
+#include "mailcar/mime.hpp"
 #include "mailcar/text.hpp"
 
 namespace mailcar {
@@ -549,6 +551,22 @@ TEST(SmtpClientSession, DotStuffing) {
   EXPECT_EQ(body_for("", 1 << 20), ".\r\n");
   EXPECT_EQ(body_for("a\r\n", 1 << 20), "a\r\n.\r\n");
   EXPECT_EQ(body_for(".", 1), "..\r\n.\r\n");
+}
+
+// The run-at-a-time body writer against dot_stuff() on random CRLF data, at every chunk size.
+TEST(SmtpClientSession, DotStuffingMatchesReferenceAtEveryChunkSize) {
+  std::mt19937 rng(9);
+  const char* lines[] = {"a", ".", "..", ". x", "", "mid.dle", "xxxxxxxxxxxxxxxxxxxxxxxxx"};
+  std::uniform_int_distribution<int> pick(0, 6);
+  for (int round = 0; round < 40; ++round) {
+    std::string data;
+    for (int n = round % 9; n > 0; --n) data += std::string(lines[pick(rng)]) + "\r\n";
+    if (round % 3 == 0) data += lines[pick(rng)];  // no final line end
+    const std::string want = dot_stuff(data);
+    for (size_t chunk = 1; chunk <= data.size() + 1; ++chunk) {
+      ASSERT_EQ(body_for(data, chunk), want) << round << " chunk " << chunk;
+    }
+  }
 }
 
 TEST(SmtpClientSession, BodyIsPulledInBoundedChunks) {

@@ -4,6 +4,7 @@
 
 #include <map>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -200,6 +201,57 @@ TEST_F(SessionTest, EndOfDataSplitAtEveryByteBoundary) {
   }
   ASSERT_EQ(last.event, SessionEvent::Deliver);
   EXPECT_EQ(last.submission->data, expected);
+}
+
+// Reference reader for message data, a line at a time: a line ends at CRLF, bare CR or bare
+// LF and becomes CRLF; a leading dot is dropped; "." ends the data only when it and the line
+// before it end in CRLF. Returns the data and how many input bytes the end marker closed.
+std::pair<std::string, size_t> reference_data(std::string_view in) {
+  std::string out;
+  bool previous_crlf = true;
+  size_t pos = 0;
+  while (pos < in.size()) {
+    size_t eol = in.find_first_of("\r\n", pos);
+    if (eol == std::string_view::npos) break;
+    bool crlf = in[eol] == '\r' && eol + 1 < in.size() && in[eol + 1] == '\n';
+    std::string_view line = in.substr(pos, eol - pos);
+    pos = eol + (crlf ? 2 : 1);
+    if (line == "." && crlf && previous_crlf) return {out, pos};
+    if (line.starts_with('.')) line.remove_prefix(1);
+    out.append(line);
+    out += "\r\n";
+    previous_crlf = crlf;
+  }
+  return {out, std::string_view::npos};
+}
+
+// The bulk DATA reader against the reference on random data, cut into two reads at every byte.
+TEST_F(SessionTest, DataReaderMatchesReferenceAtEverySplit) {
+  std::mt19937 rng(7);
+  const char* lines[] = {"a", ".", "..", ".x", "", "(long)", "caf\xc3\xa9"};  // 5: long_line
+  const std::string long_line(40, 'y');
+  const char* ends[] = {"\r\n", "\r\n", "\r\n", "\n", "\r"};
+  for (int round = 0; round < 60; ++round) {
+    std::string payload;
+    std::uniform_int_distribution<int> line_pick(0, 6), end_pick(0, 4);
+    for (int n = round % 12; n > 0; --n) {
+      int k = line_pick(rng);
+      payload += k == 5 ? long_line : std::string(lines[k]);
+      payload += ends[end_pick(rng)];
+    }
+    payload += "\r\n.\r\n";
+    auto [want, used] = reference_data(payload);
+    if (used != payload.size()) continue;  // the random data held an end marker itself
+    for (size_t cut = 0; cut <= payload.size(); ++cut) {
+      open();
+      begin_data();
+      say(payload.substr(0, cut));
+      if (cut < payload.size()) say(payload.substr(cut));
+      ASSERT_EQ(last.event, SessionEvent::Deliver) << round << " " << cut;
+      ASSERT_EQ(last.submission->data, want) << round << " " << cut;
+      EXPECT_EQ(last.submission->eight_bit, want.find('\xc3') != std::string::npos);
+    }
+  }
 }
 
 TEST_F(SessionTest, DotUnstuffing) {

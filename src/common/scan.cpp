@@ -1,0 +1,268 @@
+#include "mailcar/scan.hpp"
+
+#include <bit>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+namespace mailcar::text {
+namespace {
+
+#if defined(__SSE2__)
+constexpr size_t kBlock = 16;
+
+// Up to 16 bytes at p (n of them valid) as a vector; bytes past n are zero. Never reads
+// past p + n.
+__m128i load(const char* p, size_t n) {
+  if (n >= kBlock) return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  alignas(16) char buf[kBlock] = {};
+  std::memcpy(buf, p, n);
+  return _mm_load_si128(reinterpret_cast<const __m128i*>(buf));
+}
+
+uint32_t valid_mask(size_t n) {
+  return n >= kBlock ? 0xFFFFu : (1u << n) - 1u;
+}
+
+uint32_t eq_mask(__m128i v, char c) {
+  return static_cast<uint32_t>(_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(c))));
+}
+#endif
+
+// Line bookkeeping for summarize_text, called at each CR or LF.
+struct LineTracker {
+  const char* begin;
+  const char* end;
+  const char* line_start;
+  TextSummary& sum;
+
+  void line_end_at(const char* q) {
+    const char* content_end = q;
+    if (*q == '\r') {
+      if (q + 1 < end && q[1] == '\n') return;  // the LF ends this line
+      sum.bare_line_end = true;
+    } else if (q > line_start && q[-1] == '\r') {
+      content_end = q - 1;
+    } else {
+      sum.bare_line_end = true;
+    }
+    size_t len = static_cast<size_t>(content_end - line_start);
+    if (len > sum.longest_line) sum.longest_line = len;
+    line_start = q + 1;
+  }
+};
+
+}  // namespace
+
+#if defined(__SSE2__)
+namespace {
+
+// CR and LF positions of 64 bytes as one mask; NUL and high bytes folded into accumulators
+// that are looked at once at the end.
+uint64_t line_ends_64(const char* p, __m128i& nul, __m128i& high) {
+  uint64_t eol = 0;
+  for (int k = 0; k < 4; ++k) {
+    __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * k));
+    nul = _mm_or_si128(nul, _mm_cmpeq_epi8(v, _mm_setzero_si128()));
+    high = _mm_or_si128(high, v);
+    __m128i e = _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('\r')),
+                             _mm_cmpeq_epi8(v, _mm_set1_epi8('\n')));
+    eol |= static_cast<uint64_t>(static_cast<uint32_t>(_mm_movemask_epi8(e))) << (16 * k);
+  }
+  return eol;
+}
+
+size_t count_high(std::string_view s) {
+  size_t n = 0;
+  const char* p = s.data();
+  const char* end = p + s.size();
+  for (; p < end; p += kBlock) {
+    size_t left = static_cast<size_t>(end - p);
+    n += static_cast<size_t>(
+        std::popcount(static_cast<uint32_t>(_mm_movemask_epi8(load(p, left))) & valid_mask(left)));
+  }
+  return n;
+}
+
+}  // namespace
+#endif
+
+TextSummary summarize_text(std::string_view s) {
+  TextSummary sum;
+  const char* p = s.data();
+  const char* end = p + s.size();
+  LineTracker lines{p, end, p, sum};
+#if defined(__SSE2__)
+  __m128i nul = _mm_setzero_si128();
+  __m128i high = _mm_setzero_si128();
+  for (; end - p >= 64; p += 64) {
+    for (uint64_t eol = line_ends_64(p, nul, high); eol; eol &= eol - 1) {
+      lines.line_end_at(p + std::countr_zero(eol));
+    }
+  }
+  for (; p < end; p += kBlock) {
+    size_t n = static_cast<size_t>(end - p);
+    __m128i v = load(p, n);  // zero-padded: the padding is no NUL, see valid_mask
+    if (eq_mask(v, '\0') & valid_mask(n)) sum.nul = true;
+    high = _mm_or_si128(high, v);
+    uint32_t eol = (eq_mask(v, '\r') | eq_mask(v, '\n')) & valid_mask(n);
+    for (; eol; eol &= eol - 1) lines.line_end_at(p + std::countr_zero(eol));
+  }
+  if (_mm_movemask_epi8(nul)) sum.nul = true;
+  if (_mm_movemask_epi8(high)) sum.high_bytes = count_high(s);
+#else
+  for (; p < end; ++p) {
+    auto c = static_cast<unsigned char>(*p);
+    if (c >= 0x80) ++sum.high_bytes;
+    if (c == 0) sum.nul = true;
+    if (c == '\r' || c == '\n') lines.line_end_at(p);
+  }
+#endif
+  size_t last = static_cast<size_t>(end - lines.line_start);
+  if (last > sum.longest_line) sum.longest_line = last;
+  return sum;
+}
+
+const char* find_line_end(const char* p, const char* end) {
+#if defined(__SSE2__)
+  for (; p < end; p += kBlock) {
+    size_t n = static_cast<size_t>(end - p);
+    __m128i v = load(p, n);
+    uint32_t eol = (eq_mask(v, '\r') | eq_mask(v, '\n')) & valid_mask(n);
+    if (eol) return p + std::countr_zero(eol);
+  }
+  return end;
+#else
+  while (p < end && *p != '\r' && *p != '\n') ++p;
+  return p;
+#endif
+}
+
+#if defined(__SSE2__)
+namespace {
+
+uint64_t mask_64(const char* p, char c) {
+  const auto* v = reinterpret_cast<const __m128i*>(p);
+  __m128i n = _mm_set1_epi8(c);
+  uint64_t m = 0;
+  for (int k = 0; k < 4; ++k) {
+    auto bits = static_cast<uint32_t>(_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_loadu_si128(v + k), n)));
+    m |= static_cast<uint64_t>(bits) << (16 * k);
+  }
+  return m;
+}
+
+}  // namespace
+#endif
+
+const char* plain_crlf_lines(const char* p, const char* end, size_t first_line_length,
+                             size_t max_line) {
+  const char* safe = p;  // after the last CRLF known to be followed by a byte other than '.'
+#if defined(__SSE2__)
+  if (max_line < 64) return p;
+  size_t line = first_line_length;  // bytes of the current line before the block
+  uint64_t carry_cr = 0;            // the previous block ended in CR
+  for (const char* b = p; end - b > 64; b += 64) {
+    uint64_t cr = mask_64(b, '\r');
+    uint64_t lf = mask_64(b, '\n');
+    if (lf != ((cr << 1) | carry_cr)) break;  // a bare CR or LF
+    if (lf == 0) {
+      line += 64;
+      if (line > max_line) break;
+      carry_cr = cr >> 63;
+      continue;
+    }
+    // The byte after each LF: inside the block, or b[64] for an LF in the last position.
+    uint64_t after_lf = lf << 1;
+    if ((mask_64(b, '.') & after_lf) || ((lf >> 63) && b[64] == '.')) break;
+    if (line + static_cast<size_t>(std::countr_zero(lf)) - 1 > max_line) break;
+    int last = 63 - std::countl_zero(lf);
+    safe = b + last + 1;
+    line = static_cast<size_t>(63 - last);
+    carry_cr = cr >> 63;
+  }
+#else
+  (void)end;
+  (void)first_line_length;
+  (void)max_line;
+#endif
+  return safe;
+}
+
+const char* find_dot_after_lf(const char* p, const char* end) {
+  const char* start = p;
+#if defined(__SSE2__)
+  uint64_t carry_lf = 0;  // the previous block ended in LF
+  for (; end - p >= 64; p += 64) {
+    uint64_t lf = mask_64(p, '\n');
+    if (lf == 0 && carry_lf == 0) continue;
+    uint64_t hit = mask_64(p, '.') & ((lf << 1) | carry_lf);
+    if (hit) return p + std::countr_zero(hit);
+    carry_lf = lf >> 63;
+  }
+#endif
+  for (; p < end; ++p) {
+    if (*p == '.' && p > start && p[-1] == '\n') return p;
+  }
+  return end;
+}
+
+bool has_high_byte(std::string_view s) {
+  const char* p = s.data();
+  const char* end = p + s.size();
+#if defined(__SSE2__)
+  for (; end - p >= 64; p += 64) {  // four blocks folded into one test
+    const auto* v = reinterpret_cast<const __m128i*>(p);
+    __m128i any = _mm_or_si128(_mm_or_si128(_mm_loadu_si128(v), _mm_loadu_si128(v + 1)),
+                               _mm_or_si128(_mm_loadu_si128(v + 2), _mm_loadu_si128(v + 3)));
+    if (_mm_movemask_epi8(any)) return true;
+  }
+  for (; p < end; p += kBlock) {
+    size_t n = static_cast<size_t>(end - p);
+    if (static_cast<uint32_t>(_mm_movemask_epi8(load(p, n))) & valid_mask(n)) return true;
+  }
+  return false;
+#else
+  for (; p < end; ++p) {
+    if (static_cast<unsigned char>(*p) >= 0x80) return true;
+  }
+  return false;
+#endif
+}
+
+size_t qp_literal_prefix(std::string_view s) {
+  const char* p = s.data();
+  const char* end = p + s.size();
+#if defined(__SSE2__)
+  for (; end - p >= 64; p += 64) {  // four blocks tested at once; the first bad one is found below
+    const auto* v = reinterpret_cast<const __m128i*>(p);
+    __m128i bad = _mm_setzero_si128();
+    for (int k = 0; k < 4; ++k) {
+      __m128i x = _mm_loadu_si128(v + k);
+      // Signed compare: bytes >= 0x80 are negative, so "> 31" also rules them out.
+      __m128i ok = _mm_andnot_si128(_mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('=')),
+                                                 _mm_cmpeq_epi8(x, _mm_set1_epi8(127))),
+                                    _mm_cmpgt_epi8(x, _mm_set1_epi8(31)));
+      bad = _mm_or_si128(bad, _mm_xor_si128(ok, _mm_set1_epi8(-1)));
+    }
+    if (_mm_movemask_epi8(bad)) break;
+  }
+  for (; end - p >= static_cast<ptrdiff_t>(kBlock); p += kBlock) {
+    __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    // Signed compare: bytes >= 0x80 are negative, so "> 31" also rules them out.
+    __m128i ok = _mm_cmpgt_epi8(v, _mm_set1_epi8(31));
+    auto good = static_cast<uint32_t>(_mm_movemask_epi8(ok)) & ~eq_mask(v, '=') & ~eq_mask(v, 127);
+    if (good != 0xFFFFu) return static_cast<size_t>(p - s.data()) + std::countr_one(good);
+  }
+#endif
+  for (; p < end; ++p) {
+    auto c = static_cast<unsigned char>(*p);
+    if (c < 32 || c > 126 || c == '=') break;
+  }
+  return static_cast<size_t>(p - s.data());
+}
+
+}  // namespace mailcar::text

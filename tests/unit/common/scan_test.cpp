@@ -1,0 +1,174 @@
+// The block-at-a-time scanners against one-byte-at-a-time reference versions, on random input
+// rich in the bytes they decide on, at every length and offset (so every block split is hit).
+#include "mailcar/scan.hpp"
+
+#include <gtest/gtest.h>
+
+#include <random>
+#include <string>
+
+namespace mailcar::text {
+namespace {
+
+TextSummary reference_summary(std::string_view s) {
+  TextSummary sum;
+  size_t line = 0;
+  for (size_t i = 0; i < s.size(); ++i) {
+    auto c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x80) ++sum.high_bytes;
+    if (c == 0) sum.nul = true;
+    bool crlf = c == '\r' && i + 1 < s.size() && s[i + 1] == '\n';
+    if (c == '\r' && !crlf) sum.bare_line_end = true;
+    if (c == '\n' && (i == 0 || s[i - 1] != '\r')) sum.bare_line_end = true;
+    if (c == '\r' || c == '\n') {
+      sum.longest_line = std::max(sum.longest_line, line);
+      line = 0;
+      if (crlf) ++i;
+    } else {
+      ++line;
+    }
+  }
+  sum.longest_line = std::max(sum.longest_line, line);
+  return sum;
+}
+
+// Random text: mostly letters, with CR, LF, CRLF, '=', NUL, space, tab, DEL and high bytes.
+std::string random_text(std::mt19937& rng, size_t n) {
+  static const char kPool[] = "ab=\r\n\t \x7f\x80\xff.";
+  std::string s;
+  std::uniform_int_distribution<int> pick(0, 40);
+  for (size_t i = 0; i < n; ++i) {
+    int k = pick(rng);
+    if (k < static_cast<int>(sizeof kPool) - 1) {
+      s.push_back(kPool[k]);
+    } else if (k == 39) {
+      s.push_back('\0');
+    } else if (k == 40) {
+      s += "\r\n";
+    } else {
+      s.push_back(static_cast<char>('c' + k % 20));
+    }
+  }
+  return s;
+}
+
+void expect_same(const TextSummary& got, const TextSummary& want, std::string_view s) {
+  EXPECT_EQ(got.longest_line, want.longest_line) << testing::PrintToString(std::string(s));
+  EXPECT_EQ(got.high_bytes, want.high_bytes);
+  EXPECT_EQ(got.nul, want.nul);
+  EXPECT_EQ(got.bare_line_end, want.bare_line_end) << testing::PrintToString(std::string(s));
+}
+
+TEST(Scan, SummaryMatchesReferenceOnRandomTextAtEveryOffset) {
+  std::mt19937 rng(12);
+  for (int round = 0; round < 300; ++round) {
+    std::string s = random_text(rng, round % 97);
+    for (size_t from = 0; from <= s.size(); ++from) {
+      std::string_view v = std::string_view(s).substr(from);
+      expect_same(summarize_text(v), reference_summary(v), v);
+    }
+  }
+}
+
+TEST(Scan, SummaryOfLongLinesAndSplitCrlf) {
+  std::string s = std::string(999, 'x') + "\r\n" + std::string(20, 'y') + "\n" + "z\r";
+  TextSummary sum = summarize_text(s);
+  EXPECT_EQ(sum.longest_line, 999u);
+  EXPECT_TRUE(sum.bare_line_end);
+  // A CRLF across a 16-byte block edge is still one line end.
+  for (size_t n = 0; n < 40; ++n) {
+    std::string t = std::string(n, 'a') + "\r\n" + std::string(n + 1, 'b');
+    TextSummary got = summarize_text(t);
+    EXPECT_FALSE(got.bare_line_end) << n;
+    EXPECT_EQ(got.longest_line, n + 1) << n;
+  }
+  EXPECT_EQ(summarize_text("").longest_line, 0u);
+  EXPECT_FALSE(summarize_text("\r\n").bare_line_end);
+  EXPECT_TRUE(summarize_text("\n\r").bare_line_end);
+}
+
+TEST(Scan, FindLineEndHighByteAndQpPrefixMatchReference) {
+  std::mt19937 rng(34);
+  for (int round = 0; round < 300; ++round) {
+    std::string s = random_text(rng, round % 101 + (round % 7 == 0 ? 150 : 0));
+    for (size_t from = 0; from <= s.size(); ++from) {
+      std::string_view v = std::string_view(s).substr(from);
+      size_t eol = v.find_first_of("\r\n");
+      const char* want = eol == std::string_view::npos ? v.data() + v.size() : v.data() + eol;
+      EXPECT_EQ(find_line_end(v.data(), v.data() + v.size()), want);
+      bool high = false;
+      size_t literal = v.size();
+      for (size_t i = 0; i < v.size(); ++i) {
+        auto c = static_cast<unsigned char>(v[i]);
+        high = high || c >= 0x80;
+        if (literal == v.size() && (c < 32 || c > 126 || c == '=')) literal = i;
+      }
+      EXPECT_EQ(has_high_byte(v), high);
+      size_t dot = v.find("\n.");
+      EXPECT_EQ(find_dot_after_lf(v.data(), v.data() + v.size()),
+                dot == std::string_view::npos ? v.data() + v.size() : v.data() + dot + 1);
+      EXPECT_EQ(qp_literal_prefix(v), literal) << testing::PrintToString(std::string(v));
+    }
+  }
+}
+
+// The longest run of whole plain CRLF lines at the start of s (see plain_crlf_lines).
+size_t reference_plain_run(std::string_view s, size_t first_line_length, size_t max_line) {
+  size_t good = 0, pos = 0, line = first_line_length;
+  while (pos < s.size()) {
+    size_t eol = s.find_first_of("\r\n", pos);
+    if (eol == std::string_view::npos) break;
+    line += eol - pos;
+    if (line > max_line || s.substr(eol, 2) != "\r\n" || eol + 2 >= s.size() || s[eol + 2] == '.') {
+      break;
+    }
+    pos = good = eol + 2;
+    line = 0;
+  }
+  return good;
+}
+
+TEST(Scan, PlainCrlfLinesNeverPassesWhatNeedsADecision) {
+  std::mt19937 rng(78);
+  std::uniform_int_distribution<int> len(0, 150), odd(0, 60);
+  for (int round = 0; round < 3000; ++round) {
+    std::string s;
+    while (s.size() < 600) {
+      s += std::string(static_cast<size_t>(len(rng)), 'a');
+      int k = odd(rng);
+      s += k == 0 ? "\n" : k == 1 ? "\r" : k == 2 ? "\r\n." : "\r\n";
+    }
+    size_t first = static_cast<size_t>(round % 3) * 40;
+    size_t max_line = round % 5 == 0 ? 100 : 1000;
+    for (size_t from : {size_t{0}, size_t{1}, size_t{63}, size_t{64}, size_t{65}}) {
+      std::string_view v = std::string_view(s).substr(from);
+      size_t want = reference_plain_run(v, first, max_line);
+      size_t got = static_cast<size_t>(
+          plain_crlf_lines(v.data(), v.data() + v.size(), first, max_line) - v.data());
+      ASSERT_LE(got, want) << round << " " << from;
+      if (got > 0) {
+        ASSERT_EQ(v.substr(got - 2, 2), "\r\n") << round << " " << from;
+      }
+      // Whole blocks of plain lines are taken: it stops at most two blocks and a line early
+      // (the block that needs a decision, the tail shorter than a block).
+      if (want > 0) {
+        ASSERT_GE(got + 2 * 64 + 152 + first, want) << round << " " << from;
+      }
+    }
+  }
+}
+
+TEST(Scan, PlainCrlfLinesTakesLongRuns) {
+  std::string line = std::string(76, 'L') + "\r\n";
+  std::string s;
+  for (int i = 0; i < 100; ++i) s += line;
+  const char* got = plain_crlf_lines(s.data(), s.data() + s.size(), 0, 65536);
+  EXPECT_GE(got - s.data(), static_cast<ptrdiff_t>(s.size() - 64 - line.size()));
+  EXPECT_EQ(plain_crlf_lines(s.data(), s.data() + s.size(), 0, 50), s.data());
+  s[500] = '\n';  // a bare LF: the run stops before the line holding it
+  got = plain_crlf_lines(s.data(), s.data() + s.size(), 0, 65536);
+  EXPECT_LE(got - s.data(), 500);
+}
+
+}  // namespace
+}  // namespace mailcar::text
