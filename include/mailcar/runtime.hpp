@@ -19,6 +19,9 @@ namespace mailcar {
 
 class SpoolQueue;
 class SharedState;
+namespace net {
+class TlsServerContext;
+}
 
 struct Runtime {
   uv_loop_t* loop = nullptr;
@@ -31,6 +34,10 @@ struct Runtime {
   // Shared state (issue 11): the process's Redis link when shared_state is configured; null
   // otherwise (then the policy counts alone, as before).
   std::shared_ptr<SharedState> shared_state;
+  // The SMTP ingress certificate (smtp.tls_cert / tls_key) as loaded for this snapshot; null
+  // when none is configured. A reload loads the files again (certificate rotation, issue 13):
+  // new connections take the current one, a session keeps the one it started TLS with.
+  std::shared_ptr<net::TlsServerContext> smtp_tls;
 
   Transport* transport(std::string_view service) const {
     auto it = transports.find(service);

@@ -397,6 +397,9 @@ HttpResponse delivery_success(const DeliveryResult& result, const std::string& i
       body.append(std::to_string(r.smtp_code));
       body.append(",\"smtp_reply\":");
       log::append_json_string(body, r.smtp_reply);
+      // As in a failure's context: a 4xx refusal may pass later, a 5xx will not (issue 13).
+      body.append(",\"retryable\":");
+      body.append(r.smtp_code >= 400 && r.smtp_code < 500 ? "true" : "false");
       body.push_back('}');
     }
     body.push_back(']');
@@ -660,6 +663,17 @@ Answer check_caller_and_body(HttpRequest& request, const Config& config, const P
   return std::nullopt;
 }
 
+// A 413 is a refusal like the others (issue 13): the same "message_refused" line and the
+// `rejected` count. Before authentication the role is unknown (empty).
+void record_if_too_large(const HttpResponse& response, const ApiCaller& caller,
+                         const std::string& remote, std::string_view service, uint64_t limit) {
+  if (response.status != 413) return;
+  Submitter submitter{Ingress::Http, caller.credential ? caller.credential->role : "",
+                      caller.credential ? caller.identity() : "unauthenticated", remote};
+  record_refusal(submitter, service,
+                 "message over max_message_bytes " + std::to_string(limit) + " (413)");
+}
+
 HttpResponse bad_request(const FieldError& e) {
   return error_response(400, e.message, field_context(e.field));
 }
@@ -784,15 +798,19 @@ void ApiHandler::handle_send(HttpRequest& request, std::string_view service_name
   } parser_reset{json_};
 
   ApiCaller caller;
+  auto refuse = [&](HttpResponse response) {
+    record_if_too_large(response, caller, remote, service.name, limit);
+    respond(std::move(response));
+  };
   if (Answer a = check_caller_and_body(request, config, body, remote, service, caller)) {
-    return respond(std::move(*a));
+    return refuse(std::move(*a));
   }
   SendFields f;
   if (auto e = read_fields(body.root, f)) return respond(bad_request(*e));
   drop_grown_parser(json_);  // f holds what is needed; `body.root` must not be used from here on
   if (Answer a = apply_message_features(request, config, f)) return respond(std::move(*a));
   MessageContent content;
-  if (Answer a = expand_content(f, limit, content)) return respond(std::move(*a));
+  if (Answer a = expand_content(f, limit, content)) return refuse(std::move(*a));
   if (Answer a = check_parties(f, service)) return respond(std::move(*a));
   content.from = Mailbox{f.from_email, f.from_name};
   if (!f.reply_to_email.empty()) content.reply_to = Mailbox{f.reply_to_email, f.reply_to_name};
@@ -804,7 +822,7 @@ void ApiHandler::handle_send(HttpRequest& request, std::string_view service_name
   const uint64_t now = now_ms_();
   Submission submission;
   if (Answer a = build_outbound(content, *runtime, now, request, limit, submission.message)) {
-    return respond(std::move(*a));
+    return refuse(std::move(*a));
   }
   submission.submitter = {Ingress::Http, caller.credential->role, caller.identity(), remote};
   submission.service = service.name;
