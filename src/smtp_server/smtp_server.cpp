@@ -171,7 +171,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
       deadline_.clear();
       return stream_->abort();
     }
-    if (!force && (busy() || delaying_)) return;
+    bool handshake = session_->state() == smtp::SessionState::StartTlsPending;  // ends, then stops
+    if (!force && (busy() || delaying_ || handshake)) return;
     apply(session_->shutdown());
   }
 
@@ -236,8 +237,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
 
   // A session that became idle (RSET, a refused transaction) while the server stops ends now.
+  // Not in the middle of a STARTTLS handshake: its end checks again.
   void stop_if_server_stopping() {
-    if (server_->stopping && !closing_ && !delaying_ && !busy()) apply(session_->shutdown());
+    if (!server_->stopping || closing_ || delaying_ || busy()) return;
+    if (session_->state() == smtp::SessionState::StartTlsPending) return;
+    apply(session_->shutdown());
   }
 
   // After a reload (SIGHUP) the next command of an open connection already uses the new
@@ -278,6 +282,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
           self->held_.clear();
           self->handle(self->session_->feed(held));
         }
+        self->stop_if_server_stopping();
       });
       return;
     }
@@ -312,6 +317,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
           }
           self->session_->tls_started();
           self->touch();  // the handshake is the STARTTLS reply: the next command is awaited
+          self->stop_if_server_stopping();
         });
         break;
       }
