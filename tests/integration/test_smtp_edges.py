@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import free_port, parse_message, run
+from conftest import Certs, Upstream, free_port, parse_message, run
 
 PASSWORD = "edge-pa55word-Zq"
 
@@ -366,3 +366,48 @@ def test_sighup_rotates_the_ingress_certificate(upstream_factory, mailcar_factor
     [failed] = events(mc, "reload_failed")
     assert "tls_cert" in failed["error"], failed
     assert fingerprint(served_certificate(mc.smtp_port)) == second
+
+
+def test_sighup_rereads_the_ca_file(mailcar_factory, certs, tmp_path):
+    """An upstream whose certificate now comes from another CA: the service's ca_file is
+    replaced and SIGHUP makes new upstream connections trust it (it was read once before)."""
+    (tmp_path / "other-ca").mkdir()
+    other = Certs(tmp_path / "other-ca")
+    up = Upstream(other, mode="starttls")
+    try:
+        ca_file = tmp_path / "upstream-ca.crt"
+        shutil.copy(certs.ca, ca_file)  # the wrong CA for this upstream
+        cfg = f"""listen:
+  http: 127.0.0.1:{{HTTP_PORT}}
+services:
+  email:
+    host: localhost
+    port: {up.port}
+    encryption: tls
+    ca_file: {ca_file}
+    from_email: noreply@example.com
+    connect_timeout: 5s
+    command_timeout: 10s
+roles:
+  app:
+    senders: ["*"]
+credentials:
+  - api_key: test-key
+    role: app
+log:
+  format: json
+  level: debug
+"""
+        mc = mailcar_factory(cfg)
+        payload = {"to": [{"email": "a@example.com"}], "subject": "ca", "body_text": "ca body"}
+        status, body, _ = mc.send("email", payload)
+        assert status == 500 and "Certificate" in json.dumps(body), body
+        shutil.copy(other.ca, ca_file)
+        mc.signal(signal.SIGHUP)
+        wait_for_event(mc, "reloaded", 1)
+        status, body, _ = mc.send("email", payload)
+        assert status == 200, (body, mc.log())
+        [got] = up.wait_for(1)
+        assert got["tls"]
+    finally:
+        up.stop()
