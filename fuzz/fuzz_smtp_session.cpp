@@ -1,7 +1,8 @@
 // Arbitrary client bytes into an SMTP server session. The first input byte picks the setup
-// (AUTH in clear or not, anonymous role or not, STARTTLS, small limits, DSN offered) and how
-// the rest is split into reads; deliveries complete at once with varying replies. The junk
-// command limit is small so that the fuzzer reaches it.
+// (AUTH in clear or not, anonymous role or not, STARTTLS or implicit TLS, small limits, DSN
+// offered) and how the rest is split into reads; deliveries complete at once with varying
+// replies. The junk command limit is small so that the fuzzer reaches it. BDAT (CHUNKING) and
+// bracket-less addresses are in the dictionary and the seeds.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -63,6 +64,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   options.auth_in_clear = setup & 0x02;
   if (setup & 0x04) options.anonymous_role = "anon";
   options.tls_available = setup & 0x08;
+  options.implicit_tls = (setup & 0x48) == 0x40;  // listen.smtps (shares a bit with the reads)
   options.dsn = setup & 0x10;  // also one bit of the read size below
   options.max_data_line = 200;
   options.max_pending_input = 256;

@@ -13,6 +13,8 @@ packages=(
   python3 python3-aiosmtpd python3-pytest python3-prometheus-client openssl curl swaks
   # DKIM (issue 10): an independent verifier for the signed messages
   python3-dkim
+  # swaks --tls / --tls-on-connect (listen.smtps tests, issue 13)
+  libnet-ssleay-perl libio-socket-ssl-perl
 )
 if [ "${1:-}" = "--with-fuzz" ]; then
   packages+=(clang libclang-rt-14-dev)

@@ -193,6 +193,9 @@ struct Config {
   std::string file;  // where it came from ("<environment>" for the zero-file setup)
   std::optional<ListenAddress> listen_http;
   std::optional<ListenAddress> listen_smtp;
+  // listen.smtps (issue 13): SMTP ingress with implicit TLS (RFC 8314), beside the STARTTLS
+  // listener; needs smtp.tls_cert / smtp.tls_key.
+  std::optional<ListenAddress> listen_smtps;
   std::vector<ServiceConfig> services;  // in file order
   std::vector<RoleConfig> roles;        // in file order
   std::vector<CredentialConfig> credentials;

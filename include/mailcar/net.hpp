@@ -40,7 +40,8 @@ struct TlsClientOptions {
                             // verify is true (mbedTLS 2.28 skips the name check if empty)
 };
 
-// Certificate + key for server-side TLS (SMTP STARTTLS). Shared by all sessions of a listener.
+// Certificate + key for server-side TLS (SMTP STARTTLS, implicit TLS). Shared by the sessions
+// of the listeners. load() reads files (blocking) and may run on the thread pool (reload).
 class TlsServerContext {
  public:
   static Result<std::shared_ptr<TlsServerContext>> load(const std::string& cert_file,
@@ -61,6 +62,13 @@ inline constexpr size_t kMaxCaFileBytes = 16 * 1024 * 1024;
 // tls_cert FILE"; one line per file when neither can be read. Blocking file reads; safe on any
 // thread (used by --check and reload).
 Result<void> check_server_credentials(const std::string& cert_file, const std::string& key_file);
+// The first bytes a client sent begin a TLS record of type handshake (0x16, version 3.x): a
+// client that wanted implicit TLS reached a plaintext listener. No SMTP command and no HTTP
+// method begins with 0x16. One byte is enough to tell; a second must be 0x03.
+bool looks_like_tls_client_hello(std::string_view first_bytes);
+// Certificate rotation (issue 13): forget the parsed ca_file bundles, so that connections
+// made from now on read the files again. Loop thread only; open connections are unaffected.
+void forget_ca_files();
 // A CA bundle (ca_file) holds at least one certificate mbedTLS can parse ("ca_file FILE: ...").
 Result<void> check_ca_file(const std::string& ca_file);
 
@@ -117,6 +125,10 @@ class Stream {
   // Flush queued writes, then close. Idempotent. on_close fires (kind Closed) unless the
   // owner cleared it. TLS sends close_notify; unflushed bytes are dropped after 10 s.
   virtual void close() = 0;
+  // close() for a server that is stopping: queued writes still go out (for at most 1 s), but
+  // the peer's EOF is not awaited, so an idle client that never reads or closes does not hold
+  // the stop up. Also cuts short a close() already waiting for the peer.
+  virtual void close_promptly() = 0;
   // Close now, dropping queued writes (RST where possible).
   virtual void abort() = 0;
   virtual bool closed() const = 0;

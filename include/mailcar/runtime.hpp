@@ -20,6 +20,9 @@ namespace mailcar {
 class SpoolQueue;
 class SharedState;
 class IdempotencyStore;
+namespace net {
+class TlsServerContext;
+}
 
 struct Runtime {
   uv_loop_t* loop = nullptr;
@@ -35,6 +38,10 @@ struct Runtime {
   // Idempotency keys (issue 10, SPEC §10.3): the process's store (it outlives reloads); null:
   // keys are not honoured (a runtime built by a test without one).
   std::shared_ptr<IdempotencyStore> idempotency;
+  // The SMTP ingress certificate (smtp.tls_cert / tls_key) as loaded for this snapshot; null
+  // when none is configured. A reload loads the files again (certificate rotation, issue 13):
+  // new connections take the current one, a session keeps the one it started TLS with.
+  std::shared_ptr<net::TlsServerContext> smtp_tls;
 
   Transport* transport(std::string_view service) const {
     auto it = transports.find(service);

@@ -22,15 +22,20 @@
 
 namespace mailcar {
 
+// Plain: SMTP in clear, STARTTLS offered while the runtime has a certificate (listen.smtp).
+// ImplicitTls: the TLS handshake first, then SMTP inside it (listen.smtps, RFC 8314).
+enum class SmtpListener { Plain, ImplicitTls };
+
 class SmtpServer {
  public:
-  // Opens the listener. The configuration of the first runtime decides STARTTLS (smtp.tls_cert
-  // and smtp.tls_key are loaded here; a bad certificate is an error). Every new connection
-  // and every message takes the current runtime from `runtime`. Errors name the key and the
-  // value: "listen.smtp ADDRESS: reason", "smtp.tls_cert FILE: reason". A failed start leaves
-  // no handle open.
+  // Opens the listener. Every new connection and every message takes the current runtime from
+  // `runtime`; its smtp_tls (the certificate, reloaded with the configuration) decides
+  // STARTTLS and serves implicit TLS. Errors name the key and the value: "listen.smtp ADDRESS:
+  // reason"; ImplicitTls without a certificate in the runtime is an error. A failed start
+  // leaves no handle open. On a Plain listener a TLS ClientHello is logged and closed.
   static Result<std::unique_ptr<SmtpServer>> start(uv_loop_t* loop, const ListenAddress& address,
-                                                   RuntimeSource runtime);
+                                                   RuntimeSource runtime,
+                                                   SmtpListener kind = SmtpListener::Plain);
   ~SmtpServer();
   SmtpServer(const SmtpServer&) = delete;
   SmtpServer& operator=(const SmtpServer&) = delete;

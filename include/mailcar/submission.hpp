@@ -91,6 +91,12 @@ void begin_idempotent(const Runtime& runtime, const Submitter& submitter, std::s
 void record_policy_refusal(const Submitter& submitter, std::string_view service,
                            const PolicyDecision& decision, bool whole_message);
 
+// A refusal by a limit of the door itself (issue 13): over max_message_bytes (SMTP 552 at MAIL
+// SIZE= or after DATA, HTTP 413), authentication required (SMTP 530). The same
+// "message_refused" line and `rejected` counter as a policy refusal; `reason` says which limit,
+// with its value.
+void record_refusal(const Submitter& submitter, std::string_view service, std::string_view reason);
+
 // A message an ingress could not turn into a valid message (SMTP: normalization refused it):
 // one "message" line and the `rejected` counter.
 void record_invalid_message(const Submitter& submitter, std::string_view service,

@@ -565,13 +565,30 @@ class Loader {
   void load_listen(const Entry& entry) {
     auto s = section(entry);
     if (!s) return;
-    allow_only(*s, {"http", "smtp"});
+    allow_only(*s, {"http", "smtp", "smtps"});
     if (const Entry* e = s->get("http")) config_.listen_http = listen_address(*e);
     if (const Entry* e = s->get("smtp")) config_.listen_smtp = listen_address(*e);
     if (config_.listen_http && config_.listen_smtp &&
         config_.listen_http->host == config_.listen_smtp->host &&
         config_.listen_http->port == config_.listen_smtp->port) {
       error(*s->get("smtp"), "is the same address as listen.http");
+    }
+    load_listen_smtps(*s);
+  }
+
+  // listen.smtps (issue 13): implicit TLS beside listen.smtp; the certificate is checked in
+  // load_smtp (smtp.tls_cert / smtp.tls_key are required with it).
+  void load_listen_smtps(const Section& s) {
+    const Entry* e = s.get("smtps");
+    if (e == nullptr) return;
+    config_.listen_smtps = listen_address(*e);
+    if (!config_.listen_smtps) return;
+    for (const auto* other : {&config_.listen_http, &config_.listen_smtp}) {
+      if (*other && (*other)->host == config_.listen_smtps->host &&
+          (*other)->port == config_.listen_smtps->port) {
+        error(*e, other == &config_.listen_http ? "is the same address as listen.http"
+                                                : "is the same address as listen.smtp");
+      }
     }
   }
 
@@ -875,7 +892,7 @@ class Loader {
         service_must_exist(*e, *name);
         config_.smtp.service = std::move(*name);
       }
-    } else if (config_.listen_smtp) {
+    } else if (config_.listen_smtp || config_.listen_smtps) {
       if (config_.services.size() == 1) {
         config_.smtp.service = config_.services.front().name;
       } else if (config_.services.size() > 1) {
@@ -903,6 +920,11 @@ class Loader {
     if (key != nullptr) config_.smtp.tls_key = path(*key).value_or("");
     if ((cert == nullptr) != (key == nullptr)) {
       error_key(cert != nullptr ? *cert : *key, "tls_cert and tls_key go together: give both");
+    }
+    // listen.smtps (issue 13): implicit TLS has nothing to offer without a certificate.
+    if (config_.listen_smtps && (cert == nullptr || key == nullptr)) {
+      error_at(s->mark, "smtp.tls_cert",
+               "and smtp.tls_key are required when listen.smtps is set (implicit TLS)");
     }
   }
 

@@ -124,6 +124,17 @@ Result<void> check_referenced_files(const Config& cfg) {
   return {};
 }
 
+// The SMTP ingress certificate of `cfg`, or null when none is configured. Blocking file reads:
+// at start, or on the thread pool for a reload (certificate rotation, issue 13).
+Result<std::shared_ptr<net::TlsServerContext>> load_smtp_tls(const Config& cfg) {
+  if (cfg.smtp.tls_cert.empty() || cfg.smtp.tls_key.empty()) {
+    return std::shared_ptr<net::TlsServerContext>();
+  }
+  auto tls = net::TlsServerContext::load(cfg.smtp.tls_cert, cfg.smtp.tls_key);
+  if (!tls.ok()) return make_error(cfg.file + ": smtp." + tls.error().message);
+  return tls;
+}
+
 Result<Config> load(const ConfigSource& src) {
   Result<Config> cfg = src.file.empty() ? config_from_environment() : load_config_file(src.file);
   if (!cfg.ok()) return cfg;
@@ -180,7 +191,12 @@ class Daemon {
       shared_->start();
     }
     if (!open_idempotency_store()) return 1;
-    runtime_ = build_runtime(*config_, nullptr);
+    auto smtp_tls = load_smtp_tls(*config_);
+    if (!smtp_tls.ok()) {
+      log::error("tls_failed", {{"error", smtp_tls.error().message}});
+      return 1;
+    }
+    runtime_ = build_runtime(*config_, nullptr, std::move(smtp_tls.value()));
     state_path_ = state_path_for(*config_);
     if (auto saved = read_state_file(state_path_); !saved.ok()) {
       log::warn("state_not_restored", {{"error", saved.error().message}});
@@ -206,6 +222,15 @@ class Daemon {
       }
       smtp_ = std::move(server.value());
     }
+    if (config_->listen_smtps) {  // implicit TLS (issue 13)
+      auto server =
+          SmtpServer::start(&loop_, *config_->listen_smtps, source, SmtpListener::ImplicitTls);
+      if (!server.ok()) {
+        log::error("listen_failed", {{"listener", "smtps"}, {"error", server.error().message}});
+        return 1;
+      }
+      smtps_ = std::move(server.value());
+    }
 
     signal(SIGPIPE, SIG_IGN);
     watch_signal(sigterm_, SIGTERM);
@@ -220,6 +245,7 @@ class Daemon {
                {"config", config_->file},
                {"http", config_->listen_http ? config_->listen_http->text : std::string("off")},
                {"smtp", config_->listen_smtp ? config_->listen_smtp->text : std::string("off")},
+               {"smtps", config_->listen_smtps ? config_->listen_smtps->text : std::string("off")},
                {"services", static_cast<uint64_t>(config_->services.size())},
                {"state_file", state_path_}});
     uv_run(&loop_, UV_RUN_DEFAULT);
@@ -250,8 +276,10 @@ class Daemon {
     return true;
   }
 
-  std::shared_ptr<Runtime> build_runtime(const Config& cfg, const Runtime* previous) {
+  std::shared_ptr<Runtime> build_runtime(const Config& cfg, const Runtime* previous,
+                                         std::shared_ptr<net::TlsServerContext> smtp_tls) {
     auto rt = std::make_shared<Runtime>();
+    rt->smtp_tls = std::move(smtp_tls);
     rt->loop = &loop_;
     rt->config = std::make_shared<const Config>(cfg);
     rt->hostname = cfg.smtp.hostname;
@@ -308,12 +336,23 @@ class Daemon {
         &loop_, &reload_job_->req,
         [](uv_work_t* req) {
           auto* self = static_cast<Daemon*>(req->data);
-          self->reload_job_->result = load(self->reload_job_->source);
+          ReloadJob& job = *self->reload_job_;
+          job.result = load(job.source);
+          if (!job.result->ok()) return;
+          // The certificate is read again too (rotation); a bad one fails the whole reload.
+          auto tls = load_smtp_tls(job.result->value());
+          if (tls.ok()) {
+            job.smtp_tls = std::move(tls.value());
+          } else {
+            job.result = tls.error();
+          }
         },
         [](uv_work_t* req, int status) {
           auto* self = static_cast<Daemon*>(req->data);
           std::unique_ptr<ReloadJob> job = std::move(self->reload_job_);
-          if (status == 0 && job->result) self->apply_reload(std::move(*job->result));
+          if (status == 0 && job->result) {
+            self->apply_reload(std::move(*job->result), std::move(job->smtp_tls));
+          }
           if (self->reload_again_ && !self->stopping_) {
             self->reload_again_ = false;
             self->reload();
@@ -325,7 +364,7 @@ class Daemon {
     }
   }
 
-  void apply_reload(Result<Config> next) {
+  void apply_reload(Result<Config> next, std::shared_ptr<net::TlsServerContext> smtp_tls) {
     if (stopping_) return;
     if (!next.ok()) {
       log::error("reload_failed", {{"config", source_.file}, {"error", next.error().message}});
@@ -336,7 +375,8 @@ class Daemon {
       return a ? a->text : std::string("off");
     };
     if (listen_text(cfg.listen_http) != listen_text(config_->listen_http) ||
-        listen_text(cfg.listen_smtp) != listen_text(config_->listen_smtp)) {
+        listen_text(cfg.listen_smtp) != listen_text(config_->listen_smtp) ||
+        listen_text(cfg.listen_smtps) != listen_text(config_->listen_smtps)) {
       log::warn("reload_listen_unchanged", {{"reason", "listen addresses change only on restart"}});
     }
     if (static_cast<bool>(cfg.spool) != static_cast<bool>(config_->spool) ||
@@ -349,8 +389,14 @@ class Daemon {
                 {{"reason", "shared_state changes only on restart"}});
     }
     auto old = runtime_;
-    runtime_ = build_runtime(cfg, old.get());
+    if (smtps_ && !smtp_tls) {
+      log::error("reload_failed", {{"config", source_.file},
+                                   {"error", "listen.smtps needs smtp.tls_cert and smtp.tls_key"}});
+      return;
+    }
+    runtime_ = build_runtime(cfg, old.get(), std::move(smtp_tls));
     config_ = runtime_->config;
+    net::forget_ca_files();  // new upstream connections read every ca_file again (rotation)
     log::configure(cfg.log.format, cfg.log.level);
     // In-flight submissions keep the old snapshot alive; its transports drain and close.
     for (auto& [name, transport] : old->transports) {
@@ -400,6 +446,10 @@ class Daemon {
     if (smtp_) {
       ++pending_;
       smtp_->shutdown(grace, [this] { part_done(); });
+    }
+    if (smtps_) {
+      ++pending_;
+      smtps_->shutdown(grace, [this] { part_done(); });
     }
     part_done();
   }
@@ -453,6 +503,7 @@ class Daemon {
   void release_handles() {
     http_.reset();
     smtp_.reset();
+    smtps_.reset();
     state_timer_.reset();
     force_timer_.reset();
     for (uv_signal_t* handle : {&sigterm_, &sigint_, &sighup_}) {
@@ -486,6 +537,7 @@ class Daemon {
     uv_work_t req{};
     ConfigSource source;
     std::optional<Result<Config>> result;
+    std::shared_ptr<net::TlsServerContext> smtp_tls;  // loaded beside the configuration
   };
 
   ConfigSource source_;
@@ -496,6 +548,7 @@ class Daemon {
   std::shared_ptr<Runtime> runtime_;
   std::unique_ptr<HttpServer> http_;
   std::unique_ptr<SmtpServer> smtp_;
+  std::unique_ptr<SmtpServer> smtps_;  // listen.smtps: implicit TLS
   std::unique_ptr<net::Timer> state_timer_;
   std::unique_ptr<net::Timer> force_timer_;
   std::shared_ptr<SpoolQueue> spool_;

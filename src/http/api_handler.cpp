@@ -400,6 +400,9 @@ HttpResponse delivery_success(const DeliveryResult& result, const std::string& i
       body.append(std::to_string(r.smtp_code));
       body.append(",\"smtp_reply\":");
       log::append_json_string(body, r.smtp_reply);
+      // As in a failure's context: a 4xx refusal may pass later, a 5xx will not (issue 13).
+      body.append(",\"retryable\":");
+      body.append(r.smtp_code >= 400 && r.smtp_code < 500 ? "true" : "false");
       body.push_back('}');
     }
     body.push_back(']');
@@ -663,6 +666,17 @@ Answer check_caller_and_body(HttpRequest& request, const Config& config, const P
   return std::nullopt;
 }
 
+// A 413 is a refusal like the others (issue 13): the same "message_refused" line and the
+// `rejected` count. Before authentication the role is unknown (empty).
+void record_if_too_large(const HttpResponse& response, const ApiCaller& caller,
+                         const std::string& remote, std::string_view service, uint64_t limit) {
+  if (response.status != 413) return;
+  Submitter submitter{Ingress::Http, caller.credential ? caller.credential->role : "",
+                      caller.credential ? caller.identity() : "unauthenticated", remote};
+  record_refusal(submitter, service,
+                 "message over max_message_bytes " + std::to_string(limit) + " (413)");
+}
+
 HttpResponse bad_request(const FieldError& e) {
   return error_response(400, e.message, field_context(e.field));
 }
@@ -904,7 +918,9 @@ void ApiHandler::handle_send(HttpRequest& request, std::string_view service_name
   // Answers given before the caller is known or the body read are not kept (no scope, or a
   // body never seen whole), nor those to a request whose key is unusable.
   bool usable_key = key && valid_idempotency_key(*key);
+  const uint64_t limit = config.limits.max_message_bytes;
   if (early && (!usable_key || caller.credential == nullptr || request.body_over_limit)) {
+    record_if_too_large(*early, caller, remote, service.name, limit);
     return respond(std::move(*early));
   }
   if (key && !usable_key) {
@@ -919,6 +935,7 @@ void ApiHandler::handle_send(HttpRequest& request, std::string_view service_name
   submission.service = service.name;
   prepared->answer = early ? std::move(early)
                            : prepare_message(request, body, service, *runtime, json_, *prepared);
+  if (prepared->answer) record_if_too_large(*prepared->answer, caller, remote, service.name, limit);
   if (!key) return send_prepared(std::move(runtime), *prepared, {}, std::move(respond));
   Submitter submitter = submission.submitter;
   begin_idempotent(*runtime, submitter, service.name, *key, hash, prepared->now,

@@ -100,7 +100,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
 
   // The server stops: idle connections close now, busy ones after their answers.
   void begin_shutdown() {
-    if (closing_) return;
+    if (closing_) return stream_->close_promptly();  // no wait for the client's EOF now
     stream_->pause_reading();
     if (!in_flight_ && queue_.empty()) {
       if (parser_.in_message()) write(http::error_response(503, "Shutting down."), false);
@@ -134,6 +134,17 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
 
   void on_data(std::string_view bytes) {
     if (closing_ || parser_.failed()) return;
+    if (std::exchange(first_read_, false) && net::looks_like_tls_client_hello(bytes)) {
+      log::warn("http_tls_on_plaintext",
+                {{"remote", peer_},
+                 {"reason",
+                  "TLS ClientHello on a plaintext listener; listen.http serves plain "
+                  "HTTP only: use http://, or put a TLS proxy in front"}});
+      closing_ = true;
+      timer_.stop();
+      stream_->abort();
+      return;
+    }
     try {
       take(parser_.feed(bytes));
     } catch (const std::bad_alloc&) {
@@ -279,7 +290,11 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
     if (closing_) return;
     closing_ = true;
     timer_.stop();
-    stream_->close();
+    if (server_stopping()) {
+      stream_->close_promptly();  // a stopping server does not wait for the client's EOF
+    } else {
+      stream_->close();
+    }
   }
 
   void update_timer() {
@@ -326,6 +341,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   bool in_flight_ = false;
   bool processing_ = false;
   bool closing_ = false;
+  bool first_read_ = true;  // a TLS ClientHello is recognised in the first bytes only
   bool reading_paused_ = false;
   bool continue_owed_ = false;
   uint64_t request_seq_ = 0;  // which request an asynchronous answer belongs to

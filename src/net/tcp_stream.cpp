@@ -11,6 +11,7 @@ namespace {
 constexpr size_t kReadBufferSize = 64 * 1024;
 constexpr size_t kPlaintextBufferSize = 16 * 1024;  // one TLS record
 constexpr uint64_t kCloseDeadlineMs = 10'000;       // flush + drain after close()
+constexpr uint64_t kPromptCloseDeadlineMs = 1'000;  // flush after close_promptly()
 
 // Reads are consumed synchronously in the read callback, so one buffer per loop thread serves
 // every stream: an idle connection costs no read buffer.
@@ -352,6 +353,13 @@ void TcpStream::close() {
   begin_graceful_close();
 }
 
+void TcpStream::close_promptly() {
+  prompt_close_ = true;
+  if (state_ == State::Open) return close();
+  if (state_ == State::Draining) return hard_close(false);  // our FIN is out: stop waiting
+  if (state_ == State::Flushing) uv_timer_start(&timer_, on_timer, kPromptCloseDeadlineMs, 0);
+}
+
 void TcpStream::abort() {
   done_fn_ = nullptr;
   set_reason(NetErrorKind::Closed, "aborted");
@@ -370,11 +378,11 @@ void TcpStream::begin_graceful_close() {
     flush_tls();
     if (state_ != State::Flushing) return;
   }
-  uv_timer_start(&timer_, on_timer, kCloseDeadlineMs, 0);
+  uv_timer_start(&timer_, on_timer, prompt_close_ ? kPromptCloseDeadlineMs : kCloseDeadlineMs, 0);
   int rc = uv_shutdown(&shutdown_req_, uv_stream(), [](uv_shutdown_t* req, int status) {
     auto* self = static_cast<TcpStream*>(req->handle->data);
     if (self->state_ != State::Flushing) return;
-    if (status < 0 || self->eof_) return self->hard_close(false);
+    if (status < 0 || self->eof_ || self->prompt_close_) return self->hard_close(false);
     self->state_ = State::Draining;
     self->update_reading();
   });

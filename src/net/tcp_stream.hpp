@@ -37,6 +37,7 @@ class TcpStream final : public Stream, public std::enable_shared_from_this<TcpSt
   void start_tls_server(std::shared_ptr<TlsServerContext> context, DoneFn done) override;
   bool tls_active() const override { return tls_state_ != TlsState::None; }
   void close() override;
+  void close_promptly() override;
   void abort() override;
   bool closed() const override { return state_ != State::Open; }
   std::string peer_address() const override;
@@ -83,6 +84,7 @@ class TcpStream final : public Stream, public std::enable_shared_from_this<TcpSt
   bool paused_ = false;
   bool eof_ = false;
   bool shutdown_started_ = false;
+  bool prompt_close_ = false;  // close_promptly(): no wait for the peer's EOF
 
   DataFn data_fn_;
   DataFn replacement_data_fn_;  // on_data() called from inside data_fn_

@@ -148,9 +148,15 @@ struct SslConfig {
 };
 
 // Parsing the system CA bundle costs milliseconds: do it once per (file, verify) and share the
-// read-only configuration between sessions. A changed CA file is picked up on restart.
-std::shared_ptr<SslConfig> client_config(const TlsClientOptions& options, NetError* error) {
+// read-only configuration between sessions. A reload empties the cache (forget_ca_files), so a
+// rotated CA file is read again by the next connection. Loop thread only.
+std::map<std::pair<std::string, bool>, std::shared_ptr<SslConfig>>& client_config_cache() {
   static std::map<std::pair<std::string, bool>, std::shared_ptr<SslConfig>> cache;
+  return cache;
+}
+
+std::shared_ptr<SslConfig> client_config(const TlsClientOptions& options, NetError* error) {
+  auto& cache = client_config_cache();
   std::string ca_file = options.ca_file.empty() ? kDefaultCaFile : options.ca_file;
   auto key = std::make_pair(options.verify ? ca_file : std::string(), options.verify);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
@@ -248,12 +254,25 @@ class ServerContext final : public TlsServerContext {
 
 // ---- server context ----
 
+bool looks_like_tls_client_hello(std::string_view first_bytes) {
+  constexpr char kHandshakeRecord = 0x16;
+  constexpr char kMajorVersion = 0x03;
+  if (first_bytes.empty() || first_bytes[0] != kHandshakeRecord) return false;
+  return first_bytes.size() < 2 || first_bytes[1] == kMajorVersion;
+}
+
+void forget_ca_files() {
+  client_config_cache().clear();  // sessions that hold a configuration keep it alive
+}
+
 Result<std::shared_ptr<TlsServerContext>> TlsServerContext::load(const std::string& cert_file,
                                                                  const std::string& key_file) {
   auto* rng = shared_rng();
-  if (!rng) return make_error("TLS random number generator failed to seed");
+  Rng parse_rng;  // its own for parsing: a reload loads on the thread pool (issue 13)
+  if (!rng || !parse_rng.ok) return make_error("TLS random number generator failed to seed");
   auto context = std::make_shared<ServerContext>();
-  if (auto r = load_key_pair(&context->chain, &context->key, cert_file, key_file, rng); !r) {
+  if (auto r = load_key_pair(&context->chain, &context->key, cert_file, key_file, &parse_rng.drbg);
+      !r) {
     return r.error();
   }
   int rc = mbedtls_ssl_config_defaults(&context->config, MBEDTLS_SSL_IS_SERVER,

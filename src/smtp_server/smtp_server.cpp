@@ -66,7 +66,8 @@ struct SmtpServer::Impl {
   uv_loop_t* loop = nullptr;
   RuntimeSource runtime;
   std::unique_ptr<net::Listener> listener;
-  std::shared_ptr<net::TlsServerContext> tls;
+  SmtpListener kind = SmtpListener::Plain;
+  const char* name = "smtp";  // listener label in logs and metrics
   std::map<Connection*, std::shared_ptr<Connection>> connections;
   net::ConnectionsPerClient per_client;  // limits.max_connections_per_client
   bool stopping = false;
@@ -96,7 +97,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     smtp::SessionOptions options;
     options.hostname = runtime_->hostname.empty() ? config.smtp.hostname : runtime_->hostname;
     options.max_message_bytes = config.limits.max_message_bytes;
-    options.tls_available = server->tls != nullptr;
+    options.tls_available = runtime_->smtp_tls != nullptr;
+    options.implicit_tls = server->kind == SmtpListener::ImplicitTls;
     options.auth_in_clear = server->listener && server->listener->is_loopback();
     options.dsn = runtime_->spool != nullptr;                    // honoured in spool mode only
     options.shared_windows = runtime_->shared_state != nullptr;  // issue 11
@@ -117,6 +119,35 @@ class Connection : public std::enable_shared_from_this<Connection> {
     stream_->on_close([weak](const net::NetError&) {
       if (auto self = weak.lock()) self->closed();
     });
+    if (server_->kind == SmtpListener::ImplicitTls) return begin_implicit_tls();
+    greet();
+  }
+
+  // listen.smtps (RFC 8314): the TLS handshake comes first, within smtp_command_timeout; the
+  // greeting is the first thing said inside it.
+  void begin_implicit_tls() {
+    handshaking_ = true;
+    update_deadline();
+    std::weak_ptr<Connection> weak = weak_from_this();
+    stream_->start_tls_server(runtime_->smtp_tls, [weak](const net::NetError& error) {
+      auto self = weak.lock();
+      if (!self || self->closing_) return;
+      self->handshaking_ = false;
+      if (error.kind != net::NetErrorKind::None) {
+        log::info("smtp_tls_failed", {{"remote", self->remote_},
+                                      {"listener", self->server_->name},
+                                      {"error", error.detail}});
+        self->closing_ = true;
+        self->deadline_.clear();
+        self->stream_->abort();
+        return;
+      }
+      self->greet();
+    });
+  }
+
+  void greet() {
+    std::weak_ptr<Connection> weak = weak_from_this();
     auto greeting = session_->start();
     stream_->write(std::move(greeting.reply));
     // Reading starts only below, so bytes a client sent early are indistinguishable from bytes
@@ -128,11 +159,21 @@ class Connection : public std::enable_shared_from_this<Connection> {
     touch();
   }
 
-  bool busy() const { return session_->busy() || delivering_; }
+  // Work in flight that a stopping server waits for (up to shutdown_grace): a message being
+  // received or delivered, or a transaction begun with MAIL FROM. Anything else is idle.
+  bool busy() const { return session_->busy() || session_->in_transaction() || delivering_; }
 
-  // Server stopping: idle sessions close now; `force` closes busy ones too.
+  // Server stopping: idle sessions get 421 4.3.2 and close now; `force` closes busy ones too.
+  // A connection already closing stops waiting for its client's EOF.
   void stop(bool force) {
-    if (closing_ || (!force && busy())) return;
+    if (closing_) return stream_->close_promptly();
+    if (handshaking_) {  // listen.smtps before its greeting: nothing to say in clear
+      closing_ = true;
+      deadline_.clear();
+      return stream_->abort();
+    }
+    bool handshake = session_->state() == smtp::SessionState::StartTlsPending;  // ends, then stops
+    if (!force && (busy() || delaying_ || handshake)) return;
     apply(session_->shutdown());
   }
 
@@ -149,6 +190,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
  private:
   void on_data(std::string_view bytes) {
     if (closing_) return;
+    if (!session_->tls_active() && first_read_ && net::looks_like_tls_client_hello(bytes)) {
+      return refuse_tls_on_plaintext();
+    }
+    first_read_ = false;
     refresh_runtime();
     if (wait_ == Wait::Data) earn_data_time(bytes.size());
     if (delaying_) {  // replies must stay in order behind a delayed 535
@@ -169,9 +214,35 @@ class Connection : public std::enable_shared_from_this<Connection> {
     }
     // The DATA buffer's share of the budget ends with it (a delivered message took it along).
     if (!session_->busy() && !delivering_) data_lease_.release();
+    stop_if_server_stopping();
     // Message data comes in whole chunks (the session finds the end marker and keeps any
     // STARTTLS that follows from taking effect); commands come line by line.
-    if (!closing_) stream_->set_line_delivery(session_->state() != smtp::SessionState::Data);
+    smtp::SessionState state = session_->state();
+    if (!closing_) {
+      stream_->set_line_delivery(state != smtp::SessionState::Data &&
+                                 state != smtp::SessionState::Chunk);
+    }
+  }
+
+  // An implicit-TLS client (Laravel MAIL_ENCRYPTION=ssl, Nodemailer secure: true) pointed at
+  // the plaintext listener: nothing SMTP can say reaches it, so say it in the log and close.
+  void refuse_tls_on_plaintext() {
+    log::warn("smtp_tls_on_plaintext",
+              {{"remote", remote_},
+               {"reason",
+                "TLS ClientHello on a plaintext listener; use listen.smtps for "
+                "implicit TLS (ssl), or STARTTLS (tls) on listen.smtp"}});
+    closing_ = true;
+    deadline_.clear();
+    stream_->abort();
+  }
+
+  // A session that became idle (RSET, a refused transaction) while the server stops ends now.
+  // Not in the middle of a STARTTLS handshake: its end checks again.
+  void stop_if_server_stopping() {
+    if (!server_->stopping || closing_ || delaying_ || busy()) return;
+    if (session_->state() == smtp::SessionState::StartTlsPending) return;
+    apply(session_->shutdown());
   }
 
   // After a reload (SIGHUP) the next command of an open connection already uses the new
@@ -192,8 +263,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
       record_policy_refusal(submitter(), runtime_->config->smtp.service, refusal.decision,
                             refusal.whole_message);
     }
+    for (const std::string& reason : out.limit_refusals) {
+      record_refusal(submitter(), runtime_->config->smtp.service, reason);
+    }
     if (out.auth_failed) {
-      log::warn("smtp_auth_failed", {{"remote", remote_}});
+      log::warn("smtp_auth_failed", {{"remote", remote_}, {"user", out.auth_user_tried}});
       delaying_ = true;
       stream_->pause_reading();
       std::weak_ptr<Connection> weak = weak_from_this();
@@ -209,6 +283,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
           self->held_.clear();
           self->handle(self->session_->feed(held));
         }
+        self->stop_if_server_stopping();
       });
       return;
     }
@@ -232,7 +307,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
         break;
       case smtp::SessionEvent::StartTls: {
         std::weak_ptr<Connection> weak = weak_from_this();
-        stream_->start_tls_server(server_->tls, [weak](const net::NetError& error) {
+        stream_->start_tls_server(runtime_->smtp_tls, [weak](const net::NetError& error) {
           auto self = weak.lock();
           if (!self || self->closing_) return;
           if (error.kind != net::NetErrorKind::None) {
@@ -243,6 +318,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
           }
           self->session_->tls_started();
           self->touch();  // the handshake is the STARTTLS reply: the next command is awaited
+          self->stop_if_server_stopping();
         });
         break;
       }
@@ -261,7 +337,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
         return;
       case smtp::SessionEvent::Close:
         closing_ = true;
-        stream_->close();
+        if (server_->stopping) {
+          stream_->close_promptly();  // the stop must not wait for an idle client's EOF
+        } else {
+          stream_->close();
+        }
         break;
     }
     update_deadline();
@@ -292,7 +372,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     const LimitsConfig& limits = runtime_->config->limits;
     uint64_t now = deadline_.now();
     smtp::SessionState state = session_->state();
-    if (state == smtp::SessionState::Data || state == smtp::SessionState::DataDraining) {
+    if (state == smtp::SessionState::Data || state == smtp::SessionState::DataDraining ||
+        state == smtp::SessionState::Chunk) {
       if (wait_ != Wait::Data) {
         wait_ = Wait::Data;
         data_deadline_ = now + limits.smtp_command_timeout_ms;
@@ -301,7 +382,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
       }
       return deadline_.set(data_deadline_);
     }
-    if (state == smtp::SessionState::StartTlsPending) {
+    if (state == smtp::SessionState::StartTlsPending || handshaking_) {
       if (wait_ != Wait::Tls) deadline_.set(now + limits.smtp_command_timeout_ms);
       wait_ = Wait::Tls;
       return;
@@ -379,7 +460,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // Normalized in the DATA buffer itself (taken from `submission`: no copy of the message).
   Result<NormalizedMessage> normalize(const Runtime& rt, smtp::Submission& submission,
                                       const std::string& trace_id, int64_t now_unix) const {
-    std::string protocol = session_->esmtp() ? "ESMTP" : "SMTP";
+    // WITH protocol types: RFC 3848 (ESMTPS, ESMTPA, ESMTPSA), RFC 6531 3.7.3 (UTF8SMTP...).
+    std::string protocol = !session_->esmtp()          ? "SMTP"
+                           : submission.utf8_requested ? "UTF8SMTP"
+                                                       : "ESMTP";
     if (session_->esmtp() && session_->tls_active()) protocol += "S";
     if (session_->esmtp() && session_->authenticated()) protocol += "A";
     NormalizeInput input;
@@ -485,10 +569,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
     touch();
     apply(session_->delivery_finished(reply.code, reply.enhanced, reply.text));
     if (closing_) return;
-    if (server_->stopping && !session_->busy()) {
+    if (server_->stopping && !busy()) {
       apply(session_->shutdown());
       return;
     }
+    // Reading goes on while stopping too: the client may finish its transaction (RSET, QUIT).
     if (!session_->busy() && !delaying_) stream_->resume_reading();
   }
 
@@ -517,6 +602,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::string held_;
   MemoryLease data_lease_{inflight_budget()};  // the DATA buffer's share of the in-flight budget
   bool delaying_ = false;
+  bool handshaking_ = false;  // listen.smtps: before the greeting
+  bool first_read_ = true;    // a TLS ClientHello is recognised in the first bytes only
   bool delivering_ = false;
   bool closing_ = false;
 };
@@ -551,7 +638,7 @@ void SmtpServer::Impl::accept(net::StreamPtr stream) {
   auto connection = std::make_shared<Connection>(this, stream, rt);
   connections.emplace(connection.get(), connection);
   per_client.add(connection.get(), host);
-  metrics::connection_opened("smtp");
+  metrics::connection_opened(name);
   log::debug("smtp_connect", {{"remote", stream->peer_address()}});
   connection->begin();
 }
@@ -562,7 +649,7 @@ void SmtpServer::Impl::closed(Connection* connection) {
   // The stream's close callback holds its own reference while it runs.
   per_client.remove(connection);
   connections.erase(it);
-  metrics::connection_closed("smtp");
+  metrics::connection_closed(name);
   maybe_done();
 }
 
@@ -580,32 +667,36 @@ SmtpServer::~SmtpServer() {
   if (impl_->listener) impl_->listener->close();
   for (auto& [ptr, connection] : impl_->connections) {
     connection->abandon();
-    metrics::connection_closed("smtp");
+    metrics::connection_closed(impl_->name);
   }
   impl_->connections.clear();
 }
 
 Result<std::unique_ptr<SmtpServer>> SmtpServer::start(uv_loop_t* loop, const ListenAddress& address,
-                                                      RuntimeSource runtime) {
+                                                      RuntimeSource runtime, SmtpListener kind) {
   auto impl = std::make_unique<Impl>();
   impl->loop = loop;
   impl->runtime = std::move(runtime);
+  impl->kind = kind;
+  impl->name = kind == SmtpListener::ImplicitTls ? "smtps" : "smtp";
   std::shared_ptr<Runtime> rt = impl->runtime ? impl->runtime() : nullptr;
   if (!rt || !rt->config) return make_error("smtp: no runtime configuration");
-  const SmtpIngressConfig& smtp = rt->config->smtp;
-  if (!smtp.tls_cert.empty() && !smtp.tls_key.empty()) {
-    auto tls = net::TlsServerContext::load(smtp.tls_cert, smtp.tls_key);
-    if (!tls.ok()) return make_error("smtp." + tls.error().message);  // "smtp.tls_cert FILE: ..."
-    impl->tls = std::move(tls.value());
+  if (kind == SmtpListener::ImplicitTls && !rt->smtp_tls) {
+    return make_error("listen.smtps needs smtp.tls_cert and smtp.tls_key");
   }
   Impl* raw = impl.get();
   auto listener =
       net::Listener::open(loop, address, [raw](net::StreamPtr stream) { raw->accept(stream); });
-  if (!listener.ok()) return make_error("listen.smtp " + listener.error().message);
+  if (!listener.ok()) {
+    return make_error(std::string("listen.") + impl->name + " " + listener.error().message);
+  }
   impl->listener = std::move(listener.value());
-  log::info("smtp_listening", {{"address", address.text},
+  log::info("smtp_listening", {{"listener", impl->name},
+                               {"address", address.text},
                                {"port", impl->listener->port()},
-                               {"starttls", impl->tls != nullptr},
+                               {"tls", kind == SmtpListener::ImplicitTls ? "implicit"
+                                       : rt->smtp_tls                    ? "starttls"
+                                                                         : "none"},
                                {"auth_in_clear", impl->listener->is_loopback()}});
   return std::unique_ptr<SmtpServer>(new SmtpServer(std::move(impl)));
 }

@@ -69,9 +69,22 @@ std::optional<uint64_t> parse_decimal(std::string_view s) {
 }
 
 // "<path> params" after "FROM:" / "TO:". Strips an RFC 5321 source route (@a,@b:user@d).
+// `MAIL FROM:addr` / `RCPT TO:addr` without angle brackets, as Postfix accepts by default
+// (strict_rfc821_envelopes = no): the address runs to the first space, parameters follow.
+constexpr size_t kMaxLoggedUserName = 256;  // of an AUTH that failed: the log names it
+
+bool parse_bare_path(std::string_view rest, std::string_view& address, std::string_view& params) {
+  size_t sp = rest.find(' ');
+  address = rest.substr(0, sp);
+  if (address.find_first_of("<>") != std::string_view::npos) return false;
+  params = sp == std::string_view::npos ? std::string_view() : text::trim(rest.substr(sp + 1));
+  return true;
+}
+
 bool parse_path(std::string_view rest, std::string_view& address, std::string_view& params) {
   rest = text::trim(rest);
-  if (rest.empty() || rest.front() != '<') return false;
+  if (rest.empty()) return false;
+  if (rest.front() != '<') return parse_bare_path(rest, address, params);
   size_t close = rest.find('>');
   if (close == std::string_view::npos) return false;
   address = rest.substr(1, close - 1);
@@ -101,7 +114,10 @@ std::vector<std::string_view> split_params(std::string_view params) {
 
 SmtpServerSession::SmtpServerSession(SessionOptions options, const CredentialStore* credentials,
                                      const Policy* policy)
-    : options_(std::move(options)), credentials_(credentials), policy_(policy) {}
+    : options_(std::move(options)),
+      credentials_(credentials),
+      policy_(policy),
+      tls_active_(options_.implicit_tls) {}
 
 SessionOutput SmtpServerSession::start() {
   SessionOutput out;
@@ -116,7 +132,7 @@ void SmtpServerSession::greeting_sent() {
 
 bool SmtpServerSession::busy() const {
   return state_ == SessionState::Data || state_ == SessionState::DataDraining ||
-         state_ == SessionState::AwaitingDelivery;
+         state_ == SessionState::Chunk || state_ == SessionState::AwaitingDelivery;
 }
 
 SessionOutput SmtpServerSession::feed(std::string_view bytes) {
@@ -207,6 +223,10 @@ void SmtpServerSession::run(SessionOutput& out) {
   while (out.event == SessionEvent::None && pos_ < input_.size()) {
     if (state_ == SessionState::Data || state_ == SessionState::DataDraining) {
       consume_data(out);
+      continue;
+    }
+    if (state_ == SessionState::Chunk) {  // BDAT octets (smtp_bdat.cpp)
+      consume_chunk(out);
       continue;
     }
     if (state_ != SessionState::Command && state_ != SessionState::AuthPlainResponse &&
@@ -483,7 +503,8 @@ void SmtpServerSession::finish_data(SessionOutput& out) {
   if (data_too_big_) {
     state_ = SessionState::Command;
     reset_transaction();
-    reply(out, 552, "5.3.4", "Message size exceeds fixed maximum message size");
+    out.limit_refusals.push_back("message data" + over_limit());
+    reply(out, 552, "5.3.4", too_big_text());
     return;
   }
   if (!data_no_budget_ && !data_no_memory_) join_blocks();
@@ -524,6 +545,8 @@ void SmtpServerSession::command(std::string_view line, SessionOutput& out) {
     cmd_rcpt(arg, out);
   } else if (is("DATA")) {
     cmd_data(arg, out);
+  } else if (is("BDAT")) {
+    cmd_bdat(arg, out);
   } else if (is("RSET")) {
     if (!arg.empty()) return error(out, 501, "5.5.4", "Syntax: RSET");
     junk_command_ = true;
@@ -542,8 +565,8 @@ void SmtpServerSession::command(std::string_view line, SessionOutput& out) {
     junk_command_ = true;
     reply(out, 214, "2.0.0",
           options_.tls_available
-              ? "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP AUTH STARTTLS"
-              : "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP AUTH");
+              ? "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP AUTH STARTTLS"
+              : "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP AUTH");
   } else if (is("AUTH")) {
     cmd_auth(arg, out);
   } else if (is("STARTTLS")) {
@@ -566,8 +589,9 @@ void SmtpServerSession::cmd_helo(std::string_view arg, bool extended, SessionOut
     return;
   }
   std::vector<std::string> lines = {
-      options_.hostname, "PIPELINING", "SIZE " + std::to_string(options_.max_message_bytes),
-      "8BITMIME",        "SMTPUTF8",   "ENHANCEDSTATUSCODES"};
+      options_.hostname,    "PIPELINING", "SIZE " + std::to_string(options_.max_message_bytes),
+      "8BITMIME",           "SMTPUTF8",   "CHUNKING",
+      "ENHANCEDSTATUSCODES"};
   if (auth_offered()) lines.emplace_back("AUTH PLAIN LOGIN");
   if (options_.tls_available && !tls_active_) lines.emplace_back("STARTTLS");
   if (options_.dsn) lines.emplace_back("DSN");
@@ -578,10 +602,23 @@ void SmtpServerSession::cmd_helo(std::string_view arg, bool extended, SessionOut
   }
 }
 
+// 552 says the limit, as the HTTP 413 does (issue 13).
+std::string SmtpServerSession::too_big_text() const {
+  return "Message size exceeds fixed maximum message size: the limit is " +
+         std::to_string(options_.max_message_bytes) + " bytes";
+}
+
+std::string SmtpServerSession::over_limit() const {
+  return " over max_message_bytes " + std::to_string(options_.max_message_bytes) + " (552)";
+}
+
 void SmtpServerSession::cmd_mail(std::string_view arg, SessionOutput& out) {
   if (helo_.empty()) return error(out, 503, "5.5.1", "Send EHLO or HELO first");
   if (in_transaction_) return error(out, 503, "5.5.1", "Nested MAIL command");
-  if (current_role().empty()) return error(out, 530, "5.7.0", "Authentication required");
+  if (current_role().empty()) {
+    out.limit_refusals.emplace_back("authentication required (530)");
+    return error(out, 530, "5.7.0", "Authentication required");
+  }
   std::string_view address, params;
   if (!text::istarts_with_ascii(arg, "FROM:") || !parse_path(arg.substr(5), address, params)) {
     return error(out, 501, "5.5.4", "Syntax: MAIL FROM:<address>");
@@ -599,7 +636,8 @@ void SmtpServerSession::cmd_mail(std::string_view arg, SessionOutput& out) {
       auto size = parse_decimal(value);
       if (!size) return error(out, 501, "5.5.4", "Bad SIZE parameter");
       if (*size > options_.max_message_bytes) {
-        return reply(out, 552, "5.3.4", "Message size exceeds fixed maximum message size");
+        out.limit_refusals.push_back("declared SIZE=" + std::to_string(*size) + over_limit());
+        return reply(out, 552, "5.3.4", too_big_text());
       }
       declared = *size;
     } else if (text::iequals_ascii(key, "BODY") && eq != std::string_view::npos) {
@@ -640,6 +678,7 @@ void SmtpServerSession::cmd_mail(std::string_view arg, SessionOutput& out) {
   smtputf8_param_ = smtputf8;
   declared_size_ = declared;
   message_ = Submission{};
+  message_.utf8_requested = smtputf8;
   message_.envelope_from = std::move(from);
   message_.eight_bit = eight_bit;
   message_.smtputf8 = !text::is_ascii(address);
@@ -695,6 +734,7 @@ void SmtpServerSession::cmd_data(std::string_view arg, SessionOutput& out) {
   if (!arg.empty()) return error(out, 501, "5.5.4", "Syntax: DATA");
   if (!in_transaction_) return error(out, 503, "5.5.1", "Need MAIL command");
   if (message_.recipients.empty()) return error(out, 503, "5.5.1", "Need RCPT command");
+  if (chunking_) return error(out, 503, "5.5.1", "DATA after BDAT: send the rest with BDAT");
   state_ = SessionState::Data;
   scan_ = DataScan::LineStart;
   previous_line_crlf_ = true;  // the DATA line's own CRLF
@@ -820,6 +860,7 @@ void SmtpServerSession::auth_check(std::string_view user, std::string_view passw
   }
   ++auth_failures_;
   out.auth_failed = true;
+  out.auth_user_tried = std::string(user.substr(0, kMaxLoggedUserName));
   reply(out, 535, "5.7.8", "Authentication credentials invalid");
   if (auth_failures_ >= options_.max_auth_failures) {
     close(out, 421, "4.7.0", "Too many authentication failures");
@@ -891,6 +932,7 @@ std::optional<PolicyDecision> SmtpServerSession::check_policy(const std::string&
 
 void SmtpServerSession::reset_transaction() {
   in_transaction_ = false;
+  chunking_ = false;
   smtputf8_param_ = false;
   declared_size_ = 0;
   message_ = Submission{};

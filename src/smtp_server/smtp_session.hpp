@@ -31,6 +31,7 @@ struct SessionOptions {
   bool shared_windows = false;
   uint64_t max_message_bytes = 26'214'400;
   bool tls_available = false;  // STARTTLS configured
+  bool implicit_tls = false;   // listen.smtps: TLS from the first byte (STARTTLS not offered)
   bool auth_in_clear = false;  // AUTH may be offered without TLS (loopback listener)
   // Offer the DSN extension (RFC 3461: RET, ENVID, NOTIFY, ORCPT): only in spool mode, where
   // the parameters are honoured. Without it they get 555 like any unknown parameter.
@@ -65,6 +66,7 @@ enum class SessionState {
   AuthLoginPass,      // 334 Password: sent
   Data,               // reading message data
   DataDraining,       // message data over a limit: scanning for the end marker, not storing
+  Chunk,              // BDAT (RFC 3030): reading the chunk's octets, exactly as announced
   AwaitingDelivery,   // end of data seen; waiting for delivery_finished()
   StartTlsPending,    // 220 sent for STARTTLS; waiting for tls_started()
   Closed,             // QUIT, limits or timeout: nothing more is read
@@ -89,8 +91,9 @@ struct Submission {
   std::string envelope_from;  // empty for the null reverse-path <>
   std::vector<std::string> recipients;
   std::string data;
-  bool smtputf8 = false;   // an envelope address is non-ASCII
-  bool eight_bit = false;  // BODY=8BITMIME or 8-bit bytes in the data
+  bool smtputf8 = false;        // an envelope address is non-ASCII
+  bool utf8_requested = false;  // MAIL FROM carried SMTPUTF8 (Received: with UTF8SMTP...)
+  bool eight_bit = false;       // BODY=8BITMIME or 8-bit bytes in the data
   // RET, ENVID and per recipient NOTIFY, ORCPT; dsn.recipients is parallel to `recipients`
   // (always filled, defaults where nothing was given). Empty unless options.dsn.
   DsnRequest dsn;
@@ -108,7 +111,11 @@ struct SessionOutput {
   SessionEvent event = SessionEvent::None;
   std::optional<Submission> submission;  // set with Deliver
   bool auth_failed = false;              // the reply holds a 535: the glue may delay it
+  std::string auth_user_tried;           // with auth_failed: the user name (never the password)
   std::vector<PolicyRefusal> refusals;   // policy decisions behind refusing replies
+  // Refusals by a limit of the door (552 over max_message_bytes, 530), for the glue to log
+  // and count like policy refusals: what was refused and the limit.
+  std::vector<std::string> limit_refusals;
 };
 
 class SmtpServerSession {
@@ -141,6 +148,8 @@ class SmtpServerSession {
   SessionState state() const { return state_; }
   // A message is being received or delivered: shutdown should wait for it.
   bool busy() const;
+  // MAIL FROM was accepted and the transaction has not ended (RSET, delivery, refusal).
+  bool in_transaction() const { return in_transaction_; }
   // Part of a command (or AUTH response) line has arrived without its line end: the glue's
   // per-line deadline runs.
   bool line_pending() const;
@@ -174,6 +183,12 @@ class SmtpServerSession {
   void cmd_data(std::string_view arg, SessionOutput& out);
   void cmd_auth(std::string_view arg, SessionOutput& out);
   void cmd_starttls(std::string_view arg, SessionOutput& out);
+  // CHUNKING (RFC 3030), in smtp_bdat.cpp.
+  void cmd_bdat(std::string_view arg, SessionOutput& out);
+  void start_chunks();
+  void consume_chunk(SessionOutput& out);
+  void append_chunk(std::string_view bytes);
+  void end_chunk(SessionOutput& out);
   void auth_response(std::string_view line, SessionOutput& out);
   void auth_plain(std::string_view base64, SessionOutput& out);
   void auth_check(std::string_view user, std::string_view password, SessionOutput& out);
@@ -183,6 +198,8 @@ class SmtpServerSession {
   void error(SessionOutput& out, int code, std::string_view enhanced, std::string_view text);
   void close(SessionOutput& out, int code, std::string_view enhanced, std::string_view text);
   bool auth_offered() const;
+  std::string too_big_text() const;
+  std::string over_limit() const;
   bool address_ok(std::string_view address) const;
   std::optional<PolicyDecision> check_policy(const std::string& from, uint64_t recipients) const;
   void reset_transaction();
@@ -226,6 +243,17 @@ class SmtpServerSession {
   size_t blocks_capacity_ = 0;
   size_t data_bytes_ = 0;  // in message_.data and blocks_ together
   bool pending_overflow_ = false;
+  // BDAT: octets of the current chunk still to read, whether it is the LAST one, whether this
+  // transaction's data came by BDAT, and the refusal owed at the chunk's end (code 0: none).
+  uint64_t chunk_remaining_ = 0;
+  uint64_t chunk_size_ = 0;
+  bool chunk_last_ = false;
+  bool chunking_ = false;
+  struct ChunkRefusal {
+    int code = 0;
+    std::string enhanced;
+    std::string text;
+  } chunk_refusal_;
 };
 
 }  // namespace mailcar::smtp

@@ -48,15 +48,20 @@ const char* refusal_outcome(const PolicyDecision& d) {
 }
 
 // No recipient count: an SMTP client is refused at MAIL FROM, before it names any.
-void log_refusal(const Submitter& s, std::string_view service, const PolicyDecision& d) {
+void log_refusal(const Submitter& s, std::string_view service, std::string_view outcome,
+                 std::string_view reason, std::string_view limit) {
   log::info("message_refused", {{"ingress", ingress_name(s.ingress)},
                                 {"role", s.role},
                                 {"identity", s.identity},
                                 {"remote", s.remote},
                                 {"service", service},
-                                {"outcome", refusal_outcome(d)},
-                                {"reason", d.reason},
-                                {"limit", d.limit_text}});
+                                {"outcome", outcome},
+                                {"reason", reason},
+                                {"limit", limit}});
+}
+
+void log_refusal(const Submitter& s, std::string_view service, const PolicyDecision& d) {
+  log_refusal(s, service, refusal_outcome(d), d.reason, d.limit_text);
 }
 
 // What the log line and counters of a finished delivery need once the message itself has gone
@@ -390,6 +395,11 @@ void record_policy_refusal(const Submitter& submitter, std::string_view service,
   if (whole_message) {
     metrics::count_message(submitter.ingress, submitter.role, service, refusal_outcome(decision));
   }
+}
+
+void record_refusal(const Submitter& submitter, std::string_view service, std::string_view reason) {
+  log_refusal(submitter, service, "rejected", reason, "");
+  metrics::count_message(submitter.ingress, submitter.role, service, "rejected");
 }
 
 void record_invalid_message(const Submitter& submitter, std::string_view service,

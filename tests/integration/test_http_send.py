@@ -166,6 +166,7 @@ def test_one_recipient_rejected(upstream_factory, mailcar_factory):
     [rej] = body["rejected"]
     assert rej["email"] == "nobody@example.com" and rej["smtp_code"] == 550
     assert "No such user" in rej["smtp_reply"]
+    assert rej["retryable"] is False  # 5xx (issue 13)
     [got] = up.wait_for(1)
     assert got["rcpt_tos"] == ["alice@example.com"]
 

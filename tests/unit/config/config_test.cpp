@@ -631,6 +631,24 @@ TEST_F(ConfigTest, ListenAddresses) {
             "DIR/mailcar.yaml:6:9: listen.smtp: is the same address as listen.http");
 }
 
+// listen.smtps (issue 13): implicit TLS beside listen.smtp, with the smtp certificate.
+TEST_F(ConfigTest, ListenSmtpsNeedsTheCertificate) {
+  std::string listen = "listen:\n  smtp: 127.0.0.1:2525\n  smtps: 127.0.0.1:2465\n";
+  auto config =
+      load(std::string(kMinimal) + listen + "smtp:\n  tls_cert: c.pem\n  tls_key: k.pem\n");
+  ASSERT_TRUE(config.ok()) << config.error().message;
+  ASSERT_TRUE(config->listen_smtps.has_value());
+  EXPECT_EQ(config->listen_smtps->port, 2465);
+  EXPECT_EQ(config->smtp.service, "email");
+  EXPECT_EQ(errors_of(std::string(kMinimal) + listen),
+            "DIR/mailcar.yaml:1:1: smtp.tls_cert: and smtp.tls_key are required when "
+            "listen.smtps is set (implicit TLS)");
+  EXPECT_EQ(
+      errors_of(std::string(kMinimal) + "listen:\n  smtp: 127.0.0.1:25\n  smtps: 127.0.0.1:25\n"
+                                        "smtp:\n  tls_cert: c.pem\n  tls_key: k.pem\n"),
+      "DIR/mailcar.yaml:6:10: listen.smtps: is the same address as listen.smtp");
+}
+
 TEST_F(ConfigTest, SmtpServiceIsRequiredWithSeveralServices) {
   const char* yaml = R"(listen: {smtp: 127.0.0.1:2525}
 services:

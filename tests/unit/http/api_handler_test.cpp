@@ -685,6 +685,14 @@ TEST_F(ApiHandlerTest, PartialRejectionIs200WithRejected) {
   EXPECT_EQ(r.str("/rejected/0/smtp_reply"), "550 5.1.1 no such user");
   EXPECT_EQ(r.str("/rejected/1/email"), "c@x.org");
   EXPECT_EQ(r.num("/rejected/1/smtp_code"), 452);
+  // As a failure's context says (issue 13): a 4xx may pass later, a 5xx will not.
+  bool retryable = true;
+  ASSERT_EQ(r.json.at_pointer("/rejected/0/retryable").get_bool().get(retryable),
+            simdjson::SUCCESS);
+  EXPECT_FALSE(retryable);
+  ASSERT_EQ(r.json.at_pointer("/rejected/1/retryable").get_bool().get(retryable),
+            simdjson::SUCCESS);
+  EXPECT_TRUE(retryable);
   // No "rejected" member when everyone accepted.
   auto all = send(kMinimal);
   simdjson::dom::element e;

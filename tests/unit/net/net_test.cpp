@@ -394,6 +394,61 @@ TEST_F(NetTest, CloseFlushesQueuedWrites) {
   EXPECT_EQ(at_client.why.detail, "closed");
 }
 
+// A stopping server (issue 13): the reply still reaches the peer, but a peer that neither
+// reads further nor closes does not hold the close up (close() waits up to 10 s for its EOF).
+TEST_F(NetTest, ClosePromptlyFlushesAndDoesNotWaitForThePeer) {
+  StreamPtr server;
+  auto listener = listen([&](StreamPtr stream) { server = std::move(stream); });
+  ASSERT_TRUE(listener);
+  auto client = connect("127.0.0.1", listener->port());
+  ASSERT_TRUE(client.stream);
+  ASSERT_TRUE(run_until([&] { return server != nullptr; }));
+  Recorder at_server;
+  at_server.attach(server);
+  Recorder at_client;
+  at_client.attach(client.stream);
+  client.stream->pause_reading();  // an idle client: reads nothing, never closes
+  server->write("421 4.3.2 Service shutting down\r\n");
+  auto start = std::chrono::steady_clock::now();
+  server->close_promptly();
+  EXPECT_TRUE(run_until([&] { return at_server.closed; }, 5000));
+  auto waited = std::chrono::steady_clock::now() - start;
+  EXPECT_LT(waited, std::chrono::milliseconds(1500));
+  client.stream->resume_reading();
+  EXPECT_TRUE(run_until([&] { return at_client.closed; }, 5000));
+  EXPECT_EQ(at_client.data, "421 4.3.2 Service shutting down\r\n");
+}
+
+// close() already waiting for the peer's EOF is cut short by close_promptly().
+TEST_F(NetTest, ClosePromptlyCutsShortAWaitingClose) {
+  StreamPtr server;
+  auto listener = listen([&](StreamPtr stream) { server = std::move(stream); });
+  ASSERT_TRUE(listener);
+  auto client = connect("127.0.0.1", listener->port());
+  ASSERT_TRUE(client.stream);
+  ASSERT_TRUE(run_until([&] { return server != nullptr; }));
+  Recorder at_server;
+  at_server.attach(server);
+  Recorder at_client;
+  at_client.attach(client.stream);
+  client.stream->pause_reading();
+  server->close();
+  EXPECT_FALSE(run_until([&] { return at_server.closed; }, 300));  // waits for the peer
+  server->close_promptly();
+  EXPECT_TRUE(run_until([&] { return at_server.closed; }, 1500));
+  client.stream->resume_reading();
+  EXPECT_TRUE(run_until([&] { return at_client.closed; }, 5000));
+}
+
+TEST(TlsClientHello, RecognisedFromTheFirstBytes) {
+  EXPECT_TRUE(looks_like_tls_client_hello(std::string_view("\x16", 1)));
+  EXPECT_TRUE(looks_like_tls_client_hello(std::string_view("\x16\x03\x01\x02\x00", 5)));
+  EXPECT_FALSE(looks_like_tls_client_hello(std::string_view("\x16\x04", 2)));
+  EXPECT_FALSE(looks_like_tls_client_hello("EHLO x\r\n"));
+  EXPECT_FALSE(looks_like_tls_client_hello("GET / HTTP/1.1\r\n"));
+  EXPECT_FALSE(looks_like_tls_client_hello(""));
+}
+
 // ---------------------------------------------------------------- timers
 
 TEST_F(NetTest, TimerFiresOnceAndRepeats) {

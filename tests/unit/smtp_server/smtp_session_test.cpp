@@ -45,7 +45,8 @@ class FakePolicy : public Policy {
   mutable uint64_t last_now = 0;
 };
 
-const std::string kCapsTail = "250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n";
+const std::string kCapsTail =
+    "250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n";
 
 class SessionTest : public ::testing::Test {
  protected:
@@ -318,7 +319,9 @@ TEST_F(SessionTest, SizeLimitWhileStreamingThenSessionUsable) {
   line += "\r\n";
   for (int i = 0; i < 20; ++i) EXPECT_EQ(say(line), "");
   EXPECT_EQ(session->state(), SessionState::DataDraining);
-  EXPECT_EQ(say(".\r\n"), "552 5.3.4 Message size exceeds fixed maximum message size\r\n");
+  EXPECT_EQ(
+      say(".\r\n"),
+      "552 5.3.4 Message size exceeds fixed maximum message size: the limit is 1000 bytes\r\n");
   EXPECT_EQ(last.event, SessionEvent::None);
   EXPECT_EQ(session->state(), SessionState::Command);
   // The transaction is gone; a new one works.
@@ -386,8 +389,9 @@ TEST_F(SessionTest, DataBufferIsGrantedBeforeItIsAllocated) {
 TEST_F(SessionTest, SizeParameterOverLimit) {
   open();
   say("EHLO c\r\n");
-  EXPECT_EQ(say("MAIL FROM:<a@example.com> SIZE=1001\r\n"),
-            "552 5.3.4 Message size exceeds fixed maximum message size\r\n");
+  EXPECT_EQ(
+      say("MAIL FROM:<a@example.com> SIZE=1001\r\n"),
+      "552 5.3.4 Message size exceeds fixed maximum message size: the limit is 1000 bytes\r\n");
   EXPECT_EQ(say("MAIL FROM:<a@example.com> SIZE=abc\r\n"), "501 5.5.4 Bad SIZE parameter\r\n");
   EXPECT_EQ(say("MAIL FROM:<a@example.com> BODY=BINARYMIME\r\n"),
             "501 5.5.4 Unsupported BODY type\r\n");
@@ -600,7 +604,7 @@ TEST_F(SessionTest, VrfyHelpNoop) {
   EXPECT_EQ(say("VRFY someone\r\n"),
             "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery\r\n");
   EXPECT_EQ(say("HELP\r\n"),
-            "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP AUTH\r\n");
+            "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP AUTH\r\n");
   EXPECT_EQ(say("noop\r\n"), "250 2.0.0 Ok\r\n");
 }
 
@@ -615,7 +619,9 @@ TEST_F(SessionTest, SequenceErrors) {
   EXPECT_EQ(say("MAIL FROM:<a@example.com>\r\n"), "503 5.5.1 Nested MAIL command\r\n");
   EXPECT_EQ(say("MAIL FROM:a@example.com\r\n"), "503 5.5.1 Nested MAIL command\r\n");
   say("RSET\r\n");
-  EXPECT_EQ(say("MAIL FROM:a@example.com\r\n"), "501 5.5.4 Syntax: MAIL FROM:<address>\r\n");
+  EXPECT_EQ(say("MAIL FROM a@example.com\r\n"), "501 5.5.4 Syntax: MAIL FROM:<address>\r\n");
+  // Without angle brackets, as Postfix accepts (issue 13).
+  EXPECT_EQ(say("MAIL FROM:a@example.com\r\n"), "250 2.1.0 Ok\r\n");
 }
 
 TEST_F(SessionTest, AddressSyntax) {
@@ -1018,6 +1024,226 @@ TEST_F(SessionTest, DsnParametersForgottenAfterRset) {
   EXPECT_EQ(last.submission->dsn.envid, "");
   ASSERT_EQ(last.submission->dsn.recipients.size(), 1u);
   EXPECT_EQ(last.submission->dsn.recipients[0], DsnRecipientRequest{});
+}
+
+// ---- issue 13: leniency, refusals that leave a trace, implicit TLS, CHUNKING ----
+
+TEST_F(SessionTest, AddressesWithoutAngleBracketsAsPostfix) {
+  open();
+  say("EHLO c\r\n");
+  EXPECT_EQ(say("MAIL FROM:a@example.com SIZE=10\r\n"), "250 2.1.0 Ok\r\n");
+  EXPECT_EQ(say("RCPT TO:b@example.org\r\n"), "250 2.1.5 Ok\r\n");
+  EXPECT_EQ(say("RCPT TO: c@example.org\r\n"), "250 2.1.5 Ok\r\n");
+  EXPECT_EQ(say("RCPT TO:d@example.org>\r\n"), "501 5.5.4 Syntax: RCPT TO:<address>\r\n");
+  EXPECT_EQ(say("RCPT TO:not-an-address\r\n"), "501 5.1.3 Bad recipient address syntax\r\n");
+  say("DATA\r\nx\r\n.\r\n");
+  ASSERT_EQ(last.event, SessionEvent::Deliver);
+  EXPECT_EQ(last.submission->envelope_from, "a@example.com");
+  EXPECT_EQ(last.submission->recipients,
+            (std::vector<std::string>{"b@example.org", "c@example.org"}));
+  open();
+  say("EHLO c\r\n");
+  EXPECT_EQ(say("MAIL FROM:\r\n"), "501 5.5.4 Syntax: MAIL FROM:<address>\r\n");
+}
+
+TEST_F(SessionTest, SmtpUtf8ParameterIsCarriedForTheReceivedHeader) {
+  open();
+  say("EHLO c\r\nMAIL FROM:<a@example.com> SMTPUTF8\r\nRCPT TO:<b@example.org>\r\n");
+  say("DATA\r\nx\r\n.\r\n");
+  ASSERT_EQ(last.event, SessionEvent::Deliver);
+  EXPECT_TRUE(last.submission->utf8_requested);
+  EXPECT_FALSE(last.submission->smtputf8);  // ASCII addresses
+  session->delivery_finished(250, "2.0.0", "Ok");
+  say("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\nx\r\n.\r\n");
+  ASSERT_EQ(last.event, SessionEvent::Deliver);
+  EXPECT_FALSE(last.submission->utf8_requested);
+}
+
+TEST_F(SessionTest, SizeAndAuthenticationRefusalsAreReportedToTheGlue) {
+  open();
+  say("EHLO c\r\n");
+  say("MAIL FROM:<a@example.com> SIZE=1001\r\n");
+  ASSERT_EQ(last.limit_refusals.size(), 1u);
+  EXPECT_NE(last.limit_refusals[0].find("SIZE=1001"), std::string::npos);
+  EXPECT_NE(last.limit_refusals[0].find("1000"), std::string::npos);
+  begin_data();
+  say(std::string(1200, 'x') + "\r\n.\r\n");
+  EXPECT_EQ(last.reply,
+            "552 5.3.4 Message size exceeds fixed maximum message size: the limit is 1000 "
+            "bytes\r\n");
+  EXPECT_EQ(last.limit_refusals.size(), 1u);
+  options.anonymous_role.reset();
+  open();
+  say("EHLO c\r\n");
+  say("MAIL FROM:<a@example.com>\r\n");
+  EXPECT_EQ(last.reply, "530 5.7.0 Authentication required\r\n");
+  EXPECT_EQ(last.limit_refusals.size(), 1u);
+}
+
+TEST_F(SessionTest, FailedAuthNamesTheUserNeverThePassword) {
+  options.auth_in_clear = true;
+  open();
+  say("EHLO c\r\n");
+  say("AUTH PLAIN " + plain("", "legacy-app", "wrong-pw") + "\r\n");
+  ASSERT_TRUE(last.auth_failed);
+  EXPECT_EQ(last.auth_user_tried, "legacy-app");
+  say("AUTH LOGIN " + text::base64_encode("someone") + "\r\n" + text::base64_encode("pw") + "\r\n");
+  ASSERT_TRUE(last.auth_failed);
+  EXPECT_EQ(last.auth_user_tried, "someone");
+}
+
+TEST_F(SessionTest, ImplicitTlsSessionIsTlsFromTheStart) {
+  options.tls_available = true;
+  options.implicit_tls = true;
+  open();
+  EXPECT_TRUE(session->tls_active());
+  EXPECT_EQ(say("EHLO c\r\n"),
+            "250-mx.test\r\n" + kCapsTail + "250-ENHANCEDSTATUSCODES\r\n250 AUTH PLAIN LOGIN\r\n");
+  EXPECT_EQ(say("STARTTLS\r\n"), "503 5.5.1 TLS already active\r\n");
+}
+
+TEST_F(SessionTest, IdleMeansNoTransaction) {
+  open();
+  say("EHLO c\r\n");
+  EXPECT_FALSE(session->in_transaction());
+  say("MAIL FROM:<a@example.com>\r\n");
+  EXPECT_TRUE(session->in_transaction());
+  EXPECT_FALSE(session->busy());  // not receiving data, but the glue waits for the transaction
+  say("RSET\r\n");
+  EXPECT_FALSE(session->in_transaction());
+}
+
+// CHUNKING (RFC 3030)
+
+TEST_F(SessionTest, BdatChunksMakeOneMessageBinarySafe) {
+  open();
+  say("EHLO c\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\n");
+  // Octets that DATA would treat specially: a lone dot line, bare LF, a NUL byte.
+  std::string first = "Subject: x\r\n\r\n.\r\nline\n";
+  std::string second = std::string("a\0b\r\n", 5);
+  EXPECT_EQ(say("BDAT " + std::to_string(first.size()) + "\r\n" + first),
+            "250 2.0.0 " + std::to_string(first.size()) + " octets received\r\n");
+  EXPECT_EQ(last.event, SessionEvent::None);
+  EXPECT_EQ(say("BDAT " + std::to_string(second.size()) + " last\r\n" + second), "");
+  ASSERT_EQ(last.event, SessionEvent::Deliver);
+  EXPECT_EQ(last.submission->data, first + second);
+  EXPECT_EQ(last.submission->recipients, std::vector<std::string>{"b@example.org"});
+  EXPECT_EQ(session->state(), SessionState::AwaitingDelivery);
+  EXPECT_EQ(session->delivery_finished(250, "2.0.0", "Ok").reply, "250 2.0.0 Ok\r\n");
+  EXPECT_FALSE(session->in_transaction());
+}
+
+TEST_F(SessionTest, BdatZeroLastEndsTheMessage) {
+  open();
+  say("EHLO c\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\n");
+  EXPECT_EQ(say("BDAT 3\r\nabcBDAT 0 LAST\r\n"), "250 2.0.0 3 octets received\r\n");
+  ASSERT_EQ(last.event, SessionEvent::Deliver);
+  EXPECT_EQ(last.submission->data, "abc");
+}
+
+// The whole pipelined dialogue in two pieces cut at every byte, and byte by byte: the chunk
+// octets are never taken for commands, and the replies are the same wherever the cut falls.
+TEST_F(SessionTest, BdatPipelinedSplitAtEveryByte) {
+  const std::string body = "Subject: s\r\n\r\nRSET\r\nQUIT\r\n";
+  const std::string dialogue =
+      "EHLO c\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\n"
+      "BDAT 12\r\n" +
+      body.substr(0, 12) + "BDAT " + std::to_string(body.size() - 12) + " LAST\r\n" +
+      body.substr(12);
+  const std::string expected_replies = "250-mx.test\r\n" + kCapsTail +
+                                       "250 ENHANCEDSTATUSCODES\r\n250 2.1.0 Ok\r\n"
+                                       "250 2.1.5 Ok\r\n250 2.0.0 12 octets received\r\n";
+  auto run_cut = [&](size_t cut) {
+    open();
+    std::string replies = say(dialogue.substr(0, cut));
+    if (cut < dialogue.size()) replies += say(dialogue.substr(cut));
+    EXPECT_EQ(replies, expected_replies) << cut;
+    ASSERT_EQ(last.event, SessionEvent::Deliver) << cut;
+    EXPECT_EQ(last.submission->data, body) << cut;
+  };
+  for (size_t cut = 0; cut <= dialogue.size(); ++cut) run_cut(cut);
+  open();
+  std::string replies;
+  for (size_t i = 0; i < dialogue.size(); ++i) replies += say(dialogue.substr(i, 1));
+  EXPECT_EQ(replies, expected_replies);
+  ASSERT_EQ(last.event, SessionEvent::Deliver);
+  EXPECT_EQ(last.submission->data, body);
+}
+
+TEST_F(SessionTest, BdatRefusedChunksAreStillConsumed) {
+  open();
+  say("EHLO c\r\n");
+  // No transaction: the 5 octets ("NOOP\n" would be a command) are read and dropped.
+  EXPECT_EQ(say("BDAT 5\r\nNOOP\nNOOP\r\n"), "503 5.5.1 Need MAIL command\r\n250 2.0.0 Ok\r\n");
+  // After a refused RCPT: no recipient, the chunk is consumed and refused.
+  EXPECT_EQ(say("MAIL FROM:<a@example.com>\r\nRCPT TO:<>\r\nBDAT 4 LAST\r\nQUIT"),
+            "250 2.1.0 Ok\r\n501 5.1.3 Bad recipient address syntax\r\n"
+            "503 5.5.1 Need RCPT command\r\n");
+  EXPECT_EQ(session->state(), SessionState::Command);
+  EXPECT_EQ(last.event, SessionEvent::None);
+  // DATA after BDAT in the same transaction is refused; RSET starts over.
+  EXPECT_EQ(say("RCPT TO:<b@example.org>\r\nBDAT 2\r\nabDATA\r\n"),
+            "250 2.1.5 Ok\r\n250 2.0.0 2 octets received\r\n"
+            "503 5.5.1 DATA after BDAT: send the rest with BDAT\r\n");
+  EXPECT_EQ(say("RSET\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n"),
+            "250 2.0.0 Ok\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"
+            "354 End data with <CR><LF>.<CR><LF>\r\n");
+}
+
+TEST_F(SessionTest, BdatOverTheSizeLimitIs552AndEndsTheTransaction) {
+  open();
+  say("EHLO c\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\n");
+  EXPECT_EQ(say("BDAT 600\r\n" + std::string(600, 'x')), "250 2.0.0 600 octets received\r\n");
+  // Over the limit with the second chunk: read in full, then 552; the pipelined third chunk
+  // finds no transaction.
+  EXPECT_EQ(say("BDAT 401\r\n" + std::string(401, 'y') + "BDAT 1 LAST\r\nz"),
+            "552 5.3.4 Message size exceeds fixed maximum message size: the limit is 1000 "
+            "bytes\r\n503 5.5.1 Need MAIL command\r\n");
+  ASSERT_EQ(last.limit_refusals.size(), 1u);
+  EXPECT_EQ(last.event, SessionEvent::None);
+  EXPECT_FALSE(session->in_transaction());
+  // Exactly the limit passes.
+  say("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\n");
+  say("BDAT 1000 LAST\r\n" + std::string(1000, 'w'));
+  ASSERT_EQ(last.event, SessionEvent::Deliver);
+  EXPECT_EQ(last.submission->data.size(), 1000u);
+}
+
+TEST_F(SessionTest, BdatHugeSizeDoesNotOverflow) {
+  open();
+  say("EHLO c\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nBDAT 10\r\n0123456789");
+  EXPECT_EQ(say("BDAT 18446744073709551615 LAST\r\nabc"), "");
+  EXPECT_EQ(session->state(), SessionState::Chunk);
+  EXPECT_TRUE(session->busy());
+}
+
+TEST_F(SessionTest, BdatSyntaxErrorClosesTheSession) {
+  open();
+  say("EHLO c\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\n");
+  EXPECT_EQ(say("BDAT x\r\n"), "501 5.5.4 Syntax: BDAT size [LAST]; closing connection\r\n");
+  EXPECT_EQ(last.event, SessionEvent::Close);
+  open();
+  say("EHLO c\r\n");
+  say("BDAT 5 MORE\r\n");
+  EXPECT_EQ(last.event, SessionEvent::Close);
+}
+
+TEST_F(SessionTest, BdatAsksTheBudgetBeforeAllocating) {
+  uint64_t granted = 0;
+  options.reserve_data = [&](uint64_t total) {
+    if (total > 200'000) return false;
+    granted = total;
+    return true;
+  };
+  options.max_message_bytes = 10'000'000;
+  open();
+  say("EHLO c\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\n");
+  std::string chunk(300'000, 'q');
+  EXPECT_EQ(say("BDAT 300000 LAST\r\n" + chunk),
+            "451 4.3.1 Insufficient system storage, try again later\r\n");
+  EXPECT_EQ(last.event, SessionEvent::None);
+  EXPECT_LE(granted, 200'000u);
+  EXPECT_FALSE(session->in_transaction());
 }
 
 }  // namespace
