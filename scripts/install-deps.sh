@@ -11,6 +11,9 @@ packages=(
   python3 python3-aiosmtpd python3-pytest python3-prometheus-client openssl curl swaks
   # DKIM (issue 10): an independent verifier for the signed messages
   python3-dkim
+  # issue 13: programs that pipe into sendmail; the container image built and run for real;
+  # npm installs kubernetes-models at test time to validate the Kubernetes manifests
+  php-cli bsd-mailx podman runc mmdebstrap uidmap npm
 )
 if [ "${1:-}" = "--with-fuzz" ]; then
   packages+=(clang libclang-rt-14-dev)

@@ -62,6 +62,10 @@ Result<std::string> read_stdin(bool ignore_dots) {
 // One line for stderr: the reply mailcar gave, and who was refused.
 std::string describe(const DeliveryResult& r) {
   std::string text = r.message;
+  if (r.smtp_code) {
+    std::string reply = std::to_string(*r.smtp_code) + " " + r.smtp_reply;
+    text = r.message == r.smtp_reply ? reply : r.message + ": " + reply;
+  }
   for (const RecipientOutcome& rej : r.rejected) {
     text +=
         "; " + rej.address + " refused: " + std::to_string(rej.smtp_code) + " " + rej.smtp_reply;
