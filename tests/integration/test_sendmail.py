@@ -304,3 +304,15 @@ def test_policy_refusal_exits_77(relay, link):
     assert proc.returncode == 77, proc
     assert b"550" in proc.stderr
     assert up.messages == []
+
+
+def test_cmake_install_makes_the_link(tmp_path):
+    build_dir = os.path.dirname(os.path.abspath(MAILCAR_BIN))
+    if not os.path.exists(os.path.join(build_dir, "cmake_install.cmake")) or not shutil.which("cmake"):
+        pytest.skip("MAILCAR_BIN is not in a CMake build folder")
+    subprocess.run(["cmake", "--install", build_dir, "--prefix", "/opt/mailcar"], check=True,
+                   capture_output=True, env=dict(os.environ, DESTDIR=str(tmp_path)), timeout=60)
+    link = tmp_path / "opt/mailcar/libexec/mailcar/sendmail"
+    assert os.readlink(link) == "../../bin/mailcar"  # relative: valid wherever DESTDIR puts it
+    proc = subprocess.run([str(link), "-Z"], capture_output=True, timeout=10)
+    assert proc.returncode == 64 and proc.stderr.startswith(b"sendmail: ")
