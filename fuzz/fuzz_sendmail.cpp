@@ -35,9 +35,27 @@ void check_message(const mailcar::OutboundMessage& m) {
     if (d[i] == '\n' && (i == 0 || d[i - 1] != '\r')) std::abort();
     if (d[i] == '\r' && (i + 1 == d.size() || d[i + 1] != '\n')) std::abort();
   }
-  size_t end = d.find("\r\n\r\n");
-  std::string_view head(d.data(), end == std::string::npos ? d.size() : end);
-  if (head.rfind("Bcc:", 0) == 0 || head.find("\r\nBcc:") != std::string_view::npos) std::abort();
+  // No Bcc field is left in the header section (up to an empty line or a line that is
+  // neither a field nor a continuation, as mail parsers read it).
+  for (size_t pos = 0; pos < d.size();) {
+    size_t eol = d.find("\r\n", pos);
+    std::string_view line(d.data() + pos, (eol == std::string::npos ? d.size() : eol) - pos);
+    if (line.empty()) break;
+    if (line[0] != ' ' && line[0] != '\t') {
+      size_t colon = line.find(':');
+      if (colon == std::string_view::npos || colon == 0) break;
+      std::string_view name = line.substr(0, colon);
+      while (!name.empty() && (name.back() == ' ' || name.back() == '\t')) name.remove_suffix(1);
+      bool printable = !name.empty();
+      for (unsigned char c : name) printable = printable && c >= 33 && c <= 126;
+      if (!printable) break;
+      if (name.size() == 3 && (name[0] | 0x20) == 'b' && (name[1] | 0x20) == 'c' &&
+          (name[2] | 0x20) == 'c') {
+        std::abort();
+      }
+    }
+    pos = eol == std::string::npos ? d.size() : eol + 2;
+  }
 }
 
 }  // namespace
