@@ -15,7 +15,12 @@ packages=(
   python3-dkim
   # swaks --tls / --tls-on-connect (listen.smtps tests, issue 13)
   libnet-ssleay-perl libio-socket-ssl-perl
+  # issue 13: programs that pipe into sendmail; the container image built and run for real
+  php-cli bsd-mailx podman runc mmdebstrap uidmap
 )
+# npm installs kubernetes-models at test time to validate the Kubernetes manifests; any npm
+# will do (a nodejs from elsewhere may already bring one).
+if ! command -v npm >/dev/null 2>&1; then packages+=(npm); fi
 if [ "${1:-}" = "--with-fuzz" ]; then
   packages+=(clang libclang-rt-14-dev)
 fi

@@ -31,6 +31,7 @@
 #include "mailcar/relay.hpp"
 #include "mailcar/runtime.hpp"
 #include "mailcar/shared_state.hpp"
+#include "mailcar/sendmail.hpp"
 #include "mailcar/smtp_server.hpp"
 #include "mailcar/spool_queue.hpp"
 #include "submission/idempotency_journal_file.hpp"
@@ -47,6 +48,9 @@ constexpr const char* kUsage =
     "  mailcar [-c FILE | --config FILE]   run (default FILE: conf/mailcar.yaml, then\n"
     "                                      /etc/mailcar/mailcar.yaml, then MAIL_* variables)\n"
     "  mailcar --check [-c FILE]           validate the configuration, print problems, exit 0/1\n"
+    "  mailcar --health-check [-c FILE]    GET /health on the configured listener, exit 0/1\n"
+    "  mailcar [-c FILE] sendmail [-t] [-i] [-f SENDER] [-F NAME] [RCPT...] < MESSAGE\n"
+    "                                      submit a message to the SMTP listener (sendmail)\n"
     "  mailcar --version | --help\n"
     "\n"
     "Signals: SIGTERM/SIGINT stop gracefully; SIGHUP reloads the configuration.\n";
@@ -54,6 +58,7 @@ constexpr const char* kUsage =
 struct Options {
   std::string config_path;  // empty: the default search
   bool check = false;
+  bool health_check = false;  // --health-check (SPEC §13)
   bool version = false;
   bool help = false;
   std::string error;
@@ -73,6 +78,8 @@ Options parse_args(int argc, char** argv) {
       o.config_path = a.substr(9);
     } else if (a == "--check") {
       o.check = true;
+    } else if (a == "--health-check") {
+      o.health_check = true;
     } else if (a == "--version" || a == "-V") {
       o.version = true;
     } else if (a == "--help" || a == "-h") {
@@ -581,6 +588,7 @@ int daemon_main(int argc, char** argv) {
     return 0;
   }
   ConfigSource source = choose_source(opts);
+  if (opts.health_check) return health_check_main(source.file);
   Result<Config> cfg = load(source);
   if (!cfg.ok()) {
     std::fprintf(stderr, "%s\n", cfg.error().message.c_str());
