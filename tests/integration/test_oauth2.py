@@ -1,9 +1,9 @@
 """OAuth2 for upstream AUTH (issue 9, SPEC §9.1).
 
 A fake token endpoint over HTTPS (http.server + ssl, the test CA's certificate), aiosmtpd
-upstreams whose XOAUTH2 / OAUTHBEARER handlers accept only the endpoint's current, unexpired
-token, and a small HTTP CONNECT proxy with credentials. Every test also checks that no
-token, client secret or refresh token reaches mailcar's log.
+upstreams whose XOAUTH2 / OAUTHBEARER handlers accept only the endpoint's live (issued,
+unexpired, unrevoked) tokens, and a small HTTP CONNECT proxy with credentials. The tests
+also check that no token, client secret or refresh token reaches mailcar's log.
 """
 import asyncio
 import base64
@@ -41,6 +41,7 @@ class TokenEndpoint:
         self.issued = []           # every access token handed out
         self.expiry = {}           # token -> time.time() when it expires
         self.current = None
+        self.revoked = set()
         self.requests = []         # form fields of each request
         self.script = []           # per request: "ok", "invalid_grant", "503", "slow"
         self.secrets = {CLIENT_SECRET} | self.valid_refresh
@@ -109,12 +110,14 @@ class TokenEndpoint:
             return 200, reply
 
     def accepts(self, token):
-        """The token the endpoint issued last, not yet expired."""
+        """A token this endpoint issued, not expired and not revoked (as providers do)."""
         with self.lock:
-            return token == self.current and time.time() < self.expiry.get(token, 0)
+            return token not in self.revoked and time.time() < self.expiry.get(token, 0)
 
     def revoke(self):
+        """Every token issued so far stops working."""
         with self.lock:
+            self.revoked.update(self.issued)
             self.current = None
 
     def stop(self):
@@ -125,7 +128,7 @@ class TokenEndpoint:
 # --------------------------------------------------------------------------- upstream
 
 class OAuthHandler(RecordingHandler):
-    """Accepts XOAUTH2 / OAUTHBEARER with the endpoint's current token; a refused token gets
+    """Accepts XOAUTH2 / OAUTHBEARER with a live token of the endpoint; a refused token gets
     the providers' error continuation (334 base64 JSON, the client's empty answer, 535)."""
 
     def __init__(self, endpoint, port_holder, close_after_data=False):
@@ -437,6 +440,7 @@ def test_token_file_is_reread_when_it_changes(certs, endpoints, upstreams, mailc
 
     def publish(token):
         with endpoint.lock:
+            endpoint.revoked.update(endpoint.issued)  # the old file token stops working
             endpoint.current = token
             endpoint.expiry[token] = time.time() + 3600
             endpoint.issued.append(token)
