@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -125,6 +126,7 @@ struct TokenSource::Impl : std::enable_shared_from_this<TokenSource::Impl> {
   bool busy = false;  // a fetch / read is running
   std::vector<TokenFn> waiters;
   std::unique_ptr<http_client::Cancel> request;
+  uint64_t fetch_started = 0;  // loop ms
 
   std::string refresh_token;  // current (configured or rotated)
   bool state_loaded = false;
@@ -304,6 +306,7 @@ struct TokenSource::Impl : std::enable_shared_from_this<TokenSource::Impl> {
     req.max_response_bytes = kMaxTokenResponseBytes;
     used_since_fetch = false;
     busy = true;
+    fetch_started = uv_now(loop);
     request =
         http_client::fetch(loop, std::move(req), [weak = weak_from_this()](http_client::Result r) {
           auto self = weak.lock();
@@ -349,9 +352,9 @@ struct TokenSource::Impl : std::enable_shared_from_this<TokenSource::Impl> {
 
   void accept(TokenResponse t) {
     const uint64_t lifetime_ms = t.expires_in_s.value_or(kDefaultExpiresS) * 1000;
-    const uint64_t now = uv_now(loop);
     token = std::move(t.access_token);
-    valid_until = now + lifetime_ms / 5 * 4;
+    // Counted from the request: the endpoint's clock started before its answer arrived.
+    valid_until = fetch_started + lifetime_ms / 5 * 4;
     const bool rotated = !t.refresh_token.empty() && t.refresh_token != refresh_token;
     log::info("oauth2_token", {{"service", service.name},
                                {"grant", grant_name(config.grant)},
@@ -361,7 +364,10 @@ struct TokenSource::Impl : std::enable_shared_from_this<TokenSource::Impl> {
       refresh_token = std::move(t.refresh_token);
       save_state();
     }
-    schedule_renewal(lifetime_ms / 4 * 3);
+    const uint64_t renew_at = fetch_started + lifetime_ms / 4 * 3;
+    const uint64_t now = uv_now(loop);
+    // At least a second apart: an endpoint with a tiny expires_in is not hammered.
+    schedule_renewal(std::max<uint64_t>(renew_at > now ? renew_at - now : 0, 1000));
     complete({true, token, true, {}});
   }
 
