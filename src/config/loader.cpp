@@ -646,7 +646,7 @@ class Loader {
   void assign_oauth2_state_dir() {
     std::string dir = base_dir_.string();
     if (config_.spool && !config_.spool->path.empty()) dir = config_.spool->path;
-    if (auto dirs = env_("STATE_DIRECTORY"); dirs && !dirs->empty()) {
+    if (auto dirs = env_ ? env_("STATE_DIRECTORY") : std::nullopt; dirs && !dirs->empty()) {
       dir = dirs->substr(0, dirs->find(':'));
     }
     for (auto& service : config_.services) {
