@@ -19,6 +19,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (flags & 4) {
     options.username = "user";
     options.password = "secret";
+    if (flags & 0x40) {  // OAuth2 (issue 9): tokens are handed over on NeedToken
+      options.oauth2 = (flags & 0x20) ? mailcar::OAuth2Mechanism::OAuthBearer
+                                      : mailcar::OAuth2Mechanism::XOAuth2;
+      options.oauth2_host = "smtp.test";
+      options.oauth2_port = 587;
+    }
   }
   const size_t feed_size = static_cast<size_t>(flags >> 3) + 1;
 
@@ -32,12 +38,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   mailcar::SmtpClientSession session(options);
   int started = 0;
   int done = 0;
+  int tokens = 0;
   std::string body;
   auto take = [&](const mailcar::SmtpClientOutput& out) {
     for (const auto& event : out.events) {
       switch (event.kind) {
         case mailcar::SmtpClientEvent::Kind::MessageDone:
           ++done;
+          break;
+        case mailcar::SmtpClientEvent::Kind::NeedToken:
+          ++tokens;
           break;
         case mailcar::SmtpClientEvent::Kind::NeedTlsHandshake:
         case mailcar::SmtpClientEvent::Kind::Ready:
@@ -54,6 +64,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     take(session.feed(chunk));
     if (session.state() == mailcar::SmtpClientSession::State::TlsHandshake) {
       take(session.tls_established());
+    }
+    if (session.state() == mailcar::SmtpClientSession::State::AuthToken) {
+      // First token from the cache, the renewal fresh: at most two tokens per session.
+      if (tokens > 2) __builtin_trap();
+      take(session.provide_token("tok" + std::to_string(tokens), tokens > 1));
     }
     while (session.body_pending()) {
       body.clear();

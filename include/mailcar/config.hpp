@@ -28,6 +28,24 @@ struct Rate {
 enum class Encryption { None, StartTls, Tls };  // none | tls (STARTTLS) | ssl (implicit TLS)
 enum class ServiceDriver { Smtp, File };
 
+// OAuth2 for upstream AUTH (issue 9, SPEC §9.1): where the access token comes from.
+enum class OAuth2Grant { ClientCredentials, RefreshToken, TokenFile };
+enum class OAuth2Mechanism { XOAuth2, OAuthBearer };
+
+struct OAuth2Config {
+  OAuth2Grant grant = OAuth2Grant::ClientCredentials;
+  std::string token_url;  // https:// (client_credentials, refresh_token)
+  std::string client_id;
+  std::string client_secret;  // or client_secret_file
+  std::string scope;          // optional
+  std::string refresh_token;  // or refresh_token_file (grant refresh_token)
+  std::string token_file;     // grant token_file: absolute path, re-read when it changes
+  OAuth2Mechanism mechanism = OAuth2Mechanism::XOAuth2;
+  // Where a rotated refresh token is kept: $STATE_DIRECTORY, else spool.path, else the
+  // configuration file's folder (filled in by the loader).
+  std::string state_dir;
+};
+
 struct ServiceConfig {
   std::string name;
   ServiceDriver driver = ServiceDriver::Smtp;
@@ -42,6 +60,8 @@ struct ServiceConfig {
   unsigned connections = 2;
   uint64_t connect_timeout_ms = 30'000;
   uint64_t command_timeout_ms = 60'000;
+  // OAuth2 (issue 9): AUTH XOAUTH2/OAUTHBEARER with a token instead of the password.
+  std::optional<OAuth2Config> oauth2;
   // driver: file
   std::string path;  // absolute after loading
   // both

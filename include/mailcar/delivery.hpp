@@ -42,6 +42,9 @@ struct DeliveryResult {
   std::vector<std::string> accepted;  // recipients the upstream took
   std::vector<RecipientOutcome> rejected;
   double upstream_seconds = 0;  // wall time spent on this message upstream
+  // OAuth2 (issue 9): the token endpoint's `error` (e.g. "invalid_grant") when getting a
+  // token failed; empty otherwise. Shown as context.oauth2_error.
+  std::string oauth2_error;
 };
 
 using DeliveryCallback = std::function<void(DeliveryResult)>;

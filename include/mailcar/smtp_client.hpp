@@ -21,6 +21,11 @@ struct SmtpClientOptions {
   std::string ehlo_name;  // our host name, sent in EHLO/HELO
   std::string username;   // empty: no AUTH
   std::string password;
+  // OAuth2 (issue 9): AUTH XOAUTH2 / OAUTHBEARER with a bearer token the owner supplies on
+  // NeedToken instead of the password. host/port go into the OAUTHBEARER message.
+  std::optional<OAuth2Mechanism> oauth2;
+  std::string oauth2_host;
+  uint16_t oauth2_port = 0;
   // StartTls: STARTTLS is required, never downgraded. Tls: the connection is already implicit
   // TLS when the session starts. None: plain.
   Encryption encryption = Encryption::StartTls;
@@ -44,6 +49,8 @@ struct SmtpExtensions {
   bool auth = false;  // any AUTH keyword
   bool auth_plain = false;
   bool auth_login = false;
+  bool auth_xoauth2 = false;
+  bool auth_oauthbearer = false;
   uint64_t size = 0;  // SIZE n; 0: no limit announced
 
   static SmtpExtensions parse(const SmtpReply& ehlo_reply);
@@ -56,6 +63,10 @@ struct SmtpClientEvent {
     MessageDone,       // the message from start_message() is finished: see `result`
     Failed,            // the session failed outside a message (greeting, TLS, AUTH, ...)
     Closed,            // the session ended without a message at stake (QUIT, 421 while idle)
+    // OAuth2: AUTH needs a bearer token: answer with provide_token() or token_failed().
+    // last_token() is the token the upstream just refused (empty the first time): a token
+    // source renews when that one is still its cached token.
+    NeedToken,
   };
   Kind kind = Kind::Ready;
   DeliveryResult result;  // MessageDone and Failed
@@ -82,6 +93,9 @@ class SmtpClientSession {
     AuthLogin,          // AUTH LOGIN sent, waiting for the user name prompt
     AuthLoginUser,      // user name sent, waiting for the password prompt
     AuthLoginPassword,  // password sent
+    AuthToken,          // OAuth2: waiting for the owner's token (NeedToken)
+    AuthOAuth,          // AUTH XOAUTH2/OAUTHBEARER <initial response> sent
+    AuthOAuthError,     // 334 error challenge answered with an empty line; final reply next
     Ready,              // idle
     Rset,               // RSET sent before a message
     MailFrom,           // waiting for the MAIL reply
@@ -101,6 +115,12 @@ class SmtpClientSession {
   SmtpClientOutput feed(std::string_view bytes);
   // The TLS upgrade requested by NeedTlsHandshake succeeded.
   SmtpClientOutput tls_established();
+  // OAuth2, in state AuthToken: the token to AUTH with. `fresh`: just fetched from the
+  // endpoint (a refusal is then final); otherwise a cached one (a refusal asks once more).
+  SmtpClientOutput provide_token(std::string token, bool fresh);
+  // OAuth2, in state AuthToken: no token could be had; `why` is the session's failure.
+  SmtpClientOutput token_failed(DeliveryResult why);
+  const std::string& last_token() const { return token_; }
   // Begin a transaction; only in state Ready. `message` must stay alive and unchanged until
   // its MessageDone event: the body is streamed from it, never copied whole.
   SmtpClientOutput start_message(const OutboundMessage& message);
@@ -135,6 +155,8 @@ class SmtpClientSession {
     AuthLogin,
     AuthLoginUser,
     AuthLoginPassword,
+    AuthOAuth,
+    AuthOAuthCancel,
     Rset,
     Mail,
     Rcpt,
@@ -155,6 +177,8 @@ class SmtpClientSession {
   void send_hello(Command command, SmtpClientOutput& out);
   void after_hello(SmtpClientOutput& out);
   void start_auth(SmtpClientOutput& out);
+  void start_oauth2(SmtpClientOutput& out);
+  void oauth2_reply(Command command, const SmtpReply& reply, SmtpClientOutput& out);
   void enter_ready(SmtpClientOutput& out);
   void finish_message(DeliveryResult result, SmtpClientOutput& out);
   void after_message(SmtpClientOutput& out);
@@ -166,6 +190,10 @@ class SmtpClientSession {
   SmtpExtensions extensions_;
   bool tls_done_ = false;
   bool need_rset_ = false;
+  // OAuth2.
+  std::string token_;
+  bool token_fresh_ = false;
+  bool auth_retried_ = false;
 
   // Reply parsing.
   std::string input_;
@@ -188,5 +216,13 @@ class SmtpClientSession {
 };
 
 const char* smtp_client_state_name(SmtpClientSession::State state);
+
+// SASL initial responses, base64-encoded (the part after "AUTH MECH ").
+// XOAUTH2 (Google, Microsoft): "user=" U "\x01auth=Bearer " T "\x01\x01".
+std::string xoauth2_initial_response(std::string_view user, std::string_view token);
+// OAUTHBEARER (RFC 7628): "n,a=" U ",\x01host=" H "\x01port=" P "\x01auth=Bearer " T
+// "\x01\x01"; ',' and '=' in U are escaped as =2C and =3D (RFC 5801 saslname).
+std::string oauthbearer_initial_response(std::string_view user, std::string_view host,
+                                         uint16_t port, std::string_view token);
 
 }  // namespace mailcar

@@ -109,6 +109,7 @@ class Driver {
           if (!result_) result_ = event.result;
           break;
         case SmtpClientEvent::Kind::NeedTlsHandshake:  // never asked for (Encryption::None)
+        case SmtpClientEvent::Kind::NeedToken:         // never asked for (no OAuth2 here)
         case SmtpClientEvent::Kind::Closed:
           break;
       }

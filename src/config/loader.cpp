@@ -560,6 +560,100 @@ class Loader {
     if (const Entry* e = top->get("idempotency")) load_idempotency(*e);    // issue 10
     check_delivery_timeout(top->get("limits"), top->mark);
     load_message_features(*top);
+    assign_oauth2_state_dir();
+  }
+
+  // ---- OAuth2 for upstream AUTH (issue 9, SPEC §9.1) ---------------------------------------
+
+  void load_oauth2(const Entry& entry, const Section& service_section, ServiceConfig& service) {
+    auto s = section(entry);
+    if (!s) return;
+    allow_only(*s, {"token_url", "grant", "client_id", "client_secret", "client_secret_file",
+                    "scope", "refresh_token", "refresh_token_file", "token_file", "mechanism"});
+    OAuth2Config o;
+    if (const Entry* e = s->get("grant")) {
+      const std::string g = text(*e).value_or("");
+      if (g == "client_credentials") {
+        o.grant = OAuth2Grant::ClientCredentials;
+      } else if (g == "refresh_token") {
+        o.grant = OAuth2Grant::RefreshToken;
+      } else if (g == "token_file") {
+        o.grant = OAuth2Grant::TokenFile;
+      } else {
+        error(*e, "must be client_credentials, refresh_token or token_file");
+      }
+    }
+    if (const Entry* e = s->get("mechanism")) {
+      const std::string m = text::lower_ascii(text(*e).value_or(""));
+      if (m == "xoauth2") {
+        o.mechanism = OAuth2Mechanism::XOAuth2;
+      } else if (m == "oauthbearer") {
+        o.mechanism = OAuth2Mechanism::OAuthBearer;
+      } else {
+        error(*e, "must be xoauth2 or oauthbearer");
+      }
+    }
+    if (const Entry* e = s->get("token_url")) o.token_url = nonempty_text(*e).value_or("");
+    if (const Entry* e = s->get("client_id")) o.client_id = line_text(*e).value_or("");
+    if (const Entry* e = s->get("scope")) o.scope = line_text(*e).value_or("");
+    if (const Entry* e = s->get("token_file")) o.token_file = path(*e).value_or("");
+    o.client_secret = secret(*s, "client_secret").value;
+    o.refresh_token = secret(*s, "refresh_token").value;
+    check_oauth2(*s, o);
+    if (service_section.get("username") == nullptr) {
+      error_key(entry, "needs the service's username (the mailbox the token is for)");
+    }
+    if (service_section.get("password") != nullptr ||
+        service_section.get("password_file") != nullptr) {
+      error_key(entry, "give either a password or oauth2, not both");
+    }
+    service.oauth2 = std::move(o);
+  }
+
+  // Which keys each grant needs, and which make no sense with it.
+  void check_oauth2(const Section& s, const OAuth2Config& o) {
+    auto need = [&](std::string_view key, bool present) {
+      if (!present) error_at(s.mark, s.path, std::string(key) + " is required with this grant");
+    };
+    auto refuse = [&](std::string_view key) {
+      if (const Entry* e = s.get(key)) error_key(*e, "not used with this grant");
+    };
+    if (o.grant == OAuth2Grant::TokenFile) {
+      need("token_file", s.get("token_file") != nullptr);
+      for (auto key : {"token_url", "client_id", "client_secret", "client_secret_file", "scope",
+                       "refresh_token", "refresh_token_file"}) {
+        refuse(key);
+      }
+      return;
+    }
+    refuse("token_file");
+    need("token_url", s.get("token_url") != nullptr);
+    need("client_id", s.get("client_id") != nullptr);
+    if (const Entry* e = s.get("token_url"); e != nullptr && !o.token_url.empty() &&
+                                             !text::istarts_with_ascii(o.token_url, "https://")) {
+      error(*e, "must be an https:// URL");
+    }
+    if (o.grant == OAuth2Grant::ClientCredentials) {
+      need("client_secret (or client_secret_file)",
+           s.get("client_secret") != nullptr || s.get("client_secret_file") != nullptr);
+      refuse("refresh_token");
+      refuse("refresh_token_file");
+    } else {
+      need("refresh_token (or refresh_token_file)",
+           s.get("refresh_token") != nullptr || s.get("refresh_token_file") != nullptr);
+    }
+  }
+
+  // SPEC §9.1: $STATE_DIRECTORY (its first entry), else spool.path, else the file's folder.
+  void assign_oauth2_state_dir() {
+    std::string dir = base_dir_.string();
+    if (config_.spool && !config_.spool->path.empty()) dir = config_.spool->path;
+    if (auto dirs = env_ ? env_("STATE_DIRECTORY") : std::nullopt; dirs && !dirs->empty()) {
+      dir = dirs->substr(0, dirs->find(':'));
+    }
+    for (auto& service : config_.services) {
+      if (service.oauth2) service.oauth2->state_dir = dir;
+    }
   }
 
   void load_listen(const Entry& entry) {
@@ -606,14 +700,38 @@ class Loader {
     service.name = entry.key;
     auto s = section(entry);
     if (!s) return service;
-    static constexpr std::string_view kSmtpOnly[] = {
-        "host",           "port",       "encryption", "username",    "password",
-        "password_file",  "tls_verify", "ca_file",    "connections", "connect_timeout",
-        "command_timeout"};
-    allow_only(*s, {"driver", "path", "from_name", "from_email", "reply_to_name", "reply_to_email",
-                    "rate_limit", "host", "port", "encryption", "username", "password",
-                    "password_file", "tls_verify", "ca_file", "connections", "connect_timeout",
-                    "command_timeout", "mirror_to"});
+    static constexpr std::string_view kSmtpOnly[] = {"host",
+                                                     "port",
+                                                     "encryption",
+                                                     "username",
+                                                     "password",
+                                                     "password_file",
+                                                     "tls_verify",
+                                                     "ca_file",
+                                                     "connections",
+                                                     "connect_timeout",
+                                                     "command_timeout",
+                                                     "oauth2"};
+    allow_only(*s, {"driver",
+                    "path",
+                    "from_name",
+                    "from_email",
+                    "reply_to_name",
+                    "reply_to_email",
+                    "rate_limit",
+                    "host",
+                    "port",
+                    "encryption",
+                    "username",
+                    "password",
+                    "password_file",
+                    "tls_verify",
+                    "ca_file",
+                    "connections",
+                    "connect_timeout",
+                    "command_timeout",
+                    "mirror_to",
+                    "oauth2"});
     if (const Entry* e = s->get("mirror_to")) service.mirror_to = address_list(*e);  // issue 10
 
     if (const Entry* e = s->get("driver")) {
@@ -689,9 +807,10 @@ class Loader {
     if (password.entry != nullptr && s->get("username") == nullptr) {
       error_key(*password.entry, "a password needs a username");
     }
-    if (const Entry* e = s->get("username"); e != nullptr && password.entry == nullptr &&
-                                             s->get("password") == nullptr &&
-                                             s->get("password_file") == nullptr) {
+    if (const Entry* e = s->get("oauth2")) load_oauth2(*e, *s, service);  // issue 9
+    if (const Entry* e = s->get("username");
+        e != nullptr && password.entry == nullptr && s->get("password") == nullptr &&
+        s->get("password_file") == nullptr && s->get("oauth2") == nullptr) {
       error_key(*e, "a username needs a password (password or password_file)");
     }
     if (const Entry* e = s->get("tls_verify")) service.tls_verify = boolean(*e).value_or(true);

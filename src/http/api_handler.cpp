@@ -376,6 +376,10 @@ HttpResponse delivery_failure(const DeliveryResult& result) {
   }
   context.append(",\"retryable\":");
   context.append(result.retryable ? "true" : "false");
+  if (!result.oauth2_error.empty()) {  // issue 9: the token endpoint's error
+    context.append(",\"oauth2_error\":");
+    log::append_json_string(context, result.oauth2_error);
+  }
   context.push_back('}');
   int status = result.status == DeliveryStatus::ShuttingDown ? 503 : 500;
   std::string_view message = result.message.empty()

@@ -97,6 +97,8 @@ SmtpExtensions SmtpExtensions::parse(const SmtpReply& ehlo_reply) {
         std::string_view mech = params.substr(0, sp);
         if (text::iequals_ascii(mech, "PLAIN")) ext.auth_plain = true;
         if (text::iequals_ascii(mech, "LOGIN")) ext.auth_login = true;
+        if (text::iequals_ascii(mech, "XOAUTH2")) ext.auth_xoauth2 = true;
+        if (text::iequals_ascii(mech, "OAUTHBEARER")) ext.auth_oauthbearer = true;
         params = sp == std::string_view::npos ? std::string_view() : params.substr(sp + 1);
       }
     }
@@ -258,6 +260,10 @@ void SmtpClientSession::handle_reply(const SmtpReply& reply, SmtpClientOutput& o
              out);
       }
       return;
+    case Command::AuthOAuth:
+    case Command::AuthOAuthCancel:
+      oauth2_reply(command, reply, out);
+      return;
     case Command::Quit:
       state_ = State::Closed;
       out.events.push_back({SmtpClientEvent::Kind::Closed, {}, false});
@@ -293,6 +299,10 @@ void SmtpClientSession::after_hello(SmtpClientOutput& out) {
 }
 
 void SmtpClientSession::start_auth(SmtpClientOutput& out) {
+  if (options_.oauth2) {
+    start_oauth2(out);
+    return;
+  }
   if (extensions_.auth_plain) {
     std::string credentials;
     credentials += '\0';
@@ -315,6 +325,103 @@ void SmtpClientSession::start_auth(SmtpClientOutput& out) {
                          false),
         out);
   }
+}
+
+// ---- OAuth2 (issue 9) ----
+
+void SmtpClientSession::start_oauth2(SmtpClientOutput& out) {
+  const bool xoauth2 = *options_.oauth2 == OAuth2Mechanism::XOAuth2;
+  if (!(xoauth2 ? extensions_.auth_xoauth2 : extensions_.auth_oauthbearer)) {
+    fail(delivery_failure(DeliveryStatus::AuthenticationFailed,
+                          std::string("Authentication failed: the upstream does not offer AUTH ") +
+                              (xoauth2 ? "XOAUTH2" : "OAUTHBEARER"),
+                          false),
+         out);
+    return;
+  }
+  state_ = State::AuthToken;
+  out.events.push_back({SmtpClientEvent::Kind::NeedToken, {}, false});
+}
+
+SmtpClientOutput SmtpClientSession::provide_token(std::string token, bool fresh) {
+  SmtpClientOutput out;
+  if (state_ != State::AuthToken) return out;
+  token_ = std::move(token);
+  token_fresh_ = fresh;
+  const bool xoauth2 = *options_.oauth2 == OAuth2Mechanism::XOAuth2;
+  std::string line = xoauth2 ? "AUTH XOAUTH2 " + xoauth2_initial_response(options_.username, token_)
+                             : "AUTH OAUTHBEARER " + oauthbearer_initial_response(
+                                                         options_.username, options_.oauth2_host,
+                                                         options_.oauth2_port, token_);
+  state_ = State::AuthOAuth;
+  send(Command::AuthOAuth, line + "\r\n", out);
+  return out;
+}
+
+SmtpClientOutput SmtpClientSession::token_failed(DeliveryResult why) {
+  SmtpClientOutput out;
+  if (state_ != State::AuthToken) return out;
+  fail(std::move(why), out);
+  return out;
+}
+
+void SmtpClientSession::oauth2_reply(Command command, const SmtpReply& reply,
+                                     SmtpClientOutput& out) {
+  if (reply.code == 235) {
+    enter_ready(out);
+    return;
+  }
+  if (reply.code == 334 && command == Command::AuthOAuth) {
+    // RFC 7628 §3.2.3 / XOAUTH2: a base64 JSON error; the client answers with an empty
+    // line (OAUTHBEARER wants "\x01", which base64-encodes to "AQ=="), then the final reply.
+    state_ = State::AuthOAuthError;
+    const bool xoauth2 = *options_.oauth2 == OAuth2Mechanism::XOAuth2;
+    send(Command::AuthOAuthCancel, xoauth2 ? "\r\n" : "AQ==\r\n", out);
+    return;
+  }
+  if (!token_fresh_ && !auth_retried_ && reply.code != 334) {
+    // A cached token may have been revoked or expired early: renew it once, AUTH once more.
+    auth_retried_ = true;
+    state_ = State::AuthToken;
+    out.events.push_back({SmtpClientEvent::Kind::NeedToken, {}, false});
+    return;
+  }
+  fail(reply_result(DeliveryStatus::AuthenticationFailed, reply, "Authentication failed"), out);
+}
+
+std::string xoauth2_initial_response(std::string_view user, std::string_view token) {
+  std::string raw = "user=";
+  raw += user;
+  raw +=
+      "\x01"
+      "auth=Bearer ";
+  raw += token;
+  raw += "\x01\x01";
+  return text::base64_encode(raw);
+}
+
+std::string oauthbearer_initial_response(std::string_view user, std::string_view host,
+                                         uint16_t port, std::string_view token) {
+  std::string raw = "n,a=";
+  for (char c : user) {
+    if (c == ',') {
+      raw += "=2C";
+    } else if (c == '=') {
+      raw += "=3D";
+    } else {
+      raw += c;
+    }
+  }
+  raw += ",\x01host=";
+  raw += host;
+  raw += "\x01port=";
+  raw += std::to_string(port);
+  raw +=
+      "\x01"
+      "auth=Bearer ";
+  raw += token;
+  raw += "\x01\x01";
+  return text::base64_encode(raw);
 }
 
 void SmtpClientSession::enter_ready(SmtpClientOutput& out) {
@@ -624,6 +731,12 @@ const char* smtp_client_state_name(SmtpClientSession::State state) {
       return "auth_login_user";
     case S::AuthLoginPassword:
       return "auth_login_password";
+    case S::AuthToken:
+      return "auth_token";
+    case S::AuthOAuth:
+      return "auth_oauth";
+    case S::AuthOAuthError:
+      return "auth_oauth_error";
     case S::Ready:
       return "ready";
     case S::Rset:

@@ -12,6 +12,7 @@
 #include "mailcar/log.hpp"
 #include "mailcar/metrics.hpp"
 #include "mailcar/net.hpp"
+#include "mailcar/oauth2.hpp"
 #include "mailcar/relay.hpp"
 #include "mailcar/smtp_client.hpp"
 
@@ -70,6 +71,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
         defer_timer(l),
         queue_timer(l) {
     if (hostname.empty()) hostname = "localhost";
+    if (service.oauth2) tokens = std::make_unique<oauth2::TokenSource>(l, service);
   }
 
   uv_loop_t* loop;
@@ -88,6 +90,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
   std::vector<std::function<void()>> deferred;
   net::Timer queue_timer;  // the delivery deadline of the oldest queued message
   uint64_t queue_timer_due = 0;
+  std::unique_ptr<oauth2::TokenSource> tokens;  // OAuth2 services (issue 9)
 
   // ---- deferral: nothing user-visible happens inside deliver()/shutdown() ----
 
@@ -225,6 +228,11 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
     o.username = service.username;
     o.password = service.password;
     o.encryption = service.encryption;
+    if (service.oauth2) {
+      o.oauth2 = service.oauth2->mechanism;
+      o.oauth2_host = service.host;
+      o.oauth2_port = service.port;
+    }
     return o;
   }
 
@@ -517,6 +525,9 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
           break;
         case SmtpClientEvent::Kind::Closed:
           break;
+        case SmtpClientEvent::Kind::NeedToken:
+          request_token(conn);
+          break;
       }
       if (destroyed) return;  // a callback dropped the last reference to the relay
     }
@@ -530,6 +541,21 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
       return;
     }
     rearm(conn);
+  }
+
+  // OAuth2: the session waits in AuthToken until the service's token source answers.
+  void request_token(const ConnectionPtr& conn) {
+    if (!tokens) {
+      handle_output(
+          conn, conn->session->token_failed(delivery_failure(DeliveryStatus::AuthenticationFailed,
+                                                             "Authentication failed", false)));
+      return;
+    }
+    tokens->get(conn->session->last_token(),
+                guarded(conn, [](Impl* self, const ConnectionPtr& c, const oauth2::TokenResult& r) {
+                  self->handle_output(c, r.ok ? c->session->provide_token(r.token, r.fresh)
+                                              : c->session->token_failed(r.failure));
+                }));
   }
 
   void complete(const ConnectionPtr& conn, SmtpClientEvent event) {

@@ -31,7 +31,8 @@ def test_check_accepts_bundled_and_example_configs():
     assert r.returncode == 0, r.stderr
     env = {k: f"value-of-{k}" for k in ["GMAIL_USER", "SMTP_PASSWORD", "WEBAPP_API_KEY", "M365_USER",
                             "SES_SMTP_USERNAME", "SES_SMTP_PASSWORD", "RELAY_PASSWORD",
-                            "QA_API_KEY", "LEGACY_PASSWORD"]}
+                            "QA_API_KEY", "LEGACY_PASSWORD",
+                            "M365_TENANT_ID", "M365_CLIENT_ID", "GOOGLE_CLIENT_ID"]}
     env["GMAIL_USER"] = "me@gmail.com"
     env["M365_USER"] = "me@contoso.com"
     for example in sorted((SOURCE_DIR / "conf" / "examples").glob("*.yaml")):
