@@ -42,6 +42,9 @@ struct DeliveryResult {
   std::vector<std::string> accepted;  // recipients the upstream took
   std::vector<RecipientOutcome> rejected;
   double upstream_seconds = 0;  // wall time spent on this message upstream
+  // Failover (issue 9): the service whose answer this is; set by deliver_with_failover,
+  // empty from a bare transport.
+  std::string delivered_via;
 };
 
 using DeliveryCallback = std::function<void(DeliveryResult)>;

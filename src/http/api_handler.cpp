@@ -385,6 +385,10 @@ HttpResponse delivery_failure(const DeliveryResult& result) {
 HttpResponse delivery_success(const DeliveryResult& result, const std::string& id) {
   std::string body = "{\"count\":" + std::to_string(result.accepted.size()) + ",\"id\":";
   log::append_json_string(body, id);
+  if (!result.delivered_via.empty()) {  // failover (issue 9): the service that took it
+    body.append(",\"delivered_via\":");
+    log::append_json_string(body, result.delivered_via);
+  }
   if (!result.rejected.empty()) {
     body.append(",\"rejected\":[");
     bool first = true;

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "mailcar/clock.hpp"
+#include "mailcar/failover.hpp"
 #include "mailcar/log.hpp"
 #include "mailcar/metrics.hpp"
 #include "mailcar/shared_state.hpp"
@@ -81,6 +82,7 @@ void log_delivery(const Delivered& s, const SubmissionResult& result) {
                         {"identity", s.submitter.identity},
                         {"remote", s.submitter.remote},
                         {"service", s.service},
+                        {"delivered_via", r.delivered_via},
                         {"recipients", s.recipients},
                         {"size", s.size},
                         {"outcome", outcome_label(result.status)},
@@ -96,16 +98,19 @@ void log_delivery(const Delivered& s, const SubmissionResult& result) {
   }
 }
 
+// Labelled with the service that gave the answer (failover, issue 9: the one that delivered).
 void count_delivery(const Delivered& s, const SubmissionResult& result) {
   const char* outcome = outcome_label(result.status);
-  metrics::count_message(s.submitter.ingress, s.submitter.role, s.service, outcome);
+  const std::string& service =
+      result.delivery.delivered_via.empty() ? s.service : result.delivery.delivered_via;
+  metrics::count_message(s.submitter.ingress, s.submitter.role, service, outcome);
   if (result.status == SubmissionStatus::Sent) {
-    metrics::count_recipients(s.service, "sent", result.delivery.accepted.size());
+    metrics::count_recipients(service, "sent", result.delivery.accepted.size());
     if (!result.delivery.rejected.empty()) {
-      metrics::count_recipients(s.service, "rejected", result.delivery.rejected.size());
+      metrics::count_recipients(service, "rejected", result.delivery.rejected.size());
     }
   } else {
-    metrics::count_recipients(s.service, outcome, s.recipients);
+    metrics::count_recipients(service, outcome, s.recipients);
   }
 }
 
@@ -216,15 +221,17 @@ SubmissionResult unavailable(std::string id, std::string why) {
   return r;
 }
 
-// The delivery mode: today the service's transport (SMTP relay or file driver).
-void deliver_direct(Transport& transport, std::shared_ptr<Runtime> runtime, Submission submission,
-                    uint64_t now_ms, SubmissionDone done) {
+// The delivery mode: the service's transport (SMTP relay or file driver), then its fallbacks.
+void deliver_direct(std::shared_ptr<Runtime> runtime, Submission submission, uint64_t now_ms,
+                    SubmissionDone done) {
   std::shared_ptr<const DirectDsn> dsn = direct_dsn_context(submission, now_ms);
   Delivered context{std::move(submission.submitter), std::move(submission.service),
                     submission.message.envelope_rcpts.size(), submission.message.data.size()};
   std::string id = submission.message.id;
-  transport.deliver(
-      std::move(submission.message),
+  std::shared_ptr<Runtime> rt = runtime;
+  const std::string service = context.service;
+  deliver_with_failover(
+      std::move(rt), service, std::move(submission.message),
       [runtime = std::move(runtime), context = std::move(context), id = std::move(id),
        dsn = std::move(dsn), done = std::move(done)](DeliveryResult delivery) {
         SubmissionResult result;
@@ -235,7 +242,8 @@ void deliver_direct(Transport& transport, std::shared_ptr<Runtime> runtime, Subm
         log_delivery(context, result);
         // The client is told 250 (Sent): the refused recipients are reported to the sender.
         if (dsn && result.status == SubmissionStatus::Sent && !result.delivery.rejected.empty()) {
-          send_direct_dsn(runtime, context.service, id, *dsn, result.delivery.rejected);
+          send_direct_dsn(runtime, result.delivery.delivered_via, id, *dsn,
+                          result.delivery.rejected);
         }
         done(std::move(result));
       });
@@ -279,14 +287,13 @@ void deliver(std::shared_ptr<Runtime> runtime, Submission submission, uint64_t n
   if (SpoolQueue* spool = runtime->spool.get()) {
     return deliver_spooled(*spool, std::move(runtime), std::move(submission), std::move(done));
   }
-  Transport* transport = runtime->transport(submission.service);
-  if (transport == nullptr) {
+  if (runtime->transport(submission.service) == nullptr) {
     log::error("no_transport", {{"service", submission.service}});
     metrics::count_message(submission.submitter.ingress, submission.submitter.role,
                            submission.service, "failed");
     return done(unavailable(std::move(id), "Service " + submission.service + " not available"));
   }
-  deliver_direct(*transport, std::move(runtime), std::move(submission), now_ms, std::move(done));
+  deliver_direct(std::move(runtime), std::move(submission), now_ms, std::move(done));
 }
 
 }  // namespace
