@@ -45,6 +45,7 @@ struct SmtpExtensions {
   bool auth_plain = false;
   bool auth_login = false;
   uint64_t size = 0;  // SIZE n; 0: no limit announced
+  std::vector<std::string> keywords;  // the EHLO lines after the first, as sent (probes)
 
   static SmtpExtensions parse(const SmtpReply& ehlo_reply);
 };
@@ -124,6 +125,8 @@ class SmtpClientSession {
   uint64_t replies_received() const { return replies_received_; }
   bool message_in_flight() const { return message_ != nullptr; }
   const SmtpExtensions& extensions() const { return extensions_; }
+  // The SASL mechanism AUTH was started with ("PLAIN", "LOGIN"); empty when none was.
+  std::string_view auth_mechanism() const { return auth_mechanism_; }
 
  private:
   enum class Command {
@@ -166,6 +169,7 @@ class SmtpClientSession {
   SmtpExtensions extensions_;
   bool tls_done_ = false;
   bool need_rset_ = false;
+  std::string_view auth_mechanism_;  // a literal, set when AUTH starts
 
   // Reply parsing.
   std::string input_;
