@@ -248,8 +248,8 @@ struct ProbeScheduler::Impl : std::enable_shared_from_this<ProbeScheduler::Impl>
   void tick(size_t index) {
     Entry& e = entries[index];
     if (e.running) return;
-    if (auto last = upstream_health().last(e.service)) {
-      // A delivery (or a probe) checked it recently enough: no extra connection.
+    if (auto last = upstream_health().last(e.service); last && last->ok) {
+      // A delivery (or a probe) found it working recently enough: no extra connection.
       if (last->checked_at_ms + e.interval_ms > wall_clock_ms() + e.interval_ms / 10) return;
     }
     e.running = true;

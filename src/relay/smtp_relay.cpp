@@ -151,6 +151,13 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
   void shutdown(std::function<void()> done) {
     shutting_down = true;
     shutdown_done = std::move(done);
+    // A probe under way would only delay the stop: end it now (it reports ShuttingDown).
+    for (auto& conn : std::vector<ConnectionPtr>(connections)) {
+      if (!conn->probe || conn->dead) continue;
+      if (conn->stream) conn->stream->abort();
+      fail_connection(conn, delivery_failure(DeliveryStatus::ShuttingDown,
+                                             "mailcar is shutting down", true));
+    }
     schedule_pump();
   }
 
@@ -669,9 +676,11 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
       report.ehlo = conn->session->extensions().keywords;
       report.auth_mechanism = std::string(conn->session->auth_mechanism());
     }
-    UpstreamCheck check{ok, wall_clock_ms(), report.latency_ms,
-                        ok ? "" : probe_error_text(service, report)};
-    upstream_health().record(service.name, std::move(check));
+    if (report.failure.status != DeliveryStatus::ShuttingDown) {  // a stop says nothing
+      UpstreamCheck check{ok, wall_clock_ms(), report.latency_ms,
+                          ok ? "" : probe_error_text(service, report)};
+      upstream_health().record(service.name, std::move(check));
+    }
     log::write(ok ? LogLevel::Debug : LogLevel::Warn, "upstream_probe",
                {{"service", service.name},
                 {"ok", ok},
