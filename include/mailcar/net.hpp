@@ -45,16 +45,16 @@ struct TlsClientOptions {
 // while the handshake runs, so a failed one still tells what the server sent.
 struct TlsPeerInfo {
   bool handshake_done = false;
-  std::string version;               // "TLSv1.2", "TLSv1.3" (after a handshake)
-  std::string cipher;                // after a handshake
-  bool have_certificate = false;     // the server's leaf certificate was received
-  std::string subject;               // its subject DN ("CN=mail.example.com, O=...")
+  std::string version;                 // "TLSv1.2", "TLSv1.3" (after a handshake)
+  std::string cipher;                  // after a handshake
+  bool have_certificate = false;       // the server's leaf certificate was received
+  std::string subject;                 // its subject DN ("CN=mail.example.com, O=...")
   std::vector<std::string> dns_names;  // its subjectAltName DNS names
-  uint32_t verify_flags = 0;         // mbedTLS MBEDTLS_X509_BADCERT_* bits; 0: verified
-  bool name_mismatch = false;        // the certificate does not name the server_name
-  bool not_trusted = false;          // the chain does not lead to a trusted CA
-  std::string verify_text;           // the flags in words; empty when they are 0
-  std::string first_bytes;           // the first bytes the server sent (at most 16)
+  uint32_t verify_flags = 0;           // mbedTLS MBEDTLS_X509_BADCERT_* bits; 0: verified
+  bool name_mismatch = false;          // the certificate does not name the server_name
+  bool not_trusted = false;            // the chain does not lead to a trusted CA
+  std::string verify_text;             // the flags in words; empty when they are 0
+  std::string first_bytes;             // the first bytes the server sent (at most 16)
 };
 
 // Certificate + key for server-side TLS (SMTP STARTTLS). Shared by all sessions of a listener.

@@ -330,8 +330,7 @@ void describe_certificate(const mbedtls_x509_crt& crt, TlsPeerInfo& info) {
   char buffer[1024] = {};
   if (mbedtls_x509_dn_gets(buffer, sizeof buffer, &crt.subject) > 0) info.subject = buffer;
   info.dns_names.clear();
-  for (const mbedtls_x509_sequence* san = &crt.subject_alt_names; san != nullptr;
-       san = san->next) {
+  for (const mbedtls_x509_sequence* san = &crt.subject_alt_names; san != nullptr; san = san->next) {
     if (san->buf.p == nullptr || san->buf.len == 0) continue;
     if (san->buf.tag != (MBEDTLS_ASN1_CONTEXT_SPECIFIC | MBEDTLS_X509_SAN_DNS_NAME)) continue;
     if (info.dns_names.size() >= 32) break;  // enough to say which names it has

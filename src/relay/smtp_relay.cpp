@@ -155,8 +155,8 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
     for (auto& conn : std::vector<ConnectionPtr>(connections)) {
       if (!conn->probe || conn->dead) continue;
       if (conn->stream) conn->stream->abort();
-      fail_connection(conn, delivery_failure(DeliveryStatus::ShuttingDown,
-                                             "mailcar is shutting down", true));
+      fail_connection(
+          conn, delivery_failure(DeliveryStatus::ShuttingDown, "mailcar is shutting down", true));
     }
     schedule_pump();
   }
@@ -640,7 +640,8 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
 
   void note_tls(const ConnectionPtr& conn) {
     if (!conn->probe || !conn->stream) return;
-    if (const net::TlsPeerInfo* info = conn->stream->tls_peer_info()) conn->probe->report.tls = *info;
+    if (const net::TlsPeerInfo* info = conn->stream->tls_peer_info())
+      conn->probe->report.tls = *info;
   }
 
   static ProbeStage stage_of(const Connection& conn, const DeliveryResult& failure) {

@@ -11,8 +11,8 @@
 #include <utility>
 
 #include "mailcar/clock.hpp"
-#include "mailcar/failover.hpp"
 #include "mailcar/dsn.hpp"
+#include "mailcar/failover.hpp"
 #include "mailcar/log.hpp"
 #include "mailcar/metrics.hpp"
 #include "mailcar/net.hpp"

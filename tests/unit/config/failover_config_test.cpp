@@ -25,10 +25,9 @@ ServiceConfig service(std::string name, std::vector<std::string> fallback) {
 }
 
 TEST(FallbackCycle, NoneInAChainOrATree) {
-  EXPECT_TRUE(find_fallback_cycle({service("a", {"b"}), service("b", {"c"}), service("c", {})})
-                  .empty());
-  EXPECT_TRUE(find_fallback_cycle({service("a", {"b", "c"}), service("b", {"c"}),
-                                   service("c", {})})
+  EXPECT_TRUE(
+      find_fallback_cycle({service("a", {"b"}), service("b", {"c"}), service("c", {})}).empty());
+  EXPECT_TRUE(find_fallback_cycle({service("a", {"b", "c"}), service("b", {"c"}), service("c", {})})
                   .empty());  // c reached twice is not a cycle
   EXPECT_TRUE(find_fallback_cycle({service("a", {"unknown"})}).empty());
 }
@@ -36,8 +35,8 @@ TEST(FallbackCycle, NoneInAChainOrATree) {
 TEST(FallbackCycle, FindsTheLoop) {
   EXPECT_THAT(find_fallback_cycle({service("a", {"b"}), service("b", {"a"})}),
               ElementsAre("a", "b", "a"));
-  EXPECT_THAT(find_fallback_cycle({service("x", {"a"}), service("a", {"b"}),
-                                   service("b", {"c"}), service("c", {"a"})}),
+  EXPECT_THAT(find_fallback_cycle({service("x", {"a"}), service("a", {"b"}), service("b", {"c"}),
+                                   service("c", {"a"})}),
               ElementsAre("a", "b", "c", "a"));
 }
 
@@ -81,8 +80,9 @@ routes:
 }
 
 TEST(FailoverConfig, ErrorsNameFileLineAndColumn) {
-  auto cycle = load("services:\n  a:\n    host: x\n    fallback: [b]\n  b:\n    host: y\n"
-                    "    fallback: [a]\n");
+  auto cycle = load(
+      "services:\n  a:\n    host: x\n    fallback: [b]\n  b:\n    host: y\n"
+      "    fallback: [a]\n");
   ASSERT_FALSE(cycle.ok());
   EXPECT_THAT(cycle.error().message,
               HasSubstr("/etc/mailcar/mailcar.yaml:7:16: services.b.fallback[0]: fallback cycle: "
@@ -94,8 +94,9 @@ TEST(FailoverConfig, ErrorsNameFileLineAndColumn) {
   auto unknown = load("services:\n  a:\n    host: x\n    fallback: [zz]\n");
   ASSERT_FALSE(unknown.ok());
   EXPECT_THAT(unknown.error().message, HasSubstr("services.a.fallback[0]: no service named 'zz'"));
-  auto route = load("services:\n  a:\n    host: x\nroutes:\n  - {service: a}\n"
-                    "  - {role: r, sender: '*', service: a}\n  - {sender: 'bad*x', service: b}\n");
+  auto route = load(
+      "services:\n  a:\n    host: x\nroutes:\n  - {service: a}\n"
+      "  - {role: r, sender: '*', service: a}\n  - {sender: 'bad*x', service: b}\n");
   ASSERT_FALSE(route.ok());
   EXPECT_THAT(route.error().message, HasSubstr("routes[0]: a route needs exactly one of role or "
                                                "sender"));

@@ -21,8 +21,8 @@ TEST(Routes, FirstMatchWinsThenSmtpService) {
   EXPECT_EQ(route_service(c, "marketing", "news@brand-b.example"), "bulk");  // role route first
   EXPECT_EQ(route_service(c, "app", "shop@brand-b.example"), "brand-b");
   EXPECT_EQ(route_service(c, "app", "shop@BRAND-B.example."), "brand-b");  // domain normal form
-  EXPECT_EQ(route_service(c, "legacy", "x@a.sub.example"), "subs");       // sender before role
-  EXPECT_EQ(route_service(c, "app", "x@sub.example"), "email");  // *@*.d: subdomains only
+  EXPECT_EQ(route_service(c, "legacy", "x@a.sub.example"), "subs");        // sender before role
+  EXPECT_EQ(route_service(c, "app", "x@sub.example"), "email");            // *@*.d: subdomains only
   EXPECT_EQ(route_service(c, "legacy", "x@example.com"), "old");
   EXPECT_EQ(route_service(c, "app", "x@example.com"), "email");
   EXPECT_EQ(route_service(c, "app", ""), "email");  // the null sender matches only "*"
