@@ -72,6 +72,12 @@ struct ServiceConfig {
   std::optional<Rate> rate_limit;
   // Capture and mirror (issue 10, SPEC §10.4): added to the envelope of every relayed message.
   std::vector<std::string> mirror_to;
+  // Failover and probes (issue 9, SPEC §9.2/§9.3). `fallback`: services tried in order, at
+  // once, when this one cannot take a message (connection, TLS, AUTH, 4xx); no cycles.
+  // `probe_interval_ms` (driver smtp): how often the upstream is probed; 0: never in the
+  // background (deliveries and --check --probe still report).
+  std::vector<std::string> fallback;
+  uint64_t probe_interval_ms = 60'000;
 };
 
 struct RoleConfig {
@@ -104,6 +110,14 @@ struct SmtpIngressConfig {
   std::string hostname;                       // default: the machine's host name
   std::string tls_cert;                       // STARTTLS offered when both are set
   std::string tls_key;
+};
+
+// Routing (issue 9, SPEC §9.2): `routes:` choose the service of SMTP-submitted mail. One of
+// `role` / `sender` (a sender pattern of SPEC §3) is set; the first route that matches wins.
+struct RouteConfig {
+  std::optional<std::string> role;
+  std::optional<std::string> sender;
+  std::string service;
 };
 
 // spool.bounces: where delivery status notifications go (SPEC §7.1).
@@ -229,6 +243,7 @@ struct Config {
   std::optional<AttachmentFetchConfig> attachment_fetch;
   std::optional<SharedStateConfig> shared_state;  // issue 11
   IdempotencyConfig idempotency;                  // issue 10
+  std::vector<RouteConfig> routes;                // routing (issue 9), in file order
 
   const ServiceConfig* find_service(std::string_view name) const;
   const RoleConfig* find_role(std::string_view name) const;
@@ -245,6 +260,13 @@ Result<Config> load_config_text(const std::string& text, const std::string& file
                                 EnvLookup env = process_env);
 // The zero-file setup from MAIL_* / MAILCAR_* variables (SPEC §2).
 Result<Config> config_from_environment(EnvLookup env = process_env);
+
+// Failover (issue 9): the services a message for `service` is offered to, in order: the service
+// itself, then its `fallback` list, each followed depth-first by its own fallbacks, every
+// service at most once. Unknown names are skipped (the loader refuses them).
+std::vector<std::string> fallback_chain(const Config& config, std::string_view service);
+// A fallback cycle (["a", "b", "a"]: a falls back to b, which falls back to a), or empty.
+std::vector<std::string> find_fallback_cycle(const std::vector<ServiceConfig>& services);
 
 // Parsers for the value syntaxes, shared by the loader and its tests.
 std::optional<Rate> parse_rate(std::string_view text);

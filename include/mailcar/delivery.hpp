@@ -45,6 +45,9 @@ struct DeliveryResult {
   // OAuth2 (issue 9): the token endpoint's `error` (e.g. "invalid_grant") when getting a
   // token failed; empty otherwise. Shown as context.oauth2_error.
   std::string oauth2_error;
+  // Failover (issue 9): the service whose answer this is; set by deliver_with_failover,
+  // empty from a bare transport.
+  std::string delivered_via;
 };
 
 using DeliveryCallback = std::function<void(DeliveryResult)>;

@@ -9,6 +9,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <vector>
 
 #include <uv.h>
 
@@ -38,6 +39,22 @@ struct TlsClientOptions {
   std::string ca_file;      // empty: /etc/ssl/certs/ca-certificates.crt (parsed once, cached)
   std::string server_name;  // SNI and the name checked against the certificate; set it when
                             // verify is true (mbedTLS 2.28 skips the name check if empty)
+};
+
+// What a client TLS handshake saw (issue 9: `--check --probe` explains TLS trouble). Filled
+// while the handshake runs, so a failed one still tells what the server sent.
+struct TlsPeerInfo {
+  bool handshake_done = false;
+  std::string version;                 // "TLSv1.2", "TLSv1.3" (after a handshake)
+  std::string cipher;                  // after a handshake
+  bool have_certificate = false;       // the server's leaf certificate was received
+  std::string subject;                 // its subject DN ("CN=mail.example.com, O=...")
+  std::vector<std::string> dns_names;  // its subjectAltName DNS names
+  uint32_t verify_flags = 0;           // mbedTLS MBEDTLS_X509_BADCERT_* bits; 0: verified
+  bool name_mismatch = false;          // the certificate does not name the server_name
+  bool not_trusted = false;            // the chain does not lead to a trusted CA
+  std::string verify_text;             // the flags in words; empty when they are 0
+  std::string first_bytes;             // the first bytes the server sent (at most 16)
 };
 
 // Certificate + key for server-side TLS (SMTP STARTTLS, implicit TLS). Shared by the sessions
@@ -121,6 +138,9 @@ class Stream {
   virtual void start_tls_client(const TlsClientOptions& options, DoneFn done) = 0;
   virtual void start_tls_server(std::shared_ptr<TlsServerContext> context, DoneFn done) = 0;
   virtual bool tls_active() const = 0;
+  // A client TLS handshake's view of the server (see TlsPeerInfo); nullptr before
+  // start_tls_client(). Stays readable after a failed handshake, while the Stream lives.
+  virtual const TlsPeerInfo* tls_peer_info() const { return nullptr; }
 
   // Flush queued writes, then close. Idempotent. on_close fires (kind Closed) unless the
   // owner cleared it. TLS sends close_notify; unflushed bytes are dropped after 10 s.

@@ -11,6 +11,7 @@
 
 #include "mailcar/config.hpp"
 #include "mailcar/delivery.hpp"
+#include "mailcar/probe.hpp"
 
 namespace mailcar {
 
@@ -46,6 +47,12 @@ class SmtpRelay : public Transport {
 
   // Idle connections are QUIT after this long (default 30 s); for tests.
   void set_idle_timeout_ms(uint64_t ms);
+
+  // Upstream probe (issue 9, SPEC §9.3): a connection of its own, outside `connections`,
+  // through the same connect, TLS, EHLO and AUTH code as deliveries, then QUIT. `done` is
+  // called once, from the loop (not when the relay is destroyed first; ShuttingDown after
+  // shutdown()). Each finished delivery is also recorded in upstream_health() as a check.
+  void probe(ProbeCallback done);
 
   struct Impl;
 

@@ -51,7 +51,8 @@ struct SmtpExtensions {
   bool auth_login = false;
   bool auth_xoauth2 = false;
   bool auth_oauthbearer = false;
-  uint64_t size = 0;  // SIZE n; 0: no limit announced
+  uint64_t size = 0;                  // SIZE n; 0: no limit announced
+  std::vector<std::string> keywords;  // the EHLO lines after the first, as sent (probes)
 
   static SmtpExtensions parse(const SmtpReply& ehlo_reply);
 };
@@ -144,6 +145,8 @@ class SmtpClientSession {
   uint64_t replies_received() const { return replies_received_; }
   bool message_in_flight() const { return message_ != nullptr; }
   const SmtpExtensions& extensions() const { return extensions_; }
+  // The SASL mechanism AUTH was started with ("PLAIN", "LOGIN"); empty when none was.
+  std::string_view auth_mechanism() const { return auth_mechanism_; }
 
  private:
   enum class Command {
@@ -194,6 +197,7 @@ class SmtpClientSession {
   std::string token_;
   bool token_fresh_ = false;
   bool auth_retried_ = false;
+  std::string_view auth_mechanism_;  // a literal, set when AUTH starts
 
   // Reply parsing.
   std::string input_;

@@ -539,7 +539,7 @@ class Loader {
     if (!top) return;
     allow_only(*top,
                {"listen", "services", "roles", "credentials", "smtp", "spool", "limits", "log",
-                "templates", "dkim", "attachment_fetch", "shared_state", "idempotency"});
+                "templates", "dkim", "attachment_fetch", "shared_state", "idempotency", "routes"});
 
     if (const Entry* e = top->get("listen")) {
       load_listen(*e);
@@ -558,6 +558,7 @@ class Loader {
     if (const Entry* e = top->get("log")) load_log(*e);
     if (const Entry* e = top->get("shared_state")) load_shared_state(*e);  // issue 11
     if (const Entry* e = top->get("idempotency")) load_idempotency(*e);    // issue 10
+    if (const Entry* e = top->get("routes")) load_routes(*e);
     check_delivery_timeout(top->get("limits"), top->mark);
     load_message_features(*top);
     assign_oauth2_state_dir();
@@ -693,6 +694,7 @@ class Loader {
       if (auto problem = check_name(e.key)) error_key(e, "service name " + *problem);
       config_.services.push_back(load_service(e));
     }
+    check_fallbacks();
   }
 
   ServiceConfig load_service(const Entry& entry) {
@@ -711,7 +713,8 @@ class Loader {
                                                      "connections",
                                                      "connect_timeout",
                                                      "command_timeout",
-                                                     "oauth2"};
+                                                     "oauth2",
+                                                     "probe_interval"};
     allow_only(*s, {"driver",
                     "path",
                     "from_name",
@@ -731,8 +734,11 @@ class Loader {
                     "connect_timeout",
                     "command_timeout",
                     "mirror_to",
-                    "oauth2"});
+                    "oauth2",
+                    "fallback",
+                    "probe_interval"});
     if (const Entry* e = s->get("mirror_to")) service.mirror_to = address_list(*e);  // issue 10
+    if (const Entry* e = s->get("fallback")) load_fallback(*e, service);             // issue 9
 
     if (const Entry* e = s->get("driver")) {
       if (auto value = text(*e)) {
@@ -824,7 +830,68 @@ class Loader {
     if (const Entry* e = s->get("command_timeout")) {
       service.command_timeout_ms = duration(*e, false).value_or(service.command_timeout_ms);
     }
+    if (const Entry* e = s->get("probe_interval")) {  // issue 9; a bare 0 means "never"
+      auto v = e->value.IsScalar() ? text::trim(e->value.Scalar()) : std::string_view();
+      service.probe_interval_ms =
+          v == "0" ? 0 : duration(*e, true).value_or(service.probe_interval_ms);
+    }
     return service;
+  }
+
+  // ---- failover and routing (issue 9, SPEC §9.2) -------------------------------------------
+
+  void load_fallback(const Entry& entry, ServiceConfig& service) {
+    for (const auto& item : list(entry).value_or(std::vector<Entry>{})) {
+      auto name = text(item);
+      if (!name) continue;
+      if (*name == service.name) {
+        error(item, "a service cannot fall back to itself");
+        continue;
+      }
+      service.fallback.push_back(*name);
+      fallback_items_.push_back({service.name, *name, item});
+    }
+  }
+
+  // After all services are known: every name exists, and no list leads back to its service.
+  void check_fallbacks() {
+    for (const FallbackItem& f : fallback_items_) service_must_exist(f.entry, f.target);
+    std::vector<std::string> cycle = find_fallback_cycle(config_.services);
+    if (cycle.size() < 2) return;
+    std::string text = cycle.front();
+    for (size_t i = 1; i < cycle.size(); ++i) text += " -> " + cycle[i];
+    for (const FallbackItem& f : fallback_items_) {
+      if (f.service == cycle[cycle.size() - 2] && f.target == cycle.back()) {
+        return error(f.entry, "fallback cycle: " + text);
+      }
+    }
+  }
+
+  void load_routes(const Entry& entry) {
+    for (const auto& item : list(entry).value_or(std::vector<Entry>{})) {
+      auto s = section(item.value, item.value.Mark(), item.path);
+      if (!s) continue;
+      allow_only(*s, {"role", "sender", "service"});
+      RouteConfig route;
+      const Entry* role = s->get("role");
+      const Entry* sender = s->get("sender");
+      if ((role == nullptr) == (sender == nullptr)) {
+        error_at(s->mark, item.path, "a route needs exactly one of role or sender");
+      }
+      if (role != nullptr && (route.role = text(*role))) role_must_exist(*role, *route.role);
+      if (sender != nullptr && (route.sender = text(*sender))) {
+        if (auto problem = check_sender_pattern(*route.sender)) {
+          error(*sender, "'" + *route.sender + "' " + *problem);
+        }
+      }
+      if (const Entry* e = s->get("service")) {
+        route.service = text(*e).value_or("");
+        service_must_exist(*e, route.service);
+      } else {
+        error_at(s->mark, item.path, "a route needs a service");
+      }
+      config_.routes.push_back(std::move(route));
+    }
   }
 
   void load_roles(const Entry& entry) {
@@ -1408,6 +1475,13 @@ class Loader {
   EnvLookup env_;
   std::vector<std::string> errors_;
   Config config_;
+  // Failover (issue 9): each fallback list item, to check once every service is known.
+  struct FallbackItem {
+    std::string service;
+    std::string target;
+    Entry entry;
+  };
+  std::vector<FallbackItem> fallback_items_;
   std::optional<Entry> delivery_timeout_entry_;  // issue 7: where limits.delivery_timeout is
 };
 

@@ -19,6 +19,7 @@
 
 #include <uv.h>
 
+#include "daemon/check_probe.hpp"
 #include "daemon/state_file.hpp"
 #include "mailcar/clock.hpp"
 #include "mailcar/config.hpp"
@@ -28,10 +29,11 @@
 #include "mailcar/net.hpp"
 #include "mailcar/policy.hpp"
 #include "mailcar/policy_state.hpp"
+#include "mailcar/probe.hpp"
 #include "mailcar/relay.hpp"
 #include "mailcar/runtime.hpp"
-#include "mailcar/shared_state.hpp"
 #include "mailcar/sendmail.hpp"
+#include "mailcar/shared_state.hpp"
 #include "mailcar/smtp_server.hpp"
 #include "mailcar/spool_queue.hpp"
 #include "submission/idempotency_journal_file.hpp"
@@ -51,6 +53,7 @@ constexpr const char* kUsage =
     "  mailcar --health-check [-c FILE]    GET /health on the configured listener, exit 0/1\n"
     "  mailcar [-c FILE] sendmail [-t] [-i] [-f SENDER] [-F NAME] [RCPT...] < MESSAGE\n"
     "                                      submit a message to the SMTP listener (sendmail)\n"
+    "  mailcar --check --probe [-c FILE]   also connect to every upstream and say what works\n"
     "  mailcar --version | --help\n"
     "\n"
     "Signals: SIGTERM/SIGINT stop gracefully; SIGHUP reloads the configuration.\n";
@@ -59,6 +62,7 @@ struct Options {
   std::string config_path;  // empty: the default search
   bool check = false;
   bool health_check = false;  // --health-check (SPEC §13)
+  bool probe = false;         // --check --probe (issue 9)
   bool version = false;
   bool help = false;
   std::string error;
@@ -80,6 +84,8 @@ Options parse_args(int argc, char** argv) {
       o.check = true;
     } else if (a == "--health-check") {
       o.health_check = true;
+    } else if (a == "--probe") {
+      o.probe = true;
     } else if (a == "--version" || a == "-V") {
       o.version = true;
     } else if (a == "--help" || a == "-h") {
@@ -89,6 +95,7 @@ Options parse_args(int argc, char** argv) {
       return o;
     }
   }
+  if (o.probe && !o.check) o.error = "--probe goes with --check";
   return o;
 }
 
@@ -305,7 +312,22 @@ class Daemon {
       rt->transports.emplace(
           s.name, make_transport(&loop_, s, rt->hostname, cfg.limits.delivery_timeout_ms));
     }
+    start_probes(cfg);
     return rt;
+  }
+
+  // Upstream probes (issue 9): through the current runtime's relays; a new schedule per
+  // configuration.
+  void start_probes(const Config& cfg) {
+    probes_.reset();
+    probes_ = std::make_unique<ProbeScheduler>(
+        &loop_, cfg, [this](const std::string& name, ProbeCallback done) {
+          auto* relay = runtime_ ? dynamic_cast<SmtpRelay*>(runtime_->transport(name)) : nullptr;
+          if (relay != nullptr) return relay->probe(std::move(done));
+          ProbeReport none;
+          none.service = name;
+          done(std::move(none));
+        });
   }
 
   void watch_signal(uv_signal_t& handle, int signum) {
@@ -433,6 +455,7 @@ class Daemon {
     uv_signal_stop(&sigint_);
     uv_signal_stop(&sighup_);
     state_timer_->stop();
+    probes_.reset();
     uint64_t grace = config_->limits.shutdown_grace_ms;
     // Last resort: whatever has not finished a moment after the grace period is abandoned.
     // In direct mode nothing acknowledged is held in memory, so exiting loses no accepted mail.
@@ -513,6 +536,7 @@ class Daemon {
     smtps_.reset();
     state_timer_.reset();
     force_timer_.reset();
+    probes_.reset();
     for (uv_signal_t* handle : {&sigterm_, &sigint_, &sighup_}) {
       auto* h = reinterpret_cast<uv_handle_t*>(handle);
       if (h->loop != nullptr && !uv_is_closing(h)) uv_close(h, nullptr);  // only if started
@@ -558,6 +582,7 @@ class Daemon {
   std::unique_ptr<SmtpServer> smtps_;  // listen.smtps: implicit TLS
   std::unique_ptr<net::Timer> state_timer_;
   std::unique_ptr<net::Timer> force_timer_;
+  std::unique_ptr<ProbeScheduler> probes_;  // issue 9
   std::shared_ptr<SpoolQueue> spool_;
   std::shared_ptr<SharedState> shared_;                  // issue 11; null without shared_state
   std::shared_ptr<MemoryIdempotencyStore> idempotency_;  // issue 10
@@ -598,6 +623,10 @@ int daemon_main(int argc, char** argv) {
     std::printf("%s: configuration OK (%zu services, %zu roles, %zu credentials)\n",
                 cfg->file.c_str(), cfg->services.size(), cfg->roles.size(),
                 cfg->credentials.size());
+    if (opts.probe) {
+      std::fflush(stdout);
+      return check_probe(*cfg, stdout);
+    }
     return 0;
   }
   log::configure(cfg->log.format, cfg->log.level);

@@ -392,6 +392,10 @@ HttpResponse delivery_success(const DeliveryResult& result, const std::string& i
   std::string body = "{\"count\":" + std::to_string(result.accepted.size()) + ",\"id\":";
   log::append_json_string(body, id);
   if (captured) body.append(",\"captured\":true");  // SPEC §10.4
+  if (!result.delivered_via.empty()) {              // failover (issue 9): the service that took it
+    body.append(",\"delivered_via\":");
+    log::append_json_string(body, result.delivered_via);
+  }
   if (!result.rejected.empty()) {
     body.append(",\"rejected\":[");
     bool first = true;

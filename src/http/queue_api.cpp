@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "mailcar/log.hpp"
+#include "mailcar/probe.hpp"
 #include "mailcar/spool.hpp"
 
 namespace mailcar::http {
@@ -260,13 +261,52 @@ void handle_queue(const HttpRequest& request, const std::shared_ptr<Runtime>& ru
   handle_message(request, *spool, *target, caller, remote, respond);
 }
 
-HttpResponse ready_upstream(const Runtime* runtime) {
-  if (runtime == nullptr) return error_response(503, "Not ready.");
-  if (!runtime->spool) return json_response(200, "{\"status\":\"ready\"}");
-  if (runtime->spool->full()) {
-    return json_response(503, "{\"status\":\"not ready\",\"spool\":\"full\"}");
+namespace {
+
+// Probes (issue 9, SPEC §9.3): the last check of every relayed service; false when one is
+// not ok (or was never checked).
+bool append_services(std::string& out, const Config& config) {
+  bool all_ok = true;
+  out.append("\"services\":{");
+  bool first = true;
+  for (const ServiceConfig& s : config.services) {
+    if (s.driver != ServiceDriver::Smtp) continue;
+    if (!first) out.push_back(',');
+    first = false;
+    std::optional<UpstreamCheck> check = upstream_health().last(s.name);
+    all_ok = all_ok && check && check->ok;
+    log::append_json_string(out, s.name);
+    out.append(check && check->ok ? ":{\"ok\":true" : ":{\"ok\":false");
+    out.append(",\"checked_at\":");
+    append_time(out, check ? check->checked_at_ms : 0);
+    out.append(",\"latency_ms\":");
+    out.append(check ? std::to_string(check->latency_ms) : std::string("null"));
+    out.append(",\"error\":");
+    if (check && check->ok) {
+      out.append("null");
+    } else {
+      log::append_json_string(out, check ? check->error : std::string("not checked yet"));
+    }
+    out.push_back('}');
   }
-  return json_response(200, "{\"status\":\"ready\",\"spool\":\"ok\"}");
+  out.push_back('}');
+  return all_ok;
+}
+
+}  // namespace
+
+HttpResponse ready_upstream(const Runtime* runtime) {
+  if (runtime == nullptr || !runtime->config) return error_response(503, "Not ready.");
+  const bool spool_full = runtime->spool && runtime->spool->full();
+  std::string services;
+  const bool services_ok = append_services(services, *runtime->config);
+  const bool ok = !spool_full && services_ok;
+  std::string body = ok ? "{\"status\":\"ready\"" : "{\"status\":\"not ready\"";
+  if (runtime->spool) body.append(spool_full ? ",\"spool\":\"full\"" : ",\"spool\":\"ok\"");
+  body.push_back(',');
+  body.append(services);
+  body.push_back('}');
+  return json_response(ok ? 200 : 503, std::move(body));
 }
 
 std::string queued_message_json(const QueuedMessage& m, bool recipients) {

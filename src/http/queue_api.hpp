@@ -31,9 +31,11 @@ bool is_queue_path(std::string_view path);
 void handle_queue(const HttpRequest& request, const std::shared_ptr<Runtime>& runtime,
                   Respond respond, const std::string& remote);
 
-// GET /ready/upstream. Spool mode: 503 {"status":"not ready","spool":"full"} while the spool
-// refuses new messages, else 200 {"status":"ready","spool":"ok"}. Direct mode: 200
-// {"status":"ready"} (the upstream probes of SPEC §9.3 are not built yet). Null: 503.
+// GET /ready/upstream: 200 {"status":"ready", ...} only when the spool (spool mode) takes
+// messages and every relayed service's last check (probe or delivery, upstream_health())
+// succeeded; else 503 {"status":"not ready", ...}. The body always holds "services": {name:
+// {ok, checked_at, latency_ms, error}} (SPEC §9.3), and "spool": "ok" | "full" in spool mode.
+// A service never checked is not ok. Null: 503.
 HttpResponse ready_upstream(const Runtime* runtime);
 
 // One message as JSON. With `recipients`, the recipient list (GET /queue/{id}); without,

@@ -415,6 +415,7 @@ void TcpStream::finish() {
   data_fn_ = nullptr;
   replacement_data_fn_ = nullptr;
   drain_fn_ = nullptr;
+  if (tls_) last_tls_peer_ = tls_->peer_info();
   tls_.reset();
   if (reason_.kind == NetErrorKind::None) reason_ = NetError{NetErrorKind::Closed, "closed"};
   if (auto done = std::move(done_fn_)) {

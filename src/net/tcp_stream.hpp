@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,10 @@ class TcpStream final : public Stream, public std::enable_shared_from_this<TcpSt
   void start_tls_client(const TlsClientOptions& options, DoneFn done) override;
   void start_tls_server(std::shared_ptr<TlsServerContext> context, DoneFn done) override;
   bool tls_active() const override { return tls_state_ != TlsState::None; }
+  const TlsPeerInfo* tls_peer_info() const override {
+    if (tls_) return &tls_->peer_info();
+    return last_tls_peer_ ? &*last_tls_peer_ : nullptr;
+  }
   void close() override;
   void close_promptly() override;
   void abort() override;
@@ -100,6 +105,7 @@ class TcpStream final : public Stream, public std::enable_shared_from_this<TcpSt
 
   TlsState tls_state_ = TlsState::None;
   std::unique_ptr<TlsEngine> tls_;
+  std::optional<TlsPeerInfo> last_tls_peer_;  // kept when the engine goes (issue 9 probes)
   std::vector<std::string> pending_writes_;  // plaintext written during the handshake
   size_t pending_bytes_ = 0;
 

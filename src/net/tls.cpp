@@ -337,7 +337,44 @@ std::unique_ptr<TlsEngine> TlsEngine::make_client(const TlsClientOptions& option
     return nullptr;
   }
   mbedtls_ssl_set_bio(&engine->ssl_, engine.get(), send_cb, recv_cb, nullptr);
+  if (options.verify) mbedtls_ssl_set_verify(&engine->ssl_, verify_cb, engine.get());
   return engine;
+}
+
+namespace {
+
+// The leaf certificate's subject and DNS names, for TlsPeerInfo.
+void describe_certificate(const mbedtls_x509_crt& crt, TlsPeerInfo& info) {
+  info.have_certificate = true;
+  char buffer[1024] = {};
+  if (mbedtls_x509_dn_gets(buffer, sizeof buffer, &crt.subject) > 0) info.subject = buffer;
+  info.dns_names.clear();
+  for (const mbedtls_x509_sequence* san = &crt.subject_alt_names; san != nullptr; san = san->next) {
+    if (san->buf.p == nullptr || san->buf.len == 0) continue;
+    if (san->buf.tag != (MBEDTLS_ASN1_CONTEXT_SPECIFIC | MBEDTLS_X509_SAN_DNS_NAME)) continue;
+    if (info.dns_names.size() >= 32) break;  // enough to say which names it has
+    info.dns_names.emplace_back(reinterpret_cast<const char*>(san->buf.p), san->buf.len);
+  }
+}
+
+void set_verify_result(uint32_t flags, TlsPeerInfo& info) {
+  info.verify_flags = flags;
+  info.name_mismatch = (flags & MBEDTLS_X509_BADCERT_CN_MISMATCH) != 0;
+  info.not_trusted = (flags & MBEDTLS_X509_BADCERT_NOT_TRUSTED) != 0;
+  info.verify_text = flags == 0 ? std::string() : describe_verify_flags(flags);
+}
+
+}  // namespace
+
+// Called by mbedTLS for each certificate of the chain, the server's own last (depth 0), with
+// the host name check already in its flags. Records; never changes the verdict.
+int TlsEngine::verify_cb(void* context, mbedtls_x509_crt* crt, int depth, uint32_t* flags) {
+  auto* engine = static_cast<TlsEngine*>(context);
+  if (depth == 0 && crt != nullptr) {
+    describe_certificate(*crt, engine->peer_);
+    set_verify_result(*flags, engine->peer_);
+  }
+  return 0;
 }
 
 std::unique_ptr<TlsEngine> TlsEngine::make_server(const std::shared_ptr<TlsServerContext>& context,
@@ -384,6 +421,9 @@ void TlsEngine::feed(std::string_view ciphertext) {
     in_pos_ = 0;
   }
   in_.append(ciphertext);
+  if (peer_.first_bytes.size() < 16) {
+    peer_.first_bytes.append(ciphertext.substr(0, 16 - peer_.first_bytes.size()));
+  }
 }
 
 bool TlsEngine::has_input() const {
@@ -391,17 +431,30 @@ bool TlsEngine::has_input() const {
          mbedtls_ssl_check_pending(&ssl_) != 0;
 }
 
-NetError TlsEngine::handshake_error(int code) const {
+NetError TlsEngine::handshake_error(int code) {
   uint32_t flags = mbedtls_ssl_get_verify_result(&ssl_);
   bool verify_failed = code == MBEDTLS_ERR_X509_CERT_VERIFY_FAILED ||
                        (verify_ && flags != 0 && flags != static_cast<uint32_t>(-1));
-  if (verify_failed) return {NetErrorKind::Certificate, describe_verify_flags(flags)};
+  if (verify_failed) {
+    if (flags != static_cast<uint32_t>(-1)) set_verify_result(flags, peer_);
+    return {NetErrorKind::Certificate, describe_verify_flags(flags)};
+  }
   return {NetErrorKind::Tls, "TLS handshake failed: " + mbedtls_text(code)};
 }
 
 TlsEngine::Status TlsEngine::handshake(NetError* error) {
   int rc = mbedtls_ssl_handshake(&ssl_);
-  if (rc == 0) return Status::Done;
+  if (rc == 0) {
+    peer_.handshake_done = true;
+    peer_.version = mbedtls_ssl_get_version(&ssl_);
+    peer_.cipher = mbedtls_ssl_get_ciphersuite(&ssl_);
+    if (!peer_.have_certificate) {
+      if (const mbedtls_x509_crt* crt = mbedtls_ssl_get_peer_cert(&ssl_)) {
+        describe_certificate(*crt, peer_);
+      }
+    }
+    return Status::Done;
+  }
   if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_WANT_WRITE) return Status::WantMore;
   *error = handshake_error(rc);
   return Status::Failed;

@@ -35,12 +35,15 @@ class TlsEngine {
   void close_notify();
   // Ciphertext to send; the caller takes it (swap/clear).
   std::string& outgoing() { return out_; }
+  // Client side: what the handshake saw of the server (issue 9 probes).
+  const TlsPeerInfo& peer_info() const { return peer_; }
 
  private:
   TlsEngine();
   static int send_cb(void* context, const unsigned char* data, size_t size);
   static int recv_cb(void* context, unsigned char* data, size_t size);
-  NetError handshake_error(int code) const;
+  NetError handshake_error(int code);  // also records the verify result in peer_
+  static int verify_cb(void* context, mbedtls_x509_crt* crt, int depth, uint32_t* flags);
 
   mbedtls_ssl_context ssl_;
   std::shared_ptr<const void> config_;  // keeps the shared mbedtls_ssl_config and its certs alive
@@ -48,6 +51,7 @@ class TlsEngine {
   std::string in_;
   size_t in_pos_ = 0;
   std::string out_;
+  TlsPeerInfo peer_;
 };
 
 }  // namespace mailcar::net

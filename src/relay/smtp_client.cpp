@@ -69,6 +69,7 @@ SmtpExtensions SmtpExtensions::parse(const SmtpReply& ehlo_reply) {
   // The first line is the server's greeting name; keywords follow one per line.
   for (size_t i = 1; i < ehlo_reply.lines.size(); ++i) {
     std::string_view line = text::trim(ehlo_reply.lines[i]);
+    ext.keywords.emplace_back(line);  // as sent, for --check --probe (issue 9)
     size_t space = line.find(' ');
     std::string keyword = text::lower_ascii(line.substr(0, space));
     std::string_view params = space == std::string_view::npos ? "" : line.substr(space + 1);
@@ -310,9 +311,11 @@ void SmtpClientSession::start_auth(SmtpClientOutput& out) {
     credentials += '\0';
     credentials += options_.password;
     state_ = State::AuthPlain;
+    auth_mechanism_ = "PLAIN";
     send(Command::AuthPlain, "AUTH PLAIN " + text::base64_encode(credentials) + "\r\n", out);
   } else if (extensions_.auth_login) {
     state_ = State::AuthLogin;
+    auth_mechanism_ = "LOGIN";
     send(Command::AuthLogin, "AUTH LOGIN\r\n", out);
   } else {
     fail(

@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "mailcar/clock.hpp"
 #include "mailcar/log.hpp"
 #include "mailcar/metrics.hpp"
 #include "mailcar/net.hpp"
@@ -33,6 +34,16 @@ struct Job {
 };
 using JobPtr = std::shared_ptr<Job>;
 
+// A probe (issue 9) riding on a connection of its own.
+struct ProbeJob {
+  ProbeReport report;
+  ProbeCallback done;
+  uint64_t started_ns = 0;
+  // The session's state before its last reply: where a failure happened.
+  std::optional<SmtpClientSession::State> last_state;
+};
+using ProbePtr = std::shared_ptr<ProbeJob>;
+
 DeliveryResult timed_out() {
   return delivery_failure(DeliveryStatus::ConnectionTimedOut, "Connection timed out", true);
 }
@@ -51,6 +62,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
     net::StreamPtr stream;
     std::unique_ptr<SmtpClientSession> session;
     JobPtr job;
+    ProbePtr probe;  // a probe connection: never takes a message
     unsigned messages_done = 0;
     bool dead = false;
     Wait wait = Wait::None;
@@ -142,6 +154,13 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
   void shutdown(std::function<void()> done) {
     shutting_down = true;
     shutdown_done = std::move(done);
+    // A probe under way would only delay the stop: end it now (it reports ShuttingDown).
+    for (auto& conn : std::vector<ConnectionPtr>(connections)) {
+      if (!conn->probe || conn->dead) continue;
+      if (conn->stream) conn->stream->abort();
+      fail_connection(
+          conn, delivery_failure(DeliveryStatus::ShuttingDown, "mailcar is shutting down", true));
+    }
     schedule_pump();
   }
 
@@ -187,13 +206,16 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
     }
     if (destroyed) return;
     size_t starting = 0;
+    size_t carriers = 0;  // connections that may carry messages (not probes)
     for (auto& conn : connections) {
+      if (conn->probe) continue;
+      ++carriers;
       if (!conn->dead && (conn->phase == Phase::Connecting || conn->phase == Phase::Handshake)) {
         ++starting;
       }
     }
     const size_t limit = std::max(1u, service.connections);
-    while (queue.size() > starting && connections.size() < limit) {
+    while (queue.size() > starting && carriers++ < limit) {
       open_connection();
       ++starting;
     }
@@ -255,8 +277,9 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
     };
   }
 
-  void open_connection() {
+  ConnectionPtr open_connection(ProbePtr probe = nullptr) {
     auto conn = std::make_shared<Connection>(loop);
+    conn->probe = std::move(probe);
     conn->id = next_connection_id++;
     conn->setup_deadline = uv_now(loop) + service.connect_timeout_ms;
     connections.push_back(conn);
@@ -275,6 +298,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
                        }
                        self->on_connected(c, std::move(stream), error);
                      });
+    return conn;
   }
 
   void on_connected(const ConnectionPtr& conn, net::StreamPtr stream, const net::NetError& error) {
@@ -286,6 +310,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
       return;
     }
     conn->stream = std::move(stream);
+    if (conn->probe) conn->probe->report.peer = conn->stream->peer_address();
     conn->stream->on_close(guarded(conn, [](Impl* self, const ConnectionPtr& c,
                                             const net::NetError& why) { self->lose(c, why); }));
     log::debug("upstream_connected", {{"service", service.name},
@@ -297,6 +322,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
       conn->stream->start_tls_client(
           tls_options(),
           guarded(conn, [](Impl* self, const ConnectionPtr& c, const net::NetError& e) {
+            self->note_tls(c);
             if (e.kind != net::NetErrorKind::None) return self->lose(c, e);
             self->begin_session(c);
           }));
@@ -320,6 +346,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
     conn->stream->start_tls_client(
         tls_options(),
         guarded(conn, [](Impl* self, const ConnectionPtr& c, const net::NetError& e) {
+          self->note_tls(c);
           if (e.kind != net::NetErrorKind::None) return self->lose(c, e);
           log::debug("upstream_tls", {{"service", self->service.name},
                                       {"host", self->service.host},
@@ -466,6 +493,9 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
   void report(JobPtr job, DeliveryResult r) {
     r.upstream_seconds = static_cast<double>(uv_hrtime() - job->started_ns) / 1e9;
     metrics::observe_upstream_seconds(r.upstream_seconds);
+    if (auto check = delivery_as_check(r, wall_clock_ms())) {
+      upstream_health().record(service.name, std::move(*check));  // a delivery is a probe
+    }
     auto done = std::move(job->done);
     job.reset();
     done(std::move(r));
@@ -498,6 +528,9 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
   // ---- session output ----
 
   void handle_output(const ConnectionPtr& conn, SmtpClientOutput out) {
+    if (conn->probe && conn->session && !conn->session->terminal()) {
+      conn->probe->last_state = conn->session->state();
+    }
     if (!out.write.empty() && conn->stream && !conn->stream->closed()) {
       conn->stream->write(std::move(out.write));
     }
@@ -507,6 +540,10 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
           start_tls(conn);
           break;
         case SmtpClientEvent::Kind::Ready:
+          if (conn->probe) {
+            probe_ready(conn);
+            break;
+          }
           if (conn->phase == Phase::Handshake) {
             log::info("upstream_ready", {{"service", service.name},
                                          {"host", service.host},
@@ -590,6 +627,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
 
   // The connection failed outside a message: greeting, TLS, AUTH, connect.
   void session_failed(const ConnectionPtr& conn, const DeliveryResult& result) {
+    if (conn->probe) return probe_failed(conn, result);
     log::warn("upstream_failed", {{"service", service.name},
                                   {"host", service.host},
                                   {"status", delivery_status_name(result.status)},
@@ -600,7 +638,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
     // left, everything queued would meet the same fate: report it now rather than retry
     // the same failure message by message.
     for (auto& other : connections) {
-      if (other != conn && alive(other)) return;
+      if (other != conn && !other->probe && alive(other)) return;
     }
     auto failed = std::move(queue);
     queue.clear();
@@ -608,6 +646,87 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
       if (destroyed) return;
       report(std::move(job), result);
     }
+  }
+
+  // ---- probes (issue 9) ----
+
+  void probe(ProbeCallback done) {
+    auto job = std::make_shared<ProbeJob>();
+    job->report.service = service.name;
+    job->done = std::move(done);
+    job->started_ns = uv_hrtime();
+    if (shutting_down || destroyed) {
+      job->report.failure =
+          delivery_failure(DeliveryStatus::ShuttingDown, "mailcar is shutting down", true);
+      defer([job] { job->done(std::move(job->report)); });
+      return;
+    }
+    open_connection(std::move(job));
+  }
+
+  void note_tls(const ConnectionPtr& conn) {
+    if (!conn->probe || !conn->stream) return;
+    if (const net::TlsPeerInfo* info = conn->stream->tls_peer_info())
+      conn->probe->report.tls = *info;
+  }
+
+  static ProbeStage stage_of(const Connection& conn, const DeliveryResult& failure) {
+    if (!conn.session) return conn.stream ? ProbeStage::Tls : ProbeStage::Connect;
+    if (failure.status == DeliveryStatus::TlsUnavailable) return ProbeStage::StartTls;
+    if (!conn.probe->last_state) return ProbeStage::Greeting;
+    using S = SmtpClientSession::State;
+    switch (*conn.probe->last_state) {
+      case S::Greeting:
+        return ProbeStage::Greeting;
+      case S::StartTls:
+      case S::TlsHandshake:
+        return ProbeStage::StartTls;
+      case S::AuthPlain:
+      case S::AuthLogin:
+      case S::AuthLoginUser:
+      case S::AuthLoginPassword:
+        return ProbeStage::Auth;
+      default:
+        return ProbeStage::Ehlo;
+    }
+  }
+
+  void finish_probe(const ConnectionPtr& conn, bool ok, DeliveryResult failure) {
+    ProbePtr job = conn->probe;
+    if (!job || !job->done) return;
+    ProbeReport& report = job->report;
+    report.ok = ok;
+    report.latency_ms = (uv_hrtime() - job->started_ns) / 1'000'000;
+    report.stage = ok ? ProbeStage::Done : stage_of(*conn, failure);
+    report.failure = std::move(failure);
+    if (conn->session) {
+      report.ehlo = conn->session->extensions().keywords;
+      report.auth_mechanism = std::string(conn->session->auth_mechanism());
+    }
+    if (report.failure.status != DeliveryStatus::ShuttingDown) {  // a stop says nothing
+      UpstreamCheck check{ok, wall_clock_ms(), report.latency_ms,
+                          ok ? "" : probe_error_text(service, report)};
+      upstream_health().record(service.name, std::move(check));
+    }
+    log::write(ok ? LogLevel::Debug : LogLevel::Warn, "upstream_probe",
+               {{"service", service.name},
+                {"ok", ok},
+                {"stage", probe_stage_name(report.stage)},
+                {"latency_ms", report.latency_ms},
+                {"error", ok ? std::string() : report.failure.message}});
+    auto done = std::move(job->done);
+    job->done = nullptr;
+    done(std::move(report));
+  }
+
+  // The session is ready: everything a delivery needs worked. QUIT and report.
+  void probe_ready(const ConnectionPtr& conn) {
+    finish_probe(conn, true, DeliveryResult{});
+    if (!conn->dead && conn->phase != Phase::Closing) quit(conn);
+  }
+
+  void probe_failed(const ConnectionPtr& conn, const DeliveryResult& result) {
+    finish_probe(conn, false, result);
   }
 
   // ---- endings ----
@@ -639,6 +758,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
   // The stream is gone (closed by the peer, network error, TLS failure).
   void lose(const ConnectionPtr& conn, const net::NetError& why) {
     if (conn->dead) return;
+    note_tls(conn);
     const bool closed = why.kind == net::NetErrorKind::Closed;
     log::write(closed ? LogLevel::Debug : LogLevel::Warn, "upstream_connection_error",
                {{"service", service.name},
@@ -668,6 +788,10 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
       conn->stream->on_drain(nullptr);
       conn->stream->close();  // flushes a QUIT still queued
     }                         // flushes a QUIT still queued
+    if (conn->probe && conn->probe->done) {
+      probe_failed(conn, delivery_failure(DeliveryStatus::ProtocolError,
+                                          "connection to upstream lost", true));
+    }
     if (conn->job) {
       // Defensive: a session that ended without reporting its message.
       JobPtr job = std::move(conn->job);
@@ -697,6 +821,10 @@ void SmtpRelay::shutdown(std::function<void()> done) {
 
 void SmtpRelay::set_idle_timeout_ms(uint64_t ms) {
   impl_->idle_timeout_ms = ms;
+}
+
+void SmtpRelay::probe(ProbeCallback done) {
+  impl_->probe(std::move(done));
 }
 
 }  // namespace mailcar

@@ -18,6 +18,7 @@
 #include "mailcar/metrics.hpp"
 #include "mailcar/net.hpp"
 #include "mailcar/normalize.hpp"
+#include "mailcar/routes.hpp"
 #include "mailcar/submission.hpp"
 #include "mailcar/text.hpp"
 #include "smtp_server/delivery_reply.hpp"
@@ -104,6 +105,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
     options.shared_windows = runtime_->shared_state != nullptr;  // issue 11
     options.anonymous_role = config.smtp.anonymous_role;
     options.service = config.smtp.service;
+    options.route = [this](std::string_view role, std::string_view from) {
+      return route_service(*runtime_->config, role, from);  // routing (issue 9)
+    };
     options.validate_address = [](std::string_view a) { return validate_address(a).ok(); };
     options.now_ms = wall_clock_ms;
     options.max_junk_commands = config.limits.smtp_junk_command_limit;
@@ -458,8 +462,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   // The submitted data as a normalized message (RFC 5322 checks, trace header, defaults).
   // Normalized in the DATA buffer itself (taken from `submission`: no copy of the message).
-  Result<NormalizedMessage> normalize(const Runtime& rt, smtp::Submission& submission,
-                                      const std::string& trace_id, int64_t now_unix) const {
+  Result<NormalizedMessage> normalize(const Runtime& rt, const std::string& service_name,
+                                      smtp::Submission& submission, const std::string& trace_id,
+                                      int64_t now_unix) const {
     // WITH protocol types: RFC 3848 (ESMTPS, ESMTPA, ESMTPSA), RFC 6531 3.7.3 (UTF8SMTP...).
     std::string protocol = !session_->esmtp()          ? "SMTP"
                            : submission.utf8_requested ? "UTF8SMTP"
@@ -467,7 +472,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     if (session_->esmtp() && session_->tls_active()) protocol += "S";
     if (session_->esmtp() && session_->authenticated()) protocol += "A";
     NormalizeInput input;
-    const ServiceConfig* service = rt.config->find_service(rt.config->smtp.service);
+    const ServiceConfig* service = rt.config->find_service(service_name);
     if (service != nullptr && !service->from_email.empty()) {
       input.default_from = Mailbox{service->from_email, service->from_name};
     }
@@ -484,10 +489,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
     std::string trace_id = text::random_token(12);
     Submission submission;
     submission.submitter = submitter();
-    submission.service = rt->config->smtp.service;
+    submission.service = route_service(*rt->config, submission.submitter.role, data.envelope_from);
     const size_t submitted_size = data.data.size();
     Result<NormalizedMessage> normalized =
-        normalize(*rt, data, trace_id, static_cast<int64_t>(now / 1000));
+        normalize(*rt, submission.service, data, trace_id, static_cast<int64_t>(now / 1000));
     std::string_view refusal;
     if (!normalized.ok()) {
       refusal = normalized.error().message;

@@ -919,7 +919,7 @@ std::optional<PolicyDecision> SmtpServerSession::check_policy(const std::string&
   if (policy_ == nullptr) return std::nullopt;
   PolicyRequest request;
   request.role = current_role();
-  request.service = options_.service;
+  request.service = options_.route ? options_.route(request.role, from) : options_.service;
   request.envelope_from = from;
   request.recipients = recipients;
   if (options_.shared_windows) {

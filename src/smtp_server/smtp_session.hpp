@@ -38,6 +38,8 @@ struct SessionOptions {
   bool dsn = false;
   std::optional<std::string> anonymous_role;
   std::string service;            // the service SMTP mail is relayed through (for policy checks)
+  // Routing (issue 9): the service for (role, envelope sender); empty: always `service`.
+  std::function<std::string(std::string_view role, std::string_view from)> route;
   size_t max_recipients = 1000;   // hard cap, whatever the role says
   size_t max_command_line = 512;  // RFC 5321 4.5.3.1.4, including CRLF
   size_t max_auth_line = 12'288;  // RFC 4954 4

@@ -12,6 +12,7 @@
 
 #include "mailcar/clock.hpp"
 #include "mailcar/dsn.hpp"
+#include "mailcar/failover.hpp"
 #include "mailcar/log.hpp"
 #include "mailcar/metrics.hpp"
 #include "mailcar/net.hpp"
@@ -350,10 +351,13 @@ struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
     }
     message.data = std::move(spooled.data);
     std::weak_ptr<Impl> weak = weak_from_this();
-    transport->deliver(std::move(message),
-                       [weak, rt, record, tried = std::move(tried)](DeliveryResult r) mutable {
-                         if (auto self = weak.lock()) self->delivered(*record, std::move(tried), r);
-                       });
+    // Each attempt goes along the service's fallback list (issue 9): a retry may go out
+    // through a fallback, and the first attempt already does when the service cannot take it.
+    deliver_with_failover(rt, record->service, std::move(message),
+                          [weak, rt, record, tried = std::move(tried)](DeliveryResult r) mutable {
+                            auto self = weak.lock();
+                            if (self) self->delivered(*record, std::move(tried), r);
+                          });
   }
 
   // `record` as read from disk for this delivery.
@@ -365,7 +369,8 @@ struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
     uint64_t now = wall_clock_ms();
     Scheduler::Settled settled = scheduler->on_result(id, attempts, now);
     const char* result = attempt_result(attempts);
-    metrics::count_delivery_attempt(record.service, result);
+    metrics::count_delivery_attempt(r.delivered_via.empty() ? record.service : r.delivered_via,
+                                    result);
     log_attempt(record, settled.state, r, result);
     if (!settled.known) return finished_one();
     if (!settled.failed_now.empty()) bounce_from_disk(id, settled.state, settled.failed_now, now);
@@ -413,6 +418,7 @@ struct SpoolQueue::Impl : std::enable_shared_from_this<SpoolQueue::Impl> {
     code.quoted = false;
     log::info("delivery", {{"id", record.id},
                            {"service", record.service},
+                           {"delivered_via", r.delivered_via},
                            {"role", record.role},
                            {"attempt", static_cast<uint64_t>(state.attempts)},
                            {"result", result},

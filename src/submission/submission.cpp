@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "mailcar/clock.hpp"
+#include "mailcar/failover.hpp"
 #include "mailcar/log.hpp"
 #include "mailcar/metrics.hpp"
 #include "mailcar/shared_state.hpp"
@@ -94,6 +95,7 @@ void log_delivery(const Delivered& s, const SubmissionResult& result) {
                         {"identity", s.submitter.identity},
                         {"remote", s.submitter.remote},
                         {"service", s.service},
+                        {"delivered_via", r.delivered_via},
                         {"recipients", s.recipients},
                         {"size", s.size},
                         {"outcome", result_outcome(result)},
@@ -110,17 +112,20 @@ void log_delivery(const Delivered& s, const SubmissionResult& result) {
   }
 }
 
+// Labelled with the service that gave the answer (failover, issue 9: the one that delivered).
 void count_delivery(const Delivered& s, const SubmissionResult& result) {
   const char* outcome = result_outcome(result);
-  metrics::count_message(s.submitter.ingress, s.submitter.role, s.service, outcome);
-  if (!s.mirror.empty()) metrics::count_mirrored(s.service, s.mirror.size());
+  const std::string& service =
+      result.delivery.delivered_via.empty() ? s.service : result.delivery.delivered_via;
+  metrics::count_message(s.submitter.ingress, s.submitter.role, service, outcome);
+  if (!s.mirror.empty()) metrics::count_mirrored(service, s.mirror.size());
   if (result.status == SubmissionStatus::Sent) {
-    metrics::count_recipients(s.service, outcome, result.delivery.accepted.size());
+    metrics::count_recipients(service, outcome, result.delivery.accepted.size());
     if (!result.delivery.rejected.empty()) {
-      metrics::count_recipients(s.service, "rejected", result.delivery.rejected.size());
+      metrics::count_recipients(service, "rejected", result.delivery.rejected.size());
     }
   } else {
-    metrics::count_recipients(s.service, outcome, s.recipients);
+    metrics::count_recipients(service, outcome, s.recipients);
   }
 }
 
@@ -250,14 +255,15 @@ void strip_mirror(DeliveryResult& r, const Delivered& context) {
   });
 }
 
-// The delivery mode: the service's transport (SMTP relay or file driver), or the role's
-// capture service.
-void deliver_direct(Transport& transport, std::shared_ptr<Runtime> runtime, Submission submission,
+// The delivery mode: the service's transport (SMTP relay or file driver) then its fallbacks,
+// or the role's capture service.
+void deliver_direct(std::shared_ptr<Runtime> runtime, const std::string& via, Submission submission,
                     Delivered context, uint64_t now_ms, SubmissionDone done) {
   std::shared_ptr<const DirectDsn> dsn = direct_dsn_context(submission, now_ms);
   std::string id = submission.message.id;
-  transport.deliver(
-      std::move(submission.message),
+  std::shared_ptr<Runtime> rt = runtime;
+  deliver_with_failover(
+      std::move(rt), via, std::move(submission.message),
       [runtime = std::move(runtime), context = std::move(context), id = std::move(id),
        dsn = std::move(dsn), done = std::move(done)](DeliveryResult delivery) {
         SubmissionResult result;
@@ -271,7 +277,8 @@ void deliver_direct(Transport& transport, std::shared_ptr<Runtime> runtime, Subm
         log_delivery(context, result);
         // The client is told 250 (Sent): the refused recipients are reported to the sender.
         if (dsn && result.status == SubmissionStatus::Sent && !result.delivery.rejected.empty()) {
-          send_direct_dsn(runtime, context.service, id, *dsn, result.delivery.rejected);
+          send_direct_dsn(runtime, result.delivery.delivered_via, id, *dsn,
+                          result.delivery.rejected);
         }
         done(std::move(result));
       });
@@ -363,7 +370,7 @@ void deliver(std::shared_ptr<Runtime> runtime, Submission submission, uint64_t n
                            submission.service, "failed");
     return done(unavailable(std::move(id), "Service " + via + " not available"));
   }
-  deliver_direct(*transport, std::move(runtime), std::move(submission), std::move(context), now_ms,
+  deliver_direct(std::move(runtime), via, std::move(submission), std::move(context), now_ms,
                  std::move(done));
 }
 

@@ -131,9 +131,11 @@ def test_list_pages_filters_and_shows_one_message(mailcar_factory):
     assert r["email"] == "r0@example.com" and r["state"] == "pending"
     assert r["smtp_code"] is None and r["smtp_reply"]
 
-    # /ready/upstream while the spool takes messages.
+    # /ready/upstream while the spool takes messages: the spool is fine, the upstreams are
+    # down (issue 9 reports them too), so not ready.
     status, body, _ = call(mc, "GET", "/ready/upstream", None)
-    assert (status, body) == (200, {"status": "ready", "spool": "ok"})
+    assert (status, body["status"], body["spool"]) == (503, "not ready", "ok"), body
+    assert body["services"]["email"]["ok"] is False
 
 
 def test_roles_retry_and_delete(mailcar_factory, upstream_factory):
@@ -203,19 +205,25 @@ def test_direct_mode_has_no_queue(mailcar_factory, upstream_factory):
     assert call(mc, "GET", "/queue", "test-key")[0] == 404
     assert call(mc, "GET", "/queue/some-id", "test-key")[0] == 404
     assert call(mc, "DELETE", "/queue/some-id", "test-key")[0] == 404
+    # Direct mode: no spool key; ready once the upstream's first probe passed (issue 9).
+    deadline = time.time() + 10
+    while (status := call(mc, "GET", "/ready/upstream", None)[0]) != 200:
+        assert time.time() < deadline, call(mc, "GET", "/ready/upstream", None)
+        time.sleep(0.05)
     status, body, _ = call(mc, "GET", "/ready/upstream", None)
-    assert (status, body) == (200, {"status": "ready"})
+    assert body["status"] == "ready" and "spool" not in body, body
+    assert body["services"]["email"]["ok"] is True
 
 
 def test_ready_upstream_says_spool_full(mailcar_factory):
     mc = mailcar_factory(spool_config(free_port(), spool_extra="  max_bytes: 512\n"))
     status, body, _ = call(mc, "GET", "/ready/upstream", None)
-    assert (status, body) == (200, {"status": "ready", "spool": "ok"})
+    assert body["spool"] == "ok", body  # (503 all the same: the upstreams are down, issue 9)
     status, body, rh = mc.send("email", {"to": "a@example.com", "subject": "Hi",
                                          "body_text": "x" * 2000}, key=APP)
     assert status == 503, body
     assert int(rh["retry-after"]) > 0
     status, body, _ = call(mc, "GET", "/ready/upstream", None)
-    assert (status, body) == (503, {"status": "not ready", "spool": "full"})
+    assert (status, body["status"], body["spool"]) == (503, "not ready", "full"), body
     # The pod stays in service (SPEC §9.3).
     assert call(mc, "GET", "/ready", None)[0] == 200

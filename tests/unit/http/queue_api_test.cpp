@@ -14,6 +14,7 @@
 #include "http/fakes.hpp"
 #include "mailcar/log.hpp"
 #include "mailcar/metrics.hpp"
+#include "mailcar/probe.hpp"
 #include "mailcar/spool_queue.hpp"
 #include "mailcar/submission.hpp"
 #include "spool/spool_test_support.hpp"
@@ -385,24 +386,55 @@ TEST_F(QueueApiTest, WrongMethodIs405WithAllowAndNoKeyIs401) {
   EXPECT_EQ(call("GET", "/queue?api_key=" + std::string(kWebKey), nullptr).status(), 200);
 }
 
+// The services part of /ready/upstream once both relayed services were checked (issue 9).
+constexpr const char* kServicesOk =
+    "\"services\":{\"email\":{\"ok\":true,\"checked_at\":\"2023-11-14T22:13:20.000Z\","
+    "\"latency_ms\":12,\"error\":null},\"bulk\":{\"ok\":true,\"checked_at\":"
+    "\"2023-11-14T22:13:20.000Z\",\"latency_ms\":12,\"error\":null}}";
+
+void record_checks(bool email_ok) {
+  upstream_health().clear();
+  upstream_health().record("email", {email_ok, 1'700'000'000'000, 12, email_ok ? "" : "refused"});
+  upstream_health().record("bulk", {true, 1'700'000'000'000, 12, ""});
+}
+
 TEST_F(QueueApiTest, DirectModeHasNoQueueAndAPlainReadyUpstream) {
   runtime_ = std::make_shared<Runtime>();
   runtime_->config = config_;
   runtime_->policy = policy_;
   EXPECT_EQ(call("GET", "/queue", kAdminKey).status(), 404);
   EXPECT_EQ(call("GET", "/queue/x", kAdminKey).status(), 404);
+  upstream_health().clear();
+  Reply never = call("GET", "/ready/upstream", nullptr);  // nothing checked yet
+  EXPECT_EQ(never.status(), 503);
+  EXPECT_NE(never.response.body.find("\"email\":{\"ok\":false,\"checked_at\":null,"
+                                     "\"latency_ms\":null,\"error\":\"not checked yet\"}"),
+            std::string::npos)
+      << never.response.body;
+  record_checks(true);
   Reply r = call("GET", "/ready/upstream", nullptr);
   EXPECT_EQ(r.status(), 200);
-  EXPECT_EQ(r.response.body, "{\"status\":\"ready\"}");
+  EXPECT_EQ(r.response.body, std::string("{\"status\":\"ready\",") + kServicesOk + "}");
+  record_checks(false);
+  Reply down = call("GET", "/ready/upstream", nullptr);
+  EXPECT_EQ(down.status(), 503);
+  EXPECT_NE(down.response.body.find("\"email\":{\"ok\":false,\"checked_at\":"
+                                    "\"2023-11-14T22:13:20.000Z\",\"latency_ms\":12,"
+                                    "\"error\":\"refused\"}"),
+            std::string::npos)
+      << down.response.body;
   EXPECT_EQ(call("POST", "/ready/upstream", nullptr).status(), 405);
+  upstream_health().clear();
 }
 
 TEST_F(QueueApiTest, ReadyUpstreamSaysSpoolFullWhileTheSpoolRefuses) {
   config_->spool->max_bytes = 64;  // no message fits
   start_spool();
+  record_checks(true);
   Reply ok = call("GET", "/ready/upstream", nullptr);
   EXPECT_EQ(ok.status(), 200);
-  EXPECT_EQ(ok.response.body, "{\"status\":\"ready\",\"spool\":\"ok\"}");
+  EXPECT_EQ(ok.response.body,
+            std::string("{\"status\":\"ready\",\"spool\":\"ok\",") + kServicesOk + "}");
 
   Submission s;
   s.submitter = {Ingress::Http, "web", "api_key#1", "127.0.0.1:1"};
@@ -417,9 +449,11 @@ TEST_F(QueueApiTest, ReadyUpstreamSaysSpoolFullWhileTheSpoolRefuses) {
   EXPECT_EQ(put->code, SpoolErrc::Full);
   Reply full = call("GET", "/ready/upstream", nullptr);
   EXPECT_EQ(full.status(), 503);
-  EXPECT_EQ(full.response.body, "{\"status\":\"not ready\",\"spool\":\"full\"}");
+  EXPECT_EQ(full.response.body,
+            std::string("{\"status\":\"not ready\",\"spool\":\"full\",") + kServicesOk + "}");
   // /ready stays 200 (SPEC §9.3).
   EXPECT_EQ(call("GET", "/ready", nullptr).status(), 200);
+  upstream_health().clear();
 }
 
 // Issue 8: 100,000 messages held by a quota must fit in well under 64 MB. What the queue and

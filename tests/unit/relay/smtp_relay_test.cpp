@@ -594,5 +594,125 @@ TEST_F(SmtpRelayTls, UntrustedCertificateIsACertificateError) {
   }
 }
 
+// ---- probes (issue 9) ------------------------------------------------------------------------
+
+TEST(SmtpRelayProbe, WorkingUpstreamIsReadyAndTheProbeConnectionCarriesNoMessage) {
+  testing::TestLoop loop;
+  upstream_health().clear();
+  FakeSmtpServer server(loop.get(), {});
+  SmtpRelay relay(loop.get(), smtp_service(server.port()), "mailcar.test");
+  std::optional<ProbeReport> report;
+  bool inside = true;
+  relay.probe([&](ProbeReport r) {
+    EXPECT_FALSE(inside);
+    report = std::move(r);
+  });
+  inside = false;
+  std::optional<DeliveryResult> result;
+  relay.deliver(message(), [&](DeliveryResult r) { result = r; });
+  ASSERT_TRUE(loop.run_until([&] { return report && result && server.quits == 1; }));
+  EXPECT_TRUE(report->ok) << report->failure.message;
+  EXPECT_EQ(report->stage, ProbeStage::Done);
+  EXPECT_EQ(report->peer.rfind("127.0.0.1:", 0), 0u) << report->peer;
+  EXPECT_FALSE(report->ehlo.empty());
+  EXPECT_TRUE(report->auth_mechanism.empty());  // no credentials configured
+  EXPECT_EQ(result->status, DeliveryStatus::Sent) << result->message;
+  EXPECT_EQ(server.connections, 2);  // the probe's own, and the message's
+  ASSERT_EQ(server.bodies.size(), 1u);
+  std::optional<UpstreamCheck> check = upstream_health().last("email");
+  ASSERT_TRUE(check.has_value());
+  EXPECT_TRUE(check->ok);
+  upstream_health().clear();
+}
+
+TEST(SmtpRelayProbe, RefusedConnectionFailsAtConnectAndIsRecorded) {
+  testing::TestLoop loop;
+  upstream_health().clear();
+  uint16_t port;
+  {
+    FakeSmtpServer closed(loop.get(), {});
+    port = closed.port();
+  }
+  loop.run_until([] { return false; }, 20);
+  SmtpRelay relay(loop.get(), smtp_service(port), "mailcar.test");
+  std::optional<ProbeReport> report;
+  relay.probe([&](ProbeReport r) { report = std::move(r); });
+  ASSERT_TRUE(loop.run_until([&] { return report.has_value(); }));
+  EXPECT_FALSE(report->ok);
+  EXPECT_EQ(report->stage, ProbeStage::Connect);
+  EXPECT_EQ(report->failure.status, DeliveryStatus::ConnectionRefused);
+  std::optional<UpstreamCheck> check = upstream_health().last("email");
+  ASSERT_TRUE(check.has_value());
+  EXPECT_FALSE(check->ok);
+  EXPECT_NE(check->error.find("refused"), std::string::npos) << check->error;
+  upstream_health().clear();
+}
+
+TEST(SmtpRelayProbe, NoGreetingIsTheGreetingStage) {
+  testing::TestLoop loop;
+  FakeSmtpServer server(loop.get(), server_options([](auto& o) { o.greet = false; }));
+  ServiceConfig service = smtp_service(server.port());
+  service.connect_timeout_ms = 200;
+  SmtpRelay relay(loop.get(), service, "mailcar.test");
+  std::optional<ProbeReport> report;
+  relay.probe([&](ProbeReport r) { report = std::move(r); });
+  ASSERT_TRUE(loop.run_until([&] { return report.has_value(); }, 5000));
+  EXPECT_EQ(report->stage, ProbeStage::Greeting);
+  EXPECT_EQ(report->failure.status, DeliveryStatus::ConnectionTimedOut);
+  std::vector<std::string> lines = describe_probe(service, {}, *report);
+  ASSERT_FALSE(lines.empty());
+  EXPECT_NE(lines.back().find("implicit TLS expected on this port?"), std::string::npos)
+      << lines.back();
+}
+
+TEST(SmtpRelayProbe, ShutdownEndsAProbeAtOnce) {
+  testing::TestLoop loop;
+  upstream_health().clear();
+  FakeSmtpServer server(loop.get(), server_options([](auto& o) { o.greet = false; }));
+  SmtpRelay relay(loop.get(), smtp_service(server.port()), "mailcar.test");
+  std::optional<ProbeReport> report;
+  relay.probe([&](ProbeReport r) { report = std::move(r); });
+  ASSERT_TRUE(loop.run_until([&] { return server.connections == 1; }));
+  bool stopped = false;
+  relay.shutdown([&] { stopped = true; });
+  ASSERT_TRUE(loop.run_until([&] { return report.has_value() && stopped; }, 1000));
+  EXPECT_EQ(report->failure.status, DeliveryStatus::ShuttingDown);
+  EXPECT_FALSE(upstream_health().last("email").has_value());  // a stop is not a failure
+}
+
+TEST_F(SmtpRelayTls, ProbeReportsTheCertificate) {
+  testing::TestLoop loop;
+  FakeSmtpServer server(loop.get(), server_options([](auto& o) {
+                          o.starttls = true;
+                          o.tls = context();
+                        }));
+  SmtpRelay good(loop.get(), tls_service(server.port(), Encryption::StartTls, "server"),
+                 "mailcar.test");
+  std::optional<ProbeReport> ok;
+  good.probe([&](ProbeReport r) { ok = std::move(r); });
+  ASSERT_TRUE(loop.run_until([&] { return ok.has_value(); }));
+  EXPECT_TRUE(ok->ok) << ok->failure.message;
+  ASSERT_TRUE(ok->tls.has_value());
+  EXPECT_TRUE(ok->tls->handshake_done);
+  EXPECT_EQ(ok->tls->version.rfind("TLSv1.", 0), 0u) << ok->tls->version;
+  EXPECT_EQ(ok->tls->subject, "CN=localhost");
+  EXPECT_EQ(ok->tls->dns_names, std::vector<std::string>{"localhost"});
+  EXPECT_EQ(ok->tls->verify_flags, 0u);
+
+  SmtpRelay untrusted(loop.get(), tls_service(server.port(), Encryption::StartTls, "other"),
+                      "mailcar.test");
+  std::optional<ProbeReport> bad;
+  untrusted.probe([&](ProbeReport r) { bad = std::move(r); });
+  ASSERT_TRUE(loop.run_until([&] { return bad.has_value(); }));
+  EXPECT_FALSE(bad->ok);
+  EXPECT_EQ(bad->stage, ProbeStage::StartTls);
+  EXPECT_EQ(bad->failure.status, DeliveryStatus::CertificateError);
+  ASSERT_TRUE(bad->tls.has_value());
+  EXPECT_TRUE(bad->tls->have_certificate);
+  EXPECT_TRUE(bad->tls->not_trusted);
+  EXPECT_FALSE(bad->tls->name_mismatch);
+  EXPECT_EQ(bad->tls->subject, "CN=localhost");
+}
+
 }  // namespace
 }  // namespace mailcar
