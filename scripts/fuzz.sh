@@ -21,6 +21,25 @@ CC=clang CXX=clang++ cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInf
 cmake --build "$BUILD_DIR" -j"$(nproc)"
 if [ $long = 1 ]; then seconds=${FUZZ_SECONDS:-3600}; else seconds=${FUZZ_SECONDS:-60}; fi
 status=0
+results=$(mktemp -d)
+# One CI-mode run: its verdict goes to $results/<name>.ok or .failed (printed at the end, in
+# order, since the runs overlap).
+fuzz_one() {
+  local target=$1 name=$2 seeds=$3
+  shift 3
+  local work
+  work=$(mktemp -d)
+  [ -d "$seeds" ] && cp -r "$seeds"/. "$work"/ 2>/dev/null || true
+  echo "== fuzz_$name for ${seconds}s"
+  if ! "$target" "$@" -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
+       -max_total_time="$seconds" "$work" >"$work.log" 2>&1; then
+    { echo "fuzz_$name FAILED:"; tail -50 "$work.log"; } >"$results/$name.failed"
+  else
+    { echo "fuzz_$name:"; grep -E "stat::number_of_executed_units|Done" "$work.log" | tail -2; } \
+      >"$results/$name.ok"
+  fi
+  rm -rf "$work" "$work.log"
+}
 for target in "$BUILD_DIR"/fuzz/fuzz_*; do
   [ -x "$target" ] || continue
   name=$(basename "$target"); name=${name#fuzz_}
@@ -48,15 +67,17 @@ for target in "$BUILD_DIR"/fuzz/fuzz_*; do
     echo "   corpus now $(ls "$seeds" | wc -l) inputs"
     continue
   fi
-  work=$(mktemp -d)
-  [ -d "$seeds" ] && cp -r "$seeds"/. "$work"/ 2>/dev/null || true
-  echo "== fuzz_$name for ${seconds}s"
-  if ! "$target" "${dict[@]}" "${flags[@]}" -max_total_time="$seconds" \
-       "$work" >"$work.log" 2>&1; then
-    echo "fuzz_$name FAILED:"; tail -50 "$work.log"; status=1
-  else
-    grep -E "stat::number_of_executed_units|Done" "$work.log" | tail -2
-  fi
-  rm -rf "$work" "$work.log"
+  # CI mode: each target for `seconds` on a throw-away copy of its seeds, FUZZ_PARALLEL
+  # (default: the number of cores) targets at once, so the whole step takes about
+  # targets x seconds / cores; each target still gets its full time.
+  while [ "$(jobs -rp | wc -l)" -ge "${FUZZ_PARALLEL:-$(nproc)}" ]; do wait -n || true; done
+  fuzz_one "$target" "$name" "$seeds" "${dict[@]}" &
 done
+wait
+for result in "$results"/*.failed; do
+  [ -e "$result" ] || continue
+  cat "$result"; status=1
+done
+cat "$results"/*.ok 2>/dev/null || true
+rm -rf "$results"
 exit $status

@@ -115,8 +115,11 @@ void log_delivery(const Delivered& s, const SubmissionResult& result) {
 // Labelled with the service that gave the answer (failover, issue 9: the one that delivered).
 void count_delivery(const Delivered& s, const SubmissionResult& result) {
   const char* outcome = result_outcome(result);
-  const std::string& service =
-      result.delivery.delivered_via.empty() ? s.service : result.delivery.delivered_via;
+  // Labelled with the service that took the message (failover), but a captured message keeps
+  // the service it was sent to: its outcome already says where it went.
+  const std::string& service = s.captured || result.delivery.delivered_via.empty()
+                                   ? s.service
+                                   : result.delivery.delivered_via;
   metrics::count_message(s.submitter.ingress, s.submitter.role, service, outcome);
   if (!s.mirror.empty()) metrics::count_mirrored(service, s.mirror.size());
   if (result.status == SubmissionStatus::Sent) {
