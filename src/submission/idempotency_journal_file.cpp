@@ -21,7 +21,6 @@ namespace mailcar {
 namespace {
 
 constexpr uint64_t kMaxJournalBytes = 1ull << 30;  // read back at most this much
-constexpr uint64_t kCompactAtLeast = 16ull << 20;  // grown by this much before compacting
 
 std::string errno_text(std::string_view what) {
   return std::string(what) + ": " + std::strerror(errno);
