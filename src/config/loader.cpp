@@ -697,24 +697,12 @@ class Loader {
     check_fallbacks();
   }
 
+  // A service: the keys every driver has, then those of its driver.
   ServiceConfig load_service(const Entry& entry) {
     ServiceConfig service;
     service.name = entry.key;
     auto s = section(entry);
     if (!s) return service;
-    static constexpr std::string_view kSmtpOnly[] = {"host",
-                                                     "port",
-                                                     "encryption",
-                                                     "username",
-                                                     "password",
-                                                     "password_file",
-                                                     "tls_verify",
-                                                     "ca_file",
-                                                     "connections",
-                                                     "connect_timeout",
-                                                     "command_timeout",
-                                                     "oauth2",
-                                                     "probe_interval"};
     allow_only(*s, {"driver",
                     "path",
                     "from_name",
@@ -762,24 +750,79 @@ class Loader {
     if (const Entry* e = s->get("rate_limit")) service.rate_limit = rate(*e);
 
     if (service.driver == ServiceDriver::File) {
-      for (auto key : kSmtpOnly) {
-        if (const Entry* e = s->get(key)) error_key(*e, "not allowed with driver: file");
-      }
-      if (const Entry* e = s->get("path")) {
-        service.path = path(*e).value_or("");
-      } else {
-        error_at(s->mark, s->path, "driver: file needs a path (the directory to write to)");
-      }
-      return service;
+      load_file_service(*s, service);
+    } else {
+      load_smtp_service(*s, service);
     }
+    return service;
+  }
 
-    if (const Entry* e = s->get("path")) error_key(*e, "only allowed with driver: file");
-    if (const Entry* e = s->get("host")) {
+  static constexpr std::string_view kSmtpOnly[] = {"host",
+                                                   "port",
+                                                   "encryption",
+                                                   "username",
+                                                   "password",
+                                                   "password_file",
+                                                   "tls_verify",
+                                                   "ca_file",
+                                                   "connections",
+                                                   "connect_timeout",
+                                                   "command_timeout",
+                                                   "oauth2",
+                                                   "probe_interval"};
+
+  void load_file_service(const Section& s, ServiceConfig& service) {
+    for (auto key : kSmtpOnly) {
+      if (const Entry* e = s.get(key)) error_key(*e, "not allowed with driver: file");
+    }
+    if (const Entry* e = s.get("path")) {
+      service.path = path(*e).value_or("");
+    } else {
+      error_at(s.mark, s.path, "driver: file needs a path (the directory to write to)");
+    }
+  }
+
+  void load_smtp_service(const Section& s, ServiceConfig& service) {
+    if (const Entry* e = s.get("path")) error_key(*e, "only allowed with driver: file");
+    if (const Entry* e = s.get("host")) {
       service.host = nonempty_text(*e).value_or("");
     } else {
-      error_at(s->mark, s->path, "host is required (the upstream SMTP server)");
+      error_at(s.mark, s.path, "host is required (the upstream SMTP server)");
     }
-    if (const Entry* e = s->get("encryption")) {
+    load_encryption(s, service);
+    if (const Entry* e = s.get("username")) service.username = line_text(*e).value_or("");
+    Secret password = secret(s, "password");
+    service.password = password.value;
+    if (password.entry != nullptr && s.get("username") == nullptr) {
+      error_key(*password.entry, "a password needs a username");
+    }
+    if (const Entry* e = s.get("oauth2")) load_oauth2(*e, s, service);  // issue 9
+    if (const Entry* e = s.get("username");
+        e != nullptr && password.entry == nullptr && s.get("password") == nullptr &&
+        s.get("password_file") == nullptr && s.get("oauth2") == nullptr) {
+      error_key(*e, "a username needs a password (password or password_file)");
+    }
+    if (const Entry* e = s.get("tls_verify")) service.tls_verify = boolean(*e).value_or(true);
+    if (const Entry* e = s.get("ca_file")) service.ca_file = path(*e).value_or("");
+    if (const Entry* e = s.get("connections")) {
+      service.connections = static_cast<unsigned>(integer(*e, 1, 1000).value_or(1));
+    }
+    if (const Entry* e = s.get("connect_timeout")) {
+      service.connect_timeout_ms = duration(*e, false).value_or(service.connect_timeout_ms);
+    }
+    if (const Entry* e = s.get("command_timeout")) {
+      service.command_timeout_ms = duration(*e, false).value_or(service.command_timeout_ms);
+    }
+    if (const Entry* e = s.get("probe_interval")) {  // issue 9; a bare 0 means "never"
+      auto v = e->value.IsScalar() ? text::trim(e->value.Scalar()) : std::string_view();
+      service.probe_interval_ms =
+          v == "0" ? 0 : duration(*e, true).value_or(service.probe_interval_ms);
+    }
+  }
+
+  // `encryption`, and the port it implies unless `port` says otherwise.
+  void load_encryption(const Section& s, ServiceConfig& service) {
+    if (const Entry* e = s.get("encryption")) {
       if (auto value = text(*e)) {
         std::string lower = text::lower_ascii(*value);
         if (lower == "tls" || lower == "starttls") {
@@ -804,38 +847,9 @@ class Loader {
         service.port = 465;
         break;
     }
-    if (const Entry* e = s->get("port")) {
+    if (const Entry* e = s.get("port")) {
       service.port = static_cast<uint16_t>(integer(*e, 1, 65535).value_or(service.port));
     }
-    if (const Entry* e = s->get("username")) service.username = line_text(*e).value_or("");
-    Secret password = secret(*s, "password");
-    service.password = password.value;
-    if (password.entry != nullptr && s->get("username") == nullptr) {
-      error_key(*password.entry, "a password needs a username");
-    }
-    if (const Entry* e = s->get("oauth2")) load_oauth2(*e, *s, service);  // issue 9
-    if (const Entry* e = s->get("username");
-        e != nullptr && password.entry == nullptr && s->get("password") == nullptr &&
-        s->get("password_file") == nullptr && s->get("oauth2") == nullptr) {
-      error_key(*e, "a username needs a password (password or password_file)");
-    }
-    if (const Entry* e = s->get("tls_verify")) service.tls_verify = boolean(*e).value_or(true);
-    if (const Entry* e = s->get("ca_file")) service.ca_file = path(*e).value_or("");
-    if (const Entry* e = s->get("connections")) {
-      service.connections = static_cast<unsigned>(integer(*e, 1, 1000).value_or(1));
-    }
-    if (const Entry* e = s->get("connect_timeout")) {
-      service.connect_timeout_ms = duration(*e, false).value_or(service.connect_timeout_ms);
-    }
-    if (const Entry* e = s->get("command_timeout")) {
-      service.command_timeout_ms = duration(*e, false).value_or(service.command_timeout_ms);
-    }
-    if (const Entry* e = s->get("probe_interval")) {  // issue 9; a bare 0 means "never"
-      auto v = e->value.IsScalar() ? text::trim(e->value.Scalar()) : std::string_view();
-      service.probe_interval_ms =
-          v == "0" ? 0 : duration(*e, true).value_or(service.probe_interval_ms);
-    }
-    return service;
   }
 
   // ---- failover and routing (issue 9, SPEC §9.2) -------------------------------------------
