@@ -37,6 +37,7 @@
 #include "mailcar/smtp_server.hpp"
 #include "mailcar/spool_queue.hpp"
 #include "submission/idempotency_journal_file.hpp"
+#include "submission/redis_idempotency.hpp"
 
 #ifndef MAILCAR_VERSION
 #define MAILCAR_VERSION "0.1.0"
@@ -308,6 +309,15 @@ class Daemon {
       idempotency_->set_limits(limits, wall_clock_ms());
     }
     rt->idempotency = idempotency_;
+    if (shared_) {  // issue 11: keys in Redis, the memory store as on_error local's fallback
+      if (!redis_idempotency_) {
+        redis_idempotency_ = std::make_shared<RedisIdempotencyStore>(
+            shared_, idempotency_, cfg.idempotency.ttl_ms, idempotency_inflight_ttl_ms(cfg));
+      } else {
+        redis_idempotency_->set_ttls(cfg.idempotency.ttl_ms, idempotency_inflight_ttl_ms(cfg));
+      }
+      rt->idempotency = redis_idempotency_;
+    }
     for (const ServiceConfig& s : cfg.services) {
       rt->transports.emplace(
           s.name, make_transport(&loop_, s, rt->hostname, cfg.limits.delivery_timeout_ms));
@@ -544,6 +554,7 @@ class Daemon {
     runtime_.reset();
     spool_grace_.reset();
     spool_.reset();
+    redis_idempotency_.reset();  // holds shared_
     if (shared_) shared_->stop();
     shared_.reset();
   }
@@ -587,6 +598,7 @@ class Daemon {
   std::shared_ptr<SharedState> shared_;                  // issue 11; null without shared_state
   std::shared_ptr<MemoryIdempotencyStore> idempotency_;  // issue 10
   std::shared_ptr<IdempotencyJournalFile> idempotency_journal_;
+  std::shared_ptr<RedisIdempotencyStore> redis_idempotency_;  // issue 11; with shared_ only
   std::unique_ptr<net::Timer> spool_grace_;
   bool spool_stopped_ = false;
   uv_signal_t sigterm_{}, sigint_{}, sighup_{};

@@ -349,3 +349,148 @@ def test_spool_paces_held_messages_across_replicas(redis_factory, mailcar_factor
     assert outbox_count(replicas) == 3
     held = sum(metric(mc, "mailcar_spool_messages", {"state": "held"}) for mc in replicas)
     assert held == 3
+
+
+# ---- Idempotency keys in the shared state (SPEC §10.3, §11) ----------------------------------
+
+def idem_config(redis_url, upstream_port, on_error="local"):
+    return f"""listen:
+  http: 127.0.0.1:{{HTTP_PORT}}
+  smtp: 127.0.0.1:{{SMTP_PORT}}
+services:
+  email:
+    host: 127.0.0.1
+    port: {upstream_port}
+    encryption: none
+    from_email: noreply@example.com
+    connect_timeout: 5s
+    command_timeout: 10s
+roles:
+  app:
+    services: [email]
+    senders: ["*@example.com"]
+credentials:
+  - api_key: test-key
+    role: app
+smtp:
+  service: email
+  anonymous_role: app
+shared_state:
+  redis: "{redis_url}"
+  on_error: {on_error}
+  timeout: 500ms
+limits:
+  shutdown_grace: 5s
+log:
+  format: json
+  level: info
+"""
+
+
+IDEM_MSG = {"to": ["alice@example.com"], "subject": "hello", "body_text": "body",
+            "from_email": "app@example.com"}
+
+
+def keyed(mc, key, body):
+    return mc.send("email", body, headers={"Idempotency-Key": key}, timeout=30)
+
+
+def keyed_smtp(mc, key, subject="smtp hello"):
+    data = (f"From: app@example.com\r\nTo: alice@example.com\r\nSubject: {subject}\r\n"
+            f"Idempotency-Key: {key}\r\n\r\nbody\r\n").encode()
+    with smtplib.SMTP("127.0.0.1", mc.smtp_port, timeout=30) as c:
+        c.ehlo("client.test")
+        assert c.mail("app@example.com")[0] == 250
+        assert c.rcpt("alice@example.com")[0] == 250
+        return c.data(data)
+
+
+def idem_keys(redis):
+    return redis.cli("KEYS", "mailcar:idem:*").split()
+
+
+def test_idempotency_key_replays_on_another_replica(redis_factory, mailcar_factory,
+                                                    upstream_factory):
+    redis = redis_factory()
+    up = upstream_factory(mode="plain")
+    a, b = start_replicas(mailcar_factory, idem_config(redis.url(), up.port), 2)
+    status, body, headers = keyed(a, "order-42", IDEM_MSG)
+    assert status == 200 and body["count"] == 1, body
+    assert "idempotent-replayed" not in headers
+    up.wait_for(1)
+    again, again_body, again_headers = keyed(b, "order-42", IDEM_MSG)
+    assert (again, again_body) == (status, body)
+    assert again_headers["idempotent-replayed"] == "true"
+    # The same key with another request, on either replica: 422, nothing sent.
+    other = dict(IDEM_MSG, subject="another")
+    assert keyed(b, "order-42", other)[0] == 422
+    assert keyed(a, "order-42", other)[0] == 422
+    # The kept answer has the idempotency TTL (default 24 h) in Redis.
+    [key] = idem_keys(redis)
+    assert redis.cli("HGET", key, "state").strip() == "done"
+    assert 23 * 3600 * 1000 < int(redis.cli("PTTL", key)) <= 24 * 3600 * 1000
+    time.sleep(1.0)
+    assert len(up.messages) == 1
+
+
+def test_idempotency_smtp_key_across_replicas(redis_factory, mailcar_factory, upstream_factory):
+    redis = redis_factory()
+    up = upstream_factory(mode="plain")
+    a, b = start_replicas(mailcar_factory, idem_config(redis.url(), up.port), 2)
+    code, reply = keyed_smtp(a, "smtp-1")
+    assert code == 250, reply
+    up.wait_for(1)
+    msg_id = up.messages[0]["data"].split(b"Message-ID: <")[1].split(b">")[0].decode()
+    code, reply = keyed_smtp(b, "smtp-1", subject="resent")
+    assert code == 250 and reply.decode() == f"2.0.0 Already accepted as {msg_id}"
+    time.sleep(1.0)
+    assert len(up.messages) == 1
+
+
+def test_idempotency_key_in_flight_has_a_ttl_in_redis(redis_factory, mailcar_factory,
+                                                      upstream_factory):
+    from test_idempotency import SlowHandler
+    redis = redis_factory()
+    slow = SlowHandler(3.0)
+    up = upstream_factory(mode="plain", handler=slow)
+    a, b = start_replicas(mailcar_factory, idem_config(redis.url(), up.port), 2)
+    first = []
+    t = threading.Thread(target=lambda: first.append(keyed(a, "slow-1", IDEM_MSG)[0]))
+    t.start()
+    assert slow.data_started.wait(15)
+    [key] = idem_keys(redis)
+    assert redis.cli("HGET", key, "state").strip() == "inflight"
+    assert int(redis.cli("PTTL", key)) > 0  # a replica that dies never holds it for ever
+    assert keyed(b, "slow-1", IDEM_MSG)[0] == 409
+    t.join(30)
+    assert first == [200]
+    assert keyed(b, "slow-1", IDEM_MSG)[0] == 200
+    assert len(up.messages) == 1
+
+
+@pytest.mark.parametrize("on_error", ["local", "refuse"])
+def test_idempotency_key_while_redis_is_down(redis_factory, mailcar_factory, upstream_factory,
+                                             on_error):
+    redis = redis_factory()
+    up = upstream_factory(mode="plain")
+    mc = start_replicas(mailcar_factory, idem_config(redis.url(), up.port, on_error), 1)[0]
+    redis.stop()
+    if on_error == "refuse":
+        status, body, headers = keyed(mc, "down-1", IDEM_MSG)
+        assert status == 503 and headers["retry-after"] == "5", body
+        code, reply = keyed_smtp(mc, "down-2")
+        assert code == 451, reply
+        # A request without a key needs no shared state here.
+        assert mc.send("email", IDEM_MSG, timeout=30)[0] == 200
+        up.wait_for(1)
+        time.sleep(1.0)
+        assert len(up.messages) == 1
+    else:
+        # Kept in this replica's memory for the outage: a replay here still works.
+        status, body, _ = keyed(mc, "down-1", IDEM_MSG)
+        assert status == 200, body
+        again, again_body, headers = keyed(mc, "down-1", IDEM_MSG)
+        assert (again, again_body) == (status, body) and headers["idempotent-replayed"] == "true"
+        up.wait_for(1)
+        time.sleep(1.0)
+        assert len(up.messages) == 1
