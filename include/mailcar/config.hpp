@@ -204,6 +204,7 @@ struct AttachmentFetchConfig {
   std::vector<std::string> allow;  // URL prefixes, each https://host/...
   uint64_t max_bytes = 10 * 1024 * 1024;
   uint64_t timeout_ms = 30'000;
+  std::string ca_file;  // PEM CAs the file servers are verified with; empty: the system bundle
 };
 
 // Shared state across replicas (issue 11, SPEC §11): role rate limits and service quotas

@@ -1459,7 +1459,7 @@ class Loader {
   void load_attachment_fetch(const Entry& entry) {
     auto s = section(entry);
     if (!s) return;
-    allow_only(*s, {"allow", "max_bytes", "timeout"});
+    allow_only(*s, {"allow", "max_bytes", "timeout", "ca_file"});
     AttachmentFetchConfig fetch;
     if (const Entry* e = s->get("allow")) {
       for (const Entry& item : list(*e).value_or(std::vector<Entry>{})) {
@@ -1481,6 +1481,7 @@ class Loader {
     if (const Entry* e = s->get("timeout")) {
       fetch.timeout_ms = duration(*e, false).value_or(fetch.timeout_ms);
     }
+    if (const Entry* e = s->get("ca_file")) fetch.ca_file = path(*e).value_or("");
     config_.attachment_fetch = std::move(fetch);
   }
 

@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "http/attachment_fetch.hpp"
 #include "http/message_features.hpp"
 #include "http/queue_api.hpp"
 #include "mailcar/address.hpp"
@@ -699,7 +700,7 @@ Answer apply_message_features(const HttpRequest& request, const Config& config, 
     apply_template(*choice.chosen, {f.subject, f.body_text, f.body_html, f.from_name, f.from_email,
                                     f.reply_to_name, f.reply_to_email});
   }
-  if (auto e = check_attachment_refs(config, f.features, unavailable_fetcher())) {
+  if (auto e = check_attachment_refs(config, f.features)) {
     return bad_request({e->field, e->message});
   }
   return std::nullopt;
@@ -768,7 +769,7 @@ Answer check_parties(SendFields& f, const ServiceConfig& service) {
 
 // The wire form, holding the request's in-flight memory share from here on.
 Answer build_outbound(MessageContent& content, const Runtime& runtime, uint64_t now,
-                      HttpRequest& request, uint64_t limit, OutboundMessage& out) {
+                      MemoryLease& lease, uint64_t limit, OutboundMessage& out) {
   BuildOptions options;
   options.hostname = runtime.hostname;
   options.message_id = make_message_id(runtime.hostname, static_cast<int64_t>(now / 1000));
@@ -785,7 +786,7 @@ Answer build_outbound(MessageContent& content, const Runtime& runtime, uint64_t 
   std::vector<Attachment>().swap(content.attachments);
   content.body_text.reset();
   content.body_html.reset();
-  out.memory = std::move(request.inflight_lease);  // travels with the message
+  out.memory = std::move(lease);  // travels with the message
   out.memory.resize(out.data.size());
   if (out.data.size() > limit) {
     return error_response(413, "Message too large: " + std::to_string(out.data.size()) +
@@ -858,10 +859,16 @@ HttpResponse idempotency_answer(const IdempotencyOutcome& out) {
 }
 
 // A request checked as far as it goes before delivery: its answer already, or its message.
+// With attachment URLs (issue 10) the message is built once they are fetched: until then
+// `content` and `lease` wait here.
 struct Prepared {
   Answer answer;
   Submission submission;
   uint64_t now = 0;
+  MessageContent content;
+  MemoryLease lease;              // the request's in-flight memory share
+  std::vector<std::string> urls;  // still to fetch
+  std::string url_field;          // `attachment` or `import_url`
 };
 
 // Delivers a prepared request (or answers it) under `claim` (empty: no key).
@@ -876,7 +883,18 @@ void send_prepared(std::shared_ptr<Runtime> runtime, Prepared& p, IdempotencyCla
          });
 }
 
-// Fields, templates, parties and the wire form of an authenticated request's JSON body.
+// The wire form of a prepared request's message.
+Answer build_prepared(const Runtime& runtime, Prepared& p) {
+  const uint64_t limit = runtime.config->limits.max_message_bytes;
+  if (Answer a = build_outbound(p.content, runtime, p.now, p.lease, limit, p.submission.message)) {
+    return a;
+  }
+  p.submission.header_from = {p.content.from.address};
+  return std::nullopt;
+}
+
+// Fields, templates, parties and the wire form of an authenticated request's JSON body (the
+// wire form later when attachment URLs must be fetched first).
 Answer prepare_message(HttpRequest& request, const ParsedBody& body, const ServiceConfig& service,
                        const Runtime& runtime, std::unique_ptr<simdjson::dom::parser>& json,
                        Prepared& p) {
@@ -885,7 +903,7 @@ Answer prepare_message(HttpRequest& request, const ParsedBody& body, const Servi
   if (auto e = read_fields(body.root, f)) return bad_request(*e);
   drop_grown_parser(json);  // f holds what is needed; `body.root` must not be used from here on
   if (Answer a = apply_message_features(request, *runtime.config, f)) return a;
-  MessageContent content;
+  MessageContent& content = p.content;
   if (Answer a = expand_content(f, limit, content)) return a;
   if (Answer a = check_parties(f, service)) return a;
   content.from = Mailbox{f.from_email, f.from_name};
@@ -894,11 +912,47 @@ Answer prepare_message(HttpRequest& request, const ParsedBody& body, const Servi
   content.cc = std::move(f.cc);
   content.bcc = std::move(f.bcc);
   content.attachments = std::move(f.attachments);
-  if (Answer a = build_outbound(content, runtime, p.now, request, limit, p.submission.message)) {
-    return a;
+  p.lease = std::move(request.inflight_lease);
+  for (AttachmentRef& ref : f.features.attachments) p.urls.push_back(std::move(ref.url));
+  p.url_field = f.features.attachment_field;
+  if (!p.urls.empty()) return std::nullopt;  // built once they are fetched (fetch_then_send)
+  return build_prepared(runtime, p);
+}
+
+// Adds the fetched attachments to a prepared request's message and builds it.
+Answer add_fetched(const Runtime& runtime, Prepared& p, std::vector<Attachment> fetched) {
+  const uint64_t limit = runtime.config->limits.max_message_bytes;
+  MessageContent& content = p.content;
+  uint64_t at_least = (content.body_text ? content.body_text->size() : 0) +
+                      (content.body_html ? content.body_html->size() : 0);
+  for (Attachment& a : fetched) content.attachments.push_back(std::move(a));
+  for (const auto& a : content.attachments) at_least += (a.data.size() + 2) / 3 * 4;
+  if (at_least > limit) {  // not built at all: base64 alone is over the limit
+    return error_response(413, "Message too large with the fetched attachments: the limit is " +
+                                   std::to_string(limit) + " bytes.");
   }
-  p.submission.header_from = {content.from.address};
-  return std::nullopt;
+  return build_prepared(runtime, p);
+}
+
+// Fetches a prepared request's attachment URLs first when it has any (issue 10), then delivers
+// it (or answers with why the fetch failed: a 502, not kept under an Idempotency-Key).
+void fetch_then_send(std::shared_ptr<Runtime> runtime, std::shared_ptr<Prepared> p,
+                     IdempotencyClaim claim, Respond respond) {
+  if (p->answer || p->urls.empty()) {
+    return send_prepared(std::move(runtime), *p, std::move(claim), std::move(respond));
+  }
+  auto held = std::make_shared<IdempotencyClaim>(std::move(claim));
+  uv_loop_t* loop = runtime->loop;
+  const AttachmentFetchConfig& config = *runtime->config->attachment_fetch;
+  fetch_attachments(
+      loop, config, p->url_field, std::move(p->urls),
+      [runtime, p, held, respond = std::move(respond)](
+          std::vector<Attachment> fetched, std::optional<FetchFailure> failure) mutable {
+        p->answer =
+            failure ? error_response(failure->status, failure->message, field_context(p->url_field))
+                    : add_fetched(*runtime, *p, std::move(fetched));
+        send_prepared(std::move(runtime), *p, std::move(*held), std::move(respond));
+      });
 }
 
 }  // namespace
@@ -944,15 +998,15 @@ void ApiHandler::handle_send(HttpRequest& request, std::string_view service_name
   prepared->answer = early ? std::move(early)
                            : prepare_message(request, body, service, *runtime, json_, *prepared);
   if (prepared->answer) record_if_too_large(*prepared->answer, caller, remote, service.name, limit);
-  if (!key) return send_prepared(std::move(runtime), *prepared, {}, std::move(respond));
+  if (!key) return fetch_then_send(std::move(runtime), prepared, {}, std::move(respond));
   Submitter submitter = submission.submitter;
   begin_idempotent(*runtime, submitter, service.name, *key, hash, prepared->now,
                    [runtime, prepared, respond = std::move(respond)](
                        IdempotencyOutcome out, IdempotencyClaim claim) mutable {
                      if (out.verdict != IdempotencyVerdict::Fresh)
                        return respond(idempotency_answer(out));
-                     send_prepared(std::move(runtime), *prepared, std::move(claim),
-                                   std::move(respond));
+                     fetch_then_send(std::move(runtime), prepared, std::move(claim),
+                                     std::move(respond));
                    });
 }
 

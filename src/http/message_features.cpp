@@ -64,16 +64,6 @@ std::optional<FeatureError> read_attachment_item(std::string_view key, element i
                       std::string(key) + ": must be a URL, a list of URLs or {service, path}"};
 }
 
-class Unavailable final : public AttachmentFetcher {
- public:
-  std::optional<FeatureError> check(const std::vector<AttachmentRef>&,
-                                    const AttachmentFetchConfig&) override {
-    return FeatureError{"attachment",
-                        "attachment: fetching URLs is configured but this build of mailcar has "
-                        "no HTTPS client for it yet; send the file in `attachments` instead."};
-  }
-};
-
 bool allowed_url(const AttachmentFetchConfig& fetch, std::string_view url) {
   if (!text::istarts_with_ascii(url, "https://")) return false;
   for (const std::string& prefix : fetch.allow) {
@@ -145,13 +135,7 @@ void apply_template(const TemplateConfig& t, TemplateTargets fields) {
   fill(fields.reply_to_email, t.reply_to_email);
 }
 
-AttachmentFetcher& unavailable_fetcher() {
-  static Unavailable fetcher;
-  return fetcher;
-}
-
-std::optional<FeatureError> check_attachment_refs(const Config& config, const FeatureFields& f,
-                                                  AttachmentFetcher& fetcher) {
+std::optional<FeatureError> check_attachment_refs(const Config& config, const FeatureFields& f) {
   if (f.attachments.empty()) return std::nullopt;
   const std::string& field = f.attachment_field;
   for (const AttachmentRef& ref : f.attachments) {
@@ -166,6 +150,10 @@ std::optional<FeatureError> check_attachment_refs(const Config& config, const Fe
                                    ": fetching attachments from URLs is not enabled "
                                    "(attachment_fetch in the configuration)."};
   }
+  if (f.attachments.size() > kMaxAttachmentUrls) {
+    return FeatureError{
+        field, field + ": at most " + std::to_string(kMaxAttachmentUrls) + " URLs per request."};
+  }
   for (size_t i = 0; i < f.attachments.size(); ++i) {
     // The URL itself is not repeated: it may carry a token.
     if (!allowed_url(*config.attachment_fetch, f.attachments[i].url)) {
@@ -174,7 +162,7 @@ std::optional<FeatureError> check_attachment_refs(const Config& config, const Fe
                                      "attachment_fetch.allow lists."};
     }
   }
-  return fetcher.check(f.attachments, *config.attachment_fetch);
+  return std::nullopt;
 }
 
 }  // namespace mailcar::http

@@ -63,22 +63,12 @@ struct TemplateTargets {
 };
 void apply_template(const TemplateConfig& t, TemplateTargets fields);
 
-// Attachments that must be fetched before the message can be built. The HTTPS client on the loop
-// (the upstream issue's) is not wired yet, so every fetch answers "not available"; this is the
-// one place a real fetcher plugs in.
-class AttachmentFetcher {
- public:
-  virtual ~AttachmentFetcher() = default;
-  // nullopt: the fetcher will deliver (not yet: see unavailable_fetcher()).
-  virtual std::optional<FeatureError> check(const std::vector<AttachmentRef>& refs,
-                                            const AttachmentFetchConfig& config) = 0;
-};
-AttachmentFetcher& unavailable_fetcher();
+// At most this many attachment URLs per request (they are fetched one after another).
+inline constexpr size_t kMaxAttachmentUrls = 10;
 
 // Judges a request's attachment references against `attachment_fetch`: off, a storage
-// reference, a URL outside every allowed prefix (or not https) is a 400 naming the field; the
-// rest goes to `fetcher`.
-std::optional<FeatureError> check_attachment_refs(const Config& config, const FeatureFields& f,
-                                                  AttachmentFetcher& fetcher);
+// reference, more than kMaxAttachmentUrls, a URL outside every allowed prefix (or not https) is
+// a 400 naming the field; nullopt: every URL may be fetched (http/attachment_fetch.hpp).
+std::optional<FeatureError> check_attachment_refs(const Config& config, const FeatureFields& f);
 
 }  // namespace mailcar::http

@@ -148,8 +148,6 @@ def test_dreamfactory_fields_mailcar_cannot_honour_are_400s(upstream_factory, ma
          "URL 2 is not https or not under a prefix"),
         ({"import_url": "http://files.example.com/shared/a.pdf"}, "import_url",
          "URL 1 is not https"),
-        ({"attachment": "https://files.example.com/shared/a.pdf"}, "attachment",
-         "no HTTPS client"),
         ({"template": ["x"]}, "template", "must be a template name"),
     ]
     for extra_fields, field, why in cases:

@@ -106,6 +106,11 @@ TEST_F(MessageFeaturesConfig, AttachmentFetch) {
   EXPECT_EQ(c->attachment_fetch->allow.front(), "https://files.example.com/shared/");
   EXPECT_EQ(c->attachment_fetch->max_bytes, 5u * 1024 * 1024);
   EXPECT_EQ(c->attachment_fetch->timeout_ms, 10'000u);
+  EXPECT_EQ(c->attachment_fetch->ca_file, "");  // the system bundle
+  auto ca =
+      load("attachment_fetch:\n  allow: [\"https://f.example.com/\"]\n  ca_file: certs/ca.pem\n");
+  ASSERT_TRUE(ca.ok()) << ca.error().message;
+  EXPECT_EQ(ca->attachment_fetch->ca_file, (dir_ / "certs/ca.pem").string());  // as the file's
   auto off = load("");
   ASSERT_TRUE(off.ok());
   EXPECT_FALSE(off->attachment_fetch);  // off by default

@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "http/attachment_fetch.hpp"
 #include "http/message_features.hpp"
 
 namespace mailcar::http {
@@ -70,26 +71,31 @@ TEST(MessageFeatures, AttachmentReferencesAreJudged) {
   FeatureFields url =
       read(R"({"attachment": "https://f.example.com/a, https://f.example.com/b"})", e);
   ASSERT_EQ(url.attachments.size(), 2u);
-  auto off = check_attachment_refs(c, url, unavailable_fetcher());
+  auto off = check_attachment_refs(c, url);
   ASSERT_TRUE(off);
   EXPECT_EQ(off->field, "attachment");
   EXPECT_NE(off->message.find("not enabled"), std::string::npos);
 
-  c.attachment_fetch = AttachmentFetchConfig{{"https://F.example.com/"}, 1024, 1000};
-  auto pass = check_attachment_refs(c, url, unavailable_fetcher());
-  ASSERT_TRUE(pass);  // allowed, but no fetcher in this build
-  EXPECT_NE(pass->message.find("no HTTPS client"), std::string::npos);
+  c.attachment_fetch = AttachmentFetchConfig{{"https://F.example.com/"}, 1024, 1000, ""};
+  EXPECT_FALSE(check_attachment_refs(c, url));  // allowed: fetched (attachment_fetch.hpp)
+
+  std::string eleven = R"({"attachment": [)";
+  for (int i = 0; i < 11; ++i) eleven += std::string(i ? "," : "") + "\"https://f.example.com/x\"";
+  FeatureFields many = read(eleven + "]}", e);
+  auto too_many = check_attachment_refs(c, many);
+  ASSERT_TRUE(too_many);
+  EXPECT_NE(too_many->message.find("at most 10 URLs"), std::string::npos);
 
   for (const char* bad : {R"({"import_url": "http://f.example.com/a"})",
                           R"({"attachment": ["https://f.example.com.evil.test/a"]})",
                           R"({"attachment": "https://g.example.com/a"})"}) {
     FeatureFields f = read(bad, e);
-    auto r = check_attachment_refs(c, f, unavailable_fetcher());
+    auto r = check_attachment_refs(c, f);
     ASSERT_TRUE(r) << bad;
     EXPECT_NE(r->message.find("is not https or not under a prefix"), std::string::npos) << bad;
   }
   FeatureFields storage = read(R"({"attachment": [{"service": "files", "path": "a.pdf"}]})", e);
-  auto s = check_attachment_refs(c, storage, unavailable_fetcher());
+  auto s = check_attachment_refs(c, storage);
   ASSERT_TRUE(s);
   EXPECT_NE(s->message.find("storage references"), std::string::npos);
   read(R"({"attachment": 5})", e);
@@ -102,3 +108,15 @@ TEST(MessageFeatures, AttachmentReferencesAreJudged) {
 
 }  // namespace
 }  // namespace mailcar::http
+
+TEST(AttachmentFetch, FileNameIsTheDecodedLastPathSegment) {
+  EXPECT_EQ(mailcar::http::attachment_name(
+                "https://f.example.com/shared/report%202024.pdf?token=s3cret#x"),
+            "report 2024.pdf");
+  EXPECT_EQ(mailcar::http::attachment_name("https://f.example.com/a/b%C3%A9.txt"), "b\xC3\xA9.txt");
+  EXPECT_EQ(mailcar::http::attachment_name("https://f.example.com/a/"), "attachment");
+  EXPECT_EQ(mailcar::http::attachment_name("https://f.example.com"), "attachment");
+  EXPECT_EQ(mailcar::http::attachment_name("https://f.example.com/a%0D%0Ab"), "attachment");
+  EXPECT_EQ(mailcar::http::attachment_name("https://f.example.com/a%2Fb"), "attachment");
+  EXPECT_EQ(mailcar::http::attachment_name("https://f.example.com/100%25%zz"), "100%%zz");
+}
