@@ -2,7 +2,8 @@
 prefix are fetched over HTTPS (a real http.server + ssl file server with the test CA, trusted
 through attachment_fetch.ca_file) and arrive upstream as attachments; a URL outside the
 prefixes is a 400, and a 404, a file over max_bytes or a slow server a 502 naming the field,
-never the URL's query string, and not kept under an Idempotency-Key. Real aiosmtpd upstream,
+never the URL's query string, and not kept under an Idempotency-Key (which the request holds
+while it fetches). Real aiosmtpd upstream,
 real mailcar process."""
 import threading
 import time
@@ -164,7 +165,23 @@ def test_failed_fetch_is_not_kept_under_an_idempotency_key(certs, upstream_facto
         status, body, rh = mc.send("email", payload, headers=headers)
         assert status == 200 and rh.get("idempotent-replayed") == "true", (body, rh)
         assert len(up.wait_for(1)) == 1
+        # While a request waits for its file, it holds its key: a repeat is 409, not a 2nd fetch.
+        files.files["/files/slow.pdf"] = (200, "application/pdf", PDF, 1.5)
+        slow = {**BASE, "attachment": files.base + "slow.pdf"}
+        result = {}
+        first = threading.Thread(target=lambda: result.update(r=mc.send(
+            "email", slow, headers={"Idempotency-Key": "fetch-2"})))
+        first.start()
+        deadline = time.monotonic() + 10
+        while "/files/slow.pdf" not in files.requests and time.monotonic() < deadline:
+            time.sleep(0.02)
+        status, body, _ = mc.send("email", slow, headers={"Idempotency-Key": "fetch-2"})
+        assert status == 409, body
+        first.join(20)
+        assert result["r"][0] == 200, result
+        assert files.requests.count("/files/slow.pdf") == 1
+        assert len(up.wait_for(2)) == 2
         time.sleep(0.3)
-        assert len(up.messages) == 1
+        assert len(up.messages) == 2
     finally:
         files.stop()
