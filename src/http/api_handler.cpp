@@ -941,11 +941,24 @@ void fetch_then_send(std::shared_ptr<Runtime> runtime, std::shared_ptr<Prepared>
   if (p->answer || p->urls.empty()) {
     return send_prepared(std::move(runtime), *p, std::move(claim), std::move(respond));
   }
-  auto held = std::make_shared<IdempotencyClaim>(std::move(claim));
   uv_loop_t* loop = runtime->loop;
   const AttachmentFetchConfig& config = *runtime->config->attachment_fetch;
+  // The files count in the in-flight memory before they arrive: room for all of them, but
+  // never more than a message may hold.
+  const LimitsConfig& limits = runtime->config->limits;
+  const uint64_t room =
+      std::min<uint64_t>(p->urls.size() * config.max_bytes, limits.max_message_bytes);
+  if (!p->lease.grow_to(p->lease.bytes() + room, limits.max_inflight_bytes)) {
+    log::warn("http_body_refused", {{"reason", "max_inflight_bytes"}, {"field", p->url_field}});
+    HttpResponse busy =
+        error_response(503, "Too much mail in flight; try again later.", "{\"retryable\":true}");
+    busy.headers.emplace_back("Retry-After", "5");
+    p->answer = std::move(busy);
+    return send_prepared(std::move(runtime), *p, std::move(claim), std::move(respond));
+  }
+  auto held = std::make_shared<IdempotencyClaim>(std::move(claim));
   fetch_attachments(
-      loop, config, p->url_field, std::move(p->urls),
+      loop, config, p->url_field, std::move(p->urls), room,
       [runtime, p, held, respond = std::move(respond)](
           std::vector<Attachment> fetched, std::optional<FetchFailure> failure) mutable {
         p->answer =

@@ -1,5 +1,6 @@
 #include "http/attachment_fetch.hpp"
 
+#include <algorithm>
 #include <memory>
 #include <utility>
 
@@ -35,12 +36,14 @@ std::string content_type_of(const http_client::Response& response) {
 class Fetch : public std::enable_shared_from_this<Fetch> {
  public:
   Fetch(uv_loop_t* loop, const AttachmentFetchConfig& config, std::string field,
-        std::vector<std::string> urls, FetchedFn done)
+        std::vector<std::string> urls, uint64_t total_bytes, FetchedFn done)
       : loop_(loop),
         config_(config),
         field_(std::move(field)),
         urls_(std::move(urls)),
-        done_(std::move(done)) {}
+        done_(std::move(done)),
+        total_bytes_(total_bytes),
+        bytes_left_(total_bytes) {}
 
   void next() {
     if (attachments_.size() == urls_.size()) return done_(std::move(attachments_), std::nullopt);
@@ -49,7 +52,7 @@ class Fetch : public std::enable_shared_from_this<Fetch> {
     req.headers = {{"Accept", "*/*"}, {"User-Agent", "mailcar"}};
     req.ca_file = config_.ca_file;
     req.timeout_ms = config_.timeout_ms;
-    req.max_response_bytes = config_.max_bytes;
+    req.max_response_bytes = std::min(config_.max_bytes, bytes_left_);
     request_ = http_client::fetch(
         loop_, std::move(req),
         [self = shared_from_this()](http_client::Result r) { self->fetched(std::move(r)); });
@@ -74,6 +77,7 @@ class Fetch : public std::enable_shared_from_this<Fetch> {
     a.filename = attachment_name(url);
     a.content_type = content_type_of(r.response);
     a.data = std::move(r.response.body);
+    bytes_left_ -= std::min<uint64_t>(bytes_left_, a.data.size());
     attachments_.push_back(std::move(a));
     next();
   }
@@ -91,6 +95,13 @@ class Fetch : public std::enable_shared_from_this<Fetch> {
     }
     std::string why = std::string(http_client::error_kind_name(r.error));
     if (r.detail.find("response body over") != std::string::npos) {
+      if (bytes_left_ < config_.max_bytes) {  // the reservation ran out, not max_bytes
+        return done_({}, FetchFailure{413, which +
+                                               " makes the message too large: the files "
+                                               "together pass the " +
+                                               std::to_string(total_bytes_) +
+                                               " bytes this request may hold."});
+      }
       why = "the file is larger than attachment_fetch.max_bytes (" +
             std::to_string(config_.max_bytes) + " bytes)";
     }
@@ -104,6 +115,8 @@ class Fetch : public std::enable_shared_from_this<Fetch> {
   FetchedFn done_;
   std::vector<Attachment> attachments_;
   std::unique_ptr<http_client::Cancel> request_;
+  uint64_t total_bytes_;  // the memory the caller reserved for the files
+  uint64_t bytes_left_;   // of it
 };
 
 }  // namespace
@@ -132,8 +145,10 @@ std::string attachment_name(std::string_view url) {
 }
 
 void fetch_attachments(uv_loop_t* loop, const AttachmentFetchConfig& config, std::string field,
-                       std::vector<std::string> urls, FetchedFn done) {
-  std::make_shared<Fetch>(loop, config, std::move(field), std::move(urls), std::move(done))->next();
+                       std::vector<std::string> urls, uint64_t total_bytes, FetchedFn done) {
+  std::make_shared<Fetch>(loop, config, std::move(field), std::move(urls), total_bytes,
+                          std::move(done))
+      ->next();
 }
 
 }  // namespace mailcar::http

@@ -30,11 +30,13 @@ struct FetchFailure {
 std::string attachment_name(std::string_view url);
 
 // Fetches `urls` in order (each verified against the system CAs, or attachment_fetch.ca_file,
-// at most max_bytes and timeout each). `done` runs once on the loop: with every body, or with
-// the first failure. `field` names the request field in messages.
+// at most max_bytes and timeout each, and all of them together at most `total_bytes`: the
+// memory the caller reserved for them). `done` runs once on the loop: with every body, or
+// with the first failure (413 when the files together pass `total_bytes`). `field` names the
+// request field in messages.
 using FetchedFn =
     std::function<void(std::vector<Attachment> attachments, std::optional<FetchFailure> failure)>;
 void fetch_attachments(uv_loop_t* loop, const AttachmentFetchConfig& config, std::string field,
-                       std::vector<std::string> urls, FetchedFn done);
+                       std::vector<std::string> urls, uint64_t total_bytes, FetchedFn done);
 
 }  // namespace mailcar::http

@@ -185,3 +185,30 @@ def test_failed_fetch_is_not_kept_under_an_idempotency_key(certs, upstream_facto
         assert len(up.messages) == 2
     finally:
         files.stop()
+
+
+def test_files_together_may_not_pass_the_message_limit(certs, upstream_factory,
+                                                       mailcar_factory):
+    """The fetched files count in memory before they arrive, and never more than a message may
+    hold: two files that each fit max_bytes but not together are cut off at the limit (413)."""
+    files = FileServer(certs)
+    up = upstream_factory()
+    extra = (f'attachment_fetch:\n  allow: ["{files.base}"]\n  max_bytes: {MAX_BYTES}\n'
+             f"  timeout: 2s\n  ca_file: {certs.ca}\n")
+    config = basic_config(service_yaml("email", up), extra=extra)
+    config = config.replace("limits:\n", "limits:\n  max_message_bytes: 100000\n", 1)
+    mc = mailcar_factory(config)
+    try:
+        files.files["/files/a.bin"] = (200, "application/octet-stream", b"a" * 60000, 0)
+        files.files["/files/b.bin"] = (200, "application/octet-stream", b"b" * 60000, 0)
+        status, body, _ = mc.send("email", {**BASE, "attachment": [files.base + "a.bin",
+                                                                   files.base + "b.bin"]})
+        assert status == 413, body
+        assert body["error"]["message"].startswith("attachment: URL 2"), body
+        assert body["error"]["context"]["field"] == "attachment", body
+        # One file alone still goes.
+        status, body, _ = mc.send("email", {**BASE, "attachment": files.base + "a.bin"})
+        assert status == 200, body
+        assert len(up.wait_for(1)) == 1
+    finally:
+        files.stop()
