@@ -17,6 +17,7 @@ namespace {
 void reply_part(size_t windows, std::string_view in) {
   redisReader* reader = redisReaderCreate();
   if (reader == nullptr) return;
+  mailcar::bound_reply_arrays(reader);  // as every connection of mailcar's has it
   if (redisReaderFeed(reader, in.data(), in.size()) == REDIS_OK) {
     void* reply = nullptr;
     while (redisReaderGetReply(reader, &reply) == REDIS_OK && reply != nullptr) {

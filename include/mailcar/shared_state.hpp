@@ -29,8 +29,16 @@
 #include "mailcar/result.hpp"
 
 struct redisReply;
+struct redisReader;
 
 namespace mailcar {
+
+// hiredis 0.14 allocates an array reply's element table from the count the server announces
+// (`*1555555555` is a 12 GB calloc). This makes `reader` refuse arrays of more than
+// kMaxRedisReplyElements (a protocol error on that connection) before anything is allocated.
+// mailcar's replies have a few elements; every reader mailcar creates gets this.
+inline constexpr int kMaxRedisReplyElements = 4096;
+void bound_reply_arrays(redisReader* reader);
 
 // ---- The script: its text, arguments and reply (pure) -------------------------------------
 

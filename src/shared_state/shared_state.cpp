@@ -145,6 +145,7 @@ struct SharedState::Impl {
       if (c != nullptr) redisAsyncFree(c);
       return failed("connect: " + why);
     }
+    bound_reply_arrays(c->c.reader);  // a huge announced array is refused, not allocated
     if (redisLibuvAttach(c, loop) != REDIS_OK) {
       redisAsyncFree(c);
       return failed("connect: cannot attach to the loop");

@@ -20,6 +20,7 @@ using ReplyPtr = std::unique_ptr<redisReply, ReplyFree>;
 // One reply read from RESP bytes.
 ReplyPtr read_reply(const std::string& resp) {
   redisReader* reader = redisReaderCreate();
+  bound_reply_arrays(reader);
   EXPECT_EQ(redisReaderFeed(reader, resp.data(), resp.size()), REDIS_OK);
   void* reply = nullptr;
   EXPECT_EQ(redisReaderGetReply(reader, &reply), REDIS_OK);
@@ -36,6 +37,26 @@ std::string integers(std::initializer_list<long long> values) {
 
 const PolicyWindow kRole{false, "webapp", 50, 1000};
 const PolicyWindow kQuota{true, "email", 500, 86'400'000};
+
+// hiredis 0.14 would calloc the announced element table (the fuzzer found `*1555555555`, a
+// 12 GB allocation); a bounded reader refuses the count before allocating anything.
+TEST(SharedScript, HugeAnnouncedArraysAreRefusedBeforeAllocation) {
+  auto verdict = [](const std::string& resp) {
+    redisReader* reader = redisReaderCreate();
+    bound_reply_arrays(reader);
+    EXPECT_EQ(redisReaderFeed(reader, resp.data(), resp.size()), REDIS_OK);
+    void* reply = nullptr;
+    int rc = redisReaderGetReply(reader, &reply);
+    if (reply != nullptr) freeReplyObject(reply);
+    redisReaderFree(reader);
+    return rc;
+  };
+  EXPECT_EQ(verdict("*1555555555\r\n"), REDIS_ERR);
+  EXPECT_EQ(verdict("*" + std::to_string(kMaxRedisReplyElements + 1) + "\r\n"), REDIS_ERR);
+  EXPECT_EQ(verdict("*2\r\n*1555555555\r\n"), REDIS_ERR);  // nested too
+  EXPECT_EQ(verdict(integers({1, 2, 3})), REDIS_OK);
+  EXPECT_EQ(read_reply(integers({1, 2, 3}))->elements, 3u);
+}
 
 TEST(SharedScript, KeysShareOneHashTagAndNameTheWindow) {
   EXPECT_EQ(shared_script::window_key("mailcar:", kRole), "mailcar:{limits}:role:webapp:50:1000");
