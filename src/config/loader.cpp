@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <set>
+#include <span>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -340,9 +341,16 @@ class Loader {
   }
 
   void allow_only(const Section& s, std::initializer_list<std::string_view> allowed) {
+    allow_only(s, std::span<const std::string_view>(allowed.begin(), allowed.size()));
+  }
+
+  // The keys of `allowed` and of `more` (a section whose keys come in groups).
+  void allow_only(const Section& s, std::span<const std::string_view> allowed,
+                  std::span<const std::string_view> more = {}) {
     for (const auto& entry : s.entries) {
       bool known = false;
       for (auto key : allowed) known = known || entry.key == key;
+      for (auto key : more) known = known || entry.key == key;
       if (!known) error_key(entry, "unknown key");
     }
   }
@@ -703,28 +711,7 @@ class Loader {
     service.name = entry.key;
     auto s = section(entry);
     if (!s) return service;
-    allow_only(*s, {"driver",
-                    "path",
-                    "from_name",
-                    "from_email",
-                    "reply_to_name",
-                    "reply_to_email",
-                    "rate_limit",
-                    "host",
-                    "port",
-                    "encryption",
-                    "username",
-                    "password",
-                    "password_file",
-                    "tls_verify",
-                    "ca_file",
-                    "connections",
-                    "connect_timeout",
-                    "command_timeout",
-                    "mirror_to",
-                    "oauth2",
-                    "fallback",
-                    "probe_interval"});
+    allow_only(*s, kServiceKeys, kSmtpOnly);
     if (const Entry* e = s->get("mirror_to")) service.mirror_to = address_list(*e);  // issue 10
     if (const Entry* e = s->get("fallback")) load_fallback(*e, service);             // issue 9
 
@@ -757,6 +744,10 @@ class Loader {
     return service;
   }
 
+  // Keys of every service, then those of driver: smtp only.
+  static constexpr std::string_view kServiceKeys[] = {
+      "driver",         "path",       "from_name", "from_email", "reply_to_name",
+      "reply_to_email", "rate_limit", "mirror_to", "fallback"};
   static constexpr std::string_view kSmtpOnly[] = {"host",
                                                    "port",
                                                    "encryption",
