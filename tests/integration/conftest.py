@@ -22,7 +22,7 @@ import pytest
 
 sys.path.insert(0, "/usr/lib/python3/dist-packages")
 from aiosmtpd.controller import Controller  # noqa: E402
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword  # noqa: E402
+from aiosmtpd.smtp import AuthResult, LoginPassword  # noqa: E402
 
 SOURCE_DIR = Path(os.environ.get("MAILCAR_SOURCE_DIR", Path(__file__).resolve().parents[2]))
 MAILCAR_BIN = os.environ.get("MAILCAR_BIN", str(SOURCE_DIR / "build" / "mailcar"))
@@ -45,6 +45,30 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+_held_ports = {}
+
+
+def dead_port():
+    """A loopback port where nothing listens, for an upstream that is down.
+
+    The port stays bound (never listening) until release_port(): a connection to it is
+    refused, and no other test running beside this one can be handed it by free_port()
+    and start answering there. A port from free_port() alone could be taken by a parallel
+    test's server and then take this test's mail."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    _held_ports[port] = s
+    return port
+
+
+def release_port(port):
+    """Frees a port from dead_port() so that a server of this test may bind it."""
+    s = _held_ports.pop(port, None)
+    if s is not None:
+        s.close()
 
 
 def run(cmd, **kw):
@@ -148,6 +172,7 @@ class Upstream:
                  wrong_cert=False, smtputf8=True, handler=None, port=None):
         self.handler = handler or RecordingHandler(reject, reject_data)
         self.port = port or free_port()
+        release_port(self.port)  # an upstream that was down (dead_port) comes up
         self.mode = mode
         self.auth = auth
         kwargs = {}

@@ -7,7 +7,7 @@ import socket
 import subprocess
 import time
 
-from conftest import MAILCAR_BIN, SOURCE_DIR, Mailcar, basic_config, free_port, service_yaml
+from conftest import MAILCAR_BIN, SOURCE_DIR, basic_config, free_port, service_yaml
 
 
 def run(args, env=None, cwd=None):

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import MAILCAR_BIN, free_port
+from conftest import dead_port, MAILCAR_BIN
 
 prometheus_parser = pytest.importorskip("prometheus_client.parser")
 
@@ -94,7 +94,7 @@ def assert_delivered_via_backup(mc, backup, body):
 
 def test_primary_refusing_connections_fails_over(upstream_factory, mailcar_factory):
     backup = upstream_factory()
-    mc = mailcar_factory(failover_config(plain(free_port()), backup.port))
+    mc = mailcar_factory(failover_config(plain(dead_port()), backup.port))
     status, body, _ = mc.send("primary", PAYLOAD)
     assert status == 200, body
     assert_delivered_via_backup(mc, backup, body)
@@ -151,7 +151,7 @@ def test_primary_550_is_final(upstream_factory, mailcar_factory):
 
 
 def test_both_down_reports_the_last_failure(upstream_factory, mailcar_factory):
-    mc = mailcar_factory(failover_config(plain(free_port()), free_port()))
+    mc = mailcar_factory(failover_config(plain(dead_port()), dead_port()))
     status, body, _ = mc.send("primary", PAYLOAD)
     assert status == 500, body
     assert body["error"]["message"] == "Connection refused"
@@ -161,7 +161,7 @@ def test_both_down_reports_the_last_failure(upstream_factory, mailcar_factory):
 
 def test_smtp_door_fails_over(upstream_factory, mailcar_factory):
     backup = upstream_factory()
-    mc = mailcar_factory(failover_config(plain(free_port()), backup.port, smtp=True))
+    mc = mailcar_factory(failover_config(plain(dead_port()), backup.port, smtp=True))
     with smtplib.SMTP("127.0.0.1", mc.smtp_port, timeout=30) as c:
         c.sendmail("app@example.com", ["alice@example.com"],
                    b"From: app@example.com\r\nTo: alice@example.com\r\nSubject: s\r\n\r\nhi\r\n")
@@ -173,7 +173,7 @@ def test_smtp_door_fails_over(upstream_factory, mailcar_factory):
 def test_spool_attempt_fails_over(upstream_factory, mailcar_factory):
     backup = upstream_factory()
     spool = "spool:\n  path: ./spool\n  retry: [1s]\n"
-    mc = mailcar_factory(failover_config(plain(free_port()), backup.port, spool=spool))
+    mc = mailcar_factory(failover_config(plain(dead_port()), backup.port, spool=spool))
     status, body, _ = mc.send("primary", PAYLOAD)
     assert status == 202, body
     assert backup.wait_for(1)[0]["rcpt_tos"] == ["alice@example.com"]

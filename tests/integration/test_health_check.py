@@ -6,7 +6,7 @@ import subprocess
 import threading
 import time
 
-from conftest import MAILCAR_BIN, basic_config, free_port, service_yaml
+from conftest import dead_port, MAILCAR_BIN, basic_config, free_port, service_yaml
 
 
 def health(args, env=None, cwd=None, timeout=20):
@@ -34,7 +34,7 @@ def test_healthy_daemon_and_wildcard_listener(upstream_factory, mailcar_factory,
 
 
 def test_unhealthy_cases_exit_1(tmp_path):
-    dead = free_port()
+    dead = dead_port()
     conf = tmp_path / "dead.yaml"
     conf.write_text(f"listen:\n  http: 127.0.0.1:{dead}\n")
     proc, _ = health(["-c", str(conf)])

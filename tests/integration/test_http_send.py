@@ -4,7 +4,7 @@ import json
 import re
 import subprocess
 
-from conftest import basic_config, parse_message, service_yaml
+from conftest import dead_port, basic_config, parse_message, service_yaml
 
 SECRET = "s3cr3t-upstream-pw"
 
@@ -135,11 +135,9 @@ def test_wrong_password(upstream_factory, mailcar_factory, certs):
 
 
 def test_refused_port(mailcar_factory):
-    from conftest import free_port
-
     class Closed:
         mode = "plain"
-        port = free_port()
+        port = dead_port()
 
     mc = mailcar_factory(basic_config(service_yaml("email", Closed)))
     status, body, _ = mc.send("email", simple())

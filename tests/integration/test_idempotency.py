@@ -3,12 +3,11 @@ key gets the first answer and nothing is sent twice; 409 while the first is in f
 a different request, 400 for a bad key; 429 and 5xx are not kept; keys expire after the TTL and
 survive a restart in spool mode."""
 import asyncio
-import json
 import smtplib
 import threading
 import time
 
-from conftest import Mailcar, RecordingHandler, free_port
+from conftest import Mailcar, RecordingHandler
 
 GRACE = 1.0  # how long to watch an upstream for a message that must not come
 

@@ -4,7 +4,6 @@ nothing vendored), the sidecar contract is checked, and the ConfigMap's configur
 `mailcar --check`."""
 import copy
 import json
-import os
 import re
 import shutil
 import subprocess

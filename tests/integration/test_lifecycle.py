@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import RecordingHandler, Upstream, free_port, service_yaml
+from conftest import RecordingHandler, Upstream, service_yaml
 
 API_KEY = "lifecycle-api-key-7f3a9c"
 SMTP_USER = "legacy-app"

@@ -11,7 +11,6 @@ import json
 import os
 import select
 import socket
-import ssl
 import threading
 import time
 import urllib.parse

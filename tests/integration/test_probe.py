@@ -5,7 +5,7 @@ import json
 import subprocess
 import time
 
-from conftest import MAILCAR_BIN, Upstream, free_port
+from conftest import dead_port, MAILCAR_BIN, Upstream, free_port
 
 
 def run_probe(tmp_path, services):
@@ -70,7 +70,7 @@ def test_each_failure_has_its_own_line_and_exit_1(certs, upstream_factory, tmp_p
     wrong = upstream_factory(mode="starttls", wrong_cert=True)
     implicit = upstream_factory(mode="implicit")
     services = (
-        entry("refused", "127.0.0.1", free_port(), "none")
+        entry("refused", "127.0.0.1", dead_port(), "none")
         + entry("nostarttls", "127.0.0.1", plain.port, "tls")
         + entry("wrongname", "localhost", wrong.port, "tls", certs.ca)
         + entry("untrusted", "localhost", tls.port, "tls")  # the system CAs: not ours
@@ -91,7 +91,7 @@ def test_each_failure_has_its_own_line_and_exit_1(certs, upstream_factory, tmp_p
         return fails[0]
 
     assert "refused" in fail_line("refused")
-    assert f"127.0.0.1:" in fail_line("refused")
+    assert "127.0.0.1:" in fail_line("refused")
     assert "server offers no STARTTLS" in fail_line("nostarttls")
     assert fail_line("wrongname") == (
         "FAIL certificate for CN=wrong does not match localhost (it names: wrong.example): "

@@ -4,7 +4,7 @@ import json
 import time
 from datetime import datetime, timedelta, timezone
 
-from conftest import basic_config, free_port, service_yaml
+from conftest import dead_port, basic_config, service_yaml
 
 APP, OTHER, OPS = "app-key", "other-key", "ops-key"
 
@@ -82,7 +82,7 @@ def parse_time(text):
 
 
 def test_list_pages_filters_and_shows_one_message(mailcar_factory):
-    mc = mailcar_factory(spool_config(free_port()))
+    mc = mailcar_factory(spool_config(dead_port()))
     started = datetime.now(timezone.utc)
     app_ids = [submit(mc, "email", APP, f"r{i}@example.com") for i in range(5)]
     bulk_id = submit(mc, "bulk", APP)
@@ -141,7 +141,7 @@ def test_list_pages_filters_and_shows_one_message(mailcar_factory):
 def test_roles_retry_and_delete(mailcar_factory, upstream_factory):
     refusing = upstream_factory(mode="plain", reject_data="550 5.7.1 not from you")
     extra = service_yaml("strict", refusing)
-    mc = mailcar_factory(spool_config(free_port(), extra_services=extra))
+    mc = mailcar_factory(spool_config(dead_port(), extra_services=extra))
     mine = submit(mc, "email", APP)
     gone = submit(mc, "email", APP)
     failed = submit(mc, "strict", APP)
@@ -216,7 +216,7 @@ def test_direct_mode_has_no_queue(mailcar_factory, upstream_factory):
 
 
 def test_ready_upstream_says_spool_full(mailcar_factory):
-    mc = mailcar_factory(spool_config(free_port(), spool_extra="  max_bytes: 512\n"))
+    mc = mailcar_factory(spool_config(dead_port(), spool_extra="  max_bytes: 512\n"))
     status, body, _ = call(mc, "GET", "/ready/upstream", None)
     assert body["spool"] == "ok", body  # (503 all the same: the upstreams are down, issue 9)
     status, body, rh = mc.send("email", {"to": "a@example.com", "subject": "Hi",

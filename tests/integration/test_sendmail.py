@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from conftest import MAILCAR_BIN, free_port, parse_message
+from conftest import dead_port, MAILCAR_BIN, free_port, parse_message
 
 PASSWORD = "sendmail-pa55"
 
@@ -199,7 +199,7 @@ def test_listener_from_configuration_and_auth_from_environment(relay, link, mail
     mc = mailcar_factory(config(up, anonymous=False))
     msg = "From: a@example.com\nTo: b@example.org\nSubject: auth\n\nx\n"
     # `mailcar -c FILE sendmail`: listen.smtp of the file; the fallback would reach nothing.
-    dead = f"127.0.0.1:{free_port()}"
+    dead = f"127.0.0.1:{dead_port()}"
     cmd = [MAILCAR_BIN, "-c", str(mc.config_path), "sendmail", "-t"]
     proc = subprocess.run(cmd, input=msg.encode(), capture_output=True, timeout=30,
                           env=env_for(MAILCAR_SMTP_LISTEN=dead))
@@ -266,7 +266,7 @@ def test_bad_messages_exit_65(relay, link, args, message, why):
 
 def test_unreachable_exits_69(link):
     proc = sendmail(link, ["-t"], "From: a@example.com\nTo: b@example.org\n\nx\n",
-                    env_for(MAILCAR_SMTP=f"127.0.0.1:{free_port()}"))
+                    env_for(MAILCAR_SMTP=f"127.0.0.1:{dead_port()}"))
     assert proc.returncode == 69, proc
     assert b"cannot connect to mailcar" in proc.stderr and b"MAILCAR_SMTP" in proc.stderr
 

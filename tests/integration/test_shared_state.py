@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SANITIZED, free_port
+from conftest import free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,
                                 reason="redis-server is not installed (scripts/install-deps.sh)")

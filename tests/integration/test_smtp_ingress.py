@@ -1,13 +1,12 @@
 """SMTP ingress (issue 3): real clients (smtplib, swaks, raw sockets) → mailcar → aiosmtpd."""
 import smtplib
 import socket
-import ssl
 import subprocess
 import time
 
 import pytest
 
-from conftest import parse_message
+from conftest import dead_port, parse_message
 
 PASSWORD = "legacy-pa55word"
 
@@ -249,10 +248,8 @@ def test_swaks_pipelining_and_auth(upstream_factory, mailcar_factory):
 
 
 def test_upstream_down_is_temporary(mailcar_factory):
-    from conftest import free_port
-
     class Closed:
-        port = free_port()
+        port = dead_port()
 
     mc = mailcar_factory(smtp_config(Closed))
     with connect(mc) as c:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import Mailcar, RecordingHandler, free_port
+from conftest import dead_port, Mailcar, RecordingHandler
 
 prometheus_parser = pytest.importorskip("prometheus_client.parser")
 
@@ -93,7 +93,7 @@ def subjects(messages):
 
 def test_acknowledged_on_disk_and_delivered_once_the_upstream_is_back(upstream_factory,
                                                                       mailcar_factory):
-    port = free_port()  # nothing listens yet: the upstream is down
+    port = dead_port()  # nothing listens yet: the upstream is down
     mc = mailcar_factory(spool_config(port))
     ids = []
     for i in range(3):
@@ -222,7 +222,7 @@ def test_quota_paces_a_burst_without_refusing_or_losing(upstream_factory, mailca
 
 
 def test_restart_resumes_the_spool(upstream_factory, tmp_path):
-    port = free_port()
+    port = dead_port()
     folder = tmp_path / "mc"
     folder.mkdir()
     cfg = spool_config(port)
@@ -246,7 +246,7 @@ def test_restart_resumes_the_spool(upstream_factory, tmp_path):
 
 
 def test_full_spool_refuses_and_recovers_by_itself(upstream_factory, mailcar_factory):
-    port = free_port()
+    port = dead_port()
     mc = mailcar_factory(spool_config(port, spool_extra="max_bytes: 3KB"))
     accepted, refused = [], None
     for i in range(20):
@@ -290,7 +290,7 @@ def small_filesystem(tmp_path):
 
 def test_a_full_disk_is_refused_never_acknowledged(upstream_factory, mailcar_factory,
                                                    small_filesystem):
-    port = free_port()
+    port = dead_port()
     cfg = spool_config(port).replace("path: ./spool", f"path: {small_filesystem}/spool")
     mc = mailcar_factory(cfg)
     big = "x" * 3000
@@ -351,7 +351,7 @@ def test_max_age_fails_the_message_and_reports_it(upstream_factory, mailcar_fact
 
 @pytest.mark.parametrize("drain", [True, False])
 def test_sigterm_drains_only_when_asked(upstream_factory, mailcar_factory, drain):
-    port = free_port()
+    port = dead_port()
     mc = mailcar_factory(spool_config(port, retry="[1h]",
                                       spool_extra=f"drain: {'true' if drain else 'false'}"))
     for i in range(3):
