@@ -612,6 +612,8 @@ def main():
                     help="keep glibc's rep movsb memcpy (callgrind counts it once per byte)")
     ap.add_argument("--callgrind-messages", type=int, default=500,
                     help="messages per 1 KB callgrind run (100 KB runs send a fifth)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the work folder (logs, callgrind.out files) and print its path")
     ap.add_argument("--only", default="http,smtp,memory,policy,spool,peak,dkim",
                     help="comma-separated parts: http, smtp, memory, policy, spool, peak, dkim, "
                          "shared (issue 11: Redis shared state vs local counting), "
@@ -662,7 +664,10 @@ def main():
     finally:
         if sink:
             sink.stop()
-        shutil.rmtree(folder, ignore_errors=True)
+        if args.keep:
+            print(f"work folder kept: {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
