@@ -11,6 +11,8 @@
 
 namespace mailcar {
 
+inline constexpr size_t kMaxLineOctets = 998;  // RFC 5322 2.1.1, line end not counted
+
 // A validated mailbox. `address` is an RFC 5321 addr-spec (local@domain) as given, domain
 // possibly UTF-8; `name` is the display name, unencoded UTF-8 (encoding happens when built).
 struct Mailbox {

@@ -13,12 +13,21 @@
 
 namespace mailcar {
 
+// What the caller already knows of the text from reading every byte of it (the SMTP DATA
+// reader): every line end is CRLF, and these. Normalization then does not read it once more.
+struct KnownText {
+  bool nul = false;        // holds a NUL byte
+  bool high = false;       // holds a byte >= 0x80
+  bool long_line = false;  // a line is over kMaxLineOctets
+};
+
 struct NormalizeInput {
   std::string_view raw;                 // CRLF, bare LF or bare CR line ends
   std::optional<Mailbox> default_from;  // written as From when the message has none
   std::string received_header;          // full "Received: ..." field (make_received_header)
-  std::string hostname;                 // for a generated Message-ID
+  std::string_view hostname;            // for a generated Message-ID (outlives the call)
   int64_t now_unix = 0;                 // for a generated Date / Message-ID
+  std::optional<KnownText> known;       // set only when it is true of the text
 };
 
 struct NormalizedMessage {

@@ -38,6 +38,14 @@ const char* find_dot_after_lf(const char* p, const char* end);
 // Whether any byte is >= 0x80.
 bool has_high_byte(std::string_view s);
 
+// NUL bytes and bytes >= 0x80: what a reader that already knows the line structure of a
+// text (the SMTP DATA reader) still needs to summarize it.
+struct ByteFlags {
+  bool high = false;
+  bool nul = false;
+};
+ByteFlags byte_flags(std::string_view s);
+
 // Length of the longest prefix of `s` made of bytes 32..126 other than '=': what
 // quoted-printable writes as it is (a space at a line end is the caller's business).
 size_t qp_literal_prefix(std::string_view s);

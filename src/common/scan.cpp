@@ -233,6 +233,40 @@ bool has_high_byte(std::string_view s) {
 #endif
 }
 
+ByteFlags byte_flags(std::string_view s) {
+  ByteFlags flags;
+  const char* p = s.data();
+  const char* end = p + s.size();
+#if defined(__SSE2__)
+  // Four blocks at a time: their OR has the high bit set where any byte is >= 0x80, their
+  // unsigned minimum a zero where any byte is NUL.
+  __m128i any = _mm_setzero_si128();
+  __m128i low = _mm_set1_epi8(-1);
+  for (; end - p >= 64; p += 64) {
+    const auto* v = reinterpret_cast<const __m128i*>(p);
+    __m128i a = _mm_loadu_si128(v), b = _mm_loadu_si128(v + 1);
+    __m128i c = _mm_loadu_si128(v + 2), d = _mm_loadu_si128(v + 3);
+    any = _mm_or_si128(any, _mm_or_si128(_mm_or_si128(a, b), _mm_or_si128(c, d)));
+    low = _mm_min_epu8(low, _mm_min_epu8(_mm_min_epu8(a, b), _mm_min_epu8(c, d)));
+  }
+  flags.high = _mm_movemask_epi8(any) != 0;
+  flags.nul = _mm_movemask_epi8(_mm_cmpeq_epi8(low, _mm_setzero_si128())) != 0;
+  for (; p < end; p += kBlock) {
+    size_t n = static_cast<size_t>(end - p);
+    __m128i v = load(p, n);  // zero-padded: the padding is no NUL, see valid_mask
+    if (static_cast<uint32_t>(_mm_movemask_epi8(v)) & valid_mask(n)) flags.high = true;
+    if (eq_mask(v, '\0') & valid_mask(n)) flags.nul = true;
+  }
+#else
+  for (; p < end; ++p) {
+    auto c = static_cast<unsigned char>(*p);
+    if (c >= 0x80) flags.high = true;
+    if (c == 0) flags.nul = true;
+  }
+#endif
+  return flags;
+}
+
 size_t qp_literal_prefix(std::string_view s) {
   const char* p = s.data();
   const char* end = p + s.size();

@@ -15,7 +15,7 @@ namespace mailcar {
 namespace {
 
 struct HeaderField {
-  size_t begin = 0;       // byte range in the normalized text, CRLFs included
+  size_t begin = 0;  // byte range in the normalized text, CRLFs included
   size_t end = 0;
   size_t value = 0;       // the first byte after ':'
   std::string_view name;  // in the text
@@ -216,6 +216,16 @@ Result<std::string> new_header_block(const NormalizeInput& input, std::string_vi
   return head;
 }
 
+// What the rest needs to know of the text: from the caller, or from one pass over the bytes.
+text::TextSummary summary_of(const NormalizeInput& input, std::string_view raw) {
+  if (!input.known) return text::summarize_text(raw);
+  text::TextSummary sum;
+  sum.longest_line = input.known->long_line ? kMaxLineOctets + 1 : 0;  // a bound, not a length
+  sum.high_bytes = input.known->high ? 1 : 0;
+  sum.nul = input.known->nul;
+  return sum;
+}
+
 }  // namespace
 
 Result<NormalizedMessage> normalize_message(const NormalizeInput& input) {
@@ -223,8 +233,7 @@ Result<NormalizedMessage> normalize_message(const NormalizeInput& input) {
 }
 
 Result<NormalizedMessage> normalize_message(const NormalizeInput& input, std::string&& raw) {
-  // One pass over the bytes tells what the rest needs.
-  const text::TextSummary sum = text::summarize_text(raw);
+  const text::TextSummary sum = summary_of(input, raw);
   if (sum.nul) return make_error("NUL byte in message");
   std::string text = crlf_text(std::move(raw), sum);
   const HeaderBlock block = split_header_block(text);

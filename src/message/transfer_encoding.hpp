@@ -5,11 +5,10 @@
 #include <string>
 #include <string_view>
 
+#include "mailcar/message.hpp"
 #include "mailcar/scan.hpp"
 
 namespace mailcar {
-
-constexpr size_t kMaxLineOctets = 998;  // RFC 5322 2.1.1, line end not counted
 
 enum class TextEncoding { SevenBit, QuotedPrintable, Base64 };
 

@@ -466,11 +466,14 @@ class Connection : public std::enable_shared_from_this<Connection> {
                                       smtp::Submission& submission, const std::string& trace_id,
                                       int64_t now_unix) const {
     // WITH protocol types: RFC 3848 (ESMTPS, ESMTPA, ESMTPSA), RFC 6531 3.7.3 (UTF8SMTP...).
-    std::string protocol = !session_->esmtp()          ? "SMTP"
-                           : submission.utf8_requested ? "UTF8SMTP"
-                                                       : "ESMTP";
-    if (session_->esmtp() && session_->tls_active()) protocol += "S";
-    if (session_->esmtp() && session_->authenticated()) protocol += "A";
+    std::string_view protocol = "SMTP";
+    if (session_->esmtp()) {
+      static constexpr std::string_view kEsmtp[2][2][2] = {
+          {{"ESMTP", "ESMTPA"}, {"ESMTPS", "ESMTPSA"}},
+          {{"UTF8SMTP", "UTF8SMTPA"}, {"UTF8SMTPS", "UTF8SMTPSA"}}};
+      protocol =
+          kEsmtp[submission.utf8_requested][session_->tls_active()][session_->authenticated()];
+    }
     NormalizeInput input;
     const ServiceConfig* service = rt.config->find_service(service_name);
     if (service != nullptr && !service->from_email.empty()) {
@@ -480,6 +483,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
                                                  rt.hostname, protocol, trace_id, now_unix);
     input.hostname = rt.hostname;
     input.now_unix = now_unix;
+    input.known = submission.known_text;
     return normalize_message(input, std::move(submission.data));
   }
 
@@ -555,8 +559,14 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // Submits; an accepted message (250) is kept under `claim`, anything else releases it.
   void submit_now(std::shared_ptr<Runtime> rt, Submission submission, uint64_t now,
                   IdempotencyClaim claim) {
-    auto held = std::make_shared<IdempotencyClaim>(std::move(claim));
     std::weak_ptr<Connection> weak = weak_from_this();
+    if (!claim) {  // no Idempotency-Key: nothing to keep, the reply goes out at once
+      submit(std::move(rt), std::move(submission), now, [weak](SubmissionResult result) {
+        if (auto self = weak.lock()) self->finish_delivery(smtp::reply_for_submission(result));
+      });
+      return;
+    }
+    auto held = std::make_shared<IdempotencyClaim>(std::move(claim));
     submit(std::move(rt), std::move(submission), now, [weak, held, now](SubmissionResult result) {
       smtp::FinalReply reply = smtp::reply_for_submission(result);
       auto finish = [weak, reply] {

@@ -361,13 +361,14 @@ void SmtpServerSession::consume_data(SessionOutput& out) {
 // max_data_line, the next one not starting with '.') as it is, stored in one piece, then the
 // rest of the line up to its CR or LF through append_data. Returns where that CR or LF is.
 const char* SmtpServerSession::consume_data_run(const char* p, const char* end) {
+  // Lines over 998 octets go the slow way (append_data), which notes them for normalization.
+  const size_t bulk_line = std::min(options_.max_data_line, kMaxLineOctets);
   const char* run = p;
-  p = text::plain_crlf_lines(p, end, data_line_length_, options_.max_data_line);
+  p = text::plain_crlf_lines(p, end, data_line_length_, bulk_line);
   for (;;) {
     const char* q = text::find_line_end(p, end);
     size_t length = (p == run ? data_line_length_ : 0) + static_cast<size_t>(q - p);
-    bool plain = end - q >= 3 && q[0] == '\r' && q[1] == '\n' && q[2] != '.' &&
-                 length <= options_.max_data_line;
+    bool plain = end - q >= 3 && q[0] == '\r' && q[1] == '\n' && q[2] != '.' && length <= bulk_line;
     if (!plain) {
       if (p > run) {  // whole lines, each ended by CRLF
         store_data(std::string_view(run, static_cast<size_t>(p - run)));
@@ -383,6 +384,7 @@ const char* SmtpServerSession::consume_data_run(const char* p, const char* end) 
 
 void SmtpServerSession::append_data(std::string_view bytes) {
   data_line_length_ += bytes.size();
+  if (data_line_length_ > kMaxLineOctets) data_seen_.long_line = true;
   if (data_line_length_ > options_.max_data_line && !data_line_too_long_) {
     data_line_too_long_ = true;
     state_ = SessionState::DataDraining;
@@ -404,7 +406,12 @@ void SmtpServerSession::store_data(std::string_view bytes) {
     drop_data();
     return;
   }
-  if (!message_.eight_bit && text::has_high_byte(bytes)) message_.eight_bit = true;
+  if (!data_seen_.high || !data_seen_.nul) {
+    text::ByteFlags flags = text::byte_flags(bytes);
+    data_seen_.high = data_seen_.high || flags.high;
+    data_seen_.nul = data_seen_.nul || flags.nul;
+  }
+  if (data_seen_.high) message_.eight_bit = true;
   (blocks_.empty() ? message_.data : blocks_.back()).append(bytes);
   data_bytes_ += bytes.size();
 }
@@ -520,6 +527,7 @@ void SmtpServerSession::finish_data(SessionOutput& out) {
   }
   state_ = SessionState::AwaitingDelivery;
   out.event = SessionEvent::Deliver;
+  message_.known_text = data_seen_;
   out.submission = std::move(message_);
   reset_transaction();
 }
@@ -741,6 +749,7 @@ void SmtpServerSession::cmd_data(std::string_view arg, SessionOutput& out) {
   data_line_length_ = 0;
   data_too_big_ = false;
   data_line_too_long_ = false;
+  data_seen_ = KnownText{};
   data_no_budget_ = false;
   data_no_memory_ = false;
   data_bytes_ = 0;
@@ -939,9 +948,10 @@ void SmtpServerSession::reset_transaction() {
   drop_data();
 }
 
-std::string SmtpServerSession::current_role() const {
+const std::string& SmtpServerSession::current_role() const {
+  static const std::string kNone;
   if (authenticated()) return role_;
-  return options_.anonymous_role.value_or(std::string());
+  return options_.anonymous_role ? *options_.anonymous_role : kNone;
 }
 
 }  // namespace mailcar::smtp

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "mailcar/dsn.hpp"
+#include "mailcar/normalize.hpp"
 #include "mailcar/policy.hpp"
 
 namespace mailcar::smtp {
@@ -37,13 +38,13 @@ struct SessionOptions {
   // the parameters are honoured. Without it they get 555 like any unknown parameter.
   bool dsn = false;
   std::optional<std::string> anonymous_role;
-  std::string service;            // the service SMTP mail is relayed through (for policy checks)
+  std::string service;  // the service SMTP mail is relayed through (for policy checks)
   // Routing (issue 9): the service for (role, envelope sender); empty: always `service`.
   std::function<std::string(std::string_view role, std::string_view from)> route;
-  size_t max_recipients = 1000;   // hard cap, whatever the role says
-  size_t max_command_line = 512;  // RFC 5321 4.5.3.1.4, including CRLF
-  size_t max_auth_line = 12'288;  // RFC 4954 4
-  size_t max_data_line = 65'536;  // generous; RFC 5322 says 998
+  size_t max_recipients = 1000;        // hard cap, whatever the role says
+  size_t max_command_line = 512;       // RFC 5321 4.5.3.1.4, including CRLF
+  size_t max_auth_line = 12'288;       // RFC 4954 4
+  size_t max_data_line = 65'536;       // generous; RFC 5322 says 998
   size_t max_pending_input = 262'144;  // pipelined bytes held while a delivery is pending
   unsigned max_errors = 10;
   // Commands that do not move a message forward (NOOP, RSET, VRFY, HELP, EHLO/HELO, a repeated
@@ -96,6 +97,8 @@ struct Submission {
   bool smtputf8 = false;        // an envelope address is non-ASCII
   bool utf8_requested = false;  // MAIL FROM carried SMTPUTF8 (Received: with UTF8SMTP...)
   bool eight_bit = false;       // BODY=8BITMIME or 8-bit bytes in the data
+  // DATA (not BDAT): what the reader saw of every byte, so normalization need not look again.
+  std::optional<KnownText> known_text;
   // RET, ENVID and per recipient NOTIFY, ORCPT; dsn.recipients is parallel to `recipients`
   // (always filled, defaults where nothing was given). Empty unless options.dsn.
   DsnRequest dsn;
@@ -205,7 +208,7 @@ class SmtpServerSession {
   bool address_ok(std::string_view address) const;
   std::optional<PolicyDecision> check_policy(const std::string& from, uint64_t recipients) const;
   void reset_transaction();
-  std::string current_role() const;
+  const std::string& current_role() const;
 
   SessionOptions options_;
   const CredentialStore* credentials_;
@@ -236,6 +239,7 @@ class SmtpServerSession {
   size_t data_line_length_ = 0;
   bool data_too_big_ = false;
   bool data_line_too_long_ = false;
+  KnownText data_seen_;  // DATA: NUL, 8-bit bytes, a line over 998 octets so far
   // No memory for the message: 451 4.3.1 (budget spent) / 4.3.0 (allocation failed) at its end.
   bool data_no_budget_ = false;
   bool data_no_memory_ = false;

@@ -104,6 +104,9 @@ TEST(Scan, FindLineEndHighByteAndQpPrefixMatchReference) {
         if (literal == v.size() && (c < 32 || c > 126 || c == '=')) literal = i;
       }
       EXPECT_EQ(has_high_byte(v), high);
+      ByteFlags flags = byte_flags(v);
+      EXPECT_EQ(flags.high, high);
+      EXPECT_EQ(flags.nul, v.find('\0') != std::string_view::npos);
       size_t dot = v.find("\n.");
       EXPECT_EQ(find_dot_after_lf(v.data(), v.data() + v.size()),
                 dot == std::string_view::npos ? v.data() + v.size() : v.data() + dot + 1);

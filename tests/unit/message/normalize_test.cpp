@@ -20,8 +20,8 @@ const std::string kReceived =
     format_rfc5322_date(kNow) + "\r\n";
 
 NormalizeInput input(std::string_view raw) {
-  return NormalizeInput{raw, Mailbox{"default@example.com", "Default"}, kReceived, "mc.example",
-                        kNow};
+  return NormalizeInput{
+      raw, Mailbox{"default@example.com", "Default"}, kReceived, "mc.example", kNow, std::nullopt};
 }
 
 NormalizedMessage normalize_ok(const NormalizeInput& in) {
@@ -219,6 +219,39 @@ TEST(Normalize, InPlaceGivesTheSameMessageWithoutACopy) {
     if (crlf_already && !raw.empty()) {
       EXPECT_EQ(in_place->data.data(), buffer) << "copied: " << raw;
     }
+  }
+}
+
+// A caller that says what it knows of the text (KnownText, all true) gets the message it
+// would get without saying it.
+TEST(Normalize, KnownTextGivesTheSameMessage) {
+  const std::string big(1200, 'w');
+  for (std::string raw :
+       {std::string("From: a@example.com\r\nBcc: x@example.com\r\nSubject: s\r\n\r\nbody\r\n"),
+        std::string("From: a@example.com\r\nSubject: caf\xc3\xa9\r\n\r\n8 bit \xff\r\n"),
+        std::string("From: a@example.com\r\nSubject: s\r\n\r\n") + big + "\r\nshort\r\n",
+        std::string("From: a@example.com\r\nX-Long: ") + big + "\r\n\r\nbody\r\n",
+        std::string("From: a@example.com\r\n\r\nnul \0 byte\r\n", 35),
+        std::string("no header at all\r\n"), std::string()}) {
+    const text::TextSummary sum = text::summarize_text(raw);
+    ASSERT_FALSE(sum.bare_line_end);
+    NormalizeInput plain = input(raw);
+    NormalizeInput told = input(raw);
+    told.known = KnownText{sum.nul, sum.high_bytes > 0, sum.longest_line > kMaxLineOctets};
+    auto a = normalize_message(plain);
+    auto b = normalize_message(told);
+    ASSERT_EQ(a.ok(), b.ok()) << raw;
+    if (!a.ok()) {
+      EXPECT_EQ(a.error().message, b.error().message);
+      continue;
+    }
+    std::string expected = a->data;  // the same but for a generated Message-ID (random)
+    if (size_t at = expected.find(a->message_id); at != std::string::npos) {
+      expected.replace(at, a->message_id.size(), b->message_id);
+    }
+    EXPECT_EQ(expected, b->data) << raw;
+    EXPECT_EQ(a->eight_bit, b->eight_bit) << raw;
+    EXPECT_EQ(a->from, b->from);
   }
 }
 

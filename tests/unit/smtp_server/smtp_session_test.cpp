@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "mailcar/scan.hpp"
 #include "mailcar/text.hpp"
 
 namespace mailcar::smtp {
@@ -251,6 +252,47 @@ TEST_F(SessionTest, DataReaderMatchesReferenceAtEverySplit) {
       ASSERT_EQ(last.event, SessionEvent::Deliver) << round << " " << cut;
       ASSERT_EQ(last.submission->data, want) << round << " " << cut;
       EXPECT_EQ(last.submission->eight_bit, want.find('\xc3') != std::string::npos);
+    }
+  }
+}
+
+// What the reader says it saw (so normalization need not read the message again) is what a
+// full scan of the data finds: NUL, 8-bit bytes, a line over 998 octets, CRLF line ends only.
+TEST_F(SessionTest, DataReaderTellsWhatItSawAtEverySplit) {
+  std::mt19937 rng(11);
+  options.max_message_bytes = 20000;
+  const std::string lines[] = {"a",
+                               ".b",
+                               std::string(998, 'x'),
+                               std::string(999, 'y'),
+                               std::string("n\0l", 3),
+                               "caf\xc3\xa9",
+                               std::string(2000, 'z')};
+  const char* ends[] = {"\r\n", "\r\n", "\n", "\r"};
+  for (int round = 0; round < 40; ++round) {
+    std::string payload;
+    std::uniform_int_distribution<int> line_pick(0, 6), end_pick(0, 3);
+    for (int n = round % 6; n > 0; --n) {
+      payload += lines[line_pick(rng)];
+      payload += ends[end_pick(rng)];
+    }
+    payload += "\r\n.\r\n";
+    auto [want, used] = reference_data(payload);
+    if (used != payload.size()) continue;
+    const text::TextSummary sum = text::summarize_text(want);
+    for (size_t cut = 0; cut <= payload.size(); cut += 1 + cut % 13) {
+      open();
+      begin_data();
+      say(payload.substr(0, cut));
+      if (cut < payload.size()) say(payload.substr(cut));
+      ASSERT_EQ(last.event, SessionEvent::Deliver) << round << " " << cut;
+      ASSERT_EQ(last.submission->data, want);
+      ASSERT_TRUE(last.submission->known_text.has_value());
+      const KnownText& seen = *last.submission->known_text;
+      EXPECT_FALSE(sum.bare_line_end);
+      EXPECT_EQ(seen.nul, sum.nul) << round << " " << cut;
+      EXPECT_EQ(seen.high, sum.high_bytes > 0) << round << " " << cut;
+      EXPECT_EQ(seen.long_line, sum.longest_line > kMaxLineOctets) << round << " " << cut;
     }
   }
 }
