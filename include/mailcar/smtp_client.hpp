@@ -114,6 +114,8 @@ class SmtpClientSession {
 
   // Server bytes (plaintext; after TLS the decrypted stream).
   SmtpClientOutput feed(std::string_view bytes);
+  // The same, appending to `out` (an owner may reuse one output's buffers: clear it between).
+  void feed(std::string_view bytes, SmtpClientOutput& out);
   // The TLS upgrade requested by NeedTlsHandshake succeeded.
   SmtpClientOutput tls_established();
   // OAuth2, in state AuthToken: the token to AUTH with. `fresh`: just fetched from the
@@ -189,7 +191,7 @@ class SmtpClientSession {
   void start_oauth2(SmtpClientOutput& out);
   void oauth2_reply(Command command, const SmtpReply& reply, SmtpClientOutput& out);
   void enter_ready(SmtpClientOutput& out);
-  void finish_message(DeliveryResult result, SmtpClientOutput& out);
+  void finish_message(DeliveryResult&& result, SmtpClientOutput& out);
   void after_message(SmtpClientOutput& out);
   void fail(DeliveryResult result, SmtpClientOutput& out);
   size_t parse_input(std::string_view input, SmtpClientOutput& out);

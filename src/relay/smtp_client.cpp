@@ -1,6 +1,7 @@
 #include "mailcar/smtp_client.hpp"
 
 #include <algorithm>
+#include <array>
 #include <charconv>
 #include <utility>
 
@@ -40,19 +41,35 @@ DeliveryResult protocol_error(std::string_view detail) {
 
 // Envelope addresses go into command lines verbatim: refuse anything that could end or
 // restructure the line (command injection), even though ingresses validated them already.
+constexpr std::array<bool, 256> kUnsafeInCommand = [] {
+  std::array<bool, 256> unsafe{};
+  for (unsigned c = 0; c < 0x20; ++c) unsafe[c] = true;
+  unsafe[0x7f] = true;
+  unsafe['<'] = true;
+  unsafe['>'] = true;
+  return unsafe;
+}();
+
 bool safe_for_command(std::string_view address) {
   for (char c : address) {
-    const auto u = static_cast<unsigned char>(c);
-    if (u < 0x20 || u == 0x7f || c == '<' || c == '>') return false;
+    if (kUnsafeInCommand[static_cast<unsigned char>(c)]) return false;
   }
   return true;
 }
 
 // Most outputs carry one event or the pair MessageDone + Ready: room for two at once.
-void emit(SmtpClientOutput& out, SmtpClientEvent::Kind kind, DeliveryResult result = {},
-          bool before_data = false) {
+SmtpClientEvent& emit(SmtpClientOutput& out, SmtpClientEvent::Kind kind) {
   if (out.events.capacity() == 0) out.events.reserve(2);
-  out.events.push_back(SmtpClientEvent{kind, std::move(result), before_data});
+  SmtpClientEvent& event = out.events.emplace_back();
+  event.kind = kind;
+  return event;
+}
+
+void emit(SmtpClientOutput& out, SmtpClientEvent::Kind kind, DeliveryResult&& result,
+          bool before_data) {
+  SmtpClientEvent& event = emit(out, kind);
+  event.result = std::move(result);
+  event.before_data = before_data;
 }
 
 void append_decimal(std::string& out, uint64_t n) {
@@ -128,7 +145,12 @@ SmtpClientSession::SmtpClientSession(SmtpClientOptions options) : options_(std::
 
 SmtpClientOutput SmtpClientSession::feed(std::string_view bytes) {
   SmtpClientOutput out;
-  if (terminal() || state_ == State::TlsHandshake) return out;  // never read pre-TLS leftovers
+  feed(bytes, out);
+  return out;
+}
+
+void SmtpClientSession::feed(std::string_view bytes, SmtpClientOutput& out) {
+  if (terminal() || state_ == State::TlsHandshake) return;  // never read pre-TLS leftovers
   if (input_.empty()) {
     // The usual case, whole lines: parse them where they are and keep only an unfinished tail.
     const size_t consumed = parse_input(bytes, out);
@@ -142,7 +164,6 @@ SmtpClientOutput SmtpClientSession::feed(std::string_view bytes) {
     input_.clear();
     discard_input_ = false;
   }
-  return out;
 }
 
 // Splits `input` into lines and lines into replies; returns how many bytes it used up.
@@ -668,7 +689,7 @@ void SmtpClientSession::handle_unsolicited(const SmtpReply& reply, SmtpClientOut
   fail(protocol_error("reply without a command (" + std::to_string(reply.code) + ")"), out);
 }
 
-void SmtpClientSession::finish_message(DeliveryResult result, SmtpClientOutput& out) {
+void SmtpClientSession::finish_message(DeliveryResult&& result, SmtpClientOutput& out) {
   bool before_data = state_ != State::Body && state_ != State::EndOfData;
   result.accepted = std::move(accepted_);
   result.rejected = std::move(rejected_);

@@ -71,6 +71,9 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
     uint64_t replies_seen = 0;    // session->replies_received() when the reply wait began
     net::Timer timer;             // fires at timer_due (0: stopped), never later than a deadline
     uint64_t timer_due = 0;
+    // What the session made of the bytes just read; kept between reads so that its buffers
+    // are reused. on_data never fires from inside a call, so one output per connection does.
+    SmtpClientOutput read_output;
   };
   using ConnectionPtr = std::shared_ptr<Connection>;
   using WeakConnection = std::weak_ptr<Connection>;
@@ -132,7 +135,10 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
   }
 
   void schedule_pump() {
-    if (pump_scheduled) return;
+    // With nothing queued and no stop under way pump() has nothing to do (deliver() and
+    // shutdown() change that first, then call this), so a connection turning idle after its
+    // message costs no loop turn.
+    if (pump_scheduled || (queue.empty() && !shutting_down)) return;
     pump_scheduled = true;
     defer(nullptr);  // pump()
   }
@@ -347,7 +353,11 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
     conn->session = std::make_unique<SmtpClientSession>(session_options());
     conn->stream->on_data(
         guarded(conn, [](Impl* self, const ConnectionPtr& c, std::string_view bytes) {
-          self->handle_output(c, c->session->feed(bytes));
+          SmtpClientOutput& out = c->read_output;
+          out.write.clear();
+          out.events.clear();
+          c->session->feed(bytes, out);
+          self->handle_output(c, out);
         }));
     rearm(conn);
   }
@@ -387,7 +397,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
       due = conn->job->deadline_ms;
     }
     if (due == 0) {
-      conn->timer.stop();
+      if (conn->timer_due != 0) conn->timer.stop();  // timer_due is 0 whenever it is stopped
       conn->timer_due = 0;
       return;
     }
@@ -492,7 +502,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
   void schedule_queue_timer() {
     const uint64_t due = queue.empty() ? 0 : queue.front()->deadline_ms;
     if (due == 0) {
-      queue_timer.stop();
+      if (queue_timer_due != 0) queue_timer.stop();  // queue_timer_due is 0 whenever it is stopped
       queue_timer_due = 0;
       return;
     }
@@ -548,7 +558,11 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
 
   // ---- session output ----
 
-  void handle_output(const ConnectionPtr& conn, SmtpClientOutput out) {
+  void handle_output(const ConnectionPtr& conn, SmtpClientOutput&& out) {
+    handle_output(conn, out);
+  }
+
+  void handle_output(const ConnectionPtr& conn, SmtpClientOutput& out) {
     if (conn->probe && conn->session && !conn->session->terminal()) {
       conn->probe->last_state = conn->session->state();
     }
