@@ -569,6 +569,34 @@ TEST(SmtpClientSession, DotStuffingMatchesReferenceAtEveryChunkSize) {
   }
 }
 
+// The same on longer random bodies of every dot density: no dot, rare dots (the memchr hops),
+// dots closer than the switch to the block scan, dots after LF at block edges.
+TEST(SmtpClientSession, DotStuffingMatchesReferenceAtEveryDotDensity) {
+  std::mt19937 rng(12);
+  for (int round = 0; round < 60; ++round) {
+    const int dot_per_mille = std::vector<int>{0, 2, 10, 30, 100, 400}[round % 6];
+    const int lf_per_mille = std::vector<int>{5, 15, 60, 300}[round % 4];
+    std::uniform_int_distribution<int> roll(0, 999);
+    std::string data;
+    const size_t size = 1 + static_cast<size_t>(roll(rng)) * 5;
+    while (data.size() < size) {
+      const int r = roll(rng);
+      if (r < dot_per_mille) {
+        data += '.';
+      } else if (r < dot_per_mille + lf_per_mille) {
+        data += "\r\n";  // message data is CRLF-normalized before it reaches the relay
+      } else {
+        data += static_cast<char>('a' + r % 26);
+      }
+    }
+    const std::string want = dot_stuff(data);
+    for (size_t chunk :
+         {size_t{1}, size_t{5}, size_t{63}, size_t{64}, size_t{65}, size_t{700}, size_t{1} << 20}) {
+      ASSERT_EQ(body_for(data, chunk), want) << round << " chunk " << chunk;
+    }
+  }
+}
+
 TEST(SmtpClientSession, BodyIsPulledInBoundedChunks) {
   SmtpClientSession s(plain_options());
   make_ready(s, {});
