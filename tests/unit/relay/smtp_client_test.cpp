@@ -578,7 +578,7 @@ TEST(SmtpClientSession, DotStuffingMatchesReferenceAtEveryDotDensity) {
     const int lf_per_mille = std::vector<int>{5, 15, 60, 300}[round % 4];
     std::uniform_int_distribution<int> roll(0, 999);
     std::string data;
-    const size_t size = 1 + static_cast<size_t>(roll(rng)) * 5;
+    const size_t size = 1 + static_cast<size_t>(roll(rng)) * 10;
     while (data.size() < size) {
       const int r = roll(rng);
       if (r < dot_per_mille) {
@@ -594,6 +594,16 @@ TEST(SmtpClientSession, DotStuffingMatchesReferenceAtEveryDotDensity) {
          {size_t{1}, size_t{5}, size_t{63}, size_t{64}, size_t{65}, size_t{700}, size_t{1} << 20}) {
       ASSERT_EQ(body_for(data, chunk), want) << round << " chunk " << chunk;
     }
+  }
+}
+
+// A dot line just before, at and after the end of the block-scanned window that dense dots
+// start (4096 bytes on from the fourth dot), and again further on.
+TEST(SmtpClientSession, DotStuffingAroundTheScanWindow) {
+  for (size_t pad = 4060; pad < 4140; ++pad) {
+    std::string data = "a.b.c.d.e.f";
+    data += std::string(pad, 'x') + "\r\n.one\r\n" + std::string(pad, 'y') + "\r\n.two\r\n";
+    ASSERT_EQ(body_for(data, size_t{1} << 20), dot_stuff(data)) << pad;
   }
 }
 
