@@ -585,6 +585,9 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
                                          {"tls", conn->stream->tls_active()},
                                          {"auth", !service.username.empty()},
                                          {"connection", conn->id}});
+            // STARTTLS is behind us, and the session parses whole chunks (several pipelined
+            // replies at once): no need for one callback per line any more.
+            conn->stream->set_line_delivery(false);
           }
           if (conn->phase != Phase::Closing) conn->phase = Phase::Idle;
           schedule_pump();
