@@ -209,14 +209,16 @@ size_t SmtpClientSession::parse_input(std::string_view input, SmtpClientOutput& 
     // The line strings of earlier replies are reused: no allocation per reply.
     const std::string_view text = line.size() > 4 ? line.substr(4) : std::string_view();
     if (partial_lines_ < partial_.lines.size()) {
-      partial_.lines[partial_lines_].assign(text.data(), text.size());
+      std::string& kept = partial_.lines[partial_lines_];
+      kept.clear();
+      kept.append(text.data(), text.size());
     } else {
       partial_.lines.emplace_back(text);
     }
     ++partial_lines_;
     have_partial_ = true;
     if (line.size() > 3 && line[3] == '-') continue;
-    partial_.lines.resize(partial_lines_);  // only ever shrinks
+    if (partial_.lines.size() != partial_lines_) partial_.lines.resize(partial_lines_);  // shrinks
     partial_lines_ = 0;
     partial_bytes_ = 0;
     have_partial_ = false;
