@@ -190,8 +190,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
     }
     connections.clear();
     queue.clear();
-    deferred.clear();
-    running.clear();
+    deferred.clear();  // not `running`: run_deferred() may be iterating it (and stops now)
     defer_timer.stop();
     queue_timer.stop();
   }
