@@ -391,6 +391,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
   }
 
   void schedule_timer(const ConnectionPtr& conn) {
+    if (conn->dead) return;  // close_connection() and destroy() stopped its timer for good
     uint64_t due = conn->wait == Wait::None ? 0 : conn->wait_deadline;
     if (conn->job && conn->job->deadline_ms != 0 && (due == 0 || conn->job->deadline_ms < due)) {
       due = conn->job->deadline_ms;
