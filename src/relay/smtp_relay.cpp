@@ -145,7 +145,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
 
   // ---- entry points ----
 
-  void deliver(OutboundMessage message, DeliveryCallback done) {
+  void deliver(OutboundMessage&& message, DeliveryCallback&& done) {
     auto job = std::make_shared<Job>();
     job->message = std::move(message);
     job->done = std::move(done);
