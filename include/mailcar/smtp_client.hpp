@@ -114,6 +114,8 @@ class SmtpClientSession {
 
   // Server bytes (plaintext; after TLS the decrypted stream).
   SmtpClientOutput feed(std::string_view bytes);
+  // The same, appending to `out` (an owner may reuse one output's buffers: clear it between).
+  void feed(std::string_view bytes, SmtpClientOutput& out);
   // The TLS upgrade requested by NeedTlsHandshake succeeded.
   SmtpClientOutput tls_established();
   // OAuth2, in state AuthToken: the token to AUTH with. `fresh`: just fetched from the
@@ -135,6 +137,10 @@ class SmtpClientSession {
   // ".\r\n" included at the end). Returns false once everything was pulled.
   bool pull_body(std::string& out, size_t max_bytes);
   bool body_pending() const { return state_ == State::Body; }
+  // In state Body: bytes of the message not pulled yet (before dot-stuffing); 0 otherwise.
+  size_t body_bytes_left() const {
+    return state_ == State::Body && message_ != nullptr ? message_->data.size() - body_pos_ : 0;
+  }
 
   State state() const { return state_; }
   bool terminal() const { return state_ == State::Closed || state_ == State::Failed; }
@@ -169,7 +175,7 @@ class SmtpClientSession {
   };
   struct Queued {
     Command command;
-    std::string line;  // with CRLF
+    size_t rcpt;  // Rcpt: index into the message's envelope_rcpts
   };
 
   void handle_reply(const SmtpReply& reply, SmtpClientOutput& out);
@@ -177,16 +183,18 @@ class SmtpClientSession {
   void handle_unsolicited(const SmtpReply& reply, SmtpClientOutput& out);
   void send(Command command, std::string_view line, SmtpClientOutput& out);
   void send_next_unsent(SmtpClientOutput& out);
+  void clear_unsent();
+  void append_command(const Queued& q, std::string& out) const;
   void send_hello(Command command, SmtpClientOutput& out);
   void after_hello(SmtpClientOutput& out);
   void start_auth(SmtpClientOutput& out);
   void start_oauth2(SmtpClientOutput& out);
   void oauth2_reply(Command command, const SmtpReply& reply, SmtpClientOutput& out);
   void enter_ready(SmtpClientOutput& out);
-  void finish_message(DeliveryResult result, SmtpClientOutput& out);
+  void finish_message(DeliveryResult&& result, SmtpClientOutput& out);
   void after_message(SmtpClientOutput& out);
   void fail(DeliveryResult result, SmtpClientOutput& out);
-  bool parse_input(SmtpClientOutput& out);
+  size_t parse_input(std::string_view input, SmtpClientOutput& out);
 
   SmtpClientOptions options_;
   State state_ = State::Greeting;
@@ -201,14 +209,17 @@ class SmtpClientSession {
 
   // Reply parsing.
   std::string input_;
-  SmtpReply partial_;
+  SmtpReply partial_;         // its `lines` keep their strings for the next reply
+  size_t partial_lines_ = 0;  // lines of partial_ in use
   size_t partial_bytes_ = 0;
   bool have_partial_ = false;
   bool discard_input_ = false;  // bytes after the 220 to STARTTLS are never interpreted
   uint64_t replies_received_ = 0;
 
   std::deque<Command> pending_;  // commands sent, replies not yet read, in order
-  std::deque<Queued> unsent_;    // transaction commands held back without PIPELINING
+  // Transaction commands not sent yet (all but the first held back without PIPELINING).
+  std::vector<Queued> unsent_;
+  size_t unsent_next_ = 0;
 
   // The transaction.
   const OutboundMessage* message_ = nullptr;

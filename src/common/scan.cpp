@@ -198,10 +198,16 @@ const char* find_dot_after_lf(const char* p, const char* end) {
   uint64_t carry_lf = 0;  // the previous block ended in LF
   for (; end - p >= 64; p += 64) {
     uint64_t lf = mask_64(p, '\n');
-    if (lf == 0 && carry_lf == 0) continue;
-    uint64_t hit = mask_64(p, '.') & ((lf << 1) | carry_lf);
-    if (hit) return p + std::countr_zero(hit);
+    const uint64_t line_starts = (lf << 1) | carry_lf;
     carry_lf = lf >> 63;
+    if (line_starts == 0) continue;
+    if ((line_starts & (line_starts - 1)) == 0) {  // one line starts here (long lines): look
+      const int at = std::countr_zero(line_starts);
+      if (p[at] == '.') return p + at;
+      continue;
+    }
+    uint64_t hit = mask_64(p, '.') & line_starts;
+    if (hit) return p + std::countr_zero(hit);
   }
 #endif
   for (; p < end; ++p) {

@@ -1,7 +1,9 @@
 #include "mailcar/smtp_client.hpp"
 
 #include <algorithm>
+#include <array>
 #include <charconv>
+#include <cstring>
 #include <utility>
 
 #include "mailcar/scan.hpp"
@@ -40,12 +42,41 @@ DeliveryResult protocol_error(std::string_view detail) {
 
 // Envelope addresses go into command lines verbatim: refuse anything that could end or
 // restructure the line (command injection), even though ingresses validated them already.
+constexpr std::array<bool, 256> kUnsafeInCommand = [] {
+  std::array<bool, 256> unsafe{};
+  for (unsigned c = 0; c < 0x20; ++c) unsafe[c] = true;
+  unsafe[0x7f] = true;
+  unsafe['<'] = true;
+  unsafe['>'] = true;
+  return unsafe;
+}();
+
 bool safe_for_command(std::string_view address) {
   for (char c : address) {
-    const auto u = static_cast<unsigned char>(c);
-    if (u < 0x20 || u == 0x7f || c == '<' || c == '>') return false;
+    if (kUnsafeInCommand[static_cast<unsigned char>(c)]) return false;
   }
   return true;
+}
+
+// Most outputs carry one event or the pair MessageDone + Ready: room for two at once.
+SmtpClientEvent& emit(SmtpClientOutput& out, SmtpClientEvent::Kind kind) {
+  if (out.events.capacity() == 0) out.events.reserve(2);
+  SmtpClientEvent& event = out.events.emplace_back();
+  event.kind = kind;
+  return event;
+}
+
+void emit(SmtpClientOutput& out, SmtpClientEvent::Kind kind, DeliveryResult&& result,
+          bool before_data) {
+  SmtpClientEvent& event = emit(out, kind);
+  event.result = std::move(result);
+  event.before_data = before_data;
+}
+
+void append_decimal(std::string& out, uint64_t n) {
+  char digits[24];
+  auto [end, ec] = std::to_chars(digits, digits + sizeof digits, n);
+  out.append(digits, static_cast<size_t>(end - digits));
 }
 
 // EHLO refusals after which HELO is worth a try (RFC 5321 §3.2).
@@ -115,69 +146,86 @@ SmtpClientSession::SmtpClientSession(SmtpClientOptions options) : options_(std::
 
 SmtpClientOutput SmtpClientSession::feed(std::string_view bytes) {
   SmtpClientOutput out;
-  if (terminal() || state_ == State::TlsHandshake) return out;  // never read pre-TLS leftovers
-  input_.append(bytes.data(), bytes.size());
-  parse_input(out);
+  feed(bytes, out);
   return out;
 }
 
-// Splits input into lines and lines into replies; returns false after a failure.
-bool SmtpClientSession::parse_input(SmtpClientOutput& out) {
+void SmtpClientSession::feed(std::string_view bytes, SmtpClientOutput& out) {
+  if (terminal() || state_ == State::TlsHandshake) return;  // never read pre-TLS leftovers
+  if (input_.empty()) {
+    // The usual case, whole lines: parse them where they are and keep only an unfinished tail.
+    const size_t consumed = parse_input(bytes, out);
+    if (!discard_input_ && !terminal()) input_.assign(bytes.substr(consumed));
+  } else {
+    input_.append(bytes.data(), bytes.size());
+    const size_t consumed = parse_input(input_, out);  // handle_reply() never touches input_
+    if (!discard_input_ && !terminal()) input_.erase(0, consumed);
+  }
+  if (discard_input_ || terminal()) {
+    input_.clear();
+    discard_input_ = false;
+  }
+}
+
+// Splits `input` into lines and lines into replies; returns how many bytes it used up.
+size_t SmtpClientSession::parse_input(std::string_view input, SmtpClientOutput& out) {
   size_t consumed = 0;
   while (!terminal() && !discard_input_) {
-    size_t nl = input_.find('\n', consumed);
-    if (nl == std::string::npos) {
-      if (input_.size() - consumed > options_.max_reply_line + 1) {
+    size_t nl = input.find('\n', consumed);
+    if (nl == std::string_view::npos) {
+      if (input.size() - consumed > options_.max_reply_line + 1) {
         fail(protocol_error("reply line too long"), out);
-        return false;
       }
       break;
     }
-    std::string_view line(input_.data() + consumed, nl - consumed);
+    std::string_view line(input.data() + consumed, nl - consumed);
     consumed = nl + 1;
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     if (line.size() > options_.max_reply_line) {
       fail(protocol_error("reply line too long"), out);
-      return false;
+      break;
     }
     bool digits = line.size() >= 3;
     for (size_t i = 0; digits && i < 3; ++i) digits = line[i] >= '0' && line[i] <= '9';
     if (!digits || (line.size() > 3 && line[3] != ' ' && line[3] != '-')) {
       fail(protocol_error("malformed reply line"), out);
-      return false;
+      break;
     }
     int code = (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0');
     if (code < 200 || code > 599) {
       fail(protocol_error("reply code " + std::to_string(code) + " out of range"), out);
-      return false;
+      break;
     }
     if (have_partial_ && code != partial_.code) {
       fail(protocol_error("reply code changed inside a multi-line reply"), out);
-      return false;
+      break;
     }
     partial_bytes_ += line.size();
     if (partial_bytes_ > options_.max_reply_bytes) {
       fail(protocol_error("reply too long"), out);
-      return false;
+      break;
     }
     partial_.code = code;
-    partial_.lines.emplace_back(line.size() > 4 ? line.substr(4) : std::string_view());
+    // The line strings of earlier replies are reused: no allocation per reply.
+    const std::string_view text = line.size() > 4 ? line.substr(4) : std::string_view();
+    if (partial_lines_ < partial_.lines.size()) {
+      std::string& kept = partial_.lines[partial_lines_];
+      kept.clear();
+      kept.append(text.data(), text.size());
+    } else {
+      partial_.lines.emplace_back(text);
+    }
+    ++partial_lines_;
     have_partial_ = true;
     if (line.size() > 3 && line[3] == '-') continue;
-    SmtpReply reply = std::move(partial_);
-    partial_ = SmtpReply();
+    if (partial_.lines.size() != partial_lines_) partial_.lines.resize(partial_lines_);  // shrinks
+    partial_lines_ = 0;
     partial_bytes_ = 0;
     have_partial_ = false;
     ++replies_received_;
-    handle_reply(reply, out);
+    handle_reply(partial_, out);
   }
-  if (discard_input_ || terminal()) {
-    input_.clear();
-    discard_input_ = false;
-  } else {
-    input_.erase(0, consumed);
-  }
-  return !terminal();
+  return consumed;
 }
 
 void SmtpClientSession::send(Command command, std::string_view line, SmtpClientOutput& out) {
@@ -186,10 +234,46 @@ void SmtpClientSession::send(Command command, std::string_view line, SmtpClientO
 }
 
 void SmtpClientSession::send_next_unsent(SmtpClientOutput& out) {
-  if (unsent_.empty()) return;
-  Queued next = std::move(unsent_.front());
-  unsent_.pop_front();
-  send(next.command, std::move(next.line), out);
+  if (unsent_next_ >= unsent_.size()) return;
+  const Queued next = unsent_[unsent_next_++];
+  append_command(next, out.write);
+  pending_.push_back(next.command);
+}
+
+void SmtpClientSession::clear_unsent() {
+  unsent_.clear();
+  unsent_next_ = 0;
+}
+
+// The line of a transaction command, written where it goes (no string per command).
+void SmtpClientSession::append_command(const Queued& q, std::string& out) const {
+  switch (q.command) {
+    case Command::Rset:
+      out += "RSET\r\n";
+      return;
+    case Command::Mail:
+      out += "MAIL FROM:<";
+      out += message_->envelope_from;
+      out += '>';
+      if (extensions_.size > 0) {
+        out += " SIZE=";
+        append_decimal(out, message_->data.size());
+      }
+      if (message_->eight_bit && extensions_.eight_bit_mime) out += " BODY=8BITMIME";
+      if (message_->smtputf8) out += " SMTPUTF8";
+      out += "\r\n";
+      return;
+    case Command::Rcpt:
+      out += "RCPT TO:<";
+      out += message_->envelope_rcpts[q.rcpt];
+      out += ">\r\n";
+      return;
+    case Command::Data:
+      out += "DATA\r\n";
+      return;
+    default:
+      return;  // not a transaction command
+  }
 }
 
 void SmtpClientSession::send_hello(Command command, SmtpClientOutput& out) {
@@ -235,7 +319,7 @@ void SmtpClientSession::handle_reply(const SmtpReply& reply, SmtpClientOutput& o
       if (reply.code == 220) {
         state_ = State::TlsHandshake;
         discard_input_ = true;
-        out.events.push_back({SmtpClientEvent::Kind::NeedTlsHandshake, {}, false});
+        emit(out, SmtpClientEvent::Kind::NeedTlsHandshake);
       } else {
         fail(reply_result(DeliveryStatus::TlsUnavailable, reply,
                           "STARTTLS refused by server: " + reply.text()),
@@ -267,7 +351,7 @@ void SmtpClientSession::handle_reply(const SmtpReply& reply, SmtpClientOutput& o
       return;
     case Command::Quit:
       state_ = State::Closed;
-      out.events.push_back({SmtpClientEvent::Kind::Closed, {}, false});
+      emit(out, SmtpClientEvent::Kind::Closed);
       return;
     case Command::Rset:
     case Command::Mail:
@@ -343,7 +427,7 @@ void SmtpClientSession::start_oauth2(SmtpClientOutput& out) {
     return;
   }
   state_ = State::AuthToken;
-  out.events.push_back({SmtpClientEvent::Kind::NeedToken, {}, false});
+  emit(out, SmtpClientEvent::Kind::NeedToken);
 }
 
 SmtpClientOutput SmtpClientSession::provide_token(std::string token, bool fresh) {
@@ -386,7 +470,7 @@ void SmtpClientSession::oauth2_reply(Command command, const SmtpReply& reply,
     // A cached token may have been revoked or expired early: renew it once, AUTH once more.
     auth_retried_ = true;
     state_ = State::AuthToken;
-    out.events.push_back({SmtpClientEvent::Kind::NeedToken, {}, false});
+    emit(out, SmtpClientEvent::Kind::NeedToken);
     return;
   }
   fail(reply_result(DeliveryStatus::AuthenticationFailed, reply, "Authentication failed"), out);
@@ -429,7 +513,7 @@ std::string oauthbearer_initial_response(std::string_view user, std::string_view
 
 void SmtpClientSession::enter_ready(SmtpClientOutput& out) {
   state_ = State::Ready;
-  out.events.push_back({SmtpClientEvent::Kind::Ready, {}, false});
+  emit(out, SmtpClientEvent::Kind::Ready);
 }
 
 SmtpClientOutput SmtpClientSession::tls_established() {
@@ -448,9 +532,9 @@ SmtpClientOutput SmtpClientSession::start_message(const OutboundMessage& message
   // Refused before anything was sent: the connection stays as it was, so a session that was
   // ready says so again (otherwise its owner would wait for it forever).
   auto refuse = [&](DeliveryResult result) {
-    out.events.push_back({SmtpClientEvent::Kind::MessageDone, std::move(result), true});
+    emit(out, SmtpClientEvent::Kind::MessageDone, std::move(result), true);
     if (state_ == State::Ready && message_ == nullptr) {
-      out.events.push_back({SmtpClientEvent::Kind::Ready, {}, false});
+      emit(out, SmtpClientEvent::Kind::Ready);
     }
     return out;
   };
@@ -492,25 +576,22 @@ SmtpClientOutput SmtpClientSession::start_message(const OutboundMessage& message
   body_pos_ = 0;
   body_at_line_start_ = true;
 
-  std::string mail = "MAIL FROM:<" + message.envelope_from + ">";
-  if (extensions_.size > 0) mail += " SIZE=" + std::to_string(message.data.size());
-  if (message.eight_bit && extensions_.eight_bit_mime) mail += " BODY=8BITMIME";
-  if (message.smtputf8) mail += " SMTPUTF8";
-  mail += "\r\n";
-
-  unsent_.clear();
-  if (need_rset_) unsent_.push_back({Command::Rset, "RSET\r\n"});
-  unsent_.push_back({Command::Mail, std::move(mail)});
-  for (const auto& rcpt : message.envelope_rcpts) {
-    unsent_.push_back({Command::Rcpt, "RCPT TO:<" + rcpt + ">\r\n"});
+  clear_unsent();
+  size_t line_bytes = 64 + message.envelope_from.size();
+  if (need_rset_) unsent_.push_back({Command::Rset, 0});
+  unsent_.push_back({Command::Mail, 0});
+  for (size_t i = 0; i < message.envelope_rcpts.size(); ++i) {
+    unsent_.push_back({Command::Rcpt, i});
+    line_bytes += 12 + message.envelope_rcpts[i].size();
   }
-  unsent_.push_back({Command::Data, "DATA\r\n"});
+  unsent_.push_back({Command::Data, 0});
   need_rset_ = true;  // whatever happens now, the next transaction starts clean
 
   state_ = unsent_.front().command == Command::Rset ? State::Rset : State::MailFrom;
   if (extensions_.pipelining) {
     // RFC 2920: the whole envelope and DATA in one batch; replies come back in order.
-    while (!unsent_.empty()) send_next_unsent(out);
+    out.write.reserve(line_bytes);
+    while (unsent_next_ < unsent_.size()) send_next_unsent(out);
   } else {
     send_next_unsent(out);
   }
@@ -524,7 +605,7 @@ void SmtpClientSession::handle_transaction_reply(Command command, const SmtpRepl
     if (command == Command::Data && reply.code == 354) {
       // The server wants a body we will not send: the only safe way out is to hang up.
       state_ = State::Failed;
-      out.events.push_back({SmtpClientEvent::Kind::Closed, {}, false});
+      emit(out, SmtpClientEvent::Kind::Closed);
       return;
     }
     if (pending_.empty()) enter_ready(out);
@@ -600,26 +681,26 @@ void SmtpClientSession::handle_unsolicited(const SmtpReply& reply, SmtpClientOut
     rejected_.clear();
     message_ = nullptr;
     state_ = State::Failed;
-    out.events.push_back({SmtpClientEvent::Kind::MessageDone, std::move(r), false});
+    emit(out, SmtpClientEvent::Kind::MessageDone, std::move(r), false);
     return;
   }
   if (state_ == State::Ready) {
     state_ = State::Closed;  // typically "421 idle timeout"
-    out.events.push_back({SmtpClientEvent::Kind::Closed, {}, false});
+    emit(out, SmtpClientEvent::Kind::Closed);
     return;
   }
   fail(protocol_error("reply without a command (" + std::to_string(reply.code) + ")"), out);
 }
 
-void SmtpClientSession::finish_message(DeliveryResult result, SmtpClientOutput& out) {
+void SmtpClientSession::finish_message(DeliveryResult&& result, SmtpClientOutput& out) {
   bool before_data = state_ != State::Body && state_ != State::EndOfData;
   result.accepted = std::move(accepted_);
   result.rejected = std::move(rejected_);
   accepted_.clear();
   rejected_.clear();
   message_ = nullptr;
-  unsent_.clear();
-  out.events.push_back({SmtpClientEvent::Kind::MessageDone, std::move(result), before_data});
+  clear_unsent();
+  emit(out, SmtpClientEvent::Kind::MessageDone, std::move(result), before_data);
   after_message(out);
 }
 
@@ -640,15 +721,15 @@ void SmtpClientSession::fail(DeliveryResult result, SmtpClientOutput& out) {
     accepted_.clear();
     rejected_.clear();
     message_ = nullptr;
-    out.events.push_back({SmtpClientEvent::Kind::MessageDone, std::move(result), before_data});
+    emit(out, SmtpClientEvent::Kind::MessageDone, std::move(result), before_data);
   } else if (state_ == State::Ready || state_ == State::Draining || state_ == State::Quit) {
-    out.events.push_back({SmtpClientEvent::Kind::Closed, {}, false});
+    emit(out, SmtpClientEvent::Kind::Closed);
   } else {
-    out.events.push_back({SmtpClientEvent::Kind::Failed, std::move(result), false});
+    emit(out, SmtpClientEvent::Kind::Failed, std::move(result), false);
   }
   state_ = State::Failed;
   pending_.clear();
-  unsent_.clear();
+  clear_unsent();
 }
 
 SmtpClientOutput SmtpClientSession::quit() {
@@ -668,7 +749,7 @@ SmtpClientOutput SmtpClientSession::connection_lost(DeliveryResult why) {
   if (terminal()) return out;
   if (state_ == State::Quit) {
     state_ = State::Closed;
-    out.events.push_back({SmtpClientEvent::Kind::Closed, {}, false});
+    emit(out, SmtpClientEvent::Kind::Closed);
     return out;
   }
   fail(std::move(why), out);
@@ -678,10 +759,31 @@ SmtpClientOutput SmtpClientSession::connection_lost(DeliveryResult why) {
 namespace {
 
 // Where in data[from, limit) the next line starting with '.' begins (at that '.'), or limit.
-// data[from] itself is not looked at.
+// data[from] itself is not looked at. memchr() finds the next dot at memory speed but costs a
+// call per dot, and most bodies have few (base64 none), so it hops from dot to dot. Where dots
+// come closer than every ~64 bytes on average (headers, prose) the block scan of
+// find_dot_after_lf(), which costs the same for any content, takes a window, then hops again.
 size_t stuffing_point(std::string_view data, size_t from, size_t limit) {
+  constexpr size_t kDenseGap = 64;
+  constexpr size_t kScanWindow = 4096;
   const char* base = data.data();
-  return static_cast<size_t>(text::find_dot_after_lf(base + from, base + limit) - base);
+  const char* end = base + limit;
+  const char* p = base + from + 1;  // every '.' before p that follows an LF has been looked at
+  const char* hops_from = p;
+  size_t hops = 0;
+  while (p < end) {
+    const auto* dot = static_cast<const char*>(std::memchr(p, '.', static_cast<size_t>(end - p)));
+    if (dot == nullptr) return limit;
+    if (dot[-1] == '\n') return static_cast<size_t>(dot - base);
+    p = dot + 1;
+    if (++hops < 4 || static_cast<size_t>(p - hops_from) >= hops * kDenseGap) continue;
+    const char* window_end = static_cast<size_t>(end - p) > kScanWindow ? p + kScanWindow : end;
+    const char* hit = text::find_dot_after_lf(dot, window_end);  // dot itself is not looked at
+    if (hit < window_end) return static_cast<size_t>(hit - base);
+    p = hops_from = window_end;
+    hops = 0;
+  }
+  return limit;
 }
 
 }  // namespace

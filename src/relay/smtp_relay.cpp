@@ -55,7 +55,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
   // What a connection waits for; each wait ends at its deadline.
   enum class Wait { None, Tls, Reply, Body, Idle };
 
-  struct Connection {
+  struct Connection : std::enable_shared_from_this<Connection> {
     explicit Connection(uv_loop_t* loop) : timer(loop) {}
     uint64_t id = 0;
     Phase phase = Phase::Connecting;
@@ -71,6 +71,9 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
     uint64_t replies_seen = 0;    // session->replies_received() when the reply wait began
     net::Timer timer;             // fires at timer_due (0: stopped), never later than a deadline
     uint64_t timer_due = 0;
+    // What the session made of the bytes just read; kept between reads so that its buffers
+    // are reused. on_data never fires from inside a call, so one output per connection does.
+    SmtpClientOutput read_output;
   };
   using ConnectionPtr = std::shared_ptr<Connection>;
   using WeakConnection = std::weak_ptr<Connection>;
@@ -99,7 +102,10 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
   bool pump_scheduled = false;
   std::function<void()> shutdown_done;
   net::Timer defer_timer;
+  // Work for the next loop turn, in order. An empty function stands for pump(), so the common
+  // deferral allocates nothing; `running` is the batch being run (its capacity is reused).
   std::vector<std::function<void()>> deferred;
+  std::vector<std::function<void()>> running;
   net::Timer queue_timer;  // the delivery deadline of the oldest queued message
   uint64_t queue_timer_due = 0;
   std::unique_ptr<oauth2::TokenSource> tokens;  // OAuth2 services (issue 9)
@@ -108,34 +114,38 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
 
   void defer(std::function<void()> fn) {
     deferred.push_back(std::move(fn));
-    if (!defer_timer.active()) {
-      defer_timer.start(0, [weak = weak_from_this()] {
-        if (auto self = weak.lock()) self->run_deferred();
-      });
-    }
+    // `this` is safe: the timer is a member, so it stops when the Impl goes.
+    if (!defer_timer.active()) defer_timer.start(0, [this] { run_deferred(); });
   }
 
   void run_deferred() {
-    auto batch = std::move(deferred);
-    deferred.clear();
-    for (auto& fn : batch) {
-      if (destroyed) return;
-      fn();
+    auto keep = shared_from_this();  // a callback may drop the last SmtpRelay
+    running.clear();
+    running.swap(deferred);
+    for (auto& fn : running) {
+      if (destroyed) break;
+      if (fn) {
+        fn();
+      } else {
+        pump_scheduled = false;
+        pump();
+      }
     }
+    running.clear();
   }
 
   void schedule_pump() {
-    if (pump_scheduled) return;
+    // With nothing queued and no stop under way pump() has nothing to do (deliver() and
+    // shutdown() change that first, then call this), so a connection turning idle after its
+    // message costs no loop turn.
+    if (pump_scheduled || (queue.empty() && !shutting_down)) return;
     pump_scheduled = true;
-    defer([this] {
-      pump_scheduled = false;
-      pump();
-    });
+    defer(nullptr);  // pump()
   }
 
   // ---- entry points ----
 
-  void deliver(OutboundMessage message, DeliveryCallback done) {
+  void deliver(OutboundMessage&& message, DeliveryCallback&& done) {
     auto job = std::make_shared<Job>();
     job->message = std::move(message);
     job->done = std::move(done);
@@ -180,7 +190,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
     }
     connections.clear();
     queue.clear();
-    deferred.clear();
+    deferred.clear();  // not `running`: run_deferred() may be iterating it (and stops now)
     defer_timer.stop();
     queue_timer.stop();
   }
@@ -195,16 +205,15 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
     if (destroyed) return;
     expire_queued();
     if (destroyed) return;
-    auto snapshot = connections;  // callbacks below may add or remove connections
-    for (auto& conn : snapshot) {
-      if (queue.empty() || destroyed) break;
-      if (conn->phase == Phase::Idle && !conn->dead) {
-        JobPtr job = queue.front();
-        queue.pop_front();
-        assign(conn, std::move(job));
-      }
+    // assign() may add or remove connections: look for an idle one afresh each time.
+    while (!queue.empty()) {
+      ConnectionPtr conn = idle_connection();
+      if (!conn) break;
+      JobPtr job = std::move(queue.front());
+      queue.pop_front();
+      assign(conn, std::move(job));
+      if (destroyed) return;
     }
-    if (destroyed) return;
     size_t starting = 0;
     size_t carriers = 0;  // connections that may carry messages (not probes)
     for (auto& conn : connections) {
@@ -226,6 +235,13 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
     }
     schedule_queue_timer();
     check_shutdown_done();
+  }
+
+  ConnectionPtr idle_connection() const {
+    for (const auto& conn : connections) {
+      if (conn->phase == Phase::Idle && !conn->dead) return conn;
+    }
+    return nullptr;
   }
 
   void check_shutdown_done() {
@@ -336,7 +352,11 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
     conn->session = std::make_unique<SmtpClientSession>(session_options());
     conn->stream->on_data(
         guarded(conn, [](Impl* self, const ConnectionPtr& c, std::string_view bytes) {
-          self->handle_output(c, c->session->feed(bytes));
+          SmtpClientOutput& out = c->read_output;
+          out.write.clear();
+          out.events.clear();
+          c->session->feed(bytes, out);
+          self->handle_output(c, out);
         }));
     rearm(conn);
   }
@@ -371,20 +391,28 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
   }
 
   void schedule_timer(const ConnectionPtr& conn) {
+    if (conn->dead) return;  // close_connection() and destroy() stopped its timer for good
     uint64_t due = conn->wait == Wait::None ? 0 : conn->wait_deadline;
     if (conn->job && conn->job->deadline_ms != 0 && (due == 0 || conn->job->deadline_ms < due)) {
       due = conn->job->deadline_ms;
     }
     if (due == 0) {
-      conn->timer.stop();
+      if (conn->timer_due != 0) conn->timer.stop();  // timer_due is 0 whenever it is stopped
       conn->timer_due = 0;
       return;
     }
     if (conn->timer.active() && conn->timer_due <= due) return;
     conn->timer_due = due;
     const uint64_t now = uv_now(loop);
-    conn->timer.start(due > now ? due - now : 0,
-                      guarded(conn, [](Impl* self, const ConnectionPtr& c) { self->on_timer(c); }));
+    // Raw pointers keep the callback small (no allocation): the timer is the connection's,
+    // so it stops when the connection goes, and no connection outlives destroy().
+    conn->timer.start(due > now ? due - now : 0, [this, c = conn.get()] { on_timer_fired(*c); });
+  }
+
+  void on_timer_fired(Connection& c) {
+    if (destroyed || c.dead) return;
+    auto keep = shared_from_this();
+    on_timer(c.shared_from_this());
   }
 
   void on_timer(const ConnectionPtr& conn) {
@@ -474,23 +502,23 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
   void schedule_queue_timer() {
     const uint64_t due = queue.empty() ? 0 : queue.front()->deadline_ms;
     if (due == 0) {
-      queue_timer.stop();
+      if (queue_timer_due != 0) queue_timer.stop();  // queue_timer_due is 0 whenever it is stopped
       queue_timer_due = 0;
       return;
     }
     if (queue_timer.active() && queue_timer_due <= due) return;
     queue_timer_due = due;
     const uint64_t now = uv_now(loop);
-    queue_timer.start(due > now ? due - now : 0, [weak = weak_from_this()] {
-      auto self = weak.lock();
-      if (!self || self->destroyed) return;
-      self->queue_timer_due = 0;
-      self->pump();  // expires what is due, then sets the timer for the next
+    queue_timer.start(due > now ? due - now : 0, [this] {  // a member: stops with the Impl
+      if (destroyed) return;
+      auto keep = shared_from_this();
+      queue_timer_due = 0;
+      pump();  // expires what is due, then sets the timer for the next
     });
   }
 
   // Hands a finished message to its caller.
-  void report(JobPtr job, DeliveryResult r) {
+  void report(JobPtr job, DeliveryResult&& r) {
     r.upstream_seconds = static_cast<double>(uv_hrtime() - job->started_ns) / 1e9;
     metrics::observe_upstream_seconds(r.upstream_seconds);
     if (auto check = delivery_as_check(r, wall_clock_ms())) {
@@ -506,8 +534,11 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
   void pump_body(const ConnectionPtr& conn) {
     bool progressed = false;
     while (conn->session->body_pending() && conn->stream->write_backlog() < kMaxWriteBacklog) {
+      // Room for the chunk, some dot-stuffing and the final "\r\n.\r\n": a small message
+      // does not take a 72 KiB buffer.
+      const size_t want = std::min(kBodyChunk, conn->session->body_bytes_left());
       std::string chunk;
-      chunk.reserve(kBodyChunk + kBodyChunk / 8);
+      chunk.reserve(want + want / 8 + 8);
       conn->session->pull_body(chunk, kBodyChunk);
       conn->stream->write(std::move(chunk));
       progressed = true;
@@ -527,7 +558,11 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
 
   // ---- session output ----
 
-  void handle_output(const ConnectionPtr& conn, SmtpClientOutput out) {
+  void handle_output(const ConnectionPtr& conn, SmtpClientOutput&& out) {
+    handle_output(conn, out);
+  }
+
+  void handle_output(const ConnectionPtr& conn, SmtpClientOutput& out) {
     if (conn->probe && conn->session && !conn->session->terminal()) {
       conn->probe->last_state = conn->session->state();
     }
@@ -550,12 +585,15 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
                                          {"tls", conn->stream->tls_active()},
                                          {"auth", !service.username.empty()},
                                          {"connection", conn->id}});
+            // STARTTLS is behind us, and the session parses whole chunks (several pipelined
+            // replies at once): no need for one callback per line any more.
+            conn->stream->set_line_delivery(false);
           }
           if (conn->phase != Phase::Closing) conn->phase = Phase::Idle;
           schedule_pump();
           break;
         case SmtpClientEvent::Kind::MessageDone:
-          complete(conn, std::move(event));
+          complete(conn, event);
           break;
         case SmtpClientEvent::Kind::Failed:
           session_failed(conn, event.result);
@@ -595,7 +633,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
                 }));
   }
 
-  void complete(const ConnectionPtr& conn, SmtpClientEvent event) {
+  void complete(const ConnectionPtr& conn, SmtpClientEvent& event) {
     JobPtr job = std::move(conn->job);
     conn->job = nullptr;
     if (!job) return;
@@ -615,13 +653,15 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
       schedule_pump();
       return;
     }
-    log::debug("upstream_delivery", {{"service", service.name},
-                                     {"id", job->message.id},
-                                     {"status", delivery_status_name(r.status)},
-                                     {"smtp_code", static_cast<int64_t>(r.smtp_code.value_or(0))},
-                                     {"accepted", static_cast<uint64_t>(r.accepted.size())},
-                                     {"rejected", static_cast<uint64_t>(r.rejected.size())},
-                                     {"connection", conn->id}});
+    if (log::enabled(LogLevel::Debug)) {  // the fields cost allocations: build them only if shown
+      log::debug("upstream_delivery", {{"service", service.name},
+                                       {"id", job->message.id},
+                                       {"status", delivery_status_name(r.status)},
+                                       {"smtp_code", static_cast<int64_t>(r.smtp_code.value_or(0))},
+                                       {"accepted", static_cast<uint64_t>(r.accepted.size())},
+                                       {"rejected", static_cast<uint64_t>(r.rejected.size())},
+                                       {"connection", conn->id}});
+    }
     report(std::move(job), std::move(r));
   }
 
@@ -644,7 +684,7 @@ struct SmtpRelay::Impl : std::enable_shared_from_this<SmtpRelay::Impl> {
     queue.clear();
     for (auto& job : failed) {
       if (destroyed) return;
-      report(std::move(job), result);
+      report(std::move(job), DeliveryResult(result));
     }
   }
 

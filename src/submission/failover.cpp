@@ -99,6 +99,18 @@ bool should_fail_over(const DeliveryResult& r) {
 
 void deliver_with_failover(std::shared_ptr<Runtime> runtime, const std::string& service,
                            OutboundMessage message, DeliveryCallback done) {
+  const ServiceConfig* config = runtime->config ? runtime->config->find_service(service) : nullptr;
+  if (config != nullptr && config->fallback.empty()) {
+    // The usual case, a chain of one: no Attempt, no chain, one callback.
+    if (Transport* transport = runtime->transport(service)) {
+      transport->deliver(std::move(message), [runtime = std::move(runtime), name = service,
+                                              done = std::move(done)](DeliveryResult r) {
+        r.delivered_via = name;
+        done(std::move(r));
+      });
+      return;
+    }
+  }
   auto attempt = std::make_shared<Attempt>();
   attempt->chain = runtime->config ? fallback_chain(*runtime->config, service)
                                    : std::vector<std::string>{service};

@@ -115,6 +115,28 @@ TEST(Scan, FindLineEndHighByteAndQpPrefixMatchReference) {
   }
 }
 
+// Long lines (about one line start per 64-byte block) with a dot line at every position.
+TEST(Scan, FindDotAfterLfOnLongLines) {
+  for (size_t len :
+       {size_t{40}, size_t{62}, size_t{63}, size_t{64}, size_t{65}, size_t{78}, size_t{130}}) {
+    std::string s;
+    for (int i = 0; i < 12; ++i) s += std::string(len, i % 3 ? 'x' : 'y') + ".\r\n";
+    EXPECT_EQ(find_dot_after_lf(s.data(), s.data() + s.size()), s.data() + s.size()) << len;
+    for (size_t line = 1; line < 12; ++line) {
+      std::string t = s;
+      const size_t at = line * (len + 3);
+      t[at] = '.';
+      if (t[at - 1] != '\n') continue;
+      size_t want = std::string_view(t).find("\n.");
+      for (size_t from : {size_t{0}, size_t{1}, size_t{17}}) {
+        const char* b = t.data() + from;
+        const char* got = find_dot_after_lf(b, t.data() + t.size());
+        ASSERT_EQ(got - t.data(), static_cast<ptrdiff_t>(want + 1)) << len << " " << line;
+      }
+    }
+  }
+}
+
 // The longest run of whole plain CRLF lines at the start of s (see plain_crlf_lines).
 size_t reference_plain_run(std::string_view s, size_t first_line_length, size_t max_line) {
   size_t good = 0, pos = 0, line = first_line_length;

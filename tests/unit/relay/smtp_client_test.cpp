@@ -569,6 +569,44 @@ TEST(SmtpClientSession, DotStuffingMatchesReferenceAtEveryChunkSize) {
   }
 }
 
+// The same on longer random bodies of every dot density: no dot, rare dots (the memchr hops),
+// dots closer than the switch to the block scan, dots after LF at block edges.
+TEST(SmtpClientSession, DotStuffingMatchesReferenceAtEveryDotDensity) {
+  std::mt19937 rng(12);
+  for (int round = 0; round < 60; ++round) {
+    const int dot_per_mille = std::vector<int>{0, 2, 10, 30, 100, 400}[round % 6];
+    const int lf_per_mille = std::vector<int>{5, 15, 60, 300}[round % 4];
+    std::uniform_int_distribution<int> roll(0, 999);
+    std::string data;
+    const size_t size = 1 + static_cast<size_t>(roll(rng)) * 10;
+    while (data.size() < size) {
+      const int r = roll(rng);
+      if (r < dot_per_mille) {
+        data += '.';
+      } else if (r < dot_per_mille + lf_per_mille) {
+        data += "\r\n";  // message data is CRLF-normalized before it reaches the relay
+      } else {
+        data += static_cast<char>('a' + r % 26);
+      }
+    }
+    const std::string want = dot_stuff(data);
+    for (size_t chunk :
+         {size_t{1}, size_t{5}, size_t{63}, size_t{64}, size_t{65}, size_t{700}, size_t{1} << 20}) {
+      ASSERT_EQ(body_for(data, chunk), want) << round << " chunk " << chunk;
+    }
+  }
+}
+
+// A dot line just before, at and after the end of the block-scanned window that dense dots
+// start (4096 bytes on from the fourth dot), and again further on.
+TEST(SmtpClientSession, DotStuffingAroundTheScanWindow) {
+  for (size_t pad = 4060; pad < 4140; ++pad) {
+    std::string data = "a.b.c.d.e.f";
+    data += std::string(pad, 'x') + "\r\n.one\r\n" + std::string(pad, 'y') + "\r\n.two\r\n";
+    ASSERT_EQ(body_for(data, size_t{1} << 20), dot_stuff(data)) << pad;
+  }
+}
+
 TEST(SmtpClientSession, BodyIsPulledInBoundedChunks) {
   SmtpClientSession s(plain_options());
   make_ready(s, {});

@@ -472,6 +472,24 @@ TEST(SmtpRelay, ShutdownQuitsIdleConnectionsAndRefusesNewMessages) {
   EXPECT_EQ(server.quits, 1);
 }
 
+// A caller may drop the relay from inside a result callback (a reload releasing the last
+// runtime): that callback runs to its end with its captures intact, and no later one runs.
+TEST(SmtpRelay, DestroyedFromInsideAResultCallback) {
+  testing::TestLoop loop;
+  auto relay = std::make_unique<SmtpRelay>(loop.get(), smtp_service(1), "mailcar.test");
+  relay->shutdown([] {});
+  std::vector<std::string> seen;
+  const std::string tag(40, 't');  // on the heap: a capture freed too early would show
+  relay->deliver(message(), [&relay, &seen, tag](DeliveryResult r) {
+    relay.reset();
+    seen.push_back(tag + delivery_status_name(r.status));
+  });
+  relay->deliver(message(), [&seen](DeliveryResult) { seen.push_back("second"); });
+  ASSERT_TRUE(loop.run_until([&] { return !seen.empty(); }));
+  loop.run_until([] { return false; }, 100);
+  EXPECT_EQ(seen, std::vector<std::string>{tag + "shutting_down"});
+}
+
 TEST(SmtpRelay, ShutdownLetsQueuedMessagesFinish) {
   testing::TestLoop loop;
   FakeSmtpServer server(loop.get(), {});
