@@ -156,17 +156,17 @@ struct DirectDsn {
 
 // Only for the SMTP door (the HTTP door lists refused recipients in its answer), a sender to
 // report to, and at least one recipient that did not opt out with NOTIFY.
-std::unique_ptr<DirectDsn> direct_dsn_context(const Submission& s, uint64_t now_ms) {
+std::shared_ptr<const DirectDsn> direct_dsn_context(Submission& s, uint64_t now_ms) {
   if (s.submitter.ingress != Ingress::Smtp || s.message.envelope_from.empty()) return nullptr;
   bool wanted = false;
   for (size_t i = 0; i < s.message.envelope_rcpts.size() && !wanted; ++i) {
     wanted = dsn_wanted_for_failure(s.message.envelope_from, s.dsn.recipient(i).notify);
   }
   if (!wanted) return nullptr;
-  auto ctx = std::make_unique<DirectDsn>();
+  auto ctx = std::make_shared<DirectDsn>();
   ctx->envelope_from = s.message.envelope_from;
   ctx->rcpts = s.message.envelope_rcpts;
-  ctx->request = s.dsn;
+  ctx->request = std::move(s.dsn);  // the transport takes only s.message
   ctx->original =
       s.dsn.ret == DsnRet::Full ? s.message.data : std::string(dsn_header_block(s.message.data));
   ctx->arrival_ms = now_ms;
@@ -269,6 +269,7 @@ void deliver_direct(std::shared_ptr<Runtime> runtime, const std::string& via,
                     Submission&& submission, Delivered&& context, uint64_t now_ms,
                     SubmissionDone done) {
   std::shared_ptr<const DirectDsn> dsn = direct_dsn_context(submission, now_ms);
+  context.submitter = std::move(submission.submitter);
   std::string id = submission.message.id;
   std::shared_ptr<Runtime> rt = runtime;
   deliver_with_failover(
@@ -296,6 +297,7 @@ void deliver_direct(std::shared_ptr<Runtime> runtime, const std::string& via,
 // Spool mode: acknowledged once on stable storage; delivery and its log lines come later.
 void deliver_spooled(SpoolQueue& spool, std::shared_ptr<Runtime> runtime, Submission&& submission,
                      Delivered&& context, SubmissionDone done) {
+  context.submitter = submission.submitter;
   spool.enqueue(
       std::move(submission), [runtime = std::move(runtime), context = std::move(context),
                               done = std::move(done)](SpoolStatus status, const std::string& id) {
@@ -358,8 +360,7 @@ std::vector<std::string> add_mirror(const Config& config, const RoleConfig* role
 void deliver(std::shared_ptr<Runtime> runtime, Submission&& submission, uint64_t now_ms,
              SubmissionDone done) {
   const RoleConfig* role = runtime->config->find_role(submission.submitter.role);
-  Delivered context;
-  context.submitter = submission.submitter;
+  Delivered context;  // its submitter is filled in by the delivery mode
   context.service = submission.service;
   context.recipients = submission.message.envelope_rcpts.size();
   context.size = submission.message.data.size();
