@@ -26,13 +26,39 @@ struct LabelsLess {
   }
 };
 
-// One family's samples by label values.
+// One family's samples by label values, and the few it counted last: a message's labels are
+// mostly those of the message before, and an equality test is cheaper than a tree walk.
 template <class V>
-using Family = std::map<Labels, V, LabelsLess>;
+struct Family : std::map<Labels, V, LabelsLess> {
+  using Base = std::map<Labels, V, LabelsLess>;
+  using Base::Base;
+  Family(const Family&) = delete;  // `recent` points into this map
+  Family& operator=(const Family&) = delete;
+  Family(Family&&) = default;
+  Family& operator=(Family&&) = default;
+
+  static constexpr size_t kRecent = 4;
+  std::array<typename Base::value_type*, kRecent> recent{};
+  size_t next_recent = 0;
+};
+
+template <size_t N>
+bool same_labels(const Labels& labels, const std::array<std::string_view, N>& key) {
+  for (size_t i = 0; i < N; ++i) {
+    if (labels[i].size() != key[i].size() ||
+        std::char_traits<char>::compare(labels[i].data(), key[i].data(), key[i].size()) != 0) {
+      return false;
+    }
+  }
+  return true;
+}
 
 // The sample of `family` with label values `key`, made (zero) the first time.
 template <class V, size_t N>
 V& sample(Family<V>& family, const std::array<std::string_view, N>& key) {
+  for (auto* hit : family.recent) {
+    if (hit != nullptr && same_labels(hit->first, key)) return hit->second;
+  }
   auto it = family.find(key);
   if (it == family.end()) {
     Labels labels;
@@ -40,6 +66,8 @@ V& sample(Family<V>& family, const std::array<std::string_view, N>& key) {
     for (std::string_view v : key) labels.emplace_back(v);
     it = family.emplace(std::move(labels), V{}).first;
   }
+  family.recent[family.next_recent] = &*it;
+  family.next_recent = (family.next_recent + 1) % Family<V>::kRecent;
   return it->second;
 }
 
@@ -148,7 +176,7 @@ void append_sample(std::string& out, std::string_view name,
 
 void append_counter_family(std::string& out, std::string_view name, std::string_view help,
                            const std::vector<std::string_view>& label_names,
-                           const Family<uint64_t>& samples) {
+                           const std::map<Labels, uint64_t, LabelsLess>& samples) {
   append_header(out, name, "counter", help);
   for (const auto& [labels, value] : samples) {
     append_sample(out, name, label_names, labels, std::to_string(value));
