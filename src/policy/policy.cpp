@@ -208,7 +208,7 @@ PolicyDecision ConfigPolicy::judge(const PolicyRequest& request, uint64_t now_ms
   PolicyDecision d = judge_rules(request, &role, &service);
   if (!d.allowed()) return d;
   // Judged on every message (and every SMTP RCPT): a role has a few windows, kept on the stack.
-  constexpr size_t kInline = 8;
+  constexpr size_t kInline = 4;
   const bool quota = service->quota && request.service_quota;
   const size_t n = role->windows.size() + (quota ? 1 : 0);
   std::array<WindowVerdict, kInline> inline_verdicts{};
