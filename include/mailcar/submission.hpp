@@ -65,7 +65,8 @@ struct SubmissionResult {
 // | rate_limited. (A captured message is labelled "captured" instead of "sent".)
 const char* outcome_label(SubmissionStatus status);
 
-using SubmissionDone = std::function<void(SubmissionResult)>;
+// Takes the result by rvalue reference: a callback that takes it by value gets it moved once.
+using SubmissionDone = std::function<void(SubmissionResult&&)>;
 
 // Judge, deliver (or spool, when the runtime has a spool), count and log one message. `done` is
 // called exactly once on the loop thread: synchronously when the message is refused before
