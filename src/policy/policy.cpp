@@ -123,12 +123,15 @@ PolicyDecision ConfigPolicy::check(const PolicyRequest& request, uint64_t now_ms
 }
 
 PolicyDecision ConfigPolicy::admit(const PolicyRequest& request, uint64_t now_ms) {
-  PolicyDecision decision = judge(request, now_ms);
+  const RoleRules* judged_role = nullptr;
+  const ServiceRules* judged_service = nullptr;
+  PolicyDecision decision = judge(request, now_ms, &judged_role, &judged_service);
   if (!decision.allowed()) return decision;
-  // judge() found every window willing, so consuming now is all-or-nothing.
-  auto& role = roles_.at(request.role);
+  // judge() found every window willing, so consuming now is all-or-nothing. The rules are this
+  // policy's own (non-const) map entries, found once by judge().
+  auto& role = const_cast<RoleRules&>(*judged_role);
   for (RateWindow& window : role.windows) window.limiter.consume(request.recipients, now_ms);
-  auto& service = services_.at(request.service);
+  auto& service = const_cast<ServiceRules&>(*judged_service);
   if (service.quota && request.service_quota) {
     service.quota->limiter.consume(request.recipients, now_ms);
   }
@@ -202,11 +205,15 @@ std::vector<const RateWindow*> ConfigPolicy::windows_of(const RoleRules& role,
   return windows;
 }
 
-PolicyDecision ConfigPolicy::judge(const PolicyRequest& request, uint64_t now_ms) const {
+PolicyDecision ConfigPolicy::judge(const PolicyRequest& request, uint64_t now_ms,
+                                   const RoleRules** role_out,
+                                   const ServiceRules** service_out) const {
   const RoleRules* role = nullptr;
   const ServiceRules* service = nullptr;
   PolicyDecision d = judge_rules(request, &role, &service);
   if (!d.allowed()) return d;
+  if (role_out != nullptr) *role_out = role;
+  if (service_out != nullptr) *service_out = service;
   // Judged on every message (and every SMTP RCPT): a role has a few windows, kept on the stack.
   constexpr size_t kInline = 4;
   const bool quota = service->quota && request.service_quota;
