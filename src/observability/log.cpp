@@ -209,6 +209,7 @@ bool enabled(LogLevel level) {
 }
 
 void append_json_string(std::string& out, std::string_view s) {
+  out.reserve(out.size() + s.size() + 2);  // the usual case: nothing to escape
   out.push_back('"');
   const char* p = s.data();
   const char* end = p + s.size();
