@@ -49,6 +49,12 @@ class Field {
   // std::to_string writes them, doubles as printf's "%.6g").
   using NumberBuffer = char[32];
   std::string_view value(NumberBuffer& buf) const;
+  // At least value(buf).size(), without formatting a number.
+  size_t value_size_bound() const {
+    return kind_ == Kind::View    ? view_.size()
+           : kind_ == Kind::Owned ? owned_.size()
+                                  : sizeof(NumberBuffer);
+  }
 
  private:
   enum class Kind : uint8_t { View, Owned, Signed, Unsigned, Double };

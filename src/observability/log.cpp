@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <charconv>
 #include <cstdint>
@@ -36,10 +37,13 @@ std::string_view level_name(LogLevel level) {
   return "info";
 }
 
-// A byte JSON writes escaped: '"', '\\', control bytes and DEL.
-bool json_escaped(unsigned char c) {
-  return c < 0x20 || c == '"' || c == '\\' || c == 0x7f;
-}
+// The bytes JSON writes escaped: '"', '\\', control bytes and DEL.
+constexpr std::array<bool, 256> kJsonEscaped = [] {
+  std::array<bool, 256> t{};
+  for (int c = 0; c < 0x20; ++c) t[static_cast<size_t>(c)] = true;
+  t['"'] = t['\\'] = t[0x7f] = true;
+  return t;
+}();
 
 // The first byte in [p, end) that JSON writes escaped, or end. 16 bytes at a time where it can.
 const char* find_json_escaped(const char* p, const char* end) {
@@ -59,33 +63,71 @@ const char* find_json_escaped(const char* p, const char* end) {
     p += 16;
   }
 #endif
-  while (p < end && !json_escaped(static_cast<unsigned char>(*p))) ++p;
+  while (p < end && !kJsonEscaped[static_cast<unsigned char>(*p)]) ++p;
   return p;
 }
 
-void append_json_escape(std::string& out, unsigned char c) {
+// Worst case: every byte written as \u00XX.
+constexpr size_t kEscapeRatio = 6;
+
+// Writes the escape of `c` at p; returns the end.
+char* put_json_escape(char* p, unsigned char c) {
   static constexpr char kHex[] = "0123456789abcdef";
+  char short_form = 0;
   switch (c) {
     case '"':
-      out.append("\\\"");
-      break;
     case '\\':
-      out.append("\\\\");
+      short_form = static_cast<char>(c);
       break;
     case '\n':
-      out.append("\\n");
+      short_form = 'n';
       break;
     case '\r':
-      out.append("\\r");
+      short_form = 'r';
       break;
     case '\t':
-      out.append("\\t");
+      short_form = 't';
       break;
-    default: {
-      const char u[6] = {'\\', 'u', '0', '0', kHex[c >> 4], kHex[c & 15]};
-      out.append(u, sizeof u);
-    }
+    default:
+      break;
   }
+  *p++ = '\\';
+  if (short_form != 0) {
+    *p++ = short_form;
+    return p;
+  }
+  const char u[5] = {'u', '0', '0', kHex[c >> 4], kHex[c & 15]};
+  std::memcpy(p, u, sizeof u);
+  return p + sizeof u;
+}
+
+// Writes `s` escaped (no quotes) at p, room for kEscapeRatio * size bytes; returns the end.
+// Runs without escapes are copied whole.
+char* put_json_body(char* p, std::string_view s) {
+  const char* q = s.data();
+  const char* end = q + s.size();
+  while (true) {
+    const char* stop = find_json_escaped(q, end);
+    if (stop != q) std::memcpy(p, q, static_cast<size_t>(stop - q));  // q may be null when empty
+    p += stop - q;
+    if (stop == end) break;
+    p = put_json_escape(p, static_cast<unsigned char>(*stop));
+    q = stop + 1;
+  }
+  return p;
+}
+
+// Writes `s` as a JSON string at p (room for kEscapeRatio * size + 2 bytes); returns the end.
+char* put_json_string(char* p, std::string_view s) {
+  *p++ = '"';
+  p = put_json_body(p, s);
+  *p++ = '"';
+  return p;
+}
+
+char* put(char* p, std::string_view s) {
+  if (!s.empty()) std::memcpy(p, s.data(), s.size());  // an empty view's data() may be null
+  return p + s.size();
 }
 
 // Text format: values with spaces, quotes or control bytes are quoted JSON-style.
@@ -151,18 +193,36 @@ size_t format_rfc3339(char* p, uint64_t unix_ms) {
   return 24;
 }
 
-void append_fields_json(std::string& line, std::initializer_list<Field> fields) {
+// A JSON line is written through a pointer into room for its worst case, made once.
+void append_json_line(std::string& line, std::string_view stamp, LogLevel level,
+                      std::string_view event, std::initializer_list<Field> fields) {
+  constexpr std::string_view kTs = "{\"ts\":\"";
+  constexpr std::string_view kLevel = "\",\"level\":\"";
+  constexpr std::string_view kEvent = "\",\"event\":";
+  size_t room = kTs.size() + stamp.size() + kLevel.size() + 8 + kEvent.size() +
+                kEscapeRatio * event.size() + 2 + 2;
   Field::NumberBuffer buf;
   for (const Field& f : fields) {
-    line.push_back(',');
-    append_json_string(line, f.key);
-    line.push_back(':');
-    if (f.quoted) {
-      append_json_string(line, f.value(buf));
-    } else {
-      line.append(f.value(buf));
-    }
+    room += 1 + kEscapeRatio * f.key.size() + 2 + 1 + kEscapeRatio * f.value_size_bound() + 2;
   }
+  const size_t start = line.size();
+  line.resize(start + room);
+  char* p = line.data() + start;
+  p = put(p, kTs);
+  p = put(p, stamp);
+  p = put(p, kLevel);
+  p = put(p, level_name(level));
+  p = put(p, kEvent);
+  p = put_json_string(p, event);
+  for (const Field& f : fields) {
+    *p++ = ',';
+    p = put_json_string(p, f.key);
+    *p++ = ':';
+    p = f.quoted ? put_json_string(p, f.value(buf)) : put(p, f.value(buf));
+  }
+  *p++ = '}';
+  *p++ = '\n';
+  line.resize(static_cast<size_t>(p - line.data()));
 }
 
 void append_fields_text(std::string& line, std::initializer_list<Field> fields) {
@@ -209,18 +269,17 @@ bool enabled(LogLevel level) {
 }
 
 void append_json_string(std::string& out, std::string_view s) {
-  out.reserve(out.size() + s.size() + 2);  // the usual case: nothing to escape
-  out.push_back('"');
-  const char* p = s.data();
-  const char* end = p + s.size();
-  while (p < end) {
-    const char* stop = find_json_escaped(p, end);
-    out.append(p, stop);
-    if (stop == end) break;
-    append_json_escape(out, static_cast<unsigned char>(*stop));
-    p = stop + 1;
-  }
-  out.push_back('"');
+  const size_t start = out.size();
+  const char* first = find_json_escaped(s.data(), s.data() + s.size());
+  // The usual case, nothing to escape: room for exactly the string; else for its worst case.
+  const size_t plain = static_cast<size_t>(first - s.data());
+  out.resize(start + plain + 2 + (s.size() - plain) * kEscapeRatio);
+  char* p = out.data() + start;
+  *p++ = '"';
+  p = put(p, s.substr(0, plain));
+  p = put_json_body(p, s.substr(plain));
+  *p++ = '"';
+  out.resize(static_cast<size_t>(p - out.data()));
 }
 
 void append_line(std::string& line, uint64_t unix_ms, LogLevel level, std::string_view event,
@@ -228,14 +287,7 @@ void append_line(std::string& line, uint64_t unix_ms, LogLevel level, std::strin
   char stamp[kStampMax];
   const size_t stamp_size = format_rfc3339(stamp, unix_ms);
   if (g_format == LogFormat::Json) {
-    line.append("{\"ts\":\"");
-    line.append(stamp, stamp_size);
-    line.append("\",\"level\":\"");
-    line.append(level_name(level));
-    line.append("\",\"event\":");
-    append_json_string(line, event);
-    append_fields_json(line, fields);
-    line.append("}\n");
+    append_json_line(line, std::string_view(stamp, stamp_size), level, event, fields);
   } else {
     line.append(stamp, stamp_size);
     line.push_back(' ');

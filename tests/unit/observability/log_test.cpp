@@ -178,11 +178,12 @@ TEST_F(LogLine, JsonByteForByte) {
                     {"upstream_seconds", 0.0123456789},
                     {"ok", true},
                     log::Field::raw("upstream_code", "null"),
-                    {"reply", std::string("250 ok\r\n")}});
+                    {"reply", std::string("250 ok\r\n")},
+                    {"none", std::string_view()}});
   EXPECT_EQ(line,
             "{\"ts\":\"2025-12-01T17:01:16.123Z\",\"level\":\"info\",\"event\":\"message\","
             "\"id\":\"<a\\\"b>\",\"recipients\":3,\"code\":-4,\"upstream_seconds\":0.0123457,"
-            "\"ok\":true,\"upstream_code\":null,\"reply\":\"250 ok\\r\\n\"}\n");
+            "\"ok\":true,\"upstream_code\":null,\"reply\":\"250 ok\\r\\n\",\"none\":\"\"}\n");
 }
 
 TEST_F(LogLine, TextByteForByte) {
