@@ -84,14 +84,22 @@ TEST(LogJsonString, MatchesReferenceOnRandomInput) {
   }
 }
 
+// Every length up to 40 (the vector, 8-byte and byte-at-a-time parts), every byte at every
+// position, among plain bytes that sit next to the escaped ones (0x20, '!', '#', '[', ']',
+// 0x7e, 0x80, 0xff).
 TEST(LogJsonString, EveryByteAtEveryPosition) {
-  for (int c = 0; c < 256; ++c) {
-    for (size_t pos = 0; pos < 40; ++pos) {
-      std::string s(40, 'x');
-      s[pos] = static_cast<char>(c);
-      std::string out;
-      log::append_json_string(out, s);
-      ASSERT_EQ(out, reference_json_string(s)) << "byte " << c << " at " << pos;
+  for (char filler : {'x', ' ', '!', '#', '[', ']', '~', '\x80', '\xff'}) {
+    for (size_t len = 1; len <= 40; ++len) {
+      for (int c = 0; c < 256; ++c) {
+        for (size_t pos = 0; pos < len; ++pos) {
+          std::string s(len, filler);
+          s[pos] = static_cast<char>(c);
+          std::string out;
+          log::append_json_string(out, s);
+          ASSERT_EQ(out, reference_json_string(s))
+              << "byte " << c << " at " << pos << " of " << len;
+        }
+      }
     }
   }
 }
