@@ -297,7 +297,10 @@ void deliver_direct(std::shared_ptr<Runtime> runtime, const std::string& via,
                     Submission&& submission, Delivered&& context, uint64_t now_ms,
                     SubmissionDone done) {
   auto pending = std::make_shared<DirectPending>();
-  direct_dsn_context(submission, now_ms, pending->dsn);
+  // A report names refused recipients of a message the upstream took (Sent): that needs two
+  // recipients of the client's own at least (mirror recipients never count), so a message to
+  // one recipient keeps no copy of its header for it.
+  if (context.recipients >= 2) direct_dsn_context(submission, now_ms, pending->dsn);
   pending->runtime = runtime;
   pending->context = std::move(context);
   pending->context.submitter = std::move(submission.submitter);
