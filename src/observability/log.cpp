@@ -45,18 +45,6 @@ constexpr std::array<bool, 256> kJsonEscaped = [] {
   return t;
 }();
 
-// Whether any of the 8 bytes at p is one JSON writes escaped (exact, no false hits).
-bool swar_has_json_escaped(const char* p) {
-  constexpr uint64_t kOnes = ~uint64_t{0} / 255;
-  constexpr uint64_t kHigh = kOnes * 0x80;
-  uint64_t x = 0;
-  std::memcpy(&x, p, sizeof x);
-  auto has_zero = [](uint64_t v) { return ((v - kOnes) & ~v & kHigh) != 0; };
-  const bool control = ((x - kOnes * 0x20) & ~x & kHigh) != 0;  // a byte < 0x20
-  return control || has_zero(x ^ (kOnes * '"')) || has_zero(x ^ (kOnes * '\\')) ||
-         has_zero(x ^ (kOnes * 0x7f));
-}
-
 // The first byte in [p, end) that JSON writes escaped, or end. 16 bytes at a time where it can.
 const char* find_json_escaped(const char* p, const char* end) {
 #if defined(__SSE2__)
@@ -75,8 +63,6 @@ const char* find_json_escaped(const char* p, const char* end) {
     p += 16;
   }
 #endif
-  // Keys and most values are shorter than a vector: 8 bytes at a time (SWAR) while they last.
-  while (end - p >= 8 && !swar_has_json_escaped(p)) p += 8;
   while (p < end && !kJsonEscaped[static_cast<unsigned char>(*p)]) ++p;
   return p;
 }
