@@ -37,6 +37,7 @@ std::string_view level_name(LogLevel level) {
   return "info";
 }
 
+#if !defined(__SSE2__)
 // The bytes JSON writes escaped: '"', '\\', control bytes and DEL.
 constexpr std::array<bool, 256> kJsonEscaped = [] {
   std::array<bool, 256> t{};
@@ -44,27 +45,41 @@ constexpr std::array<bool, 256> kJsonEscaped = [] {
   t['"'] = t['\\'] = t[0x7f] = true;
   return t;
 }();
+#endif
 
-// The first byte in [p, end) that JSON writes escaped, or end. 16 bytes at a time where it can.
-const char* find_json_escaped(const char* p, const char* end) {
 #if defined(__SSE2__)
-  const __m128i quote = _mm_set1_epi8('"');
-  const __m128i backslash = _mm_set1_epi8('\\');
-  const __m128i del = _mm_set1_epi8(0x7f);
-  const __m128i max_control = _mm_set1_epi8(0x1f);
+// Bit i set when byte i of v is one JSON writes escaped.
+inline uint32_t json_escaped_mask(__m128i v) {
+  // Unsigned c <= 0x1f exactly when min(c, 0x1f) == c.
+  __m128i hit = _mm_or_si128(
+      _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')), _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'))),
+      _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8(0x7f)),
+                   _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v)));
+  return static_cast<uint32_t>(_mm_movemask_epi8(hit));
+}
+#endif
+
+// The first byte in [p, end) that JSON writes escaped, or end. 16 bytes at a time; a shorter
+// rest (most keys and values) is copied to a block of its own, so nothing past end is read.
+inline const char* find_json_escaped(const char* p, const char* end) {
+#if defined(__SSE2__)
   while (end - p >= 16) {
-    __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    // Unsigned c <= 0x1f exactly when min(c, 0x1f) == c.
-    __m128i hit = _mm_or_si128(
-        _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)),
-        _mm_or_si128(_mm_cmpeq_epi8(v, del), _mm_cmpeq_epi8(_mm_min_epu8(v, max_control), v)));
-    auto mask = static_cast<uint32_t>(_mm_movemask_epi8(hit));
+    uint32_t mask = json_escaped_mask(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     if (mask != 0) return p + std::countr_zero(mask);
     p += 16;
   }
-#endif
+  if (p == end) return end;
+  const auto n = static_cast<size_t>(end - p);
+  alignas(16) char block[16] = {};
+  std::memcpy(block, p, n);
+  const uint32_t valid = (1u << n) - 1u;  // the zero padding would count as control bytes
+  uint32_t mask =
+      json_escaped_mask(_mm_load_si128(reinterpret_cast<const __m128i*>(block))) & valid;
+  return mask != 0 ? p + std::countr_zero(mask) : end;
+#else
   while (p < end && !kJsonEscaped[static_cast<unsigned char>(*p)]) ++p;
   return p;
+#endif
 }
 
 // Worst case: every byte written as \u00XX.
