@@ -86,14 +86,20 @@ class IdempotencyClaim {
   IdempotencyClaim& operator=(const IdempotencyClaim&) = delete;
   ~IdempotencyClaim();
 
-  explicit operator bool() const { return store_ != nullptr; }
+  explicit operator bool() const { return held_ != nullptr; }
   // Keeps `keep` (or releases, when unset) at `now_ms`; `stored` as in the store's complete().
+  // An empty claim (no key, or no store) just calls `stored`.
   void complete(std::optional<IdempotentResponse> keep, uint64_t now_ms, IdempotencyStored stored);
 
  private:
-  std::shared_ptr<IdempotencyStore> store_;
-  std::string scope_;
-  uint64_t claim_ = 0;
+  struct Held {
+    std::shared_ptr<IdempotencyStore> store;
+    std::string scope;
+    uint64_t claim = 0;
+  };
+  // Null for the empty claim every request without a key carries: moving it through the
+  // doors is one pointer.
+  std::unique_ptr<Held> held_;
 };
 
 struct IdempotencyLimits {

@@ -12,23 +12,69 @@
 
 namespace mailcar::log {
 
-struct Field {
+// One key and value of a log line. Cheap to build, because most lines are built on every
+// message and many are then dropped by the level: a string value is only referred to (the
+// caller's string outlives the log call, being part of its full expression), a temporary
+// std::string is moved in, and a number is kept as a number and formatted only when the line
+// is written. A Field kept in a variable must not refer to a string that dies before the call.
+class Field {
+ public:
   std::string_view key;
-  std::string value;
-  bool quoted = true;  // false for numbers and booleans
+  bool quoted = true;  // false for numbers, booleans and raw values (null)
 
-  Field(std::string_view k, std::string_view v) : key(k), value(v) {}
-  Field(std::string_view k, const char* v) : key(k), value(v ? v : "") {}
-  Field(std::string_view k, const std::string& v) : key(k), value(v) {}
-  Field(std::string_view k, bool v) : key(k), value(v ? "true" : "false"), quoted(false) {}
-  Field(std::string_view k, double v);
+  Field(std::string_view k, std::string_view v) : key(k), view_(v) {}
+  Field(std::string_view k, const char* v) : key(k), view_(v ? v : "") {}
+  Field(std::string_view k, const std::string& v) : key(k), view_(v) {}
+  Field(std::string_view k, std::string&& v) : key(k), owned_(std::move(v)), kind_(Kind::Owned) {}
+  Field(std::string_view k, bool v) : key(k), quoted(false), view_(v ? "true" : "false") {}
+  Field(std::string_view k, double v) : key(k), quoted(false), kind_(Kind::Double) { num_.d = v; }
   template <class T, std::enable_if_t<std::is_integral_v<T> && !std::is_same_v<T, bool>, int> = 0>
-  Field(std::string_view k, T v) : key(k), value(std::to_string(v)), quoted(false) {}
+  Field(std::string_view k, T v) : key(k), quoted(false) {
+    if constexpr (std::is_signed_v<T>) {
+      kind_ = Kind::Signed;
+      num_.i = static_cast<int64_t>(v);
+    } else {
+      kind_ = Kind::Unsigned;
+      num_.u = static_cast<uint64_t>(v);
+    }
+  }
+  // An unquoted value written as it is (e.g. `null`, or a number already formatted).
+  static Field raw(std::string_view k, std::string_view v) {
+    Field f(k, v);
+    f.quoted = false;
+    return f;
+  }
+
+  // The value's text, unquoted and unescaped: a number is formatted into `buf` (integers as
+  // std::to_string writes them, doubles as printf's "%.6g").
+  using NumberBuffer = char[32];
+  std::string_view value(NumberBuffer& buf) const;
+  // At least value(buf).size(), without formatting a number.
+  size_t value_size_bound() const {
+    return kind_ == Kind::View    ? view_.size()
+           : kind_ == Kind::Owned ? owned_.size()
+                                  : sizeof(NumberBuffer);
+  }
+
+ private:
+  enum class Kind : uint8_t { View, Owned, Signed, Unsigned, Double };
+  std::string_view view_;
+  std::string owned_;
+  union {
+    int64_t i;
+    uint64_t u;
+    double d;
+  } num_{};
+  Kind kind_ = Kind::View;
 };
 
 void configure(LogFormat format, LogLevel level);
 bool enabled(LogLevel level);
 void write(LogLevel level, std::string_view event, std::initializer_list<Field> fields);
+// The line write() prints for an event at wall-clock `unix_ms`, appended to `line` (write()
+// itself, and tests).
+void append_line(std::string& line, uint64_t unix_ms, LogLevel level, std::string_view event,
+                 std::initializer_list<Field> fields);
 
 inline void error(std::string_view event, std::initializer_list<Field> f = {}) {
   write(LogLevel::Error, event, f);

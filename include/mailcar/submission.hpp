@@ -65,13 +65,16 @@ struct SubmissionResult {
 // | rate_limited. (A captured message is labelled "captured" instead of "sent".)
 const char* outcome_label(SubmissionStatus status);
 
-using SubmissionDone = std::function<void(SubmissionResult)>;
+// Takes the result by rvalue reference: a callback that takes it by value gets it moved once.
+using SubmissionDone = std::function<void(SubmissionResult&&)>;
 
 // Judge, deliver (or spool, when the runtime has a spool), count and log one message. `done` is
 // called exactly once on the loop thread: synchronously when the message is refused before
 // delivery, otherwise when the delivery mode has an answer. The runtime snapshot stays alive until
 // then. `now_ms` is the wall clock used by the policy.
-void submit(std::shared_ptr<Runtime> runtime, Submission submission, uint64_t now_ms,
+// The submission is taken by reference and moved from once, where it goes (the transport or
+// the spool).
+void submit(std::shared_ptr<Runtime> runtime, Submission&& submission, uint64_t now_ms,
             SubmissionDone done);
 
 // Idempotency keys (SPEC §10.3), the part both doors share: looks `key` up in the runtime's

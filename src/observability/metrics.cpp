@@ -1,5 +1,6 @@
 #include "mailcar/metrics.hpp"
 
+#include <algorithm>
 #include <array>
 #include <charconv>
 #include <cmath>
@@ -12,6 +13,63 @@ namespace mailcar::metrics {
 namespace {
 
 using Labels = std::vector<std::string>;  // label values, in the family's label-name order
+
+// Orders label values as std::vector<std::string>'s operator< does, and also compares them
+// with an array of string_views, so counting a sample looks it up without building a key.
+struct LabelsLess {
+  using is_transparent = void;
+  template <class A, class B>
+  bool operator()(const A& a, const B& b) const {
+    return std::lexicographical_compare(
+        a.begin(), a.end(), b.begin(), b.end(),
+        [](std::string_view x, std::string_view y) { return x < y; });
+  }
+};
+
+// One family's samples by label values, and the few it counted last: a message's labels are
+// mostly those of the message before, and an equality test is cheaper than a tree walk.
+template <class V>
+struct Family : std::map<Labels, V, LabelsLess> {
+  using Base = std::map<Labels, V, LabelsLess>;
+  using Base::Base;
+  Family(const Family&) = delete;  // `recent` points into this map
+  Family& operator=(const Family&) = delete;
+  Family(Family&&) = default;
+  Family& operator=(Family&&) = default;
+
+  static constexpr size_t kRecent = 4;
+  std::array<typename Base::value_type*, kRecent> recent{};
+  size_t next_recent = 0;
+};
+
+template <size_t N>
+bool same_labels(const Labels& labels, const std::array<std::string_view, N>& key) {
+  for (size_t i = 0; i < N; ++i) {
+    if (labels[i].size() != key[i].size() ||
+        std::char_traits<char>::compare(labels[i].data(), key[i].data(), key[i].size()) != 0) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// The sample of `family` with label values `key`, made (zero) the first time.
+template <class V, size_t N>
+V& sample(Family<V>& family, const std::array<std::string_view, N>& key) {
+  for (auto* hit : family.recent) {
+    if (hit != nullptr && same_labels(hit->first, key)) return hit->second;
+  }
+  auto it = family.find(key);
+  if (it == family.end()) {
+    Labels labels;
+    labels.reserve(N);
+    for (std::string_view v : key) labels.emplace_back(v);
+    it = family.emplace(std::move(labels), V{}).first;
+  }
+  family.recent[family.next_recent] = &*it;
+  family.next_recent = (family.next_recent + 1) % Family<V>::kRecent;
+  return it->second;
+}
 
 // Upper bounds of mailcar_upstream_seconds, seconds.
 constexpr std::array<double, 12> kBuckets = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -26,30 +84,30 @@ struct SharedStateMetrics {
   std::array<uint64_t, kSharedBuckets.size()> bucket_counts{};  // not cumulative
   uint64_t count = 0;
   double sum = 0;
-  std::map<Labels, uint64_t> errors;  // reason
+  Family<uint64_t> errors;  // reason
 };
 
 struct State {
-  std::map<Labels, uint64_t> messages;                    // ingress, role, service, outcome
-  std::map<Labels, uint64_t> recipients;                  // service, outcome
-  std::map<Labels, uint64_t> rate_limited;                // role
+  Family<uint64_t> messages;                              // ingress, role, service, outcome
+  Family<uint64_t> recipients;                            // service, outcome
+  Family<uint64_t> rate_limited;                          // role
   std::array<uint64_t, kBuckets.size()> bucket_counts{};  // not cumulative; summed on render
   uint64_t upstream_count = 0;
   double upstream_sum = 0;
-  std::map<Labels, int64_t> spool_messages{{{"queued"}, 0},
-                                           {{"held"}, 0},
-                                           {{"sending"}, 0},
-                                           {{"deferred"}, 0},
-                                           {{"failed"}, 0}};  // state
+  Family<int64_t> spool_messages{{{"queued"}, 0},
+                                 {{"held"}, 0},
+                                 {{"sending"}, 0},
+                                 {{"deferred"}, 0},
+                                 {{"failed"}, 0}};  // state
   uint64_t spool_bytes = 0;
   double spool_oldest_seconds = 0;
   uint64_t spool_fsyncs = 0;
-  std::map<Labels, uint64_t> delivery_attempts;  // service, result
+  Family<uint64_t> delivery_attempts;  // service, result
   std::map<std::string, int64_t, std::less<>> connections{{"http", 0}, {"smtp", 0}};
   SharedStateMetrics shared;  // issue 11
   // Issue 10: idempotency keys and mirror recipients.
-  std::map<Labels, uint64_t> idempotency;  // ingress, result
-  std::map<Labels, uint64_t> mirrored;     // service
+  Family<uint64_t> idempotency;  // ingress, result
+  Family<uint64_t> mirrored;     // service
 };
 
 State& state() {
@@ -118,7 +176,7 @@ void append_sample(std::string& out, std::string_view name,
 
 void append_counter_family(std::string& out, std::string_view name, std::string_view help,
                            const std::vector<std::string_view>& label_names,
-                           const std::map<Labels, uint64_t>& samples) {
+                           const std::map<Labels, uint64_t, LabelsLess>& samples) {
   append_header(out, name, "counter", help);
   for (const auto& [labels, value] : samples) {
     append_sample(out, name, label_names, labels, std::to_string(value));
@@ -129,24 +187,24 @@ void append_counter_family(std::string& out, std::string_view name, std::string_
 
 void count_message(Ingress ingress, std::string_view role, std::string_view service,
                    std::string_view outcome) {
-  ++state().messages[{ingress_name(ingress), std::string(role), std::string(service),
-                      std::string(outcome)}];
+  ++sample<uint64_t, 4>(state().messages,
+                        {std::string_view(ingress_name(ingress)), role, service, outcome});
 }
 
 void count_idempotency(Ingress ingress, std::string_view result) {
-  ++state().idempotency[{ingress_name(ingress), std::string(result)}];
+  ++sample<uint64_t, 2>(state().idempotency, {std::string_view(ingress_name(ingress)), result});
 }
 
 void count_mirrored(std::string_view service, uint64_t n) {
-  state().mirrored[{std::string(service)}] += n;
+  sample<uint64_t, 1>(state().mirrored, {service}) += n;
 }
 
 void count_recipients(std::string_view service, std::string_view outcome, uint64_t n) {
-  state().recipients[{std::string(service), std::string(outcome)}] += n;
+  sample<uint64_t, 2>(state().recipients, {service, outcome}) += n;
 }
 
 void count_rate_limited(std::string_view role) {
-  ++state().rate_limited[{std::string(role)}];
+  ++sample<uint64_t, 1>(state().rate_limited, {role});
 }
 
 void observe_upstream_seconds(double seconds) {
@@ -164,7 +222,7 @@ void observe_upstream_seconds(double seconds) {
 }
 
 void set_spool_messages(std::string_view spool_state, int64_t n) {
-  state().spool_messages[{std::string(spool_state)}] = n;
+  sample<int64_t, 1>(state().spool_messages, {spool_state}) = n;
 }
 
 void set_spool_bytes(uint64_t bytes) {
@@ -180,7 +238,7 @@ void set_spool_fsyncs(uint64_t total) {
 }
 
 void count_delivery_attempt(std::string_view service, std::string_view result) {
-  ++state().delivery_attempts[{std::string(service), std::string(result)}];
+  ++sample<uint64_t, 2>(state().delivery_attempts, {service, result});
 }
 
 void connection_opened(std::string_view listener) {
@@ -213,7 +271,7 @@ void observe_shared_state_seconds(double seconds) {
 }
 
 void count_shared_state_error(std::string_view reason) {
-  ++state().shared.errors[{std::string(reason)}];
+  ++sample<uint64_t, 1>(state().shared.errors, {reason});
 }
 
 namespace {

@@ -59,7 +59,10 @@ class ConfigPolicy final : public Policy {
                                std::string_view window_text) const;
 
  private:
-  PolicyDecision judge(const PolicyRequest& request, uint64_t now_ms) const;
+  // On Allow, *role and *service (when given) name the rules that judged it.
+  PolicyDecision judge(const PolicyRequest& request, uint64_t now_ms,
+                       const RoleRules** role_out = nullptr,
+                       const ServiceRules** service_out = nullptr) const;
   // Everything but the windows; on Allow, *role and *service name the rules that apply.
   PolicyDecision judge_rules(const PolicyRequest& request, const RoleRules** role,
                              const ServiceRules** service) const;

@@ -1,5 +1,7 @@
 #include <algorithm>
+#include <array>
 #include <limits>
+#include <span>
 #include <utility>
 
 #include "mailcar/log.hpp"
@@ -25,7 +27,7 @@ struct WindowVerdict {
 };
 
 // One decision from every window's judgement, whoever judged them (here or a shared store).
-PolicyDecision combine_verdicts(const std::vector<WindowVerdict>& verdicts, uint64_t recipients) {
+PolicyDecision combine_verdicts(std::span<const WindowVerdict> verdicts, uint64_t recipients) {
   PolicyDecision d;
   // A message larger than a window's N could never pass: 403, not 429 (SPEC §4).
   for (const WindowVerdict& v : verdicts) {
@@ -121,12 +123,15 @@ PolicyDecision ConfigPolicy::check(const PolicyRequest& request, uint64_t now_ms
 }
 
 PolicyDecision ConfigPolicy::admit(const PolicyRequest& request, uint64_t now_ms) {
-  PolicyDecision decision = judge(request, now_ms);
+  const RoleRules* judged_role = nullptr;
+  const ServiceRules* judged_service = nullptr;
+  PolicyDecision decision = judge(request, now_ms, &judged_role, &judged_service);
   if (!decision.allowed()) return decision;
-  // judge() found every window willing, so consuming now is all-or-nothing.
-  auto& role = roles_.at(request.role);
+  // judge() found every window willing, so consuming now is all-or-nothing. The rules are this
+  // policy's own (non-const) map entries, found once by judge().
+  auto& role = const_cast<RoleRules&>(*judged_role);
   for (RateWindow& window : role.windows) window.limiter.consume(request.recipients, now_ms);
-  auto& service = services_.at(request.service);
+  auto& service = const_cast<ServiceRules&>(*judged_service);
   if (service.quota && request.service_quota) {
     service.quota->limiter.consume(request.recipients, now_ms);
   }
@@ -200,16 +205,30 @@ std::vector<const RateWindow*> ConfigPolicy::windows_of(const RoleRules& role,
   return windows;
 }
 
-PolicyDecision ConfigPolicy::judge(const PolicyRequest& request, uint64_t now_ms) const {
+PolicyDecision ConfigPolicy::judge(const PolicyRequest& request, uint64_t now_ms,
+                                   const RoleRules** role_out,
+                                   const ServiceRules** service_out) const {
   const RoleRules* role = nullptr;
   const ServiceRules* service = nullptr;
   PolicyDecision d = judge_rules(request, &role, &service);
   if (!d.allowed()) return d;
-  std::vector<WindowVerdict> verdicts;
-  for (const RateWindow* w : windows_of(*role, *service, request)) {
-    verdicts.push_back({w, w->limiter.judge(request.recipients, now_ms)});
+  if (role_out != nullptr) *role_out = role;
+  if (service_out != nullptr) *service_out = service;
+  // Judged on every message (and every SMTP RCPT): a role has a few windows, kept on the stack.
+  constexpr size_t kInline = 4;
+  const bool quota = service->quota && request.service_quota;
+  const size_t n = role->windows.size() + (quota ? 1 : 0);
+  std::array<WindowVerdict, kInline> inline_verdicts{};
+  std::vector<WindowVerdict> heap_verdicts(n > kInline ? n : 0);
+  WindowVerdict* verdicts = n > kInline ? heap_verdicts.data() : inline_verdicts.data();
+  size_t i = 0;
+  for (const RateWindow& w : role->windows) {
+    verdicts[i++] = {&w, w.limiter.judge(request.recipients, now_ms)};
   }
-  return combine_verdicts(verdicts, request.recipients);
+  if (quota) {
+    verdicts[i++] = {&*service->quota, service->quota->limiter.judge(request.recipients, now_ms)};
+  }
+  return combine_verdicts({verdicts, n}, request.recipients);
 }
 
 PolicyDecision ConfigPolicy::check_rules(const PolicyRequest& request,
@@ -237,7 +256,7 @@ PolicyDecision ConfigPolicy::decide(const PolicyRequest& request,
   for (size_t i = 0; i < windows.size() && i < judgements.size(); ++i) {
     verdicts.push_back({windows[i], judgements[i]});
   }
-  return combine_verdicts(verdicts, request.recipients);
+  return combine_verdicts(std::span<const WindowVerdict>(verdicts), request.recipients);
 }
 
 std::optional<PolicyWindow> ConfigPolicy::quota_window(std::string_view service) const {

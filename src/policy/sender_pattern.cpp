@@ -54,6 +54,15 @@ void append_utf8(std::string& out, uint32_t cp) {
   }
 }
 
+// Whether normalize_domain(domain) == domain: no trailing dot, no ASCII capital, no A-label.
+bool in_normal_form(std::string_view domain) {
+  if (!domain.empty() && domain.back() == '.') return false;
+  for (char c : domain) {
+    if (c >= 'A' && c <= 'Z') return false;
+  }
+  return domain.find("xn--") == std::string_view::npos;
+}
+
 bool is_punycode_label(std::string_view label) {
   return label.size() > 4 && text::istarts_with_ascii(label, "xn--");
 }
@@ -166,12 +175,23 @@ bool SenderPatterns::add(std::string_view pattern) {
 
 bool SenderPatterns::matches(std::string_view address) const {
   if (any_) return true;
-  auto parts = split_address(address);
-  if (!parts) return false;
-  std::string domain = normalize_domain(parts->domain);
+  // Judged on every message: no copy unless the domain needs normalizing.
+  const size_t at = address.rfind('@');
+  if (at == std::string_view::npos || at == 0 || at + 1 == address.size()) return false;
+  std::string_view domain = address.substr(at + 1);
+  std::string_view whole = address;  // local@domain in normal form
+  std::string normalized;
+  std::string joined;
+  if (!in_normal_form(domain)) {
+    normalized = normalize_domain(domain);
+    domain = normalized;
+    joined.reserve(at + 1 + normalized.size());
+    joined.append(address.substr(0, at + 1)).append(normalized);
+    whole = joined;
+  }
   if (domain.empty()) return false;
-  if (!exact_.empty() && exact_.contains(parts->local + "@" + domain)) return true;
-  if (domains_.contains(std::string_view(domain))) return true;
+  if (!exact_.empty() && exact_.contains(whole)) return true;
+  if (domains_.contains(domain)) return true;
   if (parent_domains_.empty()) return false;
   // Strict subdomains: look up every proper suffix that starts after a dot.
   std::string_view rest(domain);

@@ -29,38 +29,32 @@ bool valid_idempotency_key(std::string_view key) {
 // ---- IdempotencyClaim -----------------------------------------------------------------------
 
 IdempotencyClaim::IdempotencyClaim(std::shared_ptr<IdempotencyStore> store, std::string scope,
-                                   uint64_t claim)
-    : store_(std::move(store)), scope_(std::move(scope)), claim_(claim) {}
-
-IdempotencyClaim::IdempotencyClaim(IdempotencyClaim&& other) noexcept
-    : store_(std::move(other.store_)), scope_(std::move(other.scope_)), claim_(other.claim_) {
-  other.store_.reset();
+                                   uint64_t claim) {
+  if (store) held_ = std::make_unique<Held>(Held{std::move(store), std::move(scope), claim});
 }
+
+IdempotencyClaim::IdempotencyClaim(IdempotencyClaim&& other) noexcept = default;
 
 IdempotencyClaim& IdempotencyClaim::operator=(IdempotencyClaim&& other) noexcept {
   if (this != &other) {
-    if (store_) store_->complete(scope_, claim_, std::nullopt, 0, {});
-    store_ = std::move(other.store_);
-    scope_ = std::move(other.scope_);
-    claim_ = other.claim_;
-    other.store_.reset();
+    if (held_) held_->store->complete(held_->scope, held_->claim, std::nullopt, 0, {});
+    held_ = std::move(other.held_);
   }
   return *this;
 }
 
 IdempotencyClaim::~IdempotencyClaim() {
-  if (store_) store_->complete(scope_, claim_, std::nullopt, 0, {});
+  if (held_) held_->store->complete(held_->scope, held_->claim, std::nullopt, 0, {});
 }
 
 void IdempotencyClaim::complete(std::optional<IdempotentResponse> keep, uint64_t now_ms,
                                 IdempotencyStored stored) {
-  std::shared_ptr<IdempotencyStore> store = std::move(store_);
-  store_.reset();
-  if (!store) {
+  std::unique_ptr<Held> held = std::move(held_);
+  if (!held) {
     if (stored) stored();
     return;
   }
-  store->complete(scope_, claim_, std::move(keep), now_ms, std::move(stored));
+  held->store->complete(held->scope, held->claim, std::move(keep), now_ms, std::move(stored));
 }
 
 // ---- MemoryIdempotencyStore -----------------------------------------------------------------

@@ -82,13 +82,12 @@ const char* result_outcome(const SubmissionResult& result) {
                                                                     : outcome_label(result.status);
 }
 
-// One "message" line per finished delivery (SPEC §8), plus one "recipient_rejected" line per
-// recipient the upstream refused.
-void log_delivery(const Delivered& s, const SubmissionResult& result) {
+// The "message" line of a finished delivery (SPEC §8).
+void log_message_line(const Delivered& s, const SubmissionResult& result) {
   const DeliveryResult& r = result.delivery;
   // A number when the upstream answered, null (JSON) when it never did.
-  log::Field code("upstream_code", r.smtp_code ? std::to_string(*r.smtp_code) : "null");
-  code.quoted = false;
+  log::Field code = r.smtp_code ? log::Field("upstream_code", *r.smtp_code)
+                                : log::Field::raw("upstream_code", "null");
   log::info("message", {{"id", result.id},
                         {"ingress", ingress_name(s.submitter.ingress)},
                         {"role", s.submitter.role},
@@ -104,7 +103,13 @@ void log_delivery(const Delivered& s, const SubmissionResult& result) {
                         code,
                         {"upstream_reply", r.smtp_reply},
                         {"upstream_seconds", r.upstream_seconds}});
-  for (const RecipientOutcome& rejected : r.rejected) {
+}
+
+// One "message" line per finished delivery, plus one "recipient_rejected" line per recipient
+// the upstream refused. The fields are not even gathered when the level drops the line.
+void log_delivery(const Delivered& s, const SubmissionResult& result) {
+  if (log::enabled(LogLevel::Info)) log_message_line(s, result);
+  for (const RecipientOutcome& rejected : result.delivery.rejected) {
     log::warn("recipient_rejected", {{"id", result.id},
                                      {"recipient", rejected.address},
                                      {"upstream_code", rejected.smtp_code},
@@ -150,22 +155,22 @@ struct DirectDsn {
 };
 
 // Only for the SMTP door (the HTTP door lists refused recipients in its answer), a sender to
-// report to, and at least one recipient that did not opt out with NOTIFY.
-std::unique_ptr<DirectDsn> direct_dsn_context(const Submission& s, uint64_t now_ms) {
-  if (s.submitter.ingress != Ingress::Smtp || s.message.envelope_from.empty()) return nullptr;
+// report to, and at least one recipient that did not opt out with NOTIFY; `out` stays empty
+// otherwise.
+void direct_dsn_context(Submission& s, uint64_t now_ms, std::optional<DirectDsn>& out) {
+  if (s.submitter.ingress != Ingress::Smtp || s.message.envelope_from.empty()) return;
   bool wanted = false;
   for (size_t i = 0; i < s.message.envelope_rcpts.size() && !wanted; ++i) {
     wanted = dsn_wanted_for_failure(s.message.envelope_from, s.dsn.recipient(i).notify);
   }
-  if (!wanted) return nullptr;
-  auto ctx = std::make_unique<DirectDsn>();
+  if (!wanted) return;
+  DirectDsn* ctx = &out.emplace();
   ctx->envelope_from = s.message.envelope_from;
   ctx->rcpts = s.message.envelope_rcpts;
-  ctx->request = s.dsn;
+  ctx->request = std::move(s.dsn);  // the transport takes only s.message
   ctx->original =
       s.dsn.ret == DsnRet::Full ? s.message.data : std::string(dsn_header_block(s.message.data));
   ctx->arrival_ms = now_ms;
-  return ctx;
 }
 
 // The report for the refused recipients that want one; nullopt when none does.
@@ -258,38 +263,59 @@ void strip_mirror(DeliveryResult& r, const Delivered& context) {
   });
 }
 
+// A direct delivery in flight: what its answer is counted, logged and reported with. One
+// allocation, and the callback moves one pointer instead of each string.
+struct DirectPending {
+  std::shared_ptr<Runtime> runtime;
+  Delivered context;
+  std::string id;
+  std::optional<DirectDsn> dsn;
+  SubmissionDone done;
+};
+
+void direct_answer(DirectPending& p, DeliveryResult&& delivery) {
+  SubmissionResult result;
+  result.id = std::move(p.id);  // the callback runs once
+  result.delivery = std::move(delivery);
+  strip_mirror(result.delivery, p.context);
+  result.status = classify(result.delivery);
+  result.captured = p.context.captured;
+  result.mirrored = p.context.mirror.size();
+  count_delivery(p.context, result);
+  log_delivery(p.context, result);
+  // The client is told 250 (Sent): the refused recipients are reported to the sender.
+  if (p.dsn && result.status == SubmissionStatus::Sent && !result.delivery.rejected.empty()) {
+    send_direct_dsn(p.runtime, result.delivery.delivered_via, result.id, *p.dsn,
+                    result.delivery.rejected);
+  }
+  p.done(std::move(result));
+}
+
 // The delivery mode: the service's transport (SMTP relay or file driver) then its fallbacks,
 // or the role's capture service.
-void deliver_direct(std::shared_ptr<Runtime> runtime, const std::string& via, Submission submission,
-                    Delivered context, uint64_t now_ms, SubmissionDone done) {
-  std::shared_ptr<const DirectDsn> dsn = direct_dsn_context(submission, now_ms);
-  std::string id = submission.message.id;
-  std::shared_ptr<Runtime> rt = runtime;
-  deliver_with_failover(
-      std::move(rt), via, std::move(submission.message),
-      [runtime = std::move(runtime), context = std::move(context), id = std::move(id),
-       dsn = std::move(dsn), done = std::move(done)](DeliveryResult delivery) {
-        SubmissionResult result;
-        result.id = id;
-        result.delivery = std::move(delivery);
-        strip_mirror(result.delivery, context);
-        result.status = classify(result.delivery);
-        result.captured = context.captured;
-        result.mirrored = context.mirror.size();
-        count_delivery(context, result);
-        log_delivery(context, result);
-        // The client is told 250 (Sent): the refused recipients are reported to the sender.
-        if (dsn && result.status == SubmissionStatus::Sent && !result.delivery.rejected.empty()) {
-          send_direct_dsn(runtime, result.delivery.delivered_via, id, *dsn,
-                          result.delivery.rejected);
-        }
-        done(std::move(result));
-      });
+void deliver_direct(std::shared_ptr<Runtime> runtime, const std::string& via,
+                    Submission&& submission, Delivered&& context, uint64_t now_ms,
+                    SubmissionDone done) {
+  auto pending = std::make_shared<DirectPending>();
+  // A report names refused recipients of a message the upstream took (Sent): that needs two
+  // recipients of the client's own at least (mirror recipients never count), so a message to
+  // one recipient keeps no copy of its header for it.
+  if (context.recipients >= 2) direct_dsn_context(submission, now_ms, pending->dsn);
+  pending->runtime = runtime;
+  pending->context = std::move(context);
+  pending->context.submitter = std::move(submission.submitter);
+  pending->id = submission.message.id;
+  pending->done = std::move(done);
+  deliver_with_failover(std::move(runtime), via, std::move(submission.message),
+                        [pending = std::move(pending)](DeliveryResult delivery) {
+                          direct_answer(*pending, std::move(delivery));
+                        });
 }
 
 // Spool mode: acknowledged once on stable storage; delivery and its log lines come later.
-void deliver_spooled(SpoolQueue& spool, std::shared_ptr<Runtime> runtime, Submission submission,
-                     Delivered context, SubmissionDone done) {
+void deliver_spooled(SpoolQueue& spool, std::shared_ptr<Runtime> runtime, Submission&& submission,
+                     Delivered&& context, SubmissionDone done) {
+  context.submitter = submission.submitter;
   spool.enqueue(
       std::move(submission), [runtime = std::move(runtime), context = std::move(context),
                               done = std::move(done)](SpoolStatus status, const std::string& id) {
@@ -349,18 +375,16 @@ std::vector<std::string> add_mirror(const Config& config, const RoleConfig* role
 
 // The delivery mode of an admitted (and, where configured, signed) message: the role's capture
 // service, the spool, or the service's transport; mirror recipients join relayed messages.
-void deliver(std::shared_ptr<Runtime> runtime, Submission submission, uint64_t now_ms,
+void deliver(std::shared_ptr<Runtime> runtime, Submission&& submission, uint64_t now_ms,
              SubmissionDone done) {
-  std::string id = submission.message.id;
   const RoleConfig* role = runtime->config->find_role(submission.submitter.role);
-  Delivered context;
-  context.submitter = submission.submitter;
+  Delivered context;  // its submitter is filled in by the delivery mode
   context.service = submission.service;
   context.recipients = submission.message.envelope_rcpts.size();
   context.size = submission.message.data.size();
   context.captured = role != nullptr && role->capture.has_value();
   // Capture (SPEC §10.4): the role's file service takes the message, in either mode.
-  const std::string via = context.captured ? *role->capture : submission.service;
+  const std::string& via = context.captured ? *role->capture : submission.service;
   if (!context.captured) context.mirror = add_mirror(*runtime->config, role, submission);
   if (SpoolQueue* spool = runtime->spool.get(); spool != nullptr && !context.captured) {
     return deliver_spooled(*spool, std::move(runtime), std::move(submission), std::move(context),
@@ -371,7 +395,7 @@ void deliver(std::shared_ptr<Runtime> runtime, Submission submission, uint64_t n
     log::error("no_transport", {{"service", via}});
     metrics::count_message(submission.submitter.ingress, submission.submitter.role,
                            submission.service, "failed");
-    return done(unavailable(std::move(id), "Service " + via + " not available"));
+    return done(unavailable(submission.message.id, "Service " + via + " not available"));
   }
   deliver_direct(std::move(runtime), via, std::move(submission), std::move(context), now_ms,
                  std::move(done));
@@ -481,16 +505,34 @@ void begin_idempotent(const Runtime& runtime, const Submitter& submitter, std::s
 
 namespace {
 
+// What the policy judges of a submission. Its strings are moved in, not copied, and go back to
+// the submission (give_back) once the policy has decided.
+PolicyRequest take_request(Submission& s) {
+  PolicyRequest r;
+  r.role = std::move(s.submitter.role);
+  r.service = std::move(s.service);
+  r.envelope_from = std::move(s.message.envelope_from);
+  r.header_from = std::move(s.header_from);
+  r.recipients = s.message.envelope_rcpts.size();
+  return r;
+}
+
+void give_back(PolicyRequest&& r, Submission& s) {
+  s.submitter.role = std::move(r.role);
+  s.service = std::move(r.service);
+  s.message.envelope_from = std::move(r.envelope_from);
+  s.header_from = std::move(r.header_from);
+}
+
 // After the policy: refuse, or hand the message to its delivery mode.
-void proceed(std::shared_ptr<Runtime> runtime, Submission submission, PolicyDecision decision,
+void proceed(std::shared_ptr<Runtime> runtime, Submission&& submission, PolicyDecision&& decision,
              uint64_t now_ms, SubmissionDone done) {
-  std::string id = submission.message.id;
   if (!decision.allowed()) {
     record_policy_refusal(submission.submitter, submission.service, decision, true);
     SubmissionResult result;
     result.status = decision.verdict == Verdict::RateLimited ? SubmissionStatus::RateLimited
                                                              : SubmissionStatus::Refused;
-    result.id = std::move(id);
+    result.id = submission.message.id;
     result.decision = std::move(decision);
     return done(std::move(result));
   }
@@ -512,20 +554,25 @@ void proceed(std::shared_ptr<Runtime> runtime, Submission submission, PolicyDeci
 // Shared state (issue 11): the windows are judged in Redis, one script per message. When
 // Redis cannot answer, on_error decides: `local` counts this replica alone (the local
 // limiter, as without shared_state), `refuse` answers 503 / 451.
-void admit_shared(std::shared_ptr<Runtime> runtime, Submission submission, PolicyRequest request,
-                  std::vector<PolicyWindow> windows, uint64_t now_ms, SubmissionDone done) {
+void admit_shared(std::shared_ptr<Runtime> runtime, Submission&& submission,
+                  PolicyRequest&& request, std::vector<PolicyWindow> windows, uint64_t now_ms,
+                  SubmissionDone done) {
   SharedState& shared = *runtime->shared_state;
   auto held = std::make_shared<Submission>(std::move(submission));
   auto req = std::make_shared<PolicyRequest>(std::move(request));
   shared.judge(
       windows, req->recipients, false,
       [runtime, held, req, now_ms, done](SharedState::Outcome out) mutable {
+        const bool refuse =
+            !out.ok && runtime->shared_state->config().on_error != SharedStateOnError::Local;
         PolicyDecision decision;
         if (out.ok) {
           decision = runtime->policy->decide(*req, out.answer.judgements);
-        } else if (runtime->shared_state->config().on_error == SharedStateOnError::Local) {
+        } else if (!refuse) {
           decision = runtime->policy->admit(*req, wall_clock_ms());
-        } else {
+        }
+        give_back(std::move(*req), *held);
+        if (refuse) {
           log::info("message_refused", {{"id", held->message.id},
                                         {"ingress", ingress_name(held->submitter.ingress)},
                                         {"role", held->submitter.role},
@@ -544,14 +591,11 @@ void admit_shared(std::shared_ptr<Runtime> runtime, Submission submission, Polic
 
 }  // namespace
 
-void submit(std::shared_ptr<Runtime> runtime, Submission submission, uint64_t now_ms,
+void submit(std::shared_ptr<Runtime> runtime, Submission&& submission, uint64_t now_ms,
             SubmissionDone done) {
-  std::string id = submission.message.id;
-  if (!runtime || !runtime->policy) return done(unavailable(std::move(id), "Not ready."));
-  const uint64_t recipients = submission.message.envelope_rcpts.size();
-  PolicyRequest request{submission.submitter.role, submission.service,
-                        submission.message.envelope_from, submission.header_from, recipients};
-  const RoleConfig* role = runtime->config->find_role(submission.submitter.role);
+  if (!runtime || !runtime->policy) return done(unavailable(submission.message.id, "Not ready."));
+  PolicyRequest request = take_request(submission);
+  const RoleConfig* role = runtime->config->find_role(request.role);
   const bool captured = role != nullptr && role->capture.has_value();
   // The spool paces to the quota instead; a captured message never reaches the provider.
   request.service_quota = runtime->spool == nullptr && !captured;
@@ -564,6 +608,7 @@ void submit(std::shared_ptr<Runtime> runtime, Submission submission, uint64_t no
     }
   }
   PolicyDecision decision = runtime->policy->admit(request, now_ms);
+  give_back(std::move(request), submission);
   proceed(std::move(runtime), std::move(submission), std::move(decision), now_ms, std::move(done));
 }
 

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <random>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -269,6 +270,44 @@ TEST_F(Metrics, EscapesLabelValues) {
   Exposition e = parse(text);
   ASSERT_TRUE(e.errors.empty()) << e.errors.front();
   EXPECT_EQ(e.value("mailcar_rate_limited_total", {{"role", nasty}}), 1);
+}
+
+// Counting looks the last few label sets up first: many sets counted in random order, with
+// labels that share prefixes and lengths, must still land on their own samples, also after a
+// reset.
+TEST_F(Metrics, ManyLabelSetsInRandomOrder) {
+  const std::vector<std::string> roles = {"a", "ab", "b", "ba", "webapp", "webapp2"};
+  const std::vector<std::string> outcomes = {"sent", "rejected", "failed"};
+  std::mt19937 rng(5);
+  for (int pass = 0; pass < 2; ++pass) {
+    metrics::reset_for_tests();
+    std::map<std::pair<std::string, std::string>, uint64_t> want;
+    for (int i = 0; i < 3000; ++i) {
+      const std::string& role = roles[rng() % roles.size()];
+      const std::string& outcome = outcomes[rng() % outcomes.size()];
+      const uint64_t n = rng() % 5;
+      // Fresh strings each time, as a message's labels are.
+      metrics::count_message(Ingress::Smtp, std::string(role), "email", std::string(outcome));
+      metrics::count_recipients(std::string(role), std::string(outcome), n);
+      ++want[{role, outcome}];
+      want[{role + "/r", outcome}] += n;
+    }
+    Exposition e = parse(metrics::render_prometheus());
+    ASSERT_TRUE(e.errors.empty()) << e.errors.front();
+    for (const auto& [key, count] : want) {
+      if (key.first.ends_with("/r")) {
+        std::string role = key.first.substr(0, key.first.size() - 2);
+        EXPECT_EQ(e.value("mailcar_recipients_total", {{"service", role}, {"outcome", key.second}}),
+                  static_cast<double>(count));
+      } else {
+        EXPECT_EQ(e.value("mailcar_messages_total", {{"ingress", "smtp"},
+                                                     {"role", key.first},
+                                                     {"service", "email"},
+                                                     {"outcome", key.second}}),
+                  static_cast<double>(count));
+      }
+    }
+  }
 }
 
 TEST_F(Metrics, DeterministicOrder) {

@@ -47,6 +47,29 @@ TEST(Policy, AllowsAndReportsTightestWindow) {
   EXPECT_EQ(d.remaining, 47u);
 }
 
+// judge() keeps a few window verdicts on the stack and the rest on the heap: a role with more
+// windows than that is judged the same way (every window counts, the longest wait is reported).
+TEST(Policy, ManyWindowsAllJudged) {
+  Config c;
+  c.services.push_back(service("email", "noreply@example.com", rate(9, "day")));
+  c.roles.push_back(
+      role("busy", std::nullopt, std::vector<std::string>{"*"},
+           {rate(100, "second"), rate(90, "minute"), rate(80, "hour"), rate(70, "day"),
+            rate(60, "second"), rate(50, "minute"), rate(40, "hour"), rate(30, "day")}));
+  auto p = make_policy(c);
+  auto d = p->admit(request("busy", "email", "a@example.com", 5), kNow);
+  ASSERT_EQ(d.verdict, Verdict::Allow) << d.reason;
+  EXPECT_EQ(d.limit_text, "service email: 9/day");  // the quota, last of nine windows
+  EXPECT_EQ(d.remaining, 4u);
+  d = p->admit(request("busy", "email", "a@example.com", 5), kNow);
+  EXPECT_EQ(d.verdict, Verdict::RateLimited);
+  EXPECT_EQ(d.reason, "quota 9/day of service email exceeded");
+  // 31 > the role's 30/day window, the eighth of its windows: never, whatever the wait.
+  d = p->check(request("busy", "email", "a@example.com", 31), kNow);
+  EXPECT_EQ(d.verdict, Verdict::TooManyRecipients);
+  EXPECT_EQ(d.limit_text, "30/day");
+}
+
 TEST(Policy, UnknownRole) {
   auto p = make_policy(base_config());
   auto d = p->admit(request("ghost", "email", "a@example.com"), kNow);

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <random>
 #include <string>
 #include <vector>
 
@@ -88,6 +89,74 @@ INSTANTIATE_TEST_SUITE_P(
         MatchCase{{"*@example.com"}, "example.com", false},
         MatchCase{{"*@example.com"}, "@example.com", false},
         MatchCase{{"*@example.com"}, "", false}, MatchCase{{"a@example.com"}, "a@", false}));
+
+// The matcher against a plain reading of SPEC §3, pattern by pattern, on random addresses
+// (capitals, trailing dots, A-labels, several '@'): the fast path that copies nothing must agree.
+bool reference_match(const std::vector<std::string>& patterns, const std::string& address) {
+  for (const std::string& p : patterns) {
+    if (p == "*") return true;
+  }
+  auto a = split_address(address);
+  if (!a) return false;
+  std::string domain = normalize_domain(a->domain);
+  if (domain.empty()) return false;
+  for (const std::string& p : patterns) {
+    auto parts = split_address(p);
+    std::string pd = normalize_domain(parts->domain);
+    if (parts->local != "*") {
+      if (parts->local == a->local && pd == domain) return true;
+    } else if (pd.rfind("*.", 0) == 0) {
+      std::string parent = pd.substr(2);
+      if (domain.size() > parent.size() + 1 && domain.ends_with("." + parent)) return true;
+    } else if (pd == domain) {
+      return true;
+    }
+  }
+  return false;
+}
+
+TEST(SenderPatterns, AgreesWithReferenceOnRandomAddresses) {
+  const std::vector<std::string> locals = {"a", "A", "info", "x@y", "a.b"};
+  const std::vector<std::string> domains = {"example.com",
+                                            "Example.COM",
+                                            "example.com.",
+                                            "sub.example.com",
+                                            "b.sub.example.com",
+                                            "xn--bcher-kva.de",
+                                            "XN--BCHER-KVA.DE",
+                                            "bücher.de",
+                                            "x.bücher.de",
+                                            "xn--zz.de",
+                                            "de",
+                                            "."};
+  std::mt19937 rng(11);
+  auto pick = [&rng](const std::vector<std::string>& v) { return v[rng() % v.size()]; };
+  for (int round = 0; round < 300; ++round) {
+    std::vector<std::string> patterns;
+    SenderPatterns compiled;
+    for (size_t n = rng() % 4; n > 0; --n) {
+      std::string domain = pick(domains);
+      std::string p;
+      switch (rng() % 3) {
+        case 0:
+          p = pick(locals) + "@" + domain;
+          break;
+        case 1:
+          p = "*@" + domain;
+          break;
+        default:
+          p = "*@*." + domain;
+      }
+      if (compiled.add(p)) patterns.push_back(p);
+    }
+    for (int i = 0; i < 50; ++i) {
+      std::string address = pick(locals) + "@" + pick(domains);
+      if (rng() % 10 == 0) address = pick(domains);  // no '@'
+      ASSERT_EQ(compiled.matches(address), reference_match(patterns, address))
+          << address << " round " << round;
+    }
+  }
+}
 
 TEST(SenderPatterns, RejectsMalformedPatterns) {
   SenderPatterns p;
