@@ -33,5 +33,7 @@ size_t invalid_utf8_offset(std::string_view s);
 
 // `n` random characters from [A-Za-z0-9], from the kernel's CSPRNG.
 std::string random_token(size_t n);
+// The same, appended to `out`.
+void append_random_token(std::string& out, size_t n);
 
 }  // namespace mailcar::text

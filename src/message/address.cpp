@@ -138,6 +138,12 @@ bool is_valid_utf8(std::string_view s) {
 }
 
 Result<std::string> validate_address(std::string_view addr) {
+  auto checked = check_address(addr);
+  if (!checked) return checked.error();
+  return std::string(*checked);
+}
+
+Result<std::string_view> check_address(std::string_view addr) {
   addr = text::trim(addr);
   if (addr.empty()) return make_error("empty address");
   // Control characters first: CR/LF injection must fail loudly whatever else is wrong.
@@ -178,7 +184,7 @@ Result<std::string> validate_address(std::string_view addr) {
   std::string_view domain = addr.substr(at + 1);
   if (domain.find('@') != std::string_view::npos) return make_error("more than one @");
   if (auto r = check_domain(domain); !r) return r.error();
-  return std::string(addr);
+  return addr;
 }
 
 bool address_is_ascii(std::string_view addr) {
