@@ -100,6 +100,7 @@ class HttpRequestParser {
   int fail(int status, std::string reason);
   bool head_over_limit(const char* span_end);
   void finish_header();
+  std::pair<std::string, std::string>& header_being_read();  // a new entry when none is
   int admit_body(uint64_t total);
   int grow_body(size_t more);
 
@@ -109,8 +110,10 @@ class HttpRequestParser {
   BodyAdmission admit_;
   State state_ = State::Idle;
   HttpRequest current_;
-  std::string field_, value_;
-  bool in_value_ = false;
+  // Room for a usual request's header fields, reserved once per request.
+  static constexpr size_t kExpectedHeaders = 8;
+  bool in_field_ = false;  // headers.back() is the field being read
+  bool in_value_ = false;  // ... and its value has begun
   // Head size accounting: bytes of the head in earlier feeds plus this execute's span.
   size_t head_bytes_before_ = 0;
   const char* exec_start_ = nullptr;

@@ -102,7 +102,8 @@ TEST(HttpRequestParser, PipelinedRequestsInOneFeed) {
 }
 
 TEST(HttpRequestParser, SplitAtEveryByteGivesTheSameRequests) {
-  std::string bytes = post("/api/v2/email?x=1", "{\"to\":\"a@b.c\"}", "Expect: 100-continue\r\n") +
+  std::string bytes = post("/api/v2/email?x=1", "{\"to\":\"a@b.c\"}",
+                           "Expect: 100-continue\r\nX-Mixed-CASE-Name: \t a  b \t\r\nX-E:\r\n") +
                       "GET /ready HTTP/1.1\r\nHost: x\r\n\r\n" +
                       "POST /z HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
                       "3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
@@ -120,6 +121,14 @@ TEST(HttpRequestParser, SplitAtEveryByteGivesTheSameRequests) {
     EXPECT_TRUE(all[0].expect_continue) << split;
     EXPECT_EQ(all[1].path, "/ready") << split;
     EXPECT_EQ(all[2].body, "abcde") << split;
+    // Names lower-cased and values trimmed whatever the split: one entry per field, in order.
+    std::vector<std::pair<std::string, std::string>> want = {{"host", "x"},
+                                                             {"content-type", "application/json"},
+                                                             {"expect", "100-continue"},
+                                                             {"x-mixed-case-name", "a  b"},
+                                                             {"x-e", ""},
+                                                             {"content-length", "14"}};
+    EXPECT_EQ(all[0].headers, want) << split;
   }
   // Byte by byte.
   HttpRequestParser p(1000);
