@@ -20,6 +20,9 @@ struct BuildOptions {
   std::string message_id;  // without brackets; empty -> make_message_id(hostname)
   int64_t date_unix = 0;   // Date header; <= 0 -> the current time
   std::string hostname;    // for the generated Message-ID
+  // The caller has validated every address with validate_address and holds the trimmed form:
+  // build_message does not check them again (names and the rest still are).
+  bool addresses_checked = false;
 };
 
 // Builds the wire form. Errors (CR/LF/NUL in a header field, invalid address, bad content

@@ -605,10 +605,12 @@ std::string field_name(std::string_view field, size_t index) {
   return out;
 }
 
-Result<CheckedMailbox> check_mailbox(std::string_view field, size_t index, const Mailbox& m) {
+Result<CheckedMailbox> check_mailbox(std::string_view field, size_t index, const Mailbox& m,
+                                     bool address_checked) {
   if (const char* problem = header_text_problem(m.name)) {
     return make_error(field_name(field, index) + ".name: " + problem);
   }
+  if (address_checked) return CheckedMailbox{m.address, m.name};
   auto addr = check_address(m.address);
   if (!addr) {
     return make_error(field_name(field, index) + ": invalid address: " + addr.error().message);
@@ -617,11 +619,12 @@ Result<CheckedMailbox> check_mailbox(std::string_view field, size_t index, const
 }
 
 Result<std::vector<CheckedMailbox>> check_list(std::string_view field,
-                                               const std::vector<Mailbox>& list) {
+                                               const std::vector<Mailbox>& list,
+                                               bool addresses_checked) {
   std::vector<CheckedMailbox> out;
   out.reserve(list.size());
   for (size_t i = 0; i < list.size(); ++i) {
-    auto m = check_mailbox(field, i, list[i]);
+    auto m = check_mailbox(field, i, list[i], addresses_checked);
     if (!m) return m.error();
     out.push_back(*m);
   }
@@ -923,19 +926,20 @@ Result<Entity> body_entity(const MessageContent& content) {
 }  // namespace
 
 Result<OutboundMessage> build_message(const MessageContent& content, const BuildOptions& options) {
-  auto from = check_mailbox("from", std::string::npos, content.from);
+  const bool checked = options.addresses_checked;
+  auto from = check_mailbox("from", std::string::npos, content.from, checked);
   if (!from) return from.error();
   std::optional<CheckedMailbox> reply_to;
   if (content.reply_to) {
-    auto r = check_mailbox("reply_to", std::string::npos, *content.reply_to);
+    auto r = check_mailbox("reply_to", std::string::npos, *content.reply_to, checked);
     if (!r) return r.error();
     reply_to = *r;
   }
-  auto to = check_list("to", content.to);
+  auto to = check_list("to", content.to, checked);
   if (!to) return to.error();
-  auto cc = check_list("cc", content.cc);
+  auto cc = check_list("cc", content.cc, checked);
   if (!cc) return cc.error();
-  auto bcc = check_list("bcc", content.bcc);
+  auto bcc = check_list("bcc", content.bcc, checked);
   if (!bcc) return bcc.error();
   if (auto r = check_header_text("subject", content.subject); !r) return r.error();
   if (to->empty() && cc->empty() && bcc->empty()) return make_error("no recipient");

@@ -221,6 +221,23 @@ TEST(FoldHeader, MatchesTheReferenceOnRandomValues) {
   }
 }
 
+// addresses_checked skips only the address checks: valid (trimmed) addresses give the same
+// message, and the names are still checked.
+TEST(Build, AddressesCheckedGivesTheSameMessage) {
+  MessageContent c = basic();
+  c.reply_to = Mailbox{"r@example.com", "R \xC3\xA9"};
+  c.cc = {{"c@EXAMPLE.com", ""}, {"a@Example.com", "dup"}};
+  c.bcc = {{"\"q u\"@example.com", ""}};
+  BuildOptions checked{"id1@test", kDate, "host"};
+  checked.addresses_checked = true;
+  EXPECT_EQ(build_ok(c, checked).data, build_ok(c).data);
+  EXPECT_EQ(build_ok(c, checked).envelope_rcpts, build_ok(c).envelope_rcpts);
+  c.cc[0].name = "bad\r\nBcc: x@y";
+  auto r = build_message(c, checked);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().message, "cc[0].name: contains CR or LF");
+}
+
 TEST(Build, TextOnlyHeadersAndEnvelope) {
   MessageContent c = basic();
   c.to.push_back({"b@example.com", ""});
