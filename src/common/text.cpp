@@ -108,10 +108,6 @@ bool constant_time_equal(std::string_view a, std::string_view b) {
   return diff == 0;
 }
 
-char to_lower_ascii(char c) {
-  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c;
-}
-
 std::string lower_ascii(std::string_view s) {
   std::string out(s);
   for (char& c : out) c = to_lower_ascii(c);

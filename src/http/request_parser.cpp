@@ -39,6 +39,9 @@ std::optional<std::string_view> HttpRequest::query_param(std::string_view name) 
 }
 
 std::optional<std::string> percent_decode(std::string_view s, bool plus_is_space) {
+  if (s.find_first_of(plus_is_space ? "%+" : "%") == std::string_view::npos) {
+    return std::string(s);  // the usual path: nothing to decode
+  }
   std::string out;
   out.reserve(s.size());
   for (size_t i = 0; i < s.size(); ++i) {

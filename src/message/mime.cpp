@@ -827,31 +827,44 @@ void append_rfc5322_date(std::string& out, int64_t t) {
   out.append(cached_rfc5322_date(t));
 }
 
-std::string make_message_id(std::string_view hostname, int64_t unix_seconds) {
-  std::string out;
-  out.reserve(20 + 1 + 20 + 1 + hostname.size() + 9);
-  text::append_random_token(out, 20);
-  out.push_back('.');
-  char digits[24];
-  auto [end, ec] = std::to_chars(digits, digits + sizeof digits, unix_seconds);
-  out.append(digits, static_cast<size_t>(end - digits));
-  out.push_back('@');
-  size_t host_at = out.size();
+namespace {
+
+// The host part of a message id: the name's [A-Za-z0-9._-] without leading or trailing dots,
+// "localhost" when nothing is left. The last one is kept (per thread): it rarely changes.
+std::string_view message_id_host(std::string_view hostname) {
+  struct Cache {
+    bool set = false;
+    std::string name, host;
+  };
+  thread_local Cache cache;
+  if (cache.set && cache.name == hostname) return cache.host;
+  std::string host;
   for (char c : hostname) {
     auto u = static_cast<unsigned char>(c);
     if ((u >= 'a' && u <= 'z') || (u >= 'A' && u <= 'Z') || (u >= '0' && u <= '9') || c == '.' ||
         c == '-' || c == '_') {
-      out.push_back(c);
+      host.push_back(c);
     }
   }
-  size_t first = out.find_first_not_of('.', host_at);  // no leading or trailing dots
-  if (first == std::string::npos) {
-    out.resize(host_at);
-  } else {
-    out.erase(host_at, first - host_at);
-    out.resize(out.find_last_not_of('.') + 1);
-  }
-  if (out.size() == host_at) out.append("localhost");
+  while (!host.empty() && host.front() == '.') host.erase(0, 1);
+  while (!host.empty() && host.back() == '.') host.pop_back();
+  if (host.empty()) host = "localhost";
+  cache = Cache{true, std::string(hostname), std::move(host)};
+  return cache.host;
+}
+
+}  // namespace
+
+std::string make_message_id(std::string_view hostname, int64_t unix_seconds) {
+  std::string_view host = message_id_host(hostname);
+  std::string out;
+  out.reserve(20 + 1 + 20 + 1 + host.size());
+  text::append_random_token(out, 20);
+  out.push_back('.');
+  char digits[24];
+  out.append(digits, std::to_chars(digits, digits + sizeof digits, unix_seconds).ptr);
+  out.push_back('@');
+  out.append(host);
   return out;
 }
 

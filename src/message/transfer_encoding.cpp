@@ -27,7 +27,7 @@ void qp_line(std::string& out, std::string_view line) {
     }
     if (i < literal_end) {
       if (col == kQpLineChars - 1) {
-        out += "=\r\n";
+        out.append("=\r\n", 3);
         col = 0;
       }
       size_t n = std::min(kQpLineChars - 1 - col, literal_end - i);
@@ -42,7 +42,7 @@ void qp_line(std::string& out, std::string_view line) {
     size_t width = literal ? 1 : 3;
     // Leave room for the soft break's '=' unless this byte ends the line.
     if (col + width > (last ? kQpLineChars : kQpLineChars - 1)) {
-      out += "=\r\n";
+      out.append("=\r\n", 3);
       col = 0;
     }
     if (literal) {
@@ -71,7 +71,7 @@ void append_quoted_printable(std::string& out, std::string_view s) {
     size_t line_end = crlf == std::string_view::npos ? s.size() : crlf;
     qp_line(out, s.substr(pos, line_end - pos));
     if (crlf == std::string_view::npos) break;
-    out += "\r\n";
+    out.append("\r\n", 2);
     pos = crlf + 2;
   }
 }

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <random>
 #include <string>
 
 using mailcar::http::body_limit_for;
@@ -46,6 +47,35 @@ TEST(PercentDecode, DecodesAndRejectsMalformed) {
   EXPECT_FALSE(percent_decode("%4", false).has_value());
   EXPECT_FALSE(percent_decode("%", false).has_value());
   EXPECT_FALSE(percent_decode("%zz", false).has_value());
+}
+
+// percent_decode (with its copy-only path for text without escapes) against the rule
+// written plainly, on random text of escapes, pluses and plain bytes.
+TEST(PercentDecode, MatchesTheReferenceOnRandomText) {
+  auto reference = [](std::string_view t, bool plus) -> std::optional<std::string> {
+    std::string out;
+    for (size_t i = 0; i < t.size(); ++i) {
+      if (t[i] == '%') {
+        if (i + 2 >= t.size() || !isxdigit(static_cast<unsigned char>(t[i + 1])) ||
+            !isxdigit(static_cast<unsigned char>(t[i + 2]))) {
+          return std::nullopt;
+        }
+        out.push_back(static_cast<char>(std::stoi(std::string(t.substr(i + 1, 2)), nullptr, 16)));
+        i += 2;
+      } else {
+        out.push_back(plus && t[i] == '+' ? ' ' : t[i]);
+      }
+    }
+    return out;
+  };
+  std::mt19937 rng(5);
+  const char pieces[] = "%+a/Z4f";
+  for (int i = 0; i < 20000; ++i) {
+    std::string t(rng() % 12, 'a');
+    for (char& c : t) c = pieces[rng() % (sizeof pieces - 1)];
+    ASSERT_EQ(percent_decode(t, true), reference(t, true)) << t;
+    ASSERT_EQ(percent_decode(t, false), reference(t, false)) << t;
+  }
 }
 
 TEST(ParseQuery, SplitsAndDecodes) {
