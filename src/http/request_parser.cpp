@@ -39,7 +39,8 @@ std::optional<std::string_view> HttpRequest::query_param(std::string_view name) 
 }
 
 std::optional<std::string> percent_decode(std::string_view s, bool plus_is_space) {
-  if (s.find_first_of(plus_is_space ? "%+" : "%") == std::string_view::npos) {
+  if (s.find('%') == std::string_view::npos &&
+      (!plus_is_space || s.find('+') == std::string_view::npos)) {
     return std::string(s);  // the usual path: nothing to decode
   }
   std::string out;
