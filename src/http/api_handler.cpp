@@ -645,7 +645,10 @@ struct ParsedBody {
   bool have_object = false;
 };
 
-ParsedBody parse_body(HttpRequest& request, simdjson::dom::parser& parser, uint64_t body_limit) {
+// Parses the body, then frees it, or keeps its buffer in `spare` when it is small (a large
+// one is not held by an idle keep-alive connection).
+ParsedBody parse_body(HttpRequest& request, simdjson::dom::parser& parser, uint64_t body_limit,
+                      std::string& spare) {
   ParsedBody b;
   b.json_type = is_json_content_type(request.header("content-type"));
   b.size = request.body.size();
@@ -653,7 +656,13 @@ ParsedBody parse_body(HttpRequest& request, simdjson::dom::parser& parser, uint6
   if (b.json_type && b.size <= body_limit) {
     b.error = parse_json(parser, request.body, root);
     // The document holds copies of the strings it needs: the body is not needed any more.
-    std::string().swap(request.body);
+    if (request.body.capacity() <= kKeepBodyCapacity &&
+        request.body.capacity() > spare.capacity()) {
+      request.body.clear();
+      spare.swap(request.body);
+    } else {
+      std::string().swap(request.body);
+    }
   }
   b.have_object =
       b.error == simdjson::SUCCESS && root.get_object().get(b.root) == simdjson::SUCCESS;
@@ -998,7 +1007,8 @@ void ApiHandler::handle_send(HttpRequest& request, std::string_view service_name
     key.emplace(*k);
     hash = request_hash(request);
   }
-  ParsedBody body = parse_body(request, *json_, body_limit_for(config.limits.max_message_bytes));
+  ParsedBody body =
+      parse_body(request, *json_, body_limit_for(config.limits.max_message_bytes), spare_body_);
   struct ParserReset {  // drop a grown parser once this request is done with it
     std::unique_ptr<simdjson::dom::parser>& parser;
     ~ParserReset() { drop_grown_parser(parser); }

@@ -243,6 +243,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
               }
             },
             peer_);
+        parser_.give_spare_body(handler_.take_spare_body());  // the next body's buffer
       } catch (const std::bad_alloc&) {
         item.request.reset();  // give its memory back before answering
         out_of_memory("http_request");

@@ -211,6 +211,7 @@ int HttpRequestParser::on_headers_complete(llhttp_t* p) {
   if (body_expected && (p->flags & F_CONTENT_LENGTH) != 0) {
     // Granted first, then reserved: the pages are touched only as the body arrives.
     if (int status = s->admit_body(p->content_length)) return status;
+    if (s->spare_body_.capacity() >= p->content_length + kBodyPadding) r.body.swap(s->spare_body_);
     r.body.reserve(p->content_length + kBodyPadding);
   }
   s->state_ = State::Body;

@@ -21,6 +21,8 @@ constexpr size_t kMaxUrlBytes = 8 * 1024;      // over: 414
 // Spare capacity kept after a body so that a JSON parser may read it in place
 // (simdjson::SIMDJSON_PADDING).
 constexpr size_t kBodyPadding = 64;
+// A body buffer up to this capacity may be kept for the connection's next request.
+constexpr size_t kKeepBodyCapacity = 8 * 1024;
 
 // The body limit for a given limits.max_message_bytes: a JSON request carries attachments
 // as base64 (4/3 of the bytes), plus field names and quoting; 64 KiB covers the envelope.
@@ -80,6 +82,15 @@ class HttpRequestParser {
 
   Output feed(std::string_view bytes);
 
+  // An emptied body buffer (capacity <= kKeepBodyCapacity) that the next request with a
+  // Content-Length it fits takes instead of allocating; a larger one is dropped.
+  void give_spare_body(std::string body) {
+    if (body.capacity() <= kKeepBodyCapacity && body.capacity() > spare_body_.capacity()) {
+      body.clear();
+      spare_body_ = std::move(body);
+    }
+  }
+
   // True while a request has started but is not complete (for idle-timeout decisions).
   bool in_message() const { return state_ != State::Idle; }
   bool failed() const { return state_ == State::Failed; }
@@ -120,6 +131,7 @@ class HttpRequestParser {
   Output* out_ = nullptr;
   int error_status_ = 0;
   std::string error_reason_;
+  std::string spare_body_;  // see give_spare_body
 };
 
 }  // namespace mailcar::http

@@ -918,6 +918,11 @@ size_t body_estimate(const MessageContent& content) {
 }
 
 Result<Entity> body_entity(const MessageContent& content) {
+  if (!(content.body_text && content.body_html) && content.attachments.empty()) {
+    // One text part, the usual message: no list of parts to build.
+    if (content.body_html) return text_entity(true, *content.body_html);
+    return text_entity(false, content.body_text ? std::string_view(*content.body_text) : "");
+  }
   std::vector<Entity> body_parts;
   if (content.body_text) body_parts.push_back(text_entity(false, *content.body_text));
   if (content.body_html) body_parts.push_back(text_entity(true, *content.body_html));

@@ -167,6 +167,30 @@ TEST(HttpRequestParser, SplitAtEveryByteGivesTheSameRequests) {
   EXPECT_EQ(count, 3u);
 }
 
+// A connection's small body buffer serves its next request; a large one is not kept.
+TEST(HttpRequestParser, SpareBodyBufferIsReusedWhenItFits) {
+  HttpRequestParser p(100000);
+  std::string spare;
+  spare.reserve(4096);
+  const char* buffer = spare.data();
+  p.give_spare_body(std::move(spare));
+  auto first = feed_all(p, post("/a", "{\"x\":1}"));
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_EQ(first[0].body.data(), buffer);
+  EXPECT_EQ(first[0].body, "{\"x\":1}");
+  auto second = feed_all(p, post("/a", "{}"));  // nothing spare now: a buffer of its own
+  ASSERT_EQ(second.size(), 1u);
+  EXPECT_NE(second[0].body.data(), buffer);
+  std::string big;
+  big.reserve(mailcar::http::kKeepBodyCapacity * 2);
+  const char* big_buffer = big.data();
+  p.give_spare_body(std::move(big));
+  auto third = feed_all(p, post("/a", "{}"));
+  ASSERT_EQ(third.size(), 1u);
+  EXPECT_NE(third[0].body.data(), big_buffer);
+  EXPECT_EQ(third[0].body, "{}");
+}
+
 TEST(HttpRequestParser, ContinueRequestedOnlyWhenABodyFollows) {
   HttpRequestParser p(1000);
   auto head = p.feed("POST /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n");
