@@ -519,6 +519,11 @@ bool walk_template(std::string_view text,
 std::optional<std::string> expand_template(
     std::string_view text, const std::function<const std::string*(std::string_view)>& lookup,
     size_t max_bytes) {
+  // No placeholder: the text as it is.
+  if (text.find('{') == std::string_view::npos) {
+    if (text.size() > max_bytes) return std::nullopt;
+    return std::string(text);
+  }
   // Measured first, so nothing is allocated for an output over the limit and the output is
   // allocated once, at its size.
   size_t size = 0;

@@ -154,8 +154,9 @@ int HttpRequestParser::on_header_field(llhttp_t* p, const char* at, size_t lengt
   s->finish_header();
   std::string& name = s->header_being_read().first;
   size_t from = name.size();
-  name.append(at, length);
-  for (size_t i = from; i < name.size(); ++i) name[i] = text::to_lower_ascii(name[i]);
+  name.resize(from + length);
+  char* out = name.data() + from;
+  for (size_t i = 0; i < length; ++i) out[i] = text::to_lower_ascii(at[i]);
   return 0;
 }
 
