@@ -112,6 +112,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             wire += http::serialize_response(r, keep_alive);
           },
           "fuzz:1");
+      parser.give_spare_body(handler.take_spare_body());  // as HttpConnection does
       transport->drain();
     }
     if (out.error_status) {

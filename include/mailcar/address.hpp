@@ -17,6 +17,8 @@ namespace mailcar {
 // valid UTF-8, no control characters, no space outside quotes. Returns the address with
 // surrounding SP/TAB trimmed and nothing else changed; the error says what is wrong.
 Result<std::string> validate_address(std::string_view addr);
+// The same without a copy: the trimmed address is a view into `addr`.
+Result<std::string_view> check_address(std::string_view addr);
 
 bool address_is_ascii(std::string_view addr);
 // Parts of a validated address, split at the last '@' (a quoted local part may hold '@').

@@ -20,6 +20,9 @@ struct BuildOptions {
   std::string message_id;  // without brackets; empty -> make_message_id(hostname)
   int64_t date_unix = 0;   // Date header; <= 0 -> the current time
   std::string hostname;    // for the generated Message-ID
+  // The caller has validated every address with validate_address and holds the trimmed form:
+  // build_message does not check them again (names and the rest still are).
+  bool addresses_checked = false;
 };
 
 // Builds the wire form. Errors (CR/LF/NUL in a header field, invalid address, bad content
@@ -40,7 +43,11 @@ std::string make_message_id(std::string_view hostname);
 std::string make_message_id(std::string_view hostname, int64_t now_unix);
 
 // RFC 5322 date in UTC: "Thu, 01 Jan 1970 00:00:00 +0000".
+// The string of the last second asked for is kept (per thread): the messages of one second
+// share it.
 std::string format_rfc5322_date(int64_t unix_seconds);
+// The same, appended to `out`.
+void append_rfc5322_date(std::string& out, int64_t unix_seconds);
 
 // SMTP DATA payload: every line starting with '.' gets another '.', bare CR and bare LF become
 // CRLF (so no <LF>.<LF> can reach the server), a final CRLF is added when missing, and the

@@ -21,7 +21,9 @@ std::optional<std::string> base64_decode(std::string_view text);
 // Compares in time that depends only on the lengths, not on where the bytes differ.
 bool constant_time_equal(std::string_view a, std::string_view b);
 
-char to_lower_ascii(char c);
+inline char to_lower_ascii(char c) {
+  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c;
+}
 std::string lower_ascii(std::string_view s);
 bool iequals_ascii(std::string_view a, std::string_view b);
 bool istarts_with_ascii(std::string_view s, std::string_view prefix);
@@ -33,5 +35,7 @@ size_t invalid_utf8_offset(std::string_view s);
 
 // `n` random characters from [A-Za-z0-9], from the kernel's CSPRNG.
 std::string random_token(size_t n);
+// The same, appended to `out`.
+void append_random_token(std::string& out, size_t n);
 
 }  // namespace mailcar::text

@@ -108,10 +108,6 @@ bool constant_time_equal(std::string_view a, std::string_view b) {
   return diff == 0;
 }
 
-char to_lower_ascii(char c) {
-  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c;
-}
-
 std::string lower_ascii(std::string_view s) {
   std::string out(s);
   for (char& c : out) c = to_lower_ascii(c);
@@ -174,18 +170,40 @@ size_t invalid_utf8_offset(std::string_view s) {
   return std::string_view::npos;
 }
 
-std::string random_token(size_t n) {
-  static constexpr char kChars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-  std::string out;
-  out.reserve(n);
-  unsigned char buf[64];
-  while (out.size() < n) {
-    ssize_t got = getrandom(buf, sizeof buf, 0);
-    if (got <= 0) continue;
-    for (ssize_t i = 0; i < got && out.size() < n; ++i) {
-      if (buf[i] < 248) out.push_back(kChars[buf[i] % 62]);  // 248 = 4*62: no modulo bias
+namespace {
+
+// Random bytes drawn from the kernel a block at a time (one getrandom per 256 bytes rather
+// than one per token); each byte is used once.
+struct RandomPool {
+  unsigned char bytes[256];
+  size_t used = sizeof bytes;
+
+  unsigned char next() {
+    while (used == sizeof bytes) {
+      ssize_t got = getrandom(bytes, sizeof bytes, 0);
+      if (got == static_cast<ssize_t>(sizeof bytes)) used = 0;
     }
+    return bytes[used++];
   }
+};
+
+}  // namespace
+
+void append_random_token(std::string& out, size_t n) {
+  static constexpr char kChars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+  thread_local RandomPool pool;
+  size_t at = out.size();
+  out.resize(at + n);
+  char* o = out.data() + at;
+  for (size_t i = 0; i < n;) {
+    unsigned char b = pool.next();
+    if (b < 248) o[i++] = kChars[b % 62];  // 248 = 4*62: no modulo bias
+  }
+}
+
+std::string random_token(size_t n) {
+  std::string out;
+  append_random_token(out, n);
   return out;
 }
 

@@ -49,9 +49,33 @@ struct SendFields {
   std::string from_name, from_email, reply_to_name, reply_to_email;
   std::vector<Attachment> attachments;
   StringMap template_data;
-  StringMap top_level_strings;  // template fallback
+  StringMap top_level_strings;  // template fallback, but for the string fields above
   FeatureFields features;       // issue 10: template, template_id, attachment, import_url
+  // The string fields above that the request sent as strings (bit i: kStringFields[i]) and,
+  // of those, the ones it sent empty: they are template values too, read from the members
+  // rather than copied; an empty one stays empty for templates even when a named template
+  // fills the member later.
+  unsigned strings_given = 0;
+  unsigned strings_empty = 0;
 };
+
+// The top-level string fields read into SendFields members.
+constexpr std::pair<std::string_view, std::string SendFields::*> kStringFields[] = {
+    {"subject", &SendFields::subject},
+    {"body_text", &SendFields::body_text},
+    {"body_html", &SendFields::body_html},
+    {"from_name", &SendFields::from_name},
+    {"from_email", &SendFields::from_email},
+    {"reply_to_name", &SendFields::reply_to_name},
+    {"reply_to_email", &SendFields::reply_to_email}};
+
+// The index in kStringFields of `key`, or -1.
+int string_field_index(std::string_view key) {
+  for (size_t i = 0; i < std::size(kStringFields); ++i) {
+    if (kStringFields[i].first == key) return static_cast<int>(i);
+  }
+  return -1;
+}
 
 // The string of an element whose type was already checked.
 std::string_view string_of(element e) {
@@ -211,26 +235,15 @@ std::optional<FieldError> read_template_data(element value, StringMap& out) {
 std::optional<FieldError> read_fields(object root, SendFields& f) {
   for (auto [key, value] : root) {
     std::optional<FieldError> e;
-    if (key == "to") {
+    if (int i = string_field_index(key); i >= 0) {
+      e = read_string(value, key, f.*kStringFields[i].second);
+      if (!e && value.type() == element_type::STRING) f.strings_given |= 1u << i;
+    } else if (key == "to") {
       e = read_recipients(value, key, f.to);
     } else if (key == "cc") {
       e = read_recipients(value, key, f.cc);
     } else if (key == "bcc") {
       e = read_recipients(value, key, f.bcc);
-    } else if (key == "subject") {
-      e = read_string(value, key, f.subject);
-    } else if (key == "body_text") {
-      e = read_string(value, key, f.body_text);
-    } else if (key == "body_html") {
-      e = read_string(value, key, f.body_html);
-    } else if (key == "from_name") {
-      e = read_string(value, key, f.from_name);
-    } else if (key == "from_email") {
-      e = read_string(value, key, f.from_email);
-    } else if (key == "reply_to_name") {
-      e = read_string(value, key, f.reply_to_name);
-    } else if (key == "reply_to_email") {
-      e = read_string(value, key, f.reply_to_email);
     } else if (key == "attachments") {
       e = read_attachments(value, f.attachments);
     } else if (key == "template_data") {
@@ -243,9 +256,12 @@ std::optional<FieldError> read_fields(object root, SendFields& f) {
     }
     if (e) return e;
     // The key itself is never a template value (it would land in a message).
-    if (key != "api_key" && value.type() == element_type::STRING) {
+    if (key != "api_key" && value.type() == element_type::STRING && string_field_index(key) < 0) {
       f.top_level_strings.insert_or_assign(std::string(key), std::string(string_of(value)));
     }
+  }
+  for (size_t i = 0; i < std::size(kStringFields); ++i) {
+    if ((f.*kStringFields[i].second).empty()) f.strings_empty |= 1u << i;
   }
   return std::nullopt;
 }
@@ -258,7 +274,10 @@ bool expand_templates(const SendFields& f, size_t max_bytes, MessageContent& con
     if (auto it = f.top_level_strings.find(k); it != f.top_level_strings.end()) {
       return &it->second;
     }
-    return nullptr;
+    static const std::string kEmpty;
+    int i = string_field_index(k);
+    if (i < 0 || (f.strings_given & (1u << i)) == 0) return nullptr;
+    return (f.strings_empty & (1u << i)) != 0 ? &kEmpty : &(f.*kStringFields[i].second);
   };
   auto subject = expand_template(f.subject, lookup, max_bytes);
   if (!subject) return false;
@@ -305,6 +324,17 @@ void drop_grown_parser(std::unique_ptr<simdjson::dom::parser>& parser) {
   if (parser->capacity() > kKeepJsonCapacity) parser = std::make_unique<simdjson::dom::parser>();
 }
 
+// Validates an address in place (trimmed form; a copy only when there was something to trim).
+std::optional<FieldError> check_address_field(std::string& address, std::string_view field) {
+  auto valid = check_address(address);
+  if (!valid) {
+    return FieldError{std::string(field),
+                      "Invalid address in " + std::string(field) + ": " + valid.error().message};
+  }
+  if (valid->size() != address.size()) address = std::string(*valid);
+  return std::nullopt;
+}
+
 // Validates each address in place (trimmed form) and refuses CR/LF in names.
 std::optional<FieldError> check_mailboxes(std::vector<Mailbox>& list, std::string_view field) {
   for (auto& m : list) {
@@ -312,23 +342,8 @@ std::optional<FieldError> check_mailboxes(std::vector<Mailbox>& list, std::strin
       return FieldError{std::string(field),
                         std::string(field) + ": name must not contain CR or LF"};
     }
-    auto valid = validate_address(m.address);
-    if (!valid) {
-      return FieldError{std::string(field),
-                        "Invalid address in " + std::string(field) + ": " + valid.error().message};
-    }
-    m.address = std::move(*valid);
+    if (auto e = check_address_field(m.address, field)) return e;
   }
-  return std::nullopt;
-}
-
-std::optional<FieldError> check_address_field(std::string& address, std::string_view field) {
-  auto valid = validate_address(address);
-  if (!valid) {
-    return FieldError{std::string(field),
-                      "Invalid address in " + std::string(field) + ": " + valid.error().message};
-  }
-  address = std::move(*valid);
   return std::nullopt;
 }
 
@@ -504,6 +519,11 @@ bool walk_template(std::string_view text,
 std::optional<std::string> expand_template(
     std::string_view text, const std::function<const std::string*(std::string_view)>& lookup,
     size_t max_bytes) {
+  // No placeholder: the text as it is.
+  if (text.find('{') == std::string_view::npos) {
+    if (text.size() > max_bytes) return std::nullopt;
+    return std::string(text);
+  }
   // Measured first, so nothing is allocated for an output over the limit and the output is
   // allocated once, at its size.
   size_t size = 0;
@@ -630,7 +650,10 @@ struct ParsedBody {
   bool have_object = false;
 };
 
-ParsedBody parse_body(HttpRequest& request, simdjson::dom::parser& parser, uint64_t body_limit) {
+// Parses the body, then frees it, or keeps its buffer in `spare` when it is small (a large
+// one is not held by an idle keep-alive connection).
+ParsedBody parse_body(HttpRequest& request, simdjson::dom::parser& parser, uint64_t body_limit,
+                      std::string& spare) {
   ParsedBody b;
   b.json_type = is_json_content_type(request.header("content-type"));
   b.size = request.body.size();
@@ -638,7 +661,13 @@ ParsedBody parse_body(HttpRequest& request, simdjson::dom::parser& parser, uint6
   if (b.json_type && b.size <= body_limit) {
     b.error = parse_json(parser, request.body, root);
     // The document holds copies of the strings it needs: the body is not needed any more.
-    std::string().swap(request.body);
+    if (request.body.capacity() <= kKeepBodyCapacity &&
+        request.body.capacity() > spare.capacity()) {
+      request.body.clear();
+      spare.swap(request.body);
+    } else {
+      std::string().swap(request.body);
+    }
   }
   b.have_object =
       b.error == simdjson::SUCCESS && root.get_object().get(b.root) == simdjson::SUCCESS;
@@ -774,6 +803,7 @@ Answer build_outbound(MessageContent& content, const Runtime& runtime, uint64_t 
   options.hostname = runtime.hostname;
   options.message_id = make_message_id(runtime.hostname, static_cast<int64_t>(now / 1000));
   options.date_unix = static_cast<int64_t>(now / 1000);
+  options.addresses_checked = true;  // check_parties validated and trimmed every address
   auto built = build_message(content, options);
   if (!built) {
     const std::string& m = built.error().message;
@@ -982,7 +1012,8 @@ void ApiHandler::handle_send(HttpRequest& request, std::string_view service_name
     key.emplace(*k);
     hash = request_hash(request);
   }
-  ParsedBody body = parse_body(request, *json_, body_limit_for(config.limits.max_message_bytes));
+  ParsedBody body =
+      parse_body(request, *json_, body_limit_for(config.limits.max_message_bytes), spare_body_);
   struct ParserReset {  // drop a grown parser once this request is done with it
     std::unique_ptr<simdjson::dom::parser>& parser;
     ~ParserReset() { drop_grown_parser(parser); }

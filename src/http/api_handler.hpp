@@ -67,9 +67,14 @@ class ApiHandler {
   // which answer later on the loop thread. `runtime` null: not ready.
   // Nothing of `this` is used after handle() returns, so the handler may go away while a
   // delivery is in flight. The request's body and leases may be taken (a built message keeps
-  // the in-flight lease; the body is freed as soon as the message is built).
+  // the in-flight lease; the body is freed as soon as it is parsed, or kept for the next
+  // request when it is small: take_spare_body).
   void handle(HttpRequest& request, std::shared_ptr<Runtime> runtime, Respond respond,
               const std::string& remote);
+
+  // A parsed JSON body's buffer (emptied; capacity at most kKeepBodyCapacity) for the next
+  // request of the connection (HttpRequestParser::give_spare_body), or an empty string.
+  std::string take_spare_body() { return std::move(spare_body_); }
 
  private:
   void handle_send(HttpRequest& request, std::string_view service, std::shared_ptr<Runtime> runtime,
@@ -77,6 +82,7 @@ class ApiHandler {
 
   WallClock now_ms_;
   std::unique_ptr<simdjson::dom::parser> json_;  // reused across requests
+  std::string spare_body_;                       // see take_spare_body
 };
 
 }  // namespace mailcar::http

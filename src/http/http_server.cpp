@@ -82,7 +82,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
         parser_(
             http::body_limit_for(limits.max_message_bytes),
             [this](HttpRequest& request, uint64_t total) { return admit_body(request, total); }),
-        timer_(loop),
+        deadline_(loop, [this] { on_timeout(); }),
         idle_timeout_ms_(limits.idle_timeout_ms),
         peer_(stream_->peer_address()) {}
 
@@ -119,7 +119,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
 
   void abort() {
     closing_ = true;
-    timer_.stop();
+    deadline_.clear();
     stream_->on_close(nullptr);
     stream_->abort();
   }
@@ -141,7 +141,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
                   "TLS ClientHello on a plaintext listener; listen.http serves plain "
                   "HTTP only: use http://, or put a TLS proxy in front"}});
       closing_ = true;
-      timer_.stop();
+      deadline_.clear();
       stream_->abort();
       return;
     }
@@ -168,7 +168,9 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   int admit_body(HttpRequest& request, uint64_t total) {
     auto server = server_.lock();
     auto runtime = server ? server->runtime() : nullptr;
-    LimitsConfig limits = runtime && runtime->config ? runtime->config->limits : LimitsConfig{};
+    static const LimitsConfig kDefaults;
+    const LimitsConfig& limits =
+        runtime && runtime->config ? runtime->config->limits : kDefaults;  // runtime holds it
     if (!request.inflight_lease.attached()) {
       request.inflight_lease = MemoryLease(inflight_budget());
       bool head_ok =
@@ -241,6 +243,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
               }
             },
             peer_);
+        parser_.give_spare_body(handler_.take_spare_body());  // the next body's buffer
       } catch (const std::bad_alloc&) {
         item.request.reset();  // give its memory back before answering
         out_of_memory("http_request");
@@ -289,7 +292,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   void close() {
     if (closing_) return;
     closing_ = true;
-    timer_.stop();
+    deadline_.clear();
     if (server_stopping()) {
       stream_->close_promptly();  // a stopping server does not wait for the client's EOF
     } else {
@@ -299,7 +302,8 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
 
   void update_timer() {
     if (closing_ || in_flight_ || !queue_.empty()) {
-      timer_.stop();
+      // Not cleared: a deadline that fires now is ignored (on_timeout), and setting it again
+      // after the answer costs no timer restart.
       timer_mode_ = TimerMode::Off;
       return;
     }
@@ -309,14 +313,13 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
     } else {
       timer_mode_ = TimerMode::Idle;
     }
-    std::weak_ptr<HttpConnection> weak = shared_from_this();
-    timer_.start(idle_timeout_ms_, [weak] {
-      if (auto self = weak.lock()) self->on_timeout();
-    });
+    deadline_.set(deadline_.now() + idle_timeout_ms_);
   }
 
+  // From the deadline (owned by this connection, so it cannot outlive it).
   void on_timeout() {
-    if (closing_) return;
+    if (closing_ || timer_mode_ == TimerMode::Off) return;
+    auto self = shared_from_this();  // close() may drop the server's reference
     if (timer_mode_ == TimerMode::Request) {
       write(http::error_response(408, "Request not received in time."), false);
     }
@@ -325,7 +328,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
 
   void on_stream_closed() {
     closing_ = true;
-    timer_.stop();
+    deadline_.clear();
     if (auto server = server_.lock()) server->remove(this);  // may destroy this
   }
 
@@ -333,7 +336,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   net::StreamPtr stream_;
   http::HttpRequestParser parser_;
   http::ApiHandler handler_;
-  net::Timer timer_;
+  net::Deadline deadline_;  // idle or request deadline (timer_mode_)
   uint64_t idle_timeout_ms_;
   std::string peer_;
   std::deque<QueueItem> queue_;

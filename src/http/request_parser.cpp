@@ -39,6 +39,10 @@ std::optional<std::string_view> HttpRequest::query_param(std::string_view name) 
 }
 
 std::optional<std::string> percent_decode(std::string_view s, bool plus_is_space) {
+  if (s.find('%') == std::string_view::npos &&
+      (!plus_is_space || s.find('+') == std::string_view::npos)) {
+    return std::string(s);  // the usual path: nothing to decode
+  }
   std::string out;
   out.reserve(s.size());
   for (size_t i = 0; i < s.size(); ++i) {
@@ -103,20 +107,34 @@ bool HttpRequestParser::head_over_limit(const char* span_end) {
   return head_bytes_before_ + static_cast<size_t>(span_end - exec_start_) > kMaxHeaderBytes;
 }
 
+// A header is written straight into the request's list as its pieces arrive: the name
+// lower-cased, the value trimmed once it is complete (no per-header temporaries).
 void HttpRequestParser::finish_header() {
   if (!in_value_) return;
-  current_.headers.emplace_back(text::lower_ascii(field_), std::string(text::trim(value_)));
-  field_.clear();
-  value_.clear();
+  std::string& value = current_.headers.back().second;
+  std::string_view trimmed = text::trim(value);
+  if (trimmed.size() != value.size()) {
+    value.erase(0, static_cast<size_t>(trimmed.data() - value.data()));
+    value.resize(trimmed.size());
+  }
+  in_field_ = false;
   in_value_ = false;
+}
+
+std::pair<std::string, std::string>& HttpRequestParser::header_being_read() {
+  if (!in_field_) {
+    current_.headers.emplace_back();
+    in_field_ = true;
+  }
+  return current_.headers.back();
 }
 
 int HttpRequestParser::on_message_begin(llhttp_t* p) {
   auto* s = self(p);
   s->state_ = State::Head;
   s->current_ = HttpRequest{};
-  s->field_.clear();
-  s->value_.clear();
+  s->current_.headers.reserve(kExpectedHeaders);
+  s->in_field_ = false;
   s->in_value_ = false;
   s->head_bytes_before_ = 0;
   return 0;
@@ -134,20 +152,25 @@ int HttpRequestParser::on_header_field(llhttp_t* p, const char* at, size_t lengt
   auto* s = self(p);
   if (s->head_over_limit(at + length)) return s->fail(431, "header block too large");
   s->finish_header();
-  s->field_.append(at, length);
+  std::string& name = s->header_being_read().first;
+  size_t from = name.size();
+  name.resize(from + length);
+  char* out = name.data() + from;
+  for (size_t i = 0; i < length; ++i) out[i] = text::to_lower_ascii(at[i]);
   return 0;
 }
 
 int HttpRequestParser::on_header_value(llhttp_t* p, const char* at, size_t length) {
   auto* s = self(p);
   if (s->head_over_limit(at + length)) return s->fail(431, "header block too large");
+  s->header_being_read().second.append(at, length);
   s->in_value_ = true;
-  s->value_.append(at, length);
   return 0;
 }
 
 int HttpRequestParser::on_header_value_complete(llhttp_t* p) {
   auto* s = self(p);
+  s->header_being_read();
   s->in_value_ = true;
   s->finish_header();
   return 0;
@@ -189,6 +212,7 @@ int HttpRequestParser::on_headers_complete(llhttp_t* p) {
   if (body_expected && (p->flags & F_CONTENT_LENGTH) != 0) {
     // Granted first, then reserved: the pages are touched only as the body arrives.
     if (int status = s->admit_body(p->content_length)) return status;
+    if (s->spare_body_.capacity() >= p->content_length + kBodyPadding) r.body.swap(s->spare_body_);
     r.body.reserve(p->content_length + kBodyPadding);
   }
   s->state_ = State::Body;

@@ -21,6 +21,8 @@ constexpr size_t kMaxUrlBytes = 8 * 1024;      // over: 414
 // Spare capacity kept after a body so that a JSON parser may read it in place
 // (simdjson::SIMDJSON_PADDING).
 constexpr size_t kBodyPadding = 64;
+// A body buffer up to this capacity may be kept for the connection's next request.
+constexpr size_t kKeepBodyCapacity = 8 * 1024;
 
 // The body limit for a given limits.max_message_bytes: a JSON request carries attachments
 // as base64 (4/3 of the bytes), plus field names and quoting; 64 KiB covers the envelope.
@@ -80,6 +82,15 @@ class HttpRequestParser {
 
   Output feed(std::string_view bytes);
 
+  // An emptied body buffer (capacity <= kKeepBodyCapacity) that the next request with a
+  // Content-Length it fits takes instead of allocating; a larger one is dropped.
+  void give_spare_body(std::string body) {
+    if (body.capacity() <= kKeepBodyCapacity && body.capacity() > spare_body_.capacity()) {
+      body.clear();
+      spare_body_ = std::move(body);
+    }
+  }
+
   // True while a request has started but is not complete (for idle-timeout decisions).
   bool in_message() const { return state_ != State::Idle; }
   bool failed() const { return state_ == State::Failed; }
@@ -100,6 +111,7 @@ class HttpRequestParser {
   int fail(int status, std::string reason);
   bool head_over_limit(const char* span_end);
   void finish_header();
+  std::pair<std::string, std::string>& header_being_read();  // a new entry when none is
   int admit_body(uint64_t total);
   int grow_body(size_t more);
 
@@ -109,14 +121,17 @@ class HttpRequestParser {
   BodyAdmission admit_;
   State state_ = State::Idle;
   HttpRequest current_;
-  std::string field_, value_;
-  bool in_value_ = false;
+  // Room for a usual request's header fields, reserved once per request.
+  static constexpr size_t kExpectedHeaders = 8;
+  bool in_field_ = false;  // headers.back() is the field being read
+  bool in_value_ = false;  // ... and its value has begun
   // Head size accounting: bytes of the head in earlier feeds plus this execute's span.
   size_t head_bytes_before_ = 0;
   const char* exec_start_ = nullptr;
   Output* out_ = nullptr;
   int error_status_ = 0;
   std::string error_reason_;
+  std::string spare_body_;  // see give_spare_body
 };
 
 }  // namespace mailcar::http

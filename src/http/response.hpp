@@ -11,7 +11,7 @@ namespace mailcar::http {
 
 struct HttpResponse {
   int status = 200;
-  std::string content_type = "application/json";
+  std::string_view content_type = "application/json";  // a string constant
   // Extra headers (Allow, Retry-After, X-RateLimit-*); Content-Type, Content-Length and
   // Connection are written by serialize_response.
   std::vector<std::pair<std::string, std::string>> headers;

@@ -71,6 +71,10 @@ Result<void> check_local(std::string_view local) {
   char prev = 0;
   for (char ch : local) {
     auto c = static_cast<unsigned char>(ch);
+    if (ch != '.' && has_class(c, kAtextUtf8)) {  // the usual byte
+      prev = ch;
+      continue;
+    }
     if (ch == '.') {
       if (prev == '.') return make_error("consecutive dots in local part");
     } else if (c == ' ' || c == '\t') {
@@ -120,8 +124,7 @@ Result<void> check_domain(std::string_view domain) {
       return make_error("invalid domain: label starts or ends with a hyphen");
     }
     for (char ch : label) {
-      auto c = static_cast<unsigned char>(ch);
-      if (!(is_ascii_alnum(c) || c == '-' || c >= 0x80)) {
+      if (!has_class(static_cast<unsigned char>(ch), kLabelChar)) {
         return make_error("invalid domain: character not allowed");
       }
     }
@@ -138,11 +141,21 @@ bool is_valid_utf8(std::string_view s) {
 }
 
 Result<std::string> validate_address(std::string_view addr) {
+  auto checked = check_address(addr);
+  if (!checked) return checked.error();
+  return std::string(*checked);
+}
+
+Result<std::string_view> check_address(std::string_view addr) {
   addr = text::trim(addr);
   if (addr.empty()) return make_error("empty address");
   // Control characters first: CR/LF injection must fail loudly whatever else is wrong.
   for (size_t i = 0; i < addr.size();) {
     auto c = static_cast<unsigned char>(addr[i]);
+    if (has_class(c, kPrintableAscii)) {  // the usual byte: nothing to check
+      ++i;
+      continue;
+    }
     if (c == '\r' || c == '\n') return make_error("CR or LF in address");
     if (c == 0) return make_error("NUL in address");
     if (c < 32 && c != '\t') return make_error("control character in address");
@@ -178,7 +191,7 @@ Result<std::string> validate_address(std::string_view addr) {
   std::string_view domain = addr.substr(at + 1);
   if (domain.find('@') != std::string_view::npos) return make_error("more than one @");
   if (auto r = check_domain(domain); !r) return r.error();
-  return std::string(addr);
+  return addr;
 }
 
 bool address_is_ascii(std::string_view addr) {

@@ -14,6 +14,33 @@ void append_hex(std::string& out, unsigned char c) {
   out.append(piece, 3);
 }
 
+// Copies a run of literal bytes in pieces that fill each output line to 75 characters, a
+// soft break ("=" CRLF) before each further piece; the output is sized once for the run.
+// `col` is the output column before and after. Returns run.size().
+size_t copy_literal_run(std::string& out, std::string_view run, size_t& col) {
+  constexpr size_t kFill = kQpLineChars - 1;  // room for the soft break's '='
+  size_t at = out.size();
+  out.resize(at + run.size() + (run.size() / kFill + 1) * 3);  // at most: trimmed below
+  char* o = out.data() + at;
+  const char* p = run.data();
+  size_t left = run.size();
+  while (left > 0) {
+    if (col == kFill) {
+      std::memcpy(o, "=\r\n", 3);
+      o += 3;
+      col = 0;
+    }
+    size_t n = std::min(kFill - col, left);
+    std::memcpy(o, p, n);
+    o += n;
+    p += n;
+    col += n;
+    left -= n;
+  }
+  out.resize(static_cast<size_t>(o - out.data()));
+  return run.size();
+}
+
 // One line of CRLF text (without its CRLF). The literal run ahead is measured once and
 // copied in pieces that fill each output line; only the bytes that need a decision (escapes,
 // the last byte, whose limit differs) go one at a time.
@@ -26,14 +53,7 @@ void qp_line(std::string& out, std::string_view line) {
       literal_end = i + text::qp_literal_prefix(line.substr(i, line.size() - 1 - i));
     }
     if (i < literal_end) {
-      if (col == kQpLineChars - 1) {
-        out += "=\r\n";
-        col = 0;
-      }
-      size_t n = std::min(kQpLineChars - 1 - col, literal_end - i);
-      out.append(line.data() + i, n);
-      col += n;
-      i += n;
+      i = copy_literal_run(out, line.substr(i, literal_end - i), col) + i;
       continue;
     }
     auto c = static_cast<unsigned char>(line[i]);
@@ -42,7 +62,7 @@ void qp_line(std::string& out, std::string_view line) {
     size_t width = literal ? 1 : 3;
     // Leave room for the soft break's '=' unless this byte ends the line.
     if (col + width > (last ? kQpLineChars : kQpLineChars - 1)) {
-      out += "=\r\n";
+      out.append("=\r\n", 3);
       col = 0;
     }
     if (literal) {
@@ -71,7 +91,7 @@ void append_quoted_printable(std::string& out, std::string_view s) {
     size_t line_end = crlf == std::string_view::npos ? s.size() : crlf;
     qp_line(out, s.substr(pos, line_end - pos));
     if (crlf == std::string_view::npos) break;
-    out += "\r\n";
+    out.append("\r\n", 2);
     pos = crlf + 2;
   }
 }

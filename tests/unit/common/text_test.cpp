@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <set>
+
 using namespace mailcar::text;
 
 TEST(Base64, RoundTripsAllLengths) {
@@ -53,6 +55,32 @@ TEST(RandomToken, HasLengthAndAlphabet) {
   ASSERT_EQ(t.size(), 40u);
   for (char c : t) EXPECT_TRUE(isalnum(static_cast<unsigned char>(c)));
   EXPECT_NE(random_token(40), t);
+}
+
+// Tokens come from a pool of kernel random bytes: every call takes fresh bytes, the alphabet
+// is used evenly (no modulo bias), and appending keeps what was there.
+TEST(RandomToken, FreshEvenAndAppended) {
+  std::string out = "prefix.";
+  append_random_token(out, 30);
+  ASSERT_EQ(out.size(), 37u);
+  EXPECT_TRUE(out.starts_with("prefix."));
+  int counts[128] = {};
+  std::set<std::string> seen;
+  for (int i = 0; i < 2000; ++i) {
+    std::string t = random_token(31);  // not a divisor of the pool: tokens span refills
+    ASSERT_EQ(t.size(), 31u);
+    EXPECT_TRUE(seen.insert(t).second) << "repeated token " << t;
+    for (char c : t) {
+      ASSERT_TRUE(isalnum(static_cast<unsigned char>(c)));
+      ++counts[static_cast<unsigned char>(c)];
+    }
+  }
+  // 62,000 characters over 62: about 1,000 each; a biased or stuck source falls far outside.
+  for (int c = 0; c < 128; ++c) {
+    if (isalnum(c)) {
+      EXPECT_GT(counts[c], 800) << static_cast<char>(c);
+    }
+  }
 }
 
 TEST(Utf8, InvalidOffsetPointsAtTheFirstBadSequence) {

@@ -297,6 +297,20 @@ TEST_F(ApiHandlerTest, TemplatesWithFallbackAndNoReexpansion) {
   EXPECT_NE(data.find("<p>John {city}</p>"), std::string::npos);
 }
 
+// The request's own string fields are template values too (read from the fields, not
+// copied): as sent, an empty one empty, one not sent not a value at all.
+TEST_F(ApiHandlerTest, OwnStringFieldsAreTemplateValues) {
+  auto r = send(R"({"to":"a@x.org","from_name":"Ann","from_email":"ann@x.org","subject":"",
+      "subject":"S {from_name}","body_html":"",
+      "body_text":"{from_name} <{from_email}> [{subject}] [{body_html}] {reply_to_name} {to}"})");
+  ASSERT_EQ(r.status(), 200) << r.response.body;
+  const auto& data = last_message().data;
+  EXPECT_NE(data.find("Subject: S Ann"), std::string::npos) << data;
+  EXPECT_NE(data.find("Ann <ann@x.org> [S {from_name}] [] {reply_to_name} a@x.org"),
+            std::string::npos)
+      << data;
+}
+
 TEST_F(ApiHandlerTest, SubjectWithCrLfAfterSubstitutionIs400) {
   auto r = send(R"({"to":"a@x.org","body_text":"x","subject":"Hi {n}",
                     "template_data":{"n":"a\r\nBcc: victim@x.org"}})");

@@ -342,6 +342,40 @@ TEST_F(HttpServerTest, IdleAndSlowClientsAreClosed) {
   EXPECT_TRUE(run_until([&] { return server_->connection_count() == 0; }));
 }
 
+// Each answered request starts the idle time afresh (the deadline moves later without a
+// timer restart, so it must still be honoured later): requests every 100 ms for longer than
+// the timeout keep the connection; once they stop it is closed.
+TEST_F(HttpServerTest, IdleTimeCountsFromTheLastAnswer) {
+  config_->limits.idle_timeout_ms = 1'000;
+  start();
+  Client c(server_->port());
+  auto started = std::chrono::steady_clock::now();
+  auto last_send = started - std::chrono::seconds(1);
+  size_t sent = 0;
+  ASSERT_TRUE(run_until(
+      [&] {
+        c.pump();
+        auto now = std::chrono::steady_clock::now();
+        if (!c.eof && now - last_send > std::chrono::milliseconds(100) &&
+            c.responses().size() == sent) {
+          c.send("GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+          ++sent;
+          last_send = now;
+        }
+        return c.eof || now - started > std::chrono::milliseconds(2'500);
+      },
+      5000));
+  EXPECT_FALSE(c.eof) << "closed while requests kept coming";
+  EXPECT_GE(sent, 10u);
+  ASSERT_TRUE(run_until(
+      [&] {
+        c.pump();
+        return c.eof;
+      },
+      5000));
+  EXPECT_EQ(c.responses().size(), sent);
+}
+
 TEST_F(HttpServerTest, ConnectionsOverTheLimitGet503) {
   config_->limits.max_connections = 1;
   start();

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <random>
 #include <string>
 
 using mailcar::http::body_limit_for;
@@ -46,6 +47,35 @@ TEST(PercentDecode, DecodesAndRejectsMalformed) {
   EXPECT_FALSE(percent_decode("%4", false).has_value());
   EXPECT_FALSE(percent_decode("%", false).has_value());
   EXPECT_FALSE(percent_decode("%zz", false).has_value());
+}
+
+// percent_decode (with its copy-only path for text without escapes) against the rule
+// written plainly, on random text of escapes, pluses and plain bytes.
+TEST(PercentDecode, MatchesTheReferenceOnRandomText) {
+  auto reference = [](std::string_view t, bool plus) -> std::optional<std::string> {
+    std::string out;
+    for (size_t i = 0; i < t.size(); ++i) {
+      if (t[i] == '%') {
+        if (i + 2 >= t.size() || !isxdigit(static_cast<unsigned char>(t[i + 1])) ||
+            !isxdigit(static_cast<unsigned char>(t[i + 2]))) {
+          return std::nullopt;
+        }
+        out.push_back(static_cast<char>(std::stoi(std::string(t.substr(i + 1, 2)), nullptr, 16)));
+        i += 2;
+      } else {
+        out.push_back(plus && t[i] == '+' ? ' ' : t[i]);
+      }
+    }
+    return out;
+  };
+  std::mt19937 rng(5);
+  const char pieces[] = "%+a/Z4f";
+  for (int i = 0; i < 20000; ++i) {
+    std::string t(rng() % 12, 'a');
+    for (char& c : t) c = pieces[rng() % (sizeof pieces - 1)];
+    ASSERT_EQ(percent_decode(t, true), reference(t, true)) << t;
+    ASSERT_EQ(percent_decode(t, false), reference(t, false)) << t;
+  }
 }
 
 TEST(ParseQuery, SplitsAndDecodes) {
@@ -102,7 +132,8 @@ TEST(HttpRequestParser, PipelinedRequestsInOneFeed) {
 }
 
 TEST(HttpRequestParser, SplitAtEveryByteGivesTheSameRequests) {
-  std::string bytes = post("/api/v2/email?x=1", "{\"to\":\"a@b.c\"}", "Expect: 100-continue\r\n") +
+  std::string bytes = post("/api/v2/email?x=1", "{\"to\":\"a@b.c\"}",
+                           "Expect: 100-continue\r\nX-Mixed-CASE-Name: \t a  b \t\r\nX-E:\r\n") +
                       "GET /ready HTTP/1.1\r\nHost: x\r\n\r\n" +
                       "POST /z HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
                       "3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
@@ -120,12 +151,44 @@ TEST(HttpRequestParser, SplitAtEveryByteGivesTheSameRequests) {
     EXPECT_TRUE(all[0].expect_continue) << split;
     EXPECT_EQ(all[1].path, "/ready") << split;
     EXPECT_EQ(all[2].body, "abcde") << split;
+    // Names lower-cased and values trimmed whatever the split: one entry per field, in order.
+    std::vector<std::pair<std::string, std::string>> want = {{"host", "x"},
+                                                             {"content-type", "application/json"},
+                                                             {"expect", "100-continue"},
+                                                             {"x-mixed-case-name", "a  b"},
+                                                             {"x-e", ""},
+                                                             {"content-length", "14"}};
+    EXPECT_EQ(all[0].headers, want) << split;
   }
   // Byte by byte.
   HttpRequestParser p(1000);
   size_t count = 0;
   for (char c : bytes) count += p.feed(std::string_view(&c, 1)).requests.size();
   EXPECT_EQ(count, 3u);
+}
+
+// A connection's small body buffer serves its next request; a large one is not kept.
+TEST(HttpRequestParser, SpareBodyBufferIsReusedWhenItFits) {
+  HttpRequestParser p(100000);
+  std::string spare;
+  spare.reserve(4096);
+  const char* buffer = spare.data();
+  p.give_spare_body(std::move(spare));
+  auto first = feed_all(p, post("/a", "{\"x\":1}"));
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_EQ(first[0].body.data(), buffer);
+  EXPECT_EQ(first[0].body, "{\"x\":1}");
+  auto second = feed_all(p, post("/a", "{}"));  // nothing spare now: a buffer of its own
+  ASSERT_EQ(second.size(), 1u);
+  EXPECT_NE(second[0].body.data(), buffer);
+  std::string big;
+  big.reserve(mailcar::http::kKeepBodyCapacity * 2);
+  const char* big_buffer = big.data();
+  p.give_spare_body(std::move(big));
+  auto third = feed_all(p, post("/a", "{}"));
+  ASSERT_EQ(third.size(), 1u);
+  EXPECT_NE(third[0].body.data(), big_buffer);
+  EXPECT_EQ(third[0].body, "{}");
 }
 
 TEST(HttpRequestParser, ContinueRequestedOnlyWhenABodyFollows) {

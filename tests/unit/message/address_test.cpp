@@ -5,6 +5,8 @@
 #include <ostream>
 #include <string>
 
+#include "message/char_class.hpp"
+
 namespace mailcar {
 namespace {
 
@@ -241,6 +243,22 @@ INSTANTIATE_TEST_SUITE_P(
                       BadList{"x <a@-bad.com>", "hyphen"},
                       BadList{"a@example.com b@example.com", "unexpected"},
                       BadList{"a@example.com)", "unbalanced"}));
+
+}  // namespace
+}  // namespace mailcar
+
+namespace mailcar {
+namespace {
+
+// The table validate_address reads is the predicates it replaces, for every byte.
+TEST(AddressCharClasses, TableMatchesThePredicates) {
+  for (int i = 0; i < 256; ++i) {
+    auto c = static_cast<unsigned char>(i);
+    EXPECT_EQ(has_class(c, kPrintableAscii), c >= 32 && c < 127) << i;
+    EXPECT_EQ(has_class(c, kAtextUtf8), is_atext_utf8(c)) << i;
+    EXPECT_EQ(has_class(c, kLabelChar), is_ascii_alnum(c) || c == '-' || c >= 0x80) << i;
+  }
+}
 
 }  // namespace
 }  // namespace mailcar

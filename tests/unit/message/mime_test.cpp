@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <ctime>
 #include <random>
 #include <string>
 #include <vector>
@@ -97,6 +98,24 @@ TEST(Date, Rfc5322Format) {
   EXPECT_EQ(format_rfc5322_date(4102444800), "Fri, 01 Jan 2100 00:00:00 +0000");
 }
 
+// The date per second is cached: every second, in any order, must still format as gmtime says.
+TEST(Date, CachedFormatMatchesGmtimeOnRandomTimes) {
+  std::mt19937_64 rng(12);
+  std::uniform_int_distribution<int64_t> any(-2000000000LL, 32503680000LL);  // 1906 .. 3000
+  for (int i = 0; i < 20000; ++i) {
+    int64_t t = i % 3 == 0 ? 1700000000 + i / 3 : any(rng);  // runs of one second, then jumps
+    time_t tt = static_cast<time_t>(t);
+    tm parts{};
+    ASSERT_NE(gmtime_r(&tt, &parts), nullptr);
+    char want[64];
+    strftime(want, sizeof want, "%a, %d %b %Y %H:%M:%S +0000", &parts);
+    ASSERT_EQ(format_rfc5322_date(t), want) << t;
+    std::string appended = "Date: ";
+    append_rfc5322_date(appended, t);
+    ASSERT_EQ(appended, std::string("Date: ") + want);
+  }
+}
+
 TEST(MessageId, SafeCharactersAndSanitizedHost) {
   std::string id = make_message_id("mail host!.example.", 1234);
   EXPECT_TRUE(id.ends_with(".1234@mailhost.example")) << id;
@@ -164,6 +183,59 @@ TEST(FoldHeader, FoldsAtSpacesAndUnfoldsToTheOriginal) {
     unfolded.push_back(folded[i]);
   }
   EXPECT_EQ(unfolded, "To: " + value + "\r\n");
+}
+
+// The folding rule written plainly (the original implementation): the fast path for short
+// lines and the in-place folding must give the same bytes.
+std::string reference_fold(std::string_view name, std::string_view value) {
+  std::string line = std::string(name) + ": " + std::string(value);
+  std::string out;
+  size_t line_len = 0, seg_start = 0;
+  auto emit = [&](size_t end) {
+    size_t seg_len = end - seg_start;
+    if (line_len > 0 && line_len + seg_len > 78) {
+      out += "\r\n";
+      line_len = 0;
+    }
+    out.append(line, seg_start, seg_len);
+    line_len += seg_len;
+    seg_start = end;
+  };
+  for (size_t i = name.size() + 1; i + 1 < line.size(); ++i) {
+    bool wsp = line[i] == ' ' || line[i] == '\t';
+    bool next_wsp = line[i + 1] == ' ' || line[i + 1] == '\t';
+    if (wsp && !next_wsp) emit(i);
+  }
+  emit(line.size());
+  return out + "\r\n";
+}
+
+TEST(FoldHeader, MatchesTheReferenceOnRandomValues) {
+  std::mt19937 rng(7);
+  const char alphabet[] = "ab  \t,.@x";
+  for (int i = 0; i < 20000; ++i) {
+    std::string value(rng() % 200, 'a');
+    for (char& c : value) c = alphabet[rng() % (sizeof alphabet - 1)];
+    std::string name = i % 2 ? "To" : "Content-Disposition";
+    ASSERT_EQ(fold_header(name, value), reference_fold(name, value)) << value;
+  }
+}
+
+// addresses_checked skips only the address checks: valid (trimmed) addresses give the same
+// message, and the names are still checked.
+TEST(Build, AddressesCheckedGivesTheSameMessage) {
+  MessageContent c = basic();
+  c.reply_to = Mailbox{"r@example.com", "R \xC3\xA9"};
+  c.cc = {{"c@EXAMPLE.com", ""}, {"a@Example.com", "dup"}};
+  c.bcc = {{"\"q u\"@example.com", ""}};
+  BuildOptions checked{"id1@test", kDate, "host"};
+  checked.addresses_checked = true;
+  EXPECT_EQ(build_ok(c, checked).data, build_ok(c).data);
+  EXPECT_EQ(build_ok(c, checked).envelope_rcpts, build_ok(c).envelope_rcpts);
+  c.cc[0].name = "bad\r\nBcc: x@y";
+  auto r = build_message(c, checked);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().message, "cc[0].name: contains CR or LF");
 }
 
 TEST(Build, TextOnlyHeadersAndEnvelope) {
