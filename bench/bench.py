@@ -108,7 +108,7 @@ class Mailcar:
         self.log.close()
 
 
-def config(sink_port, connections, roles_yaml=None, key_role="bench"):
+def config(sink_port, connections, roles_yaml=None, key_role="bench", log_level="warn"):
     roles = roles_yaml or '  bench:\n    senders: ["*"]\n'
     return f"""listen:
   http: 127.0.0.1:{{HTTP}}
@@ -134,7 +134,7 @@ limits:
   smtp_idle_timeout: 120s
 log:
   format: json
-  level: warn
+  level: {log_level}
 """
 
 
@@ -559,7 +559,8 @@ def callgrind_run(args, sink, folder, send, count, size):
         # costs; with the threshold raised, every copy is counted as the vector loop it is.
         wrapper[:0] = ["env", "GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=1073741824:"
                        "glibc.cpu.x86_rep_stosb_threshold=1073741824"]
-    mc = Mailcar(args.mailcar, config(sink.port, 1), work, wrapper, start_timeout=120)
+    cfg = config(sink.port, 1, log_level=args.callgrind_log_level)
+    mc = Mailcar(args.mailcar, cfg, work, wrapper, start_timeout=120)
     try:
         send(mc.smtp_port if send is send_smtp_messages else mc.http_port, count, size)
     finally:
@@ -610,6 +611,9 @@ def main():
     ap.add_argument("--shared-rounds", type=int, default=3)
     ap.add_argument("--callgrind-rep-movsb", action="store_true",
                     help="keep glibc's rep movsb memcpy (callgrind counts it once per byte)")
+    ap.add_argument("--callgrind-log-level", default="warn",
+                    help="log.level of the callgrind runs (info writes the per-message line, "
+                         "as a production daemon does; warn writes none)")
     ap.add_argument("--callgrind-messages", type=int, default=500,
                     help="messages per 1 KB callgrind run (100 KB runs send a fifth)")
     ap.add_argument("--keep", action="store_true",
