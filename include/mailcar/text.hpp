@@ -25,7 +25,14 @@ inline char to_lower_ascii(char c) {
   return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c;
 }
 std::string lower_ascii(std::string_view s);
-bool iequals_ascii(std::string_view a, std::string_view b);
+// Inline: most calls compare a word of the protocol with one that differs in length.
+inline bool iequals_ascii(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (to_lower_ascii(a[i]) != to_lower_ascii(b[i])) return false;
+  }
+  return true;
+}
 bool istarts_with_ascii(std::string_view s, std::string_view prefix);
 std::string_view trim(std::string_view s);  // SP and TAB
 bool is_ascii(std::string_view s);

@@ -114,14 +114,6 @@ std::string lower_ascii(std::string_view s) {
   return out;
 }
 
-bool iequals_ascii(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (to_lower_ascii(a[i]) != to_lower_ascii(b[i])) return false;
-  }
-  return true;
-}
-
 bool istarts_with_ascii(std::string_view s, std::string_view prefix) {
   return s.size() >= prefix.size() && iequals_ascii(s.substr(0, prefix.size()), prefix);
 }

@@ -27,6 +27,7 @@ class Lexer {
 
   Result<std::vector<Token>> run() {
     std::vector<Token> tokens;
+    tokens.reserve(8);  // "Name <local@example.com>" is 8 tokens with End: no regrowth
     Token pending;
     while (true) {
       auto skipped = skip_cfws(pending);

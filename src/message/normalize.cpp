@@ -1,5 +1,6 @@
 #include "mailcar/normalize.hpp"
 
+#include <array>
 #include <string>
 #include <vector>
 
@@ -67,27 +68,29 @@ std::string extract_message_id(std::string_view value) {
   return std::string(value);
 }
 
-// Appends `s` reduced to characters that cannot end or break out of a Received clause, or
-// `fallback` when nothing is left.
+// Bytes a Received clause keeps from client-supplied text: printable ASCII that cannot end or
+// break out of a comment, a domain literal or the clause.
+constexpr std::array<bool, 256> kSafeTokenByte = [] {
+  std::array<bool, 256> safe{};
+  for (int c = 33; c <= 126; ++c) safe[static_cast<size_t>(c)] = true;
+  for (char c : std::string_view("()[]\\\";")) safe[static_cast<unsigned char>(c)] = false;
+  return safe;
+}();
+
+// Appends `s` reduced to those bytes (at most 255 of them), or `fallback` when none is left.
 void append_safe_token(std::string& out, std::string_view s, std::string_view fallback) {
-  const size_t start = out.size();
-  for (unsigned char c : s) {
-    if (out.size() - start >= 255) break;
-    if (c < 33 || c > 126) continue;
-    switch (c) {
-      case '(':
-      case ')':
-      case '[':
-      case ']':
-      case '\\':
-      case '"':
-      case ';':
-        continue;
-      default:
-        out.push_back(static_cast<char>(c));
+  size_t kept = 0;
+  for (size_t i = 0; i < s.size() && kept < 255;) {
+    size_t run = i;
+    while (run < s.size() && kept + (run - i) < 255 &&
+           kSafeTokenByte[static_cast<unsigned char>(s[run])]) {
+      ++run;
     }
+    out.append(s, i, run - i);  // a run of safe bytes at once
+    kept += run - i;
+    i = run + 1;  // past the unsafe byte (or the end)
   }
-  if (out.size() == start) out.append(fallback);
+  if (kept == 0) out.append(fallback);
 }
 
 // Line ends become CRLF (only when some are not: the SMTP door has made them so already,

@@ -926,11 +926,17 @@ bool SmtpServerSession::address_ok(std::string_view address) const {
 std::optional<PolicyDecision> SmtpServerSession::check_policy(const std::string& from,
                                                               uint64_t recipients) const {
   if (policy_ == nullptr) return std::nullopt;
-  PolicyRequest request;
+  PolicyRequest& request = policy_request_;  // its strings keep their buffers between calls
   request.role = current_role();
-  request.service = options_.route ? options_.route(request.role, from) : options_.service;
+  if (options_.route) {
+    request.service = options_.route(request.role, from);
+  } else {
+    request.service = options_.service;
+  }
   request.envelope_from = from;
+  request.header_from.clear();
   request.recipients = recipients;
+  request.service_quota = true;
   if (options_.shared_windows) {
     std::vector<PolicyWindow> windows;  // judged in Redis at the end of DATA
     return policy_->check_rules(request, windows);
