@@ -179,6 +179,9 @@ class SmtpClientSession {
   };
 
   void handle_reply(const SmtpReply& reply, SmtpClientOutput& out);
+  // Replies to the greeting, EHLO/HELO and STARTTLS; to AUTH PLAIN / LOGIN.
+  void setup_reply(Command command, const SmtpReply& reply, SmtpClientOutput& out);
+  void auth_reply(Command command, const SmtpReply& reply, SmtpClientOutput& out);
   void handle_transaction_reply(Command command, const SmtpReply& reply, SmtpClientOutput& out);
   void handle_unsolicited(const SmtpReply& reply, SmtpClientOutput& out);
   void send(Command command, std::string_view line, SmtpClientOutput& out);

@@ -289,6 +289,39 @@ void SmtpClientSession::handle_reply(const SmtpReply& reply, SmtpClientOutput& o
   pending_.pop_front();
   switch (command) {
     case Command::Greeting:
+    case Command::Ehlo:
+    case Command::Helo:
+    case Command::StartTls:
+      setup_reply(command, reply, out);
+      return;
+    case Command::AuthLogin:
+    case Command::AuthLoginUser:
+    case Command::AuthPlain:
+    case Command::AuthLoginPassword:
+      auth_reply(command, reply, out);
+      return;
+    case Command::AuthOAuth:
+    case Command::AuthOAuthCancel:
+      oauth2_reply(command, reply, out);
+      return;
+    case Command::Quit:
+      state_ = State::Closed;
+      emit(out, SmtpClientEvent::Kind::Closed);
+      return;
+    case Command::Rset:
+    case Command::Mail:
+    case Command::Rcpt:
+    case Command::Data:
+    case Command::EndOfData:
+      handle_transaction_reply(command, reply, out);
+      return;
+  }
+}
+
+void SmtpClientSession::setup_reply(Command command, const SmtpReply& reply,
+                                    SmtpClientOutput& out) {
+  switch (command) {
+    case Command::Greeting:
       if (reply.code == 220) {
         state_ = State::Ehlo;
         send_hello(Command::Ehlo, out);
@@ -315,7 +348,7 @@ void SmtpClientSession::handle_reply(const SmtpReply& reply, SmtpClientOutput& o
         fail(rejection(reply), out);
       }
       return;
-    case Command::StartTls:
+    default:  // StartTls
       if (reply.code == 220) {
         state_ = State::TlsHandshake;
         discard_input_ = true;
@@ -326,40 +359,21 @@ void SmtpClientSession::handle_reply(const SmtpReply& reply, SmtpClientOutput& o
              out);
       }
       return;
-    case Command::AuthLogin:
-    case Command::AuthLoginUser:
-      if (reply.code == 334) {
-        bool user = command == Command::AuthLogin;
-        state_ = user ? State::AuthLoginUser : State::AuthLoginPassword;
-        send(user ? Command::AuthLoginUser : Command::AuthLoginPassword,
-             text::base64_encode(user ? options_.username : options_.password) + "\r\n", out);
-        return;
-      }
-      [[fallthrough]];
-    case Command::AuthPlain:
-    case Command::AuthLoginPassword:
-      if (reply.code == 235) {
-        enter_ready(out);
-      } else {
-        fail(reply_result(DeliveryStatus::AuthenticationFailed, reply, "Authentication failed"),
-             out);
-      }
-      return;
-    case Command::AuthOAuth:
-    case Command::AuthOAuthCancel:
-      oauth2_reply(command, reply, out);
-      return;
-    case Command::Quit:
-      state_ = State::Closed;
-      emit(out, SmtpClientEvent::Kind::Closed);
-      return;
-    case Command::Rset:
-    case Command::Mail:
-    case Command::Rcpt:
-    case Command::Data:
-    case Command::EndOfData:
-      handle_transaction_reply(command, reply, out);
-      return;
+  }
+}
+
+void SmtpClientSession::auth_reply(Command command, const SmtpReply& reply, SmtpClientOutput& out) {
+  if ((command == Command::AuthLogin || command == Command::AuthLoginUser) && reply.code == 334) {
+    bool user = command == Command::AuthLogin;
+    state_ = user ? State::AuthLoginUser : State::AuthLoginPassword;
+    send(user ? Command::AuthLoginUser : Command::AuthLoginPassword,
+         text::base64_encode(user ? options_.username : options_.password) + "\r\n", out);
+    return;
+  }
+  if (reply.code == 235) {
+    enter_ready(out);
+  } else {
+    fail(reply_result(DeliveryStatus::AuthenticationFailed, reply, "Authentication failed"), out);
   }
 }
 
