@@ -72,22 +72,13 @@ class EnvironmentReader {
   std::vector<std::string> errors_;
 };
 
-}  // namespace
-
-Result<Config> config_from_environment(EnvLookup env) {
-  EnvironmentReader vars(env);
-  Config config;
-  config.file = "<environment>";
-
-  ServiceConfig service;
-  service.name = "email";
-  service.driver = ServiceDriver::Smtp;
+// MAIL_HOST, MAIL_ENCRYPTION (which sets the default port) and MAIL_PORT.
+void read_upstream(EnvironmentReader& vars, ServiceConfig& service) {
   if (auto host = vars.nonempty("MAIL_HOST")) {
     service.host = *host;
   } else {
     vars.fail("MAIL_HOST", "is not set (it names the upstream SMTP server)");
   }
-
   std::string encryption = text::lower_ascii(vars.get("MAIL_ENCRYPTION").value_or("tls"));
   if (encryption == "tls" || encryption == "starttls") {
     service.encryption = Encryption::StartTls;
@@ -101,7 +92,6 @@ Result<Config> config_from_environment(EnvLookup env) {
   } else {
     vars.fail("MAIL_ENCRYPTION", "must be tls, starttls, ssl, none, null or empty");
   }
-
   if (auto port = vars.nonempty("MAIL_PORT")) {
     auto parsed = parse_listen_address("0.0.0.0:" + *port);  // reuses the strict port syntax
     if (parsed) {
@@ -110,6 +100,10 @@ Result<Config> config_from_environment(EnvLookup env) {
       vars.fail("MAIL_PORT", "must be a number from 1 to 65535");
     }
   }
+}
+
+// MAIL_USERNAME / MAIL_PASSWORD (both or neither), MAIL_FROM_ADDRESS and MAIL_FROM_NAME.
+void read_account(EnvironmentReader& vars, ServiceConfig& service) {
   if (auto username = vars.nonempty("MAIL_USERNAME")) service.username = *username;
   if (auto password = vars.nonempty("MAIL_PASSWORD")) service.password = *password;
   if (service.password.empty() != service.username.empty()) {
@@ -128,14 +122,15 @@ Result<Config> config_from_environment(EnvLookup env) {
     }
     service.from_name = *name;
   }
-  config.services.push_back(std::move(service));
+}
 
+// The one role `default`, with full rights, and MAILCAR_API_KEY as its key.
+void add_default_role(EnvironmentReader& vars, Config& config) {
   RoleConfig role;
   role.name = "default";
   role.services = std::nullopt;  // all services
   role.senders = std::vector<std::string>{"*"};
   config.roles.push_back(std::move(role));
-
   if (auto api_key = vars.get("MAILCAR_API_KEY")) {
     if (api_key->empty()) {
       vars.fail("MAILCAR_API_KEY", "is set but empty");
@@ -146,10 +141,12 @@ Result<Config> config_from_environment(EnvLookup env) {
       config.credentials.push_back(std::move(credential));
     }
   }
+}
 
+// The listeners, and the SMTP door's anonymous role (full rights: loopback only).
+void read_listeners(EnvironmentReader& vars, Config& config) {
   config.listen_http = vars.listen("MAILCAR_HTTP_LISTEN", "127.0.0.1:2580");
   config.listen_smtp = vars.listen("MAILCAR_SMTP_LISTEN", "127.0.0.1:2525");
-  // Anonymous SMTP clients get full rights here, which is only safe on loopback.
   if (config.listen_smtp && !is_loopback(*config.listen_smtp)) {
     vars.fail("MAILCAR_SMTP_LISTEN",
               "must be a loopback address in the zero-file setup (SMTP clients get full rights "
@@ -158,7 +155,22 @@ Result<Config> config_from_environment(EnvLookup env) {
   config.smtp.service = "email";
   config.smtp.anonymous_role = "default";
   config.smtp.hostname = config_detail::machine_hostname();
+}
 
+}  // namespace
+
+Result<Config> config_from_environment(EnvLookup env) {
+  EnvironmentReader vars(env);
+  Config config;
+  config.file = "<environment>";
+  ServiceConfig service;
+  service.name = "email";
+  service.driver = ServiceDriver::Smtp;
+  read_upstream(vars, service);
+  read_account(vars, service);
+  config.services.push_back(std::move(service));
+  add_default_role(vars, config);
+  read_listeners(vars, config);
   if (vars.failed()) return vars.error();
   return config;
 }
