@@ -105,7 +105,12 @@ credentials:
     role: app
   - api_key: free-key
     role: free
-smtp:
+{shared_tail(redis_url, on_error, extra_shared)}"""
+
+
+def shared_tail(redis_url, on_error, extra_shared=""):
+    """The SMTP door, the shared_state block and the rest, as both configurations end."""
+    return f"""smtp:
   service: email
   anonymous_role: app
 shared_state:
@@ -372,19 +377,7 @@ roles:
 credentials:
   - api_key: test-key
     role: app
-smtp:
-  service: email
-  anonymous_role: app
-shared_state:
-  redis: "{redis_url}"
-  on_error: {on_error}
-  timeout: 500ms
-limits:
-  shutdown_grace: 5s
-log:
-  format: json
-  level: info
-"""
+{shared_tail(redis_url, on_error)}"""
 
 
 IDEM_MSG = {"to": ["alice@example.com"], "subject": "hello", "body_text": "body",
