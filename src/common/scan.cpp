@@ -1,11 +1,16 @@
 #include "mailcar/scan.hpp"
 
+#include "common/scan_kernels.hpp"
+
 #include <bit>
 #include <cstdint>
 #include <cstring>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
+#endif
+#if defined(__x86_64__)
+#include <immintrin.h>
 #endif
 
 namespace mailcar::text {
@@ -90,6 +95,124 @@ size_t count_high(std::string_view s) {
 }  // namespace
 #endif
 
+namespace kernels {
+
+#if defined(__SSE2__)
+size_t no_control_blocks_sse2(const char* p, size_t n, bool& high) {
+  const char* b = p;
+  const char* end = p + n;
+  __m128i any = _mm_setzero_si128();
+  for (; end - b >= 64; b += 64) {
+    const auto* v = reinterpret_cast<const __m128i*>(b);
+    __m128i w = _mm_loadu_si128(v), x = _mm_loadu_si128(v + 1);
+    __m128i y = _mm_loadu_si128(v + 2), z = _mm_loadu_si128(v + 3);
+    __m128i low = _mm_min_epu8(_mm_min_epu8(w, x), _mm_min_epu8(y, z));
+    // Saturating 14 - min is zero in every byte exactly when each byte is >= 14.
+    __m128i below = _mm_subs_epu8(_mm_set1_epi8(14), low);
+    if (_mm_movemask_epi8(_mm_cmpeq_epi8(below, _mm_setzero_si128())) != 0xFFFF) break;
+    any = _mm_or_si128(any, _mm_or_si128(_mm_or_si128(w, x), _mm_or_si128(y, z)));
+  }
+  if (_mm_movemask_epi8(any)) high = true;
+  return static_cast<size_t>(b - p);
+}
+
+size_t qp_literal_blocks_sse2(const char* p, size_t n) {
+  // A byte is literal when byte - 32 (wrapping) is at most 94 and it is not '=': one
+  // unsigned maximum and one equality per vector.
+  const __m128i k32 = _mm_set1_epi8(32);
+  const __m128i eq = _mm_set1_epi8('=');
+  const char* b = p;
+  const char* end = p + n;
+  for (; end - b >= 64; b += 64) {
+    const auto* v = reinterpret_cast<const __m128i*>(b);
+    __m128i w = _mm_loadu_si128(v), x = _mm_loadu_si128(v + 1);
+    __m128i y = _mm_loadu_si128(v + 2), z = _mm_loadu_si128(v + 3);
+    __m128i top = _mm_max_epu8(_mm_max_epu8(_mm_sub_epi8(w, k32), _mm_sub_epi8(x, k32)),
+                               _mm_max_epu8(_mm_sub_epi8(y, k32), _mm_sub_epi8(z, k32)));
+    __m128i equals = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(w, eq), _mm_cmpeq_epi8(x, eq)),
+                                  _mm_or_si128(_mm_cmpeq_epi8(y, eq), _mm_cmpeq_epi8(z, eq)));
+    __m128i bad = _mm_or_si128(_mm_subs_epu8(top, _mm_set1_epi8(94)), equals);
+    if (_mm_movemask_epi8(_mm_cmpeq_epi8(bad, _mm_setzero_si128())) != 0xFFFF) break;
+  }
+  return static_cast<size_t>(b - p);
+}
+#else
+size_t no_control_blocks_sse2(const char*, size_t, bool&) {
+  return 0;
+}
+size_t qp_literal_blocks_sse2(const char*, size_t) {
+  return 0;
+}
+#endif
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// The same tests as the SSE2 versions, 32 bytes per vector.
+__attribute__((target("avx2"))) size_t no_control_blocks_avx2(const char* p, size_t n, bool& high) {
+  const char* b = p;
+  const char* end = p + n;
+  const __m256i k14 = _mm256_set1_epi8(14);
+  __m256i any = _mm256_setzero_si256();
+  for (; end - b >= 64; b += 64) {
+    __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b));
+    __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 32));
+    __m256i below = _mm256_subs_epu8(k14, _mm256_min_epu8(x, y));
+    if (!_mm256_testz_si256(below, below)) break;
+    any = _mm256_or_si256(any, _mm256_or_si256(x, y));
+  }
+  if (_mm256_movemask_epi8(any)) high = true;
+  return static_cast<size_t>(b - p);
+}
+
+__attribute__((target("avx2"))) size_t qp_literal_blocks_avx2(const char* p, size_t n) {
+  const char* b = p;
+  const char* end = p + n;
+  const __m256i k32 = _mm256_set1_epi8(32);
+  const __m256i k94 = _mm256_set1_epi8(94);
+  const __m256i eq = _mm256_set1_epi8('=');
+  for (; end - b >= 64; b += 64) {
+    __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b));
+    __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 32));
+    __m256i top = _mm256_max_epu8(_mm256_sub_epi8(x, k32), _mm256_sub_epi8(y, k32));
+    __m256i bad =
+        _mm256_or_si256(_mm256_subs_epu8(top, k94),
+                        _mm256_or_si256(_mm256_cmpeq_epi8(x, eq), _mm256_cmpeq_epi8(y, eq)));
+    if (!_mm256_testz_si256(bad, bad)) break;
+  }
+  return static_cast<size_t>(b - p);
+}
+
+bool have_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2");
+  return yes;
+}
+#else
+size_t no_control_blocks_avx2(const char*, size_t, bool&) {
+  return 0;
+}
+size_t qp_literal_blocks_avx2(const char*, size_t) {
+  return 0;
+}
+bool have_avx2() {
+  return false;
+}
+#endif
+
+}  // namespace kernels
+
+namespace {
+
+size_t no_control_blocks(const char* p, size_t n, bool& high) {
+  return kernels::have_avx2() ? kernels::no_control_blocks_avx2(p, n, high)
+                              : kernels::no_control_blocks_sse2(p, n, high);
+}
+
+size_t qp_literal_blocks(const char* p, size_t n) {
+  return kernels::have_avx2() ? kernels::qp_literal_blocks_avx2(p, n)
+                              : kernels::qp_literal_blocks_sse2(p, n);
+}
+
+}  // namespace
+
 TextSummary summarize_text(std::string_view s) {
   TextSummary sum;
   const char* p = s.data();
@@ -98,10 +221,20 @@ TextSummary summarize_text(std::string_view s) {
 #if defined(__SSE2__)
   __m128i nul = _mm_setzero_si128();
   __m128i high = _mm_setzero_si128();
-  for (; end - p >= 64; p += 64) {
-    for (uint64_t eol = line_ends_64(p, nul, high); eol; eol &= eol - 1) {
-      lines.line_end_at(p + std::countr_zero(eol));
+  // Inside a long line most blocks hold no line end, and a cheaper test passes them; in
+  // short-lined text it would fail nearly every time, so it is tried only after a block
+  // without a line end.
+  bool in_long_line = true;
+  bool high_seen = false;
+  while (end - p >= 64) {
+    if (in_long_line) {
+      p += no_control_blocks(p, static_cast<size_t>(end - p), high_seen);
+      if (end - p < 64) break;
     }
+    uint64_t eol = line_ends_64(p, nul, high);
+    in_long_line = eol == 0;
+    for (; eol; eol &= eol - 1) lines.line_end_at(p + std::countr_zero(eol));
+    p += 64;
   }
   for (; p < end; p += kBlock) {
     size_t n = static_cast<size_t>(end - p);
@@ -112,7 +245,7 @@ TextSummary summarize_text(std::string_view s) {
     for (; eol; eol &= eol - 1) lines.line_end_at(p + std::countr_zero(eol));
   }
   if (_mm_movemask_epi8(nul)) sum.nul = true;
-  if (_mm_movemask_epi8(high)) sum.high_bytes = count_high(s);
+  if (high_seen || _mm_movemask_epi8(high)) sum.high_bytes = count_high(s);
 #else
   for (; p < end; ++p) {
     auto c = static_cast<unsigned char>(*p);
@@ -277,19 +410,7 @@ size_t qp_literal_prefix(std::string_view s) {
   const char* p = s.data();
   const char* end = p + s.size();
 #if defined(__SSE2__)
-  for (; end - p >= 64; p += 64) {  // four blocks tested at once; the first bad one is found below
-    const auto* v = reinterpret_cast<const __m128i*>(p);
-    __m128i bad = _mm_setzero_si128();
-    for (int k = 0; k < 4; ++k) {
-      __m128i x = _mm_loadu_si128(v + k);
-      // Signed compare: bytes >= 0x80 are negative, so "> 31" also rules them out.
-      __m128i ok = _mm_andnot_si128(_mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('=')),
-                                                 _mm_cmpeq_epi8(x, _mm_set1_epi8(127))),
-                                    _mm_cmpgt_epi8(x, _mm_set1_epi8(31)));
-      bad = _mm_or_si128(bad, _mm_xor_si128(ok, _mm_set1_epi8(-1)));
-    }
-    if (_mm_movemask_epi8(bad)) break;
-  }
+  p += qp_literal_blocks(p, s.size());  // the first block it stops at is looked into below
   for (; end - p >= static_cast<ptrdiff_t>(kBlock); p += kBlock) {
     __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
     // Signed compare: bytes >= 0x80 are negative, so "> 31" also rules them out.

@@ -2,10 +2,13 @@
 // rich in the bytes they decide on, at every length and offset (so every block split is hit).
 #include "mailcar/scan.hpp"
 
+#include "common/scan_kernels.hpp"
+
 #include <gtest/gtest.h>
 
 #include <random>
 #include <string>
+#include <vector>
 
 namespace mailcar::text {
 namespace {
@@ -52,6 +55,26 @@ std::string random_text(std::mt19937& rng, size_t n) {
   return s;
 }
 
+// Long plain runs (what the block scanners skip in bulk) with a byte of random_text() about
+// every 90 bytes, so blocks with and without something to decide on meet at every offset.
+std::string sparse_text(std::mt19937& rng, size_t n) {
+  std::string specials = random_text(rng, n / 90 + 1);
+  std::string s;
+  std::uniform_int_distribution<size_t> at(0, 89);
+  std::uniform_int_distribution<int> letter('A', 'z');
+  for (size_t i = 0; i < n; ++i) {
+    bool special = at(rng) == 0 && !specials.empty();
+    if (special) {
+      s.push_back(specials.back());
+      specials.pop_back();
+    } else {
+      char c = static_cast<char>(letter(rng));
+      s.push_back(c == '=' ? ' ' : c);
+    }
+  }
+  return s;
+}
+
 void expect_same(const TextSummary& got, const TextSummary& want, std::string_view s) {
   EXPECT_EQ(got.longest_line, want.longest_line) << testing::PrintToString(std::string(s));
   EXPECT_EQ(got.high_bytes, want.high_bytes);
@@ -63,6 +86,17 @@ TEST(Scan, SummaryMatchesReferenceOnRandomTextAtEveryOffset) {
   std::mt19937 rng(12);
   for (int round = 0; round < 300; ++round) {
     std::string s = random_text(rng, round % 97);
+    for (size_t from = 0; from <= s.size(); ++from) {
+      std::string_view v = std::string_view(s).substr(from);
+      expect_same(summarize_text(v), reference_summary(v), v);
+    }
+  }
+}
+
+TEST(Scan, SummaryMatchesReferenceOnSparseText) {
+  std::mt19937 rng(56);
+  for (int round = 0; round < 60; ++round) {
+    std::string s = sparse_text(rng, 200 + round * 7);
     for (size_t from = 0; from <= s.size(); ++from) {
       std::string_view v = std::string_view(s).substr(from);
       expect_same(summarize_text(v), reference_summary(v), v);
@@ -90,7 +124,8 @@ TEST(Scan, SummaryOfLongLinesAndSplitCrlf) {
 TEST(Scan, FindLineEndHighByteAndQpPrefixMatchReference) {
   std::mt19937 rng(34);
   for (int round = 0; round < 300; ++round) {
-    std::string s = random_text(rng, round % 101 + (round % 7 == 0 ? 150 : 0));
+    std::string s = round % 3 == 2 ? sparse_text(rng, 150 + round)
+                                   : random_text(rng, round % 101 + (round % 7 == 0 ? 150 : 0));
     for (size_t from = 0; from <= s.size(); ++from) {
       std::string_view v = std::string_view(s).substr(from);
       size_t eol = v.find_first_of("\r\n");
@@ -111,6 +146,47 @@ TEST(Scan, FindLineEndHighByteAndQpPrefixMatchReference) {
       EXPECT_EQ(find_dot_after_lf(v.data(), v.data() + v.size()),
                 dot == std::string_view::npos ? v.data() + v.size() : v.data() + dot + 1);
       EXPECT_EQ(qp_literal_prefix(v), literal) << testing::PrintToString(std::string(v));
+    }
+  }
+}
+
+// What a kernel passes: whole 64-byte blocks from the start while each byte satisfies `ok`.
+template <class Ok>
+size_t reference_blocks(std::string_view v, Ok ok) {
+  size_t passed = 0;
+  for (; v.size() - passed >= 64; passed += 64) {
+    for (size_t i = passed; i < passed + 64; ++i) {
+      if (!ok(static_cast<unsigned char>(v[i]))) return passed;
+    }
+  }
+  return passed;
+}
+
+// Each instruction set's kernels against the reference; AVX2 only where this CPU has it.
+TEST(Scan, KernelsMatchReferenceOnEachInstructionSet) {
+  using NoControl = size_t (*)(const char*, size_t, bool&);
+  using QpLiteral = size_t (*)(const char*, size_t);
+  std::vector<std::pair<NoControl, QpLiteral>> sets = {
+      {kernels::no_control_blocks_sse2, kernels::qp_literal_blocks_sse2}};
+  if (kernels::have_avx2()) {
+    sets.emplace_back(kernels::no_control_blocks_avx2, kernels::qp_literal_blocks_avx2);
+  }
+  std::mt19937 rng(78);
+  for (int round = 0; round < 40; ++round) {
+    std::string s = sparse_text(rng, 300 + round * 13);
+    for (size_t from = 0; from <= s.size(); ++from) {
+      std::string_view v = std::string_view(s).substr(from);
+      size_t plain = reference_blocks(v, [](unsigned char c) { return c >= 14; });
+      bool high = false;
+      for (size_t i = 0; i < plain; ++i) high = high || static_cast<unsigned char>(v[i]) >= 0x80;
+      size_t literal =
+          reference_blocks(v, [](unsigned char c) { return c >= 32 && c <= 126 && c != '='; });
+      for (auto [no_control, qp_literal] : sets) {
+        bool got_high = false;
+        ASSERT_EQ(no_control(v.data(), v.size(), got_high), plain) << from;
+        ASSERT_EQ(got_high, high) << from;
+        ASSERT_EQ(qp_literal(v.data(), v.size()), literal) << from;
+      }
     }
   }
 }
