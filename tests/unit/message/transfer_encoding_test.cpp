@@ -75,7 +75,8 @@ std::string reference_dot_stuff(std::string_view s) {
   return out + ".\r\n";
 }
 
-// Text with long runs (so soft breaks happen), spaces before line ends, '=', high bytes, dots.
+// Text with long runs (so soft breaks happen, several in one run), spaces before line ends, '=',
+// high bytes, dots.
 std::string random_text(std::mt19937& rng, size_t n) {
   static const std::string kPool[] = {"a",
                                       "b",
@@ -89,7 +90,8 @@ std::string random_text(std::mt19937& rng, size_t n) {
                                       "\xc3\xa9",
                                       "\x7f",
                                       std::string(1, '\0'),
-                                      "xxxxxxxxxxxxxxxxxxxx"};
+                                      "xxxxxxxxxxxxxxxxxxxx",
+                                      std::string(160, 'y')};  // two whole output lines
   std::uniform_int_distribution<size_t> pick(0, std::size(kPool) + 6);
   std::string s;
   while (s.size() < n) {
