@@ -266,9 +266,24 @@ std::optional<FieldError> read_fields(object root, SendFields& f) {
   return std::nullopt;
 }
 
+// Subject and bodies when none holds a placeholder: the bodies are moved, not copied (a
+// 100 KB body would be a 100 KB copy). Nothing else reads them afterwards.
+bool take_plain_content(SendFields& f, size_t max_bytes, MessageContent& content) {
+  if (f.subject.size() + f.body_text.size() + f.body_html.size() > max_bytes) return false;
+  content.subject = f.subject;
+  if (!f.body_text.empty()) content.body_text = std::move(f.body_text);
+  if (!f.body_html.empty()) content.body_html = std::move(f.body_html);
+  return true;
+}
+
 // Templates: template_data first, then top-level string fields; one pass. Subject and bodies
 // together may hold `max_bytes` once expanded; false as soon as they would hold more.
-bool expand_templates(const SendFields& f, size_t max_bytes, MessageContent& content) {
+bool expand_templates(SendFields& f, size_t max_bytes, MessageContent& content) {
+  constexpr auto npos = std::string::npos;
+  if (f.subject.find('{') == npos && f.body_text.find('{') == npos &&
+      f.body_html.find('{') == npos) {
+    return take_plain_content(f, max_bytes, content);
+  }
   auto lookup = [&f](std::string_view k) -> const std::string* {
     if (auto it = f.template_data.find(k); it != f.template_data.end()) return &it->second;
     if (auto it = f.top_level_strings.find(k); it != f.top_level_strings.end()) {
@@ -739,7 +754,7 @@ Answer apply_message_features(const HttpRequest& request, const Config& config, 
 // hold at least (bodies before templates, attachments as base64 without line breaks, which
 // they always become) already over the limit is a 413 whatever else is wrong, and nothing is
 // built for it.
-Answer expand_content(const SendFields& f, uint64_t limit, MessageContent& content) {
+Answer expand_content(SendFields& f, uint64_t limit, MessageContent& content) {
   uint64_t at_least = f.body_text.size() + f.body_html.size();
   for (const auto& attachment : f.attachments) at_least += (attachment.data.size() + 2) / 3 * 4;
   if (at_least > limit) {
