@@ -14,6 +14,27 @@
 #endif
 
 namespace mailcar::text {
+
+namespace kernels {
+namespace {
+bool g_allow_avx2 = true;
+}  // namespace
+
+bool have_avx2() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool cpu = __builtin_cpu_supports("avx2");
+  return cpu && g_allow_avx2;
+#else
+  return false;
+#endif
+}
+
+void allow_avx2(bool allowed) {
+  g_allow_avx2 = allowed;
+}
+
+}  // namespace kernels
+
 namespace {
 
 #if defined(__SSE2__)
@@ -60,11 +81,7 @@ struct LineTracker {
   }
 };
 
-}  // namespace
-
 #if defined(__SSE2__)
-namespace {
-
 // CR and LF positions of 64 bytes as one mask; NUL and high bytes folded into accumulators
 // that are looked at once at the end.
 uint64_t line_ends_64(const char* p, __m128i& nul, __m128i& high) {
@@ -92,15 +109,30 @@ size_t count_high(std::string_view s) {
   return n;
 }
 
-}  // namespace
 #endif
 
-namespace kernels {
-
+// ---- The 64-byte block loops, once per instruction set. Each namespace defines the same
+// functions; the loops that are the same but for their vectors are in scan_blocks.inc, which
+// each includes. The AVX2 ones run only where kernels::have_avx2().
 #if defined(__SSE2__)
-size_t no_control_blocks_sse2(const char* p, size_t n, bool& high) {
+namespace sse2 {
+
+// Bit i set where p[i] == c, for the 64 bytes at p.
+uint64_t mask_64(const char* p, char c) {
+  const auto* v = reinterpret_cast<const __m128i*>(p);
+  __m128i n = _mm_set1_epi8(c);
+  uint64_t m = 0;
+  for (int k = 0; k < 4; ++k) {
+    auto bits = static_cast<uint32_t>(_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_loadu_si128(v + k), n)));
+    m |= static_cast<uint64_t>(bits) << (16 * k);
+  }
+  return m;
+}
+
+// Bytes in whole blocks from p without a byte below 14 (so no CR, LF or NUL); `high` is set
+// when such a block holds a byte >= 0x80.
+size_t no_control_blocks(const char* p, const char* end, bool& high) {
   const char* b = p;
-  const char* end = p + n;
   __m128i any = _mm_setzero_si128();
   for (; end - b >= 64; b += 64) {
     const auto* v = reinterpret_cast<const __m128i*>(b);
@@ -116,13 +148,12 @@ size_t no_control_blocks_sse2(const char* p, size_t n, bool& high) {
   return static_cast<size_t>(b - p);
 }
 
-size_t qp_literal_blocks_sse2(const char* p, size_t n) {
-  // A byte is literal when byte - 32 (wrapping) is at most 94 and it is not '=': one
-  // unsigned maximum and one equality per vector.
+// Bytes in whole blocks from p made only of bytes 32..126 other than '=': byte - 32
+// (wrapping) is at most 94, one unsigned maximum and one equality per vector.
+size_t qp_literal_blocks(const char* p, const char* end) {
   const __m128i k32 = _mm_set1_epi8(32);
   const __m128i eq = _mm_set1_epi8('=');
   const char* b = p;
-  const char* end = p + n;
   for (; end - b >= 64; b += 64) {
     const auto* v = reinterpret_cast<const __m128i*>(b);
     __m128i w = _mm_loadu_si128(v), x = _mm_loadu_si128(v + 1);
@@ -136,20 +167,50 @@ size_t qp_literal_blocks_sse2(const char* p, size_t n) {
   }
   return static_cast<size_t>(b - p);
 }
-#else
-size_t no_control_blocks_sse2(const char*, size_t, bool&) {
-  return 0;
+
+// byte_flags over whole blocks from p, p left after them: the blocks' OR has the high bit
+// set where a byte is >= 0x80, their unsigned minimum a zero where a byte is NUL.
+void flag_blocks(const char*& p, const char* end, ByteFlags& flags) {
+  __m128i any = _mm_setzero_si128();
+  __m128i low = _mm_set1_epi8(-1);
+  for (; end - p >= 64; p += 64) {
+    const auto* v = reinterpret_cast<const __m128i*>(p);
+    __m128i a = _mm_loadu_si128(v), b = _mm_loadu_si128(v + 1);
+    __m128i c = _mm_loadu_si128(v + 2), d = _mm_loadu_si128(v + 3);
+    any = _mm_or_si128(any, _mm_or_si128(_mm_or_si128(a, b), _mm_or_si128(c, d)));
+    low = _mm_min_epu8(low, _mm_min_epu8(_mm_min_epu8(a, b), _mm_min_epu8(c, d)));
+  }
+  if (_mm_movemask_epi8(any) != 0) flags.high = true;
+  if (_mm_movemask_epi8(_mm_cmpeq_epi8(low, _mm_setzero_si128())) != 0) flags.nul = true;
 }
-size_t qp_literal_blocks_sse2(const char*, size_t) {
-  return 0;
-}
+
+#include "common/scan_blocks.inc"
+
+}  // namespace sse2
 #endif
 
 #if defined(__x86_64__) && defined(__GNUC__)
-// The same tests as the SSE2 versions, 32 bytes per vector.
-__attribute__((target("avx2"))) size_t no_control_blocks_avx2(const char* p, size_t n, bool& high) {
+#define MAILCAR_SCAN_AVX2 1
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2")
+#endif
+namespace avx2 {
+
+// The SSE2 functions' contracts, 32 bytes per vector.
+uint64_t mask_64(const char* p, char c) {
+  __m256i n = _mm256_set1_epi8(c);
+  auto lo = static_cast<uint32_t>(_mm256_movemask_epi8(
+      _mm256_cmpeq_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), n)));
+  auto hi = static_cast<uint32_t>(_mm256_movemask_epi8(
+      _mm256_cmpeq_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32)), n)));
+  return lo | static_cast<uint64_t>(hi) << 32;
+}
+
+size_t no_control_blocks(const char* p, const char* end, bool& high) {
   const char* b = p;
-  const char* end = p + n;
   const __m256i k14 = _mm256_set1_epi8(14);
   __m256i any = _mm256_setzero_si256();
   for (; end - b >= 64; b += 64) {
@@ -163,9 +224,8 @@ __attribute__((target("avx2"))) size_t no_control_blocks_avx2(const char* p, siz
   return static_cast<size_t>(b - p);
 }
 
-__attribute__((target("avx2"))) size_t qp_literal_blocks_avx2(const char* p, size_t n) {
+size_t qp_literal_blocks(const char* p, const char* end) {
   const char* b = p;
-  const char* end = p + n;
   const __m256i k32 = _mm256_set1_epi8(32);
   const __m256i k94 = _mm256_set1_epi8(94);
   const __m256i eq = _mm256_set1_epi8('=');
@@ -181,35 +241,40 @@ __attribute__((target("avx2"))) size_t qp_literal_blocks_avx2(const char* p, siz
   return static_cast<size_t>(b - p);
 }
 
-bool have_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2");
-  return yes;
+void flag_blocks(const char*& p, const char* end, ByteFlags& flags) {
+  __m256i any = _mm256_setzero_si256();
+  __m256i low = _mm256_set1_epi8(-1);
+  for (; end - p >= 64; p += 64) {
+    __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32));
+    any = _mm256_or_si256(any, _mm256_or_si256(x, y));
+    low = _mm256_min_epu8(low, _mm256_min_epu8(x, y));
+  }
+  if (_mm256_movemask_epi8(any) != 0) flags.high = true;
+  __m256i zero = _mm256_cmpeq_epi8(low, _mm256_setzero_si256());
+  if (!_mm256_testz_si256(zero, zero)) flags.nul = true;
 }
+
+#include "common/scan_blocks.inc"
+
+}  // namespace avx2
+#if defined(__clang__)
+#pragma clang attribute pop
 #else
-size_t no_control_blocks_avx2(const char*, size_t, bool&) {
-  return 0;
+#pragma GCC pop_options
+#endif
+#endif
+
+#if defined(MAILCAR_SCAN_AVX2)
+bool use_avx2() {
+  return kernels::have_avx2();
 }
-size_t qp_literal_blocks_avx2(const char*, size_t) {
-  return 0;
-}
-bool have_avx2() {
+#elif defined(__SSE2__)
+namespace avx2 = sse2;  // never taken: use_avx2() is false
+constexpr bool use_avx2() {
   return false;
 }
 #endif
-
-}  // namespace kernels
-
-namespace {
-
-size_t no_control_blocks(const char* p, size_t n, bool& high) {
-  return kernels::have_avx2() ? kernels::no_control_blocks_avx2(p, n, high)
-                              : kernels::no_control_blocks_sse2(p, n, high);
-}
-
-size_t qp_literal_blocks(const char* p, size_t n) {
-  return kernels::have_avx2() ? kernels::qp_literal_blocks_avx2(p, n)
-                              : kernels::qp_literal_blocks_sse2(p, n);
-}
 
 }  // namespace
 
@@ -228,7 +293,8 @@ TextSummary summarize_text(std::string_view s) {
   bool high_seen = false;
   while (end - p >= 64) {
     if (in_long_line) {
-      p += no_control_blocks(p, static_cast<size_t>(end - p), high_seen);
+      p += use_avx2() ? avx2::no_control_blocks(p, end, high_seen)
+                      : sse2::no_control_blocks(p, end, high_seen);
       if (end - p < 64) break;
     }
     uint64_t eol = line_ends_64(p, nul, high);
@@ -274,74 +340,26 @@ const char* find_line_end(const char* p, const char* end) {
 #endif
 }
 
-#if defined(__SSE2__)
-namespace {
-
-uint64_t mask_64(const char* p, char c) {
-  const auto* v = reinterpret_cast<const __m128i*>(p);
-  __m128i n = _mm_set1_epi8(c);
-  uint64_t m = 0;
-  for (int k = 0; k < 4; ++k) {
-    auto bits = static_cast<uint32_t>(_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_loadu_si128(v + k), n)));
-    m |= static_cast<uint64_t>(bits) << (16 * k);
-  }
-  return m;
-}
-
-}  // namespace
-#endif
-
 const char* plain_crlf_lines(const char* p, const char* end, size_t first_line_length,
                              size_t max_line) {
-  const char* safe = p;  // after the last CRLF known to be followed by a byte other than '.'
 #if defined(__SSE2__)
   if (max_line < 64) return p;
-  size_t line = first_line_length;  // bytes of the current line before the block
-  uint64_t carry_cr = 0;            // the previous block ended in CR
-  for (const char* b = p; end - b > 64; b += 64) {
-    uint64_t cr = mask_64(b, '\r');
-    uint64_t lf = mask_64(b, '\n');
-    if (lf != ((cr << 1) | carry_cr)) break;  // a bare CR or LF
-    if (lf == 0) {
-      line += 64;
-      if (line > max_line) break;
-      carry_cr = cr >> 63;
-      continue;
-    }
-    // The byte after each LF: inside the block, or b[64] for an LF in the last position.
-    uint64_t after_lf = lf << 1;
-    if ((mask_64(b, '.') & after_lf) || ((lf >> 63) && b[64] == '.')) break;
-    if (line + static_cast<size_t>(std::countr_zero(lf)) - 1 > max_line) break;
-    int last = 63 - std::countl_zero(lf);
-    safe = b + last + 1;
-    line = static_cast<size_t>(63 - last);
-    carry_cr = cr >> 63;
-  }
+  return use_avx2() ? avx2::plain_crlf_blocks(p, end, first_line_length, max_line)
+                    : sse2::plain_crlf_blocks(p, end, first_line_length, max_line);
 #else
   (void)end;
   (void)first_line_length;
   (void)max_line;
+  return p;
 #endif
-  return safe;
 }
 
 const char* find_dot_after_lf(const char* p, const char* end) {
   const char* start = p;
 #if defined(__SSE2__)
-  uint64_t carry_lf = 0;  // the previous block ended in LF
-  for (; end - p >= 64; p += 64) {
-    uint64_t lf = mask_64(p, '\n');
-    const uint64_t line_starts = (lf << 1) | carry_lf;
-    carry_lf = lf >> 63;
-    if (line_starts == 0) continue;
-    if ((line_starts & (line_starts - 1)) == 0) {  // one line starts here (long lines): look
-      const int at = std::countr_zero(line_starts);
-      if (p[at] == '.') return p + at;
-      continue;
-    }
-    uint64_t hit = mask_64(p, '.') & line_starts;
-    if (hit) return p + std::countr_zero(hit);
-  }
+  const char* hit =
+      use_avx2() ? avx2::dot_after_lf_blocks(p, end) : sse2::dot_after_lf_blocks(p, end);
+  if (hit != nullptr) return hit;
 #endif
   for (; p < end; ++p) {
     if (*p == '.' && p > start && p[-1] == '\n') return p;
@@ -377,19 +395,11 @@ ByteFlags byte_flags(std::string_view s) {
   const char* p = s.data();
   const char* end = p + s.size();
 #if defined(__SSE2__)
-  // Four blocks at a time: their OR has the high bit set where any byte is >= 0x80, their
-  // unsigned minimum a zero where any byte is NUL.
-  __m128i any = _mm_setzero_si128();
-  __m128i low = _mm_set1_epi8(-1);
-  for (; end - p >= 64; p += 64) {
-    const auto* v = reinterpret_cast<const __m128i*>(p);
-    __m128i a = _mm_loadu_si128(v), b = _mm_loadu_si128(v + 1);
-    __m128i c = _mm_loadu_si128(v + 2), d = _mm_loadu_si128(v + 3);
-    any = _mm_or_si128(any, _mm_or_si128(_mm_or_si128(a, b), _mm_or_si128(c, d)));
-    low = _mm_min_epu8(low, _mm_min_epu8(_mm_min_epu8(a, b), _mm_min_epu8(c, d)));
+  if (use_avx2()) {
+    avx2::flag_blocks(p, end, flags);
+  } else {
+    sse2::flag_blocks(p, end, flags);
   }
-  flags.high = _mm_movemask_epi8(any) != 0;
-  flags.nul = _mm_movemask_epi8(_mm_cmpeq_epi8(low, _mm_setzero_si128())) != 0;
   for (; p < end; p += kBlock) {
     size_t n = static_cast<size_t>(end - p);
     __m128i v = load(p, n);  // zero-padded: the padding is no NUL, see valid_mask
@@ -410,7 +420,8 @@ size_t qp_literal_prefix(std::string_view s) {
   const char* p = s.data();
   const char* end = p + s.size();
 #if defined(__SSE2__)
-  p += qp_literal_blocks(p, s.size());  // the first block it stops at is looked into below
+  // The first block it stops at is looked into below.
+  p += use_avx2() ? avx2::qp_literal_blocks(p, end) : sse2::qp_literal_blocks(p, end);
   for (; end - p >= static_cast<ptrdiff_t>(kBlock); p += kBlock) {
     __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
     // Signed compare: bytes >= 0x80 are negative, so "> 31" also rules them out.

@@ -75,6 +75,20 @@ std::string sparse_text(std::mt19937& rng, size_t n) {
   return s;
 }
 
+// Every test runs on each instruction set's block loops: SSE2, then AVX2 where the CPU has it.
+class Scan : public testing::TestWithParam<bool> {
+ protected:
+  void SetUp() override {
+    kernels::allow_avx2(GetParam());
+    if (GetParam() && !kernels::have_avx2()) GTEST_SKIP() << "this CPU has no AVX2";
+  }
+  void TearDown() override { kernels::allow_avx2(true); }
+};
+
+INSTANTIATE_TEST_SUITE_P(Isa, Scan, testing::Bool(), [](const testing::TestParamInfo<bool>& i) {
+  return i.param ? "Avx2" : "Sse2";
+});
+
 void expect_same(const TextSummary& got, const TextSummary& want, std::string_view s) {
   EXPECT_EQ(got.longest_line, want.longest_line) << testing::PrintToString(std::string(s));
   EXPECT_EQ(got.high_bytes, want.high_bytes);
@@ -82,7 +96,7 @@ void expect_same(const TextSummary& got, const TextSummary& want, std::string_vi
   EXPECT_EQ(got.bare_line_end, want.bare_line_end) << testing::PrintToString(std::string(s));
 }
 
-TEST(Scan, SummaryMatchesReferenceOnRandomTextAtEveryOffset) {
+TEST_P(Scan, SummaryMatchesReferenceOnRandomTextAtEveryOffset) {
   std::mt19937 rng(12);
   for (int round = 0; round < 300; ++round) {
     std::string s = random_text(rng, round % 97);
@@ -93,7 +107,7 @@ TEST(Scan, SummaryMatchesReferenceOnRandomTextAtEveryOffset) {
   }
 }
 
-TEST(Scan, SummaryMatchesReferenceOnSparseText) {
+TEST_P(Scan, SummaryMatchesReferenceOnSparseText) {
   std::mt19937 rng(56);
   for (int round = 0; round < 60; ++round) {
     std::string s = sparse_text(rng, 200 + round * 7);
@@ -104,7 +118,7 @@ TEST(Scan, SummaryMatchesReferenceOnSparseText) {
   }
 }
 
-TEST(Scan, SummaryOfLongLinesAndSplitCrlf) {
+TEST_P(Scan, SummaryOfLongLinesAndSplitCrlf) {
   std::string s = std::string(999, 'x') + "\r\n" + std::string(20, 'y') + "\n" + "z\r";
   TextSummary sum = summarize_text(s);
   EXPECT_EQ(sum.longest_line, 999u);
@@ -121,7 +135,7 @@ TEST(Scan, SummaryOfLongLinesAndSplitCrlf) {
   EXPECT_TRUE(summarize_text("\n\r").bare_line_end);
 }
 
-TEST(Scan, FindLineEndHighByteAndQpPrefixMatchReference) {
+TEST_P(Scan, FindLineEndHighByteAndQpPrefixMatchReference) {
   std::mt19937 rng(34);
   for (int round = 0; round < 300; ++round) {
     std::string s = round % 3 == 2 ? sparse_text(rng, 150 + round)
@@ -150,49 +164,8 @@ TEST(Scan, FindLineEndHighByteAndQpPrefixMatchReference) {
   }
 }
 
-// What a kernel passes: whole 64-byte blocks from the start while each byte satisfies `ok`.
-template <class Ok>
-size_t reference_blocks(std::string_view v, Ok ok) {
-  size_t passed = 0;
-  for (; v.size() - passed >= 64; passed += 64) {
-    for (size_t i = passed; i < passed + 64; ++i) {
-      if (!ok(static_cast<unsigned char>(v[i]))) return passed;
-    }
-  }
-  return passed;
-}
-
-// Each instruction set's kernels against the reference; AVX2 only where this CPU has it.
-TEST(Scan, KernelsMatchReferenceOnEachInstructionSet) {
-  using NoControl = size_t (*)(const char*, size_t, bool&);
-  using QpLiteral = size_t (*)(const char*, size_t);
-  std::vector<std::pair<NoControl, QpLiteral>> sets = {
-      {kernels::no_control_blocks_sse2, kernels::qp_literal_blocks_sse2}};
-  if (kernels::have_avx2()) {
-    sets.emplace_back(kernels::no_control_blocks_avx2, kernels::qp_literal_blocks_avx2);
-  }
-  std::mt19937 rng(78);
-  for (int round = 0; round < 40; ++round) {
-    std::string s = sparse_text(rng, 300 + round * 13);
-    for (size_t from = 0; from <= s.size(); ++from) {
-      std::string_view v = std::string_view(s).substr(from);
-      size_t plain = reference_blocks(v, [](unsigned char c) { return c >= 14; });
-      bool high = false;
-      for (size_t i = 0; i < plain; ++i) high = high || static_cast<unsigned char>(v[i]) >= 0x80;
-      size_t literal =
-          reference_blocks(v, [](unsigned char c) { return c >= 32 && c <= 126 && c != '='; });
-      for (auto [no_control, qp_literal] : sets) {
-        bool got_high = false;
-        ASSERT_EQ(no_control(v.data(), v.size(), got_high), plain) << from;
-        ASSERT_EQ(got_high, high) << from;
-        ASSERT_EQ(qp_literal(v.data(), v.size()), literal) << from;
-      }
-    }
-  }
-}
-
 // Long lines (about one line start per 64-byte block) with a dot line at every position.
-TEST(Scan, FindDotAfterLfOnLongLines) {
+TEST_P(Scan, FindDotAfterLfOnLongLines) {
   for (size_t len :
        {size_t{40}, size_t{62}, size_t{63}, size_t{64}, size_t{65}, size_t{78}, size_t{130}}) {
     std::string s;
@@ -229,7 +202,7 @@ size_t reference_plain_run(std::string_view s, size_t first_line_length, size_t 
   return good;
 }
 
-TEST(Scan, PlainCrlfLinesNeverPassesWhatNeedsADecision) {
+TEST_P(Scan, PlainCrlfLinesNeverPassesWhatNeedsADecision) {
   std::mt19937 rng(78);
   std::uniform_int_distribution<int> len(0, 150), odd(0, 60);
   for (int round = 0; round < 3000; ++round) {
@@ -259,7 +232,7 @@ TEST(Scan, PlainCrlfLinesNeverPassesWhatNeedsADecision) {
   }
 }
 
-TEST(Scan, PlainCrlfLinesTakesLongRuns) {
+TEST_P(Scan, PlainCrlfLinesTakesLongRuns) {
   std::string line = std::string(76, 'L') + "\r\n";
   std::string s;
   for (int i = 0; i < 100; ++i) s += line;
