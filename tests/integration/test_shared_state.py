@@ -221,8 +221,10 @@ def test_replicas_keep_one_budget(redis_factory, mailcar_factory, limits, quota,
     # GCRA replenishes one cell per T/N: a burst shorter than that admits exactly N.
     replenished = int(seconds * n / period_s)
     assert n <= ok <= n + replenished, (ok, seconds, results)
-    if period_s >= 60:
-        assert ok == n, results
+    # Exact whenever nothing can have been replenished (a burst under 5 s at 12/minute; a slow
+    # sanitizer run may take longer, and then one more per 5 s is right, not a leak).
+    if replenished == 0:
+        assert ok == n, (seconds, results)
     assert outbox_count(replicas) == ok
     # One script per message, all on one hash-tagged key set.
     keys = redis.cli("KEYS", "*").split()
