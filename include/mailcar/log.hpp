@@ -2,6 +2,7 @@
 // never pass a password, API key or message body.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <initializer_list>
 #include <string>
@@ -12,6 +13,26 @@
 
 namespace mailcar::log {
 
+// A field's name: a string literal of ASCII letters, digits and '_', checked when the
+// program is compiled (a name that breaks the rule does not compile), so line writers copy
+// names as they are, without escaping.
+class Key {
+ public:
+  template <size_t N>
+  consteval Key(const char (&name)[N]) : view_(name, N - 1) {  // NOLINT: implicit on purpose
+    for (size_t i = 0; i + 1 < N; ++i) {
+      char c = name[i];
+      bool plain =
+          (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+      if (!plain) throw "a log field name is ASCII letters, digits and '_'";
+    }
+  }
+  constexpr operator std::string_view() const { return view_; }  // NOLINT
+
+ private:
+  std::string_view view_;
+};
+
 // One key and value of a log line. Cheap to build, because most lines are built on every
 // message and many are then dropped by the level: a string value is only referred to (the
 // caller's string outlives the log call, being part of its full expression), a temporary
@@ -19,17 +40,17 @@ namespace mailcar::log {
 // is written. A Field kept in a variable must not refer to a string that dies before the call.
 class Field {
  public:
-  std::string_view key;
-  bool quoted = true;  // false for numbers, booleans and raw values (null)
+  std::string_view key;  // from a Key: needs no escaping
+  bool quoted = true;    // false for numbers, booleans and raw values (null)
 
-  Field(std::string_view k, std::string_view v) : key(k), view_(v) {}
-  Field(std::string_view k, const char* v) : key(k), view_(v ? v : "") {}
-  Field(std::string_view k, const std::string& v) : key(k), view_(v) {}
-  Field(std::string_view k, std::string&& v) : key(k), owned_(std::move(v)), kind_(Kind::Owned) {}
-  Field(std::string_view k, bool v) : key(k), quoted(false), view_(v ? "true" : "false") {}
-  Field(std::string_view k, double v) : key(k), quoted(false), kind_(Kind::Double) { num_.d = v; }
+  Field(Key k, std::string_view v) : key(k), view_(v) {}
+  Field(Key k, const char* v) : key(k), view_(v ? v : "") {}
+  Field(Key k, const std::string& v) : key(k), view_(v) {}
+  Field(Key k, std::string&& v) : key(k), owned_(std::move(v)), kind_(Kind::Owned) {}
+  Field(Key k, bool v) : key(k), quoted(false), view_(v ? "true" : "false") {}
+  Field(Key k, double v) : key(k), quoted(false), kind_(Kind::Double) { num_.d = v; }
   template <class T, std::enable_if_t<std::is_integral_v<T> && !std::is_same_v<T, bool>, int> = 0>
-  Field(std::string_view k, T v) : key(k), quoted(false) {
+  Field(Key k, T v) : key(k), quoted(false) {
     if constexpr (std::is_signed_v<T>) {
       kind_ = Kind::Signed;
       num_.i = static_cast<int64_t>(v);
@@ -39,7 +60,7 @@ class Field {
     }
   }
   // An unquoted value written as it is (e.g. `null`, or a number already formatted).
-  static Field raw(std::string_view k, std::string_view v) {
+  static Field raw(Key k, std::string_view v) {
     Field f(k, v);
     f.quoted = false;
     return f;
