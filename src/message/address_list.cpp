@@ -14,11 +14,13 @@ enum class TokenKind { Atom, Quoted, DomainLiteral, Special, End };
 
 struct Token {
   TokenKind kind = TokenKind::End;
-  std::string raw;    // as written (quotes and escapes included)
-  std::string value;  // quoted-string content unescaped; else same as raw
+  std::string_view raw;   // as written (quotes and escapes included), in the lexer's input
+  std::string unescaped;  // a quoted string's content
   char special = 0;
   bool space_before = false;
   std::string comment_before;  // text of the last comment in front of this token
+
+  std::string_view value() const { return kind == TokenKind::Quoted ? unescaped : raw; }
 };
 
 class Lexer {
@@ -41,7 +43,7 @@ class Lexer {
         size_t end = in_.find(']', pos_);
         if (end == std::string_view::npos) return make_error("unterminated domain literal");
         pending.kind = TokenKind::DomainLiteral;
-        pending.raw = pending.value = std::string(in_.substr(pos_, end + 1 - pos_));
+        pending.raw = in_.substr(pos_, end + 1 - pos_);
         for (char d : pending.raw.substr(1, pending.raw.size() - 2)) {
           auto u = static_cast<unsigned char>(d);
           if (u <= 32 || u == 127 || d == '[' || d == '\\') {
@@ -53,11 +55,11 @@ class Lexer {
         size_t start = pos_;
         while (pos_ < in_.size() && is_atext_utf8(static_cast<unsigned char>(in_[pos_]))) ++pos_;
         pending.kind = TokenKind::Atom;
-        pending.raw = pending.value = std::string(in_.substr(start, pos_ - start));
+        pending.raw = in_.substr(start, pos_ - start);
       } else if (c == '<' || c == '>' || c == ':' || c == ';' || c == '@' || c == ',' || c == '.') {
         pending.kind = TokenKind::Special;
         pending.special = static_cast<char>(c);
-        pending.raw = pending.value = std::string(1, static_cast<char>(c));
+        pending.raw = in_.substr(pos_, 1);
         ++pos_;
       } else if (c == ')') {
         return make_error("unbalanced ')' in address list");
@@ -150,7 +152,7 @@ class Lexer {
       char c = in_[pos_];
       if (c == '"') {
         ++pos_;
-        t.raw = std::string(in_.substr(start, pos_ - start));
+        t.raw = in_.substr(start, pos_ - start);
         return true;
       }
       if (c == '\\') {
@@ -158,17 +160,17 @@ class Lexer {
         char q = in_[pos_ + 1];
         if (q == '\r' || q == '\n' || q == '\0')
           return make_error("CR, LF or NUL in quoted string");
-        t.value.push_back(q);
+        t.unescaped.push_back(q);
         pos_ += 2;
       } else if (c == '\r' || c == '\n') {
         size_t before = pos_;
         auto ws = skip_fws();
         if (!ws) return ws.error();
-        t.value.append(in_.substr(before + 2, pos_ - before - 2));  // the WSP after CRLF
+        t.unescaped.append(in_.substr(before + 2, pos_ - before - 2));  // the WSP after CRLF
       } else if (c == '\0') {
         return make_error("NUL in quoted string");
       } else {
-        t.value.push_back(c);
+        t.unescaped.push_back(c);
         ++pos_;
       }
     }
@@ -203,7 +205,7 @@ class Parser {
       if (is_special(peek(), ',')) {
         ++pos_;
       } else if (peek().kind != TokenKind::End) {
-        return make_error("unexpected '" + peek().raw + "' in address list");
+        return make_error("unexpected '" + std::string(peek().raw) + "' in address list");
       }
     }
     if (!any) return make_error("empty address list");
@@ -257,7 +259,7 @@ class Parser {
         }
         if (auto r = address(out, true); !r) return r;
         if (!is_special(peek(), ',') && !is_special(peek(), ';') && peek().kind != TokenKind::End) {
-          return make_error("unexpected '" + peek().raw + "' in group");
+          return make_error("unexpected '" + std::string(peek().raw) + "' in group");
         }
       }
     }
@@ -272,7 +274,7 @@ class Parser {
     if (phrase_start == phrase_end) {
       return make_error(stop.kind == TokenKind::End
                             ? "expected an address"
-                            : "unexpected '" + stop.raw + "' in address list");
+                            : "unexpected '" + std::string(stop.raw) + "' in address list");
     }
     return make_error("missing @");
   }
@@ -312,7 +314,7 @@ class Parser {
     std::string name;
     for (size_t i = start; i < end; ++i) {
       if (i > start && t_[i].space_before) name.push_back(' ');
-      name += t_[i].value;
+      name += t_[i].value();
     }
     return name;
   }
@@ -324,6 +326,7 @@ class Parser {
 }  // namespace
 
 Result<std::vector<Mailbox>> parse_address_list(std::string_view header_value) {
+  // The tokens refer to header_value, which outlives them.
   auto tokens = Lexer(header_value).run();
   if (!tokens) return tokens.error();
   return Parser(std::move(*tokens)).list();
