@@ -721,13 +721,19 @@ Answer check_caller_and_body(HttpRequest& request, const Config& config, const P
 
 // A 413 is a refusal like the others (issue 13): the same "message_refused" line and the
 // `rejected` count. Before authentication the role is unknown (empty).
+void record_if_too_large(const HttpResponse& response, const Submitter& submitter,
+                         std::string_view service, uint64_t limit) {
+  if (response.status != 413) return;
+  record_refusal(submitter, service,
+                 "message over max_message_bytes " + std::to_string(limit) + " (413)");
+}
+
 void record_if_too_large(const HttpResponse& response, const ApiCaller& caller,
                          const std::string& remote, std::string_view service, uint64_t limit) {
   if (response.status != 413) return;
   Submitter submitter{Ingress::Http, caller.credential ? caller.credential->role : "",
                       caller.credential ? caller.identity() : "unauthenticated", remote};
-  record_refusal(submitter, service,
-                 "message over max_message_bytes " + std::to_string(limit) + " (413)");
+  record_if_too_large(response, submitter, service, limit);
 }
 
 HttpResponse bad_request(const FieldError& e) {
@@ -1015,6 +1021,11 @@ void fetch_then_send(std::shared_ptr<Runtime> runtime, std::shared_ptr<Prepared>
         p->answer =
             failure ? error_response(failure->status, failure->message, field_context(p->url_field))
                     : add_fetched(*runtime, *p, std::move(fetched));
+        // Files that took the message over the limit: refused like any other 413.
+        if (p->answer) {
+          record_if_too_large(*p->answer, p->submission.submitter, p->submission.service,
+                              runtime->config->limits.max_message_bytes);
+        }
         send_prepared(std::move(runtime), *p, std::move(*held), std::move(respond));
       });
 }

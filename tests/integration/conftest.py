@@ -50,6 +50,18 @@ def free_port():
 _held_ports = {}
 
 
+def metric(mc, sample_name, **labels):
+    """The value of one sample on mc's /metrics (labels must match those given), or None. A test
+    that calls it is skipped where prometheus_client is not installed."""
+    parser = pytest.importorskip("prometheus_client.parser")
+    _, _, raw = mc.request("GET", "/metrics")
+    for family in parser.text_string_to_metric_families(raw.decode()):
+        for s in family.samples:
+            if s.name == sample_name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return None
+
+
 def dead_port():
     """A loopback port where nothing listens, for an upstream that is down.
 

@@ -9,7 +9,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from conftest import basic_config, parse_message, service_yaml
+from conftest import basic_config, metric, parse_message, service_yaml
 
 MAX_BYTES = 65536
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 40 + b"\n%%EOF\n"
@@ -206,6 +206,12 @@ def test_files_together_may_not_pass_the_message_limit(certs, upstream_factory,
         assert status == 413, body
         assert body["error"]["message"].startswith("attachment: URL 2"), body
         assert body["error"]["context"]["field"] == "attachment", body
+        # Refused like any other 413: the same log line and count.
+        refusals = [e for e in mc.log_events() if e.get("event") == "message_refused"]
+        assert len(refusals) == 1, refusals
+        assert refusals[0]["ingress"] == "http" and refusals[0]["outcome"] == "rejected"
+        assert "100000" in refusals[0]["reason"], refusals
+        assert metric(mc, "mailcar_messages_total", ingress="http", outcome="rejected") == 1
         # One file alone still goes.
         status, body, _ = mc.send("email", {**BASE, "attachment": files.base + "a.bin"})
         assert status == 200, body

@@ -6,9 +6,8 @@ import time
 
 import pytest
 
-from conftest import dead_port, MAILCAR_BIN
+from conftest import dead_port, metric, MAILCAR_BIN
 
-prometheus_parser = pytest.importorskip("prometheus_client.parser")
 
 PASSWORD = "mkt-pa55word"
 PAYLOAD = {"to": "alice@example.com", "subject": "failover", "body_text": "hello",
@@ -61,15 +60,6 @@ log:
 
 def plain(port):
     return f"    host: 127.0.0.1\n    port: {port}\n    encryption: none\n"
-
-
-def metric(mc, sample_name, **labels):
-    _, _, raw = mc.request("GET", "/metrics")
-    for family in prometheus_parser.text_string_to_metric_families(raw.decode()):
-        for s in family.samples:
-            if s.name == sample_name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return s.value
-    return None
 
 
 def message_events(mc):

@@ -9,9 +9,8 @@ import time
 
 import pytest
 
-from conftest import dead_port, Mailcar, RecordingHandler
+from conftest import dead_port, metric, Mailcar, RecordingHandler
 
-prometheus_parser = pytest.importorskip("prometheus_client.parser")
 
 
 def spool_config(port, quota="", spool_extra="", retry="[1s]"):
@@ -66,15 +65,6 @@ def smtp_submit(mc, i, rcpts=("a@example.com",), sender="app@example.com"):
 
 def spooled_files(mc):
     return sorted(p.name for p in (mc.dir / "spool").glob("*.msg"))
-
-
-def metric(mc, sample_name, **labels):
-    _, _, raw = mc.request("GET", "/metrics")
-    for family in prometheus_parser.text_string_to_metric_families(raw.decode()):
-        for s in family.samples:
-            if s.name == sample_name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return s.value
-    return None
 
 
 def wait_until(predicate, timeout=15, what="condition"):
