@@ -11,6 +11,7 @@
 
 #include "common/scan_kernels.hpp"
 #include "mailcar/scan.hpp"
+#include "support/scan_reference.hpp"
 
 namespace {
 
@@ -20,49 +21,10 @@ void check(bool ok) {
   if (!ok) std::abort();
 }
 
-TextSummary reference_summary(std::string_view s) {
-  TextSummary sum;
-  size_t line = 0;
-  for (size_t i = 0; i < s.size(); ++i) {
-    auto c = static_cast<unsigned char>(s[i]);
-    if (c >= 0x80) ++sum.high_bytes;
-    if (c == 0) sum.nul = true;
-    bool crlf = c == '\r' && i + 1 < s.size() && s[i + 1] == '\n';
-    if (c == '\r' && !crlf) sum.bare_line_end = true;
-    if (c == '\n' && (i == 0 || s[i - 1] != '\r')) sum.bare_line_end = true;
-    if (c == '\r' || c == '\n') {
-      sum.longest_line = std::max(sum.longest_line, line);
-      line = 0;
-      if (crlf) ++i;
-    } else {
-      ++line;
-    }
-  }
-  sum.longest_line = std::max(sum.longest_line, line);
-  return sum;
-}
-
-// What plain_crlf_lines() may pass: whole CRLF lines, none longer than max_line (the first
-// has first_line bytes before the text), each followed by a byte that is not '.'.
-size_t reference_plain_run(std::string_view s, size_t first_line, size_t max_line) {
-  size_t good = 0, pos = 0, line = first_line;
-  while (pos < s.size()) {
-    size_t eol = s.find_first_of("\r\n", pos);
-    if (eol == std::string_view::npos) break;
-    line += eol - pos;
-    if (line > max_line || s.substr(eol, 2) != "\r\n" || eol + 2 >= s.size() || s[eol + 2] == '.') {
-      break;
-    }
-    pos = good = eol + 2;
-    line = 0;
-  }
-  return good;
-}
-
 void check_all(std::string_view v, size_t first_line, size_t max_line) {
   const char* b = v.data();
   const char* e = b + v.size();
-  TextSummary got = summarize_text(v), want = reference_summary(v);
+  TextSummary got = summarize_text(v), want = reference::summary(v);
   check(got.longest_line == want.longest_line && got.high_bytes == want.high_bytes &&
         got.nul == want.nul && got.bare_line_end == want.bare_line_end);
 
@@ -77,21 +39,15 @@ void check_all(std::string_view v, size_t first_line, size_t max_line) {
   size_t dot = v.find("\n.");
   check(find_dot_after_lf(b, e) == (dot == std::string_view::npos ? e : b + dot + 1));
 
-  size_t literal = 0;
-  while (literal < v.size()) {
-    auto c = static_cast<unsigned char>(v[literal]);
-    if (c < 32 || c > 126 || c == '=') break;
-    ++literal;
-  }
-  check(qp_literal_prefix(v) == literal);
+  check(qp_literal_prefix(v) == reference::qp_literal(v));
 
   // May stop early, never late, and always at a line end it may pass.
   const char* run = plain_crlf_lines(b, e, first_line, max_line);
   size_t passed = static_cast<size_t>(run - b);
-  check(passed <= reference_plain_run(v, first_line, max_line));
+  check(passed <= reference::plain_run(v, first_line, max_line));
   check(passed == 0 || (v[passed - 2] == '\r' && v[passed - 1] == '\n'));
-  check(reference_plain_run(v.substr(0, passed + (passed < v.size() ? 1 : 0)), first_line,
-                            max_line) >= passed);
+  check(reference::plain_run(v.substr(0, passed + (passed < v.size() ? 1 : 0)), first_line,
+                             max_line) >= passed);
 }
 
 }  // namespace

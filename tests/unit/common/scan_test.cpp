@@ -3,37 +3,17 @@
 #include "mailcar/scan.hpp"
 
 #include "common/scan_kernels.hpp"
+#include "support/scan_reference.hpp"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <random>
 #include <string>
 #include <vector>
 
 namespace mailcar::text {
 namespace {
-
-TextSummary reference_summary(std::string_view s) {
-  TextSummary sum;
-  size_t line = 0;
-  for (size_t i = 0; i < s.size(); ++i) {
-    auto c = static_cast<unsigned char>(s[i]);
-    if (c >= 0x80) ++sum.high_bytes;
-    if (c == 0) sum.nul = true;
-    bool crlf = c == '\r' && i + 1 < s.size() && s[i + 1] == '\n';
-    if (c == '\r' && !crlf) sum.bare_line_end = true;
-    if (c == '\n' && (i == 0 || s[i - 1] != '\r')) sum.bare_line_end = true;
-    if (c == '\r' || c == '\n') {
-      sum.longest_line = std::max(sum.longest_line, line);
-      line = 0;
-      if (crlf) ++i;
-    } else {
-      ++line;
-    }
-  }
-  sum.longest_line = std::max(sum.longest_line, line);
-  return sum;
-}
 
 // Random text: mostly letters, with CR, LF, CRLF, '=', NUL, space, tab, DEL and high bytes.
 std::string random_text(std::mt19937& rng, size_t n) {
@@ -102,7 +82,7 @@ TEST_P(Scan, SummaryMatchesReferenceOnRandomTextAtEveryOffset) {
     std::string s = random_text(rng, round % 97);
     for (size_t from = 0; from <= s.size(); ++from) {
       std::string_view v = std::string_view(s).substr(from);
-      expect_same(summarize_text(v), reference_summary(v), v);
+      expect_same(summarize_text(v), reference::summary(v), v);
     }
   }
 }
@@ -113,7 +93,7 @@ TEST_P(Scan, SummaryMatchesReferenceOnSparseText) {
     std::string s = sparse_text(rng, 200 + round * 7);
     for (size_t from = 0; from <= s.size(); ++from) {
       std::string_view v = std::string_view(s).substr(from);
-      expect_same(summarize_text(v), reference_summary(v), v);
+      expect_same(summarize_text(v), reference::summary(v), v);
     }
   }
 }
@@ -145,13 +125,7 @@ TEST_P(Scan, FindLineEndHighByteAndQpPrefixMatchReference) {
       size_t eol = v.find_first_of("\r\n");
       const char* want = eol == std::string_view::npos ? v.data() + v.size() : v.data() + eol;
       EXPECT_EQ(find_line_end(v.data(), v.data() + v.size()), want);
-      bool high = false;
-      size_t literal = v.size();
-      for (size_t i = 0; i < v.size(); ++i) {
-        auto c = static_cast<unsigned char>(v[i]);
-        high = high || c >= 0x80;
-        if (literal == v.size() && (c < 32 || c > 126 || c == '=')) literal = i;
-      }
+      bool high = std::any_of(v.begin(), v.end(), [](char c) { return (c & 0x80) != 0; });
       EXPECT_EQ(has_high_byte(v), high);
       ByteFlags flags = byte_flags(v);
       EXPECT_EQ(flags.high, high);
@@ -159,7 +133,8 @@ TEST_P(Scan, FindLineEndHighByteAndQpPrefixMatchReference) {
       size_t dot = v.find("\n.");
       EXPECT_EQ(find_dot_after_lf(v.data(), v.data() + v.size()),
                 dot == std::string_view::npos ? v.data() + v.size() : v.data() + dot + 1);
-      EXPECT_EQ(qp_literal_prefix(v), literal) << testing::PrintToString(std::string(v));
+      EXPECT_EQ(qp_literal_prefix(v), reference::qp_literal(v))
+          << testing::PrintToString(std::string(v));
     }
   }
 }
@@ -186,22 +161,6 @@ TEST_P(Scan, FindDotAfterLfOnLongLines) {
   }
 }
 
-// The longest run of whole plain CRLF lines at the start of s (see plain_crlf_lines).
-size_t reference_plain_run(std::string_view s, size_t first_line_length, size_t max_line) {
-  size_t good = 0, pos = 0, line = first_line_length;
-  while (pos < s.size()) {
-    size_t eol = s.find_first_of("\r\n", pos);
-    if (eol == std::string_view::npos) break;
-    line += eol - pos;
-    if (line > max_line || s.substr(eol, 2) != "\r\n" || eol + 2 >= s.size() || s[eol + 2] == '.') {
-      break;
-    }
-    pos = good = eol + 2;
-    line = 0;
-  }
-  return good;
-}
-
 TEST_P(Scan, PlainCrlfLinesNeverPassesWhatNeedsADecision) {
   std::mt19937 rng(78);
   std::uniform_int_distribution<int> len(0, 150), odd(0, 60);
@@ -216,7 +175,7 @@ TEST_P(Scan, PlainCrlfLinesNeverPassesWhatNeedsADecision) {
     size_t max_line = round % 5 == 0 ? 100 : 1000;
     for (size_t from : {size_t{0}, size_t{1}, size_t{63}, size_t{64}, size_t{65}}) {
       std::string_view v = std::string_view(s).substr(from);
-      size_t want = reference_plain_run(v, first, max_line);
+      size_t want = reference::plain_run(v, first, max_line);
       size_t got = static_cast<size_t>(
           plain_crlf_lines(v.data(), v.data() + v.size(), first, max_line) - v.data());
       ASSERT_LE(got, want) << round << " " << from;
