@@ -211,6 +211,17 @@ def measure_baseline(sink, args, row):
     return base
 
 
+def half_load(port, target, seconds, round_trip_ms, expect=200):
+    """1 KB requests at about `target` msg/s, paced with wrk's delay(). A connection's period
+    is its delay plus the round trip, so a delay much longer than the round trip sets the rate:
+    10 ms on average, drawn at random so that connections do not fire in step, on as many
+    connections as the target needs (about 100 for 9,000 msg/s). The rate reached is in the
+    result."""
+    delay_ms = 10
+    conns = max(10, round(target * (delay_ms + round_trip_ms) / 1000))
+    return wrk(port, "x" * 1024, seconds, conns, delay_ms=delay_ms, expect=expect)
+
+
 def measure_http(mc, base, args, row):
     for size, label in ((1024, "1KB"), (102400, "100KB")):
         r = wrk(mc.http_port, "x" * size, args.seconds, 10)
@@ -220,15 +231,8 @@ def measure_http(mc, base, args, row):
         row(f"HTTP {label} latency p99 at full load", r["lat_ms"].get("99", 0), unit="ms")
         if r["errors"]:
             row(f"HTTP {label} non-200 responses", r["errors"])
-    # Half of the baseline's 1 KB rate, paced with wrk's delay(): latency under load. A
-    # connection's period is its delay plus the round trip (under a millisecond), so a delay
-    # much longer than that sets the rate: 10 ms on average per request, on as many
-    # connections as the target needs (about 100 for 9,000 msg/s). The row prints the rate
-    # reached.
-    target = base[(1024, 10, True)] / 2
-    delay_ms = 10
-    conns = max(10, round(target * (delay_ms + 0.7) / 1000))
-    r = wrk(mc.http_port, "x" * 1024, args.seconds, conns, delay_ms=delay_ms)
+    # Latency under load, at half of the baseline's 1 KB rate.
+    r = half_load(mc.http_port, base[(1024, 10, True)] / 2, args.seconds, 0.7)
     for pct in ("50", "99"):
         row(f"HTTP 1KB at ~{r['rps']:.0f} msg/s (half baseline): p{pct}", r["lat_ms"].get(pct, 0),
             unit="ms")
@@ -432,10 +436,8 @@ def measure_spool(sink, folder, args, row):
         row("spool fsyncs per message (HTTP run, put + remove)", fsyncs / max(1, r["requests"]))
         if r["errors"]:
             row("spool HTTP non-202 responses", r["errors"])
-        conns = 10
-        target = r["rps"] / 2
-        half = wrk(mc.http_port, "x" * 1024, args.seconds, conns, expect=202,
-                   delay_ms=max(1, int(conns * 1000 / target)))
+        half = half_load(mc.http_port, r["rps"] / 2, args.seconds, r["lat_ms"].get("50", 1),
+                         expect=202)
         wait_for_zero(spooled)
         for pct in ("50", "99"):
             row(f"spool HTTP 1KB ack latency at ~{half['rps']:.0f} msg/s (half): p{pct}",
