@@ -347,10 +347,20 @@ const char* plain_crlf_lines(const char* p, const char* end, size_t first_line_l
   return use_avx2() ? avx2::plain_crlf_blocks(p, end, first_line_length, max_line)
                     : sse2::plain_crlf_blocks(p, end, first_line_length, max_line);
 #else
-  (void)end;
-  (void)first_line_length;
-  (void)max_line;
-  return p;
+  // A byte at a time: the same run, so the callers and tests behave alike everywhere.
+  const char* safe = p;
+  size_t line = first_line_length;
+  for (const char* q = p; q < end; ++q) {
+    if (*q == '\n') break;  // a bare LF
+    if (*q != '\r') {
+      ++line;
+      continue;
+    }
+    if (line > max_line || q + 2 >= end || q[1] != '\n' || q[2] == '.') break;
+    safe = ++q + 1;
+    line = 0;
+  }
+  return safe;
 #endif
 }
 
