@@ -21,6 +21,15 @@ void carry_over(RateWindow& window, const RateWindow* old) {
   }
 }
 
+// The windows that judge `request`, in order: the role's, then the service's quota when the
+// request counts toward it. The one rule for judging, consuming and listing them (const or
+// not, as the rules are).
+template <class Role, class Service, class Fn>
+void for_each_window(Role& role, Service& service, const PolicyRequest& request, Fn&& fn) {
+  for (auto& w : role.windows) fn(w);
+  if (service.quota && request.service_quota) fn(*service.quota);
+}
+
 struct WindowVerdict {
   const RateWindow* window;
   RateLimiter::Judgement judgement;
@@ -129,12 +138,8 @@ PolicyDecision ConfigPolicy::admit(const PolicyRequest& request, uint64_t now_ms
   if (!decision.allowed()) return decision;
   // judge() found every window willing, so consuming now is all-or-nothing. The rules are this
   // policy's own (non-const) map entries, found once by judge().
-  auto& role = const_cast<RoleRules&>(*judged_role);
-  for (RateWindow& window : role.windows) window.limiter.consume(request.recipients, now_ms);
-  auto& service = const_cast<ServiceRules&>(*judged_service);
-  if (service.quota && request.service_quota) {
-    service.quota->limiter.consume(request.recipients, now_ms);
-  }
+  for_each_window(const_cast<RoleRules&>(*judged_role), const_cast<ServiceRules&>(*judged_service),
+                  request, [&](RateWindow& w) { w.limiter.consume(request.recipients, now_ms); });
   return decision;
 }
 
@@ -200,8 +205,7 @@ std::vector<const RateWindow*> ConfigPolicy::windows_of(const RoleRules& role,
                                                         const PolicyRequest& request) {
   std::vector<const RateWindow*> windows;
   windows.reserve(role.windows.size() + 1);
-  for (const RateWindow& w : role.windows) windows.push_back(&w);
-  if (service.quota && request.service_quota) windows.push_back(&*service.quota);
+  for_each_window(role, service, request, [&](const RateWindow& w) { windows.push_back(&w); });
   return windows;
 }
 
@@ -216,18 +220,15 @@ PolicyDecision ConfigPolicy::judge(const PolicyRequest& request, uint64_t now_ms
   if (service_out != nullptr) *service_out = service;
   // Judged on every message (and every SMTP RCPT): a role has a few windows, kept on the stack.
   constexpr size_t kInline = 4;
-  const bool quota = service->quota && request.service_quota;
-  const size_t n = role->windows.size() + (quota ? 1 : 0);
+  size_t n = 0;
+  for_each_window(*role, *service, request, [&n](const RateWindow&) { ++n; });
   std::array<WindowVerdict, kInline> inline_verdicts{};
   std::vector<WindowVerdict> heap_verdicts(n > kInline ? n : 0);
   WindowVerdict* verdicts = n > kInline ? heap_verdicts.data() : inline_verdicts.data();
   size_t i = 0;
-  for (const RateWindow& w : role->windows) {
+  for_each_window(*role, *service, request, [&](const RateWindow& w) {
     verdicts[i++] = {&w, w.limiter.judge(request.recipients, now_ms)};
-  }
-  if (quota) {
-    verdicts[i++] = {&*service->quota, service->quota->limiter.judge(request.recipients, now_ms)};
-  }
+  });
   return combine_verdicts({verdicts, n}, request.recipients);
 }
 
