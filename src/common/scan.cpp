@@ -60,7 +60,6 @@ uint32_t eq_mask(__m128i v, char c) {
 
 // Line bookkeeping for summarize_text, called at each CR or LF.
 struct LineTracker {
-  const char* begin;
   const char* end;
   const char* line_start;
   TextSummary& sum;
@@ -282,7 +281,7 @@ TextSummary summarize_text(std::string_view s) {
   TextSummary sum;
   const char* p = s.data();
   const char* end = p + s.size();
-  LineTracker lines{p, end, p, sum};
+  LineTracker lines{end, p, sum};
 #if defined(__SSE2__)
   __m128i nul = _mm_setzero_si128();
   __m128i high = _mm_setzero_si128();

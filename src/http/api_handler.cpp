@@ -926,17 +926,13 @@ struct Prepared {
 void send_prepared(std::shared_ptr<Runtime> runtime, Prepared& p, IdempotencyClaim claim,
                    Respond respond) {
   if (p.answer) return answer_claimed(std::move(claim), std::move(*p.answer), p.now, respond);
-  if (!claim) {  // no Idempotency-Key: nothing to keep, the answer goes out at once
-    submit(
-        std::move(runtime), std::move(p.submission), p.now,
-        [respond = std::move(respond)](SubmissionResult result) { respond(response_for(result)); });
-    return;
-  }
-  auto held = std::make_shared<IdempotencyClaim>(std::move(claim));
-  // The answer comes later, on the loop thread; the callback owns everything it needs.
+  // The answer comes later, on the loop thread; the callback owns everything it needs. A
+  // request without an Idempotency-Key holds no claim and allocates none.
+  auto held = claim ? std::make_shared<IdempotencyClaim>(std::move(claim)) : nullptr;
   submit(std::move(runtime), std::move(p.submission), p.now,
          [held, now = p.now, respond = std::move(respond)](SubmissionResult result) {
-           answer_claimed(std::move(*held), response_for(result), now, respond);
+           answer_claimed(held ? std::move(*held) : IdempotencyClaim(), response_for(result), now,
+                          respond);
          });
 }
 

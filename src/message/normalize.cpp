@@ -206,7 +206,7 @@ Result<std::string> new_header_block(const NormalizeInput& input, std::string_vi
   if (auto from = take_from(input, text, kept->from, head, out); !from) return from.error();
   if (!kept->has_date) {
     head += "Date: ";
-    head += format_rfc5322_date(input.now_unix);
+    append_rfc5322_date(head, input.now_unix);
     head += "\r\n";
   }
   if (out.message_id.empty()) {
@@ -272,7 +272,7 @@ std::string make_received_header(std::string_view helo, std::string_view peer_ip
   out += " id ";
   append_safe_token(out, id, "unknown");
   out += ";\r\n\t";
-  out += format_rfc5322_date(now_unix);
+  append_rfc5322_date(out, now_unix);
   out += "\r\n";
   return out;
 }

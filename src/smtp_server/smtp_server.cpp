@@ -560,18 +560,14 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void submit_now(std::shared_ptr<Runtime> rt, Submission submission, uint64_t now,
                   IdempotencyClaim claim) {
     std::weak_ptr<Connection> weak = weak_from_this();
-    if (!claim) {  // no Idempotency-Key: nothing to keep, the reply goes out at once
-      submit(std::move(rt), std::move(submission), now, [weak](SubmissionResult result) {
-        if (auto self = weak.lock()) self->finish_delivery(smtp::reply_for_submission(result));
-      });
-      return;
-    }
-    auto held = std::make_shared<IdempotencyClaim>(std::move(claim));
+    // A message without an Idempotency-Key holds no claim and allocates none.
+    auto held = claim ? std::make_shared<IdempotencyClaim>(std::move(claim)) : nullptr;
     submit(std::move(rt), std::move(submission), now, [weak, held, now](SubmissionResult result) {
       smtp::FinalReply reply = smtp::reply_for_submission(result);
       auto finish = [weak, reply] {
         if (auto self = weak.lock()) self->finish_delivery(reply);
       };
+      if (!held) return finish();  // nothing to keep: the reply goes out at once
       std::optional<IdempotentResponse> keep;
       if (reply.code == 250) keep = IdempotentResponse{250, result.id};
       held->complete(std::move(keep), now, std::move(finish));

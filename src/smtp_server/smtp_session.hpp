@@ -239,9 +239,8 @@ class SmtpServerSession {
   size_t data_line_length_ = 0;
   bool data_too_big_ = false;
   bool data_line_too_long_ = false;
-  KnownText data_seen_;
-  mutable PolicyRequest policy_request_;  // check_policy's, reused  // DATA: NUL, 8-bit bytes, a
-                                          // line over 998 octets so far
+  KnownText data_seen_;                   // DATA: NUL, 8-bit bytes, a line over 998 octets so far
+  mutable PolicyRequest policy_request_;  // check_policy's, its buffers reused
   // No memory for the message: 451 4.3.1 (budget spent) / 4.3.0 (allocation failed) at its end.
   bool data_no_budget_ = false;
   bool data_no_memory_ = false;
