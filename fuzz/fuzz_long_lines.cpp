@@ -6,6 +6,7 @@
 #include <string>
 #include <string_view>
 
+#include "expand_runs.hpp"
 #include "mailcar/scan.hpp"
 #include "message/line_ends.hpp"
 #include "message/long_lines.hpp"
@@ -37,14 +38,7 @@ std::string qp_decode(std::string_view s) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace mailcar;
-  std::string raw;
-  for (size_t i = 0; i < size && raw.size() < 1 << 20; ++i) {
-    if (data[i] == 1) {
-      raw.append(500, 'x');
-    } else {
-      raw.push_back(static_cast<char>(data[i]));
-    }
-  }
+  std::string raw = expand_runs(data, size, 500, 1 << 20);
   std::string text = normalize_line_ends(raw);
   text::TextSummary sum = text::summarize_text(text);
   if (sum.bare_line_end) std::abort();

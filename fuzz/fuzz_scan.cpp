@@ -10,6 +10,7 @@
 #include <string_view>
 
 #include "common/scan_kernels.hpp"
+#include "expand_runs.hpp"
 #include "mailcar/scan.hpp"
 #include "support/scan_reference.hpp"
 
@@ -54,14 +55,7 @@ void check_all(std::string_view v, size_t first_line, size_t max_line) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
-  std::string raw;
-  for (size_t i = 1; i < size && raw.size() < 1 << 18; ++i) {
-    if (data[i] == 1) {
-      raw.append(100, 'x');
-    } else {
-      raw.push_back(static_cast<char>(data[i]));
-    }
-  }
+  const std::string raw = expand_runs(data + 1, size - 1, 100, 1 << 18);
   const size_t offset = std::min<size_t>(data[0] & 63, raw.size());
   const size_t first_line = (data[0] >> 6) * 30;
   const size_t max_line = (data[0] & 0x80) ? 998 : 200;
