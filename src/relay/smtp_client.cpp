@@ -614,6 +614,12 @@ SmtpClientOutput SmtpClientSession::start_message(const OutboundMessage& message
 
 void SmtpClientSession::handle_transaction_reply(Command command, const SmtpReply& reply,
                                                  SmtpClientOutput& out) {
+  if (reply.code == 421) {
+    // RFC 5321 3.8: the server is closing the channel, so no later reply will come. Usually
+    // an idle connection it gave up on; the relay then retries on a fresh one.
+    fail(rejection(reply), out);
+    return;
+  }
   if (state_ == State::Draining) {
     // The message is already decided; these are replies to pipelined commands.
     if (command == Command::Data && reply.code == 354) {

@@ -774,6 +774,38 @@ TEST(SmtpClientSession, StaleConnectionRsetFailureIsRetryableBeforeData) {
   EXPECT_TRUE(s.terminal());
 }
 
+// 421 closes the channel whatever it answers: a session draining pipelined replies does not
+// wait for the ones that will never come.
+TEST(SmtpClientSession, ClosingReplyWhileDrainingEndsTheSession) {
+  SmtpClientSession s(plain_options());
+  make_ready(s, {"PIPELINING"});
+  OutboundMessage m = make_message({"a@x.test"});
+  s.start_message(m);
+  auto out = s.feed("250 ok\r\n550 5.1.1 unknown\r\n");
+  ASSERT_TRUE(has_event(out, Kind::MessageDone));
+  ASSERT_EQ(s.state(), State::Draining);
+  out = s.feed("421 4.3.2 shutting down\r\n");
+  EXPECT_TRUE(has_event(out, Kind::Closed));
+  EXPECT_FALSE(has_event(out, Kind::Ready));
+  EXPECT_TRUE(s.terminal());
+}
+
+// A 421 to pipelined MAIL: the RCPT and DATA replies will never come, so the message ends
+// at once, before data and retryable, and the session with it.
+TEST(SmtpClientSession, ClosingReplyToPipelinedMailEndsMessageAndSession) {
+  SmtpClientSession s(plain_options());
+  make_ready(s, {"PIPELINING"});
+  OutboundMessage m = make_message({"a@x.test", "b@x.test"});
+  s.start_message(m);
+  auto out = s.feed("421 4.3.2 shutting down\r\n");
+  const auto* done = find_event(out, Kind::MessageDone);
+  ASSERT_NE(done, nullptr);
+  EXPECT_TRUE(done->before_data);
+  EXPECT_TRUE(done->result.retryable);
+  EXPECT_EQ(done->result.smtp_code, 421);
+  EXPECT_TRUE(s.terminal());
+}
+
 TEST(SmtpClientSession, ConnectionLostMidBodyIsNotBeforeData) {
   SmtpClientSession s(plain_options());
   make_ready(s, {});
