@@ -3,6 +3,7 @@ import base64
 import json
 import re
 import subprocess
+import time
 
 from conftest import dead_port, basic_config, parse_message, service_yaml
 
@@ -176,6 +177,24 @@ def test_all_recipients_rejected(upstream_factory, mailcar_factory):
     assert status == 500, body
     assert body["error"]["context"]["smtp_code"] == 550
     assert body["error"]["context"]["retryable"] is False
+
+
+def test_closing_reply_to_one_recipient_ends_the_transaction(upstream_factory, mailcar_factory):
+    # 421 means the server is closing the channel (RFC 5321 3.8), even from a server that then
+    # keeps it open, as aiosmtpd does: nothing more is sent on it, no partial delivery to the
+    # other recipient, and the whole message is a retryable failure the app can send again.
+    up = upstream_factory(mode="plain", reject={"busy@example.com": "421 4.3.2 Shutting down"})
+    mc = mailcar_factory(basic_config(service_yaml("email", up)))
+    status, body, _ = mc.send("email", simple(to=["alice@example.com", "busy@example.com"]))
+    assert status == 500, body
+    assert body["error"]["context"]["smtp_code"] == 421
+    assert body["error"]["context"]["retryable"] is True
+    time.sleep(0.3)
+    assert up.messages == []
+    # The next message gets a fresh connection and goes through.
+    status, body, _ = mc.send("email", simple(to="alice@example.com"))
+    assert status == 200, body
+    assert [m["rcpt_tos"] for m in up.wait_for(1)] == [["alice@example.com"]]
 
 
 def test_temporary_upstream_failure_is_retryable(upstream_factory, mailcar_factory):
