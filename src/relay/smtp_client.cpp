@@ -616,7 +616,8 @@ void SmtpClientSession::handle_transaction_reply(Command command, const SmtpRepl
                                                  SmtpClientOutput& out) {
   if (reply.code == 421) {
     // RFC 5321 3.8: the server is closing the channel, so no later reply will come. Usually
-    // an idle connection it gave up on; the relay then retries on a fresh one.
+    // an idle connection it gave up on: a 421 before the body on a reused connection is what
+    // the relay retries once on a fresh one.
     fail(rejection(reply), out);
     return;
   }
